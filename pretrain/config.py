@@ -19,42 +19,15 @@ from typing import Any, Literal
 import yaml
 
 from data_pipeline.config import DataConfig
+from pretrain.engines.deepspeed_config import DeepSpeedConfig
+from pretrain.models.config import ModelConfig, ViTConfig
+from pretrain.models.mup_config import MupConfig
+
+__all__ = ["ConfigError", "TrainConfig", "ModelConfig", "ViTConfig", "MupConfig", "DataConfig", "load_config"]
 
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the schema; the message is one line."""
-
-
-@dataclass
-class MupConfig:
-    """muP seam: the parametrization reads these (rules in pretrain/models/parametrization.py)."""
-
-    enabled: bool = False
-    base_width: int = 64  # width at which muP and standard parametrization coincide
-
-
-@dataclass
-class ViTConfig:
-    image_size: int = 8
-    patch_size: int = 2
-    in_channels: int = 1
-    num_classes: int = 10
-    pooling: Literal["cls", "mean"] = "cls"
-
-
-@dataclass
-class ModelConfig:
-    family: str = "vit"  # a key of pretrain.models.MODEL_REGISTRY
-    width: int = 64  # residual stream width d_model
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    qk_norm: bool = False
-    dropout: float = 0.0
-    init_std: float = 0.02
-    vit: ViTConfig = field(default_factory=ViTConfig)
-    mup: MupConfig = field(default_factory=MupConfig)
 
 
 @dataclass
@@ -84,7 +57,7 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     reshard_after_forward: bool = True  # fsdp2
-    zero_stage: int = 2  # deepspeed
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
 @dataclass

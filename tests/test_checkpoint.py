@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import check_complete, latest_complete, list_checkpoints, read_model_tensors
+from pretrain.checkpoint import (
+    check_complete,
+    latest_complete,
+    list_checkpoints,
+    read_model_tensors,
+)
 from pretrain.config import load_config
 from pretrain.safe_dcp import UnsafeCheckpointError, read_metadata
 from pretrain.trainer import train

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # pretrain.config imports engines.deepspeed_config: keep this package light
+    from torch import nn
 
-from pretrain.config import TrainConfig
-from pretrain.dist import DistEnv
-from pretrain.engines.base import Engine, LossFn
+    from pretrain.config import TrainConfig
+    from pretrain.dist import DistEnv
+    from pretrain.engines.base import Engine, LossFn
 
 ENGINES = {
     "single": ("pretrain.engines.base", "Engine"),

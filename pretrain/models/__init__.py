@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pretrain.config import ModelConfig
+from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import init_parameters
 from pretrain.models.vit import ViT, vit_loss
 

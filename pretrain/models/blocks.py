@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.config import ModelConfig
+from pretrain.models.config import ModelConfig
 
 
 class RMSNorm(nn.Module):

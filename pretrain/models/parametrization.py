@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.config import ModelConfig
+from pretrain.models.config import ModelConfig
 
 DECAYED_KINDS = ("hidden", "readout")
 

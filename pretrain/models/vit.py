@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.config import ModelConfig
 from pretrain.models.blocks import TransformerBlock, block_matmul_flops, make_norm
+from pretrain.models.config import ModelConfig
 
 
 class ViT(nn.Module):
