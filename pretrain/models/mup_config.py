@@ -7,7 +7,23 @@ from dataclasses import dataclass
 
 @dataclass
 class MupConfig:
-    """muP seam: the parametrization reads these (rules in pretrain/models/parametrization.py)."""
+    """muP switches and tunable constants. With `enabled` false the model is in SP.
+
+    Everything is expressed relative to `base_width`: at model.width == base_width, muP and the
+    standard parametrization give the same init, the same groups and the same first update
+    (unless zero_readout / zero_query change the init), so hyperparameters tuned at the base
+    width in SP carry over.
+    """
 
     enabled: bool = False
-    base_width: int = 64  # width at which muP and standard parametrization coincide
+    base_width: int = 64  # width at which muP and the standard parametrization coincide
+    base_head_dim: int = 0  # head dim at the base width; 0 = base_width // num_heads (heads fixed)
+    zero_readout: bool = False  # init the readout (head) weight to zero
+    zero_query: bool = False  # init the query projection to zero (uniform attention at step 0)
+    output_mult: float = 1.0  # tunable readout multiplier at the base width (alpha_output)
+    # Matrix weight decay lambda ∝ width_mult**wd_width_exponent (learning rate ∝ 1/width_mult):
+    # 0.5 is Fan et al. 2025's rule (keeps the top singular value sqrt(eta/lambda)*d^0.75 fixed);
+    # 1.0 keeps eta*lambda fixed (the AdamW EMA timescale rule of Wang & Aitchison 2024);
+    # 0.0 keeps lambda fixed, as microsoft/mup does.
+    wd_width_exponent: float = 0.5
+    log_singular_values: bool = False  # log every matrix's top singular value at log steps

@@ -1,13 +1,51 @@
-"""Initialisation and per-parameter-group multipliers: the seam where muP plugs in.
+"""Initialisation, forward multipliers and per-group lr/wd multipliers: SP or muP, from roles.
 
-Each model tags its parameters with a role (`model.param_kinds()`):
-embedding (input weights), hidden (matrix-like weights between width-sized layers), readout
-(the output layer), vector (norm gains, biases). The standard parametrization (SP) below inits
-matrices with N(0, init_std^2), vectors as their modules define them, and gives every group
-lr multiplier 1; weight decay applies to hidden and readout matrices only.
+Each model tags its parameters with a role (`model.param_kinds()`): embedding (input weights,
+fan-in fixed), hidden (matrix-like: both dimensions grow with width), readout (the output
+layer), vector (norm gains, biases). Everything below is a pure function of the parameter's
+role, its shape and the config, so it is computed once in `build_model` and lives in ordinary
+places that every backend keeps: init values, two module attributes (`output_mult`, each
+attention module's `scale`) and the optimizer's param groups (`lr_mult`, `wd_mult`, saved with
+the optimizer state). There is no wrapper and no shape bookkeeping that FSDP2 flattening or a
+checkpoint could lose.
+
+muP for Adam-family optimizers, with width_mult m = model.width / model.mup.base_width:
+
+| role      | init std                       | lr mult | wd mult (λ) | forward                      | source        |
+|-----------|--------------------------------|---------|-------------|------------------------------|---------------|
+| embedding | init_std                       | 1       | 0           |                              | TP5 Table 3/8 |
+| hidden    | init_std*sqrt(base_fan_in/fan_in) = init_std/sqrt(m) | 1/m | m^wd_width_exponent (0.5) | | TP5 Table 3; Fan et al. 2025 Table 2 |
+| readout   | init_std, or 0 (zero_readout)  | 1       | 1           | logits * output_mult / m     | TP5 Table 8, App. D.2 |
+| vector    | biases 0, gains 1              | 1       | 0           |                              | TP5 Table 3; Fan et al. 2025 |
+| attention | query rows 0 (zero_query)      |         |             | q.k * sqrt(base_head_dim)/head_dim | TP5 §4 (1/d attention), App. D.2 |
+
+TP5 = Yang et al. 2021, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
+Hyperparameter Transfer" (arXiv 2203.03466). Table 8 is Table 3 rewritten with an output
+multiplier: the readout keeps a width-independent init and Adam LR, its output is divided by m
+(as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust Layerwise Scaling Rules by
+Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights' top singular value grows as
+sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by λ ∝ sqrt(d), and vector-like
+parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0 instead keeps η·λ invariant (Wang &
+Aitchison 2024, "How to set AdamW's weight decay as you scale model and dataset size"). AdamW's
+decay is coupled (p -= lr·λ·p), so λ here is the optimizer's weight_decay times wd_mult.
+"Scaling Diffusion Transformers Efficiently via μP" (Zheng et al. 2025) shows DiT-style models
+share these rules: their conditioning pathways are embeddings (fixed fan-in) or hidden matrices.
+
+Every constant is relative to the base width, so at m = 1 muP equals the standard
+parametrization (SP) below: the same init draws, the same groups, the same first update
+(tests/test_mup.py checks it). SP: all matrices N(0, init_std²) truncated at 2σ, biases 0,
+attention scale 1/sqrt(head_dim), readout multiplier 1, every lr multiplier 1, weight decay on
+hidden and readout matrices only.
+
+Seams a model provides: `param_kinds()`; `output_mult` on the root module (readout multiplier);
+attention modules with `head_dim` and `scale`; optionally `query_param_slices()` (name -> row
+slice of the query projection inside a fused weight) and `zero_init_param_names()` (weights the
+architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and muP).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -15,20 +53,92 @@ from torch import nn
 from pretrain.models.config import ModelConfig
 
 DECAYED_KINDS = ("hidden", "readout")
+KINDS = ("embedding", "hidden", "readout", "vector")
+
+
+def width_mult(cfg: ModelConfig) -> float:
+    """model.width / model.mup.base_width under muP; 1 in SP."""
+    if not cfg.mup.enabled:
+        return 1.0
+    if cfg.mup.base_width <= 0:
+        raise ValueError(f"model.mup.base_width must be positive, got {cfg.mup.base_width}")
+    return cfg.width / cfg.mup.base_width
+
+
+def base_head_dim(cfg: ModelConfig) -> int:
+    """Head dim at the base width (default: the head count stays fixed as width grows)."""
+    return cfg.mup.base_head_dim or max(cfg.mup.base_width // cfg.num_heads, 1)
+
+
+def init_std(kind: str, cfg: ModelConfig) -> float:
+    """Init std of a matrix of this role: hidden fan-in grows with m, so its std ∝ 1/sqrt(fan_in)."""
+    return cfg.init_std / math.sqrt(width_mult(cfg)) if kind == "hidden" else cfg.init_std
+
+
+def attention_scale(head_dim: int, cfg: ModelConfig) -> float:
+    """Attention logit multiplier: 1/sqrt(d_head) in SP; sqrt(base_head_dim)/d_head under muP."""
+    if not cfg.mup.enabled:
+        return 1.0 / math.sqrt(head_dim)
+    return math.sqrt(base_head_dim(cfg)) / head_dim
+
+
+def output_mult(cfg: ModelConfig) -> float:
+    """Readout multiplier: 1 in SP; output_mult / width_mult under muP."""
+    return cfg.mup.output_mult / width_mult(cfg) if cfg.mup.enabled else 1.0
 
 
 @torch.no_grad()
 def init_parameters(model: nn.Module, cfg: ModelConfig) -> None:
+    """Initialise every parameter from its role and set the forward multipliers (SP or muP)."""
     kinds = model.param_kinds()
+    zero_names = set(getattr(model, "zero_init_param_names", lambda: ())())
+    mup = cfg.mup.enabled
     for name, p in model.named_parameters():
         kind = kinds[name]
-        if kind in ("embedding", "hidden", "readout") and (p.ndim >= 2):
-            nn.init.trunc_normal_(p, std=cfg.init_std, a=-2 * cfg.init_std, b=2 * cfg.init_std)
+        if kind not in KINDS:
+            raise ValueError(f"parameter {name} has unknown role {kind!r} (one of {', '.join(KINDS)})")
+        if name in zero_names:
+            nn.init.zeros_(p)
+        elif kind != "vector" and p.ndim >= 2:
+            std = init_std(kind, cfg)
+            nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+            if mup and kind == "readout" and cfg.mup.zero_readout:
+                nn.init.zeros_(p)
         elif name.endswith("bias"):
             nn.init.zeros_(p)
         # norm gains keep their module's init (ones)
+    if mup and cfg.mup.zero_query:
+        params = dict(model.named_parameters())
+        for name, rows in query_slices(model).items():
+            params[name][rows].zero_()
+    if hasattr(model, "output_mult"):
+        model.output_mult = output_mult(cfg)
+    for module in model.modules():
+        if hasattr(module, "head_dim") and hasattr(module, "scale"):
+            module.scale = attention_scale(module.head_dim, cfg)
+
+
+def query_slices(model: nn.Module) -> dict[str, slice]:
+    """Rows of the query projection per weight: the model's own map, else fused `qkv` weights
+    whose first third is the query (the layout of blocks.Attention)."""
+    if hasattr(model, "query_param_slices"):
+        return model.query_param_slices()
+    out = {}
+    for name, p in model.named_parameters():
+        if name.endswith("qkv.weight") or name.endswith("qkv.bias"):
+            out[name] = slice(0, p.shape[0] // 3)
+    return out
 
 
 def group_multipliers(kind: str, cfg: ModelConfig) -> tuple[float, float]:
-    """(lr multiplier, weight-decay multiplier) for a parameter role."""
-    return 1.0, (1.0 if kind in DECAYED_KINDS else 0.0)
+    """(lr multiplier, weight-decay multiplier) for a parameter role; see the module table."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown parameter role {kind!r} (one of {', '.join(KINDS)})")
+    if not cfg.mup.enabled:
+        return 1.0, (1.0 if kind in DECAYED_KINDS else 0.0)
+    m = width_mult(cfg)
+    if kind == "hidden":
+        return 1.0 / m, m**cfg.mup.wd_width_exponent
+    if kind == "readout":
+        return 1.0, 1.0
+    return 1.0, 0.0  # embedding, vector: Θ(1) lr, no decay

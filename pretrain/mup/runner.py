@@ -1,0 +1,72 @@
+"""Width variants of a recipe, trained for a few steps through the real engine.
+
+Coordinate checks and LR sweeps train many small models in one process (or one torchrun job):
+each variant goes through `build_model` (so through the parametrization) and `build_engine`
+(single, DDP or FSDP2 as the recipe says), exactly like `pretrain train`, without run
+directories or checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from data_pipeline import build_loader
+from pretrain.config import TrainConfig
+from pretrain.dist import DistEnv, init_distributed
+from pretrain.engines import build_engine
+from pretrain.engines.base import Engine
+from pretrain.models import build_model, get_family
+from pretrain.schedule import lr_at
+
+PARAMETRIZATIONS = ("sp", "mup")
+
+
+def variant(cfg: TrainConfig, width: int, parametrization: str, lr: float | None = None) -> TrainConfig:
+    """`cfg` at another width, in SP or muP (muP keeps the recipe's base_width), optionally another lr."""
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}")
+    out = copy.deepcopy(cfg)
+    out.model.width = width
+    out.model.mup.enabled = parametrization == "mup"
+    if lr is not None:
+        out.optim.lr = lr
+    if width % out.model.num_heads:
+        raise ValueError(f"width {width} is not divisible by model.num_heads={out.model.num_heads}")
+    return out
+
+
+def setup(cfg: TrainConfig) -> DistEnv:
+    """Join torchrun's process group (if any) once for all variants."""
+    return init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single")
+
+
+def build(cfg: TrainConfig, env: DistEnv, seed: int) -> Engine:
+    """Model (same seed on every rank) through the parametrization, wrapped by the engine."""
+    torch.manual_seed(seed)
+    family = get_family(cfg.model.family)
+    return build_engine(build_model(cfg.model), family.loss, cfg, env)
+
+
+def train_steps(cfg: TrainConfig, env: DistEnv, engine: Engine, steps: int,
+                before_step: Callable[[int], None] | None = None,
+                after_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """`steps` optimizer steps on the recipe's data and schedule; returns the mean loss per step.
+
+    A non-finite loss stops the run early (a diverged LR); the losses so far are returned.
+    """
+    loader = iter(build_loader(cfg.data, env.rank, env.world_size, "train", cfg.optim.grad_accum))
+    losses = []
+    for step in range(steps):
+        engine.set_lr(lr_at(step, cfg.optim.lr, cfg.schedule))
+        if before_step is not None:
+            before_step(step)
+        loss, _ = engine.train_step([next(loader) for _ in range(cfg.optim.grad_accum)])
+        losses.append(loss)
+        if after_step is not None:
+            after_step(step, loss)
+        if not torch.isfinite(torch.tensor(loss)):
+            break
+    return losses

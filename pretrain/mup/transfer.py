@@ -1,0 +1,121 @@
+"""Learning-rate transfer: sweep the LR at several widths, in SP and in muP, and compare optima.
+
+Under muP the LR that minimises the loss should not move with width (TP5 Fig. 1); under SP it
+drifts (smaller at larger width with Adam). Every (parametrization, width, lr, seed) is one short
+training run through the real engine on the recipe's data and schedule; the loss is the mean
+training loss over the last `tail` steps (the metric of TP5's transfer plots), the validation
+loss is recorded too. Rows are appended to the CSV as runs finish, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pretrain.config import TrainConfig
+from pretrain.mup.runner import build, setup, train_steps, variant
+from pretrain.trainer import evaluate
+
+FIELDS = ["parametrization", "width", "lr", "seed", "steps", "train_loss", "val_loss"]
+
+
+def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
+    """lr_min, lr_min*factor, ... up to lr_max (inclusive within rounding)."""
+    n = int(math.floor(math.log(lr_max / lr_min) / math.log(factor) + 1e-9)) + 1
+    return [lr_min * factor**i for i in range(n)]
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{"parametrization": r["parametrization"], "width": int(r["width"]), "lr": float(r["lr"]),
+                 "seed": int(r["seed"]), "steps": int(r["steps"]), "train_loss": float(r["train_loss"]),
+                 "val_loss": float(r["val_loss"])} for r in csv.DictReader(f)]
+
+
+def _key(r: dict) -> tuple:
+    return (r["parametrization"], int(r["width"]), f"{float(r['lr']):.6g}", int(r["seed"]), int(r["steps"]))
+
+
+def run_transfer(cfg: TrainConfig, widths: list[int], lrs: list[float], steps: int, csv_path: Path | None,
+                 seeds: int = 1, parametrizations: tuple[str, ...] = ("sp", "mup"), tail: int = 0) -> list[dict]:
+    """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows."""
+    env = setup(cfg)
+    tail = tail or max(steps // 10, 1)
+    rows = read_rows(csv_path) if csv_path is not None else []
+    done = {_key(r) for r in rows}
+    if csv_path is not None and env.is_main and not csv_path.exists():
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=FIELDS).writeheader()
+    for param in parametrizations:
+        for width in widths:
+            for lr in lrs:
+                for seed in range(seeds):
+                    row = {"parametrization": param, "width": width, "lr": lr, "seed": seed, "steps": steps}
+                    if _key(row) in done:
+                        continue
+                    vcfg = variant(cfg, width, param, lr=lr)
+                    vcfg.data.seed = cfg.data.seed + seed
+                    vcfg.schedule.steps = steps
+                    engine = build(vcfg, env, cfg.run.seed + seed)
+                    losses = train_steps(vcfg, env, engine, steps)
+                    finite = len(losses) == steps and all(math.isfinite(x) for x in losses[-tail:])
+                    row["train_loss"] = float(np.mean(losses[-tail:])) if finite else float("nan")
+                    row["val_loss"] = _val_loss(engine, vcfg, env) if finite else float("nan")
+                    rows.append(row)
+                    if csv_path is not None and env.is_main:
+                        with open(csv_path, "a", newline="") as f:
+                            csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
+    return rows
+
+
+def _val_loss(engine, cfg: TrainConfig, env) -> float:
+    from data_pipeline import build_loader
+
+    return evaluate(engine, build_loader(cfg.data, env.rank, env.world_size, "val"), 0)["loss"]
+
+
+def curves(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(parametrization, width) -> [(lr, loss averaged over seeds; nan if any seed diverged)]."""
+    acc: dict[tuple[str, int, float], list[float]] = {}
+    for r in rows:
+        acc.setdefault((r["parametrization"], r["width"], r["lr"]), []).append(r[metric])
+    out: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for (p, w, lr), losses in sorted(acc.items()):
+        out.setdefault((p, w), []).append((lr, float(np.mean(losses))))
+    return out
+
+
+def optima(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int], float]:
+    """(parametrization, width) -> the grid LR with the lowest loss (diverged runs never win)."""
+    best = {}
+    for key, pts in curves(rows, metric).items():
+        finite = [(loss, lr) for lr, loss in pts if math.isfinite(loss)]
+        if finite:
+            best[key] = min(finite)[1]
+    return best
+
+
+def optimum_shift(rows: list[dict], factor: float = 2.0, metric: str = "train_loss") -> dict[str, float]:
+    """Per parametrization: largest minus smallest optimum, in grid steps (log_factor of the ratio)."""
+    best = optima(rows, metric)
+    out = {}
+    for param in dict.fromkeys(p for p, _ in best):
+        lrs = [lr for (p, _), lr in best.items() if p == param]
+        out[param] = math.log(max(lrs) / min(lrs)) / math.log(factor)
+    return out
+
+
+def format_report(rows: list[dict], factor: float = 2.0, metric: str = "train_loss") -> str:
+    best = optima(rows, metric)
+    shift = optimum_shift(rows, factor, metric)
+    lines = [f"LR minimising {metric} per width (grid factor {factor:g}):"]
+    for param in dict.fromkeys(p for p, _ in best):
+        per_width = ", ".join(f"{w}: {lr:.3g}" for (p, w), lr in sorted(best.items()) if p == param)
+        lines.append(f"  {param:4s} {per_width}  -> optimum moves {shift[param]:.0f} grid step(s)")
+    return "\n".join(lines)

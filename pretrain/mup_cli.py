@@ -1,0 +1,117 @@
+"""`pretrain mup coord-check` and `pretrain mup transfer`: muP checks on any recipe.
+
+Both train width variants of the recipe through the real engine (the recipe's parallel.backend;
+under torchrun the ranks share each run), in SP and in muP (model.mup.base_width from the recipe).
+Files are written by rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  pretrain mup coord-check configs/vit_digits.yaml --widths 64 128 256 512 1024 --steps 5 --out runs/coord
+  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/vit_digits.yaml --steps 5
+  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --lr-min 1.25e-4 --lr-max 3.2e-2
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="YAML recipe, e.g. configs/vit_digits.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=1, help="independent inits (and data orders) averaged")
+    p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"], choices=["sp", "mup"])
+    p.add_argument("--out", type=Path, required=True, help="output directory (CSV, PNG, JSON)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("mup", help="muP coordinate checks and LR-transfer sweeps",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mup_command", metavar="SUBCOMMAND")
+    cc = sub.add_parser("coord-check", help="mean |activation| per layer per step across widths, SP vs muP")
+    _common(cc)
+    cc.add_argument("--tolerance", type=float, default=0.1, help="max |slope| of log mean|act| vs log width")
+    cc.set_defaults(func=coord_check)
+    tr = sub.add_parser("transfer", help="LR sweep over widths, SP vs muP; optimum per width")
+    _common(tr)
+    tr.add_argument("--lrs", type=float, nargs="+", help="explicit LR grid (else --lr-min..--lr-max by --lr-factor)")
+    tr.add_argument("--lr-min", type=float, default=1.25e-4)
+    tr.add_argument("--lr-max", type=float, default=3.2e-2)
+    tr.add_argument("--lr-factor", type=float, default=2.0)
+    tr.add_argument("--metric", default="train_loss", choices=["train_loss", "val_loss"])
+    tr.set_defaults(func=transfer)
+
+
+def _load(args: argparse.Namespace):
+    from pretrain.config import ConfigError, load_config
+
+    try:
+        return load_config(args.recipe, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"pretrain mup: error: {e}", file=sys.stderr)
+        return None
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def coord_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    from pretrain.dist import shutdown
+    from pretrain.mup.coord_check import format_verdict, run_coord_check, verdict, write_csv
+    from pretrain.mup.plots import plot_coord_check
+
+    try:
+        records = run_coord_check(cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations))
+        if _is_main():
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_csv(records, args.out / "coord_check.csv")
+            results = verdict(records, args.tolerance)
+            plot_coord_check(records, args.out / "coord_check.png",
+                             title=f"{cfg.model.family}: coordinate check, base width {cfg.model.mup.base_width}")
+            summary = {f"{v.parametrization}/{v.layer}": {"slope": v.slope, "ok": v.ok} for v in results}
+            (args.out / "verdict.json").write_text(json.dumps(summary, indent=2))
+            print(format_verdict(results, args.tolerance))
+            print(f"wrote {args.out / 'coord_check.csv'}, {args.out / 'coord_check.png'}, {args.out / 'verdict.json'}")
+    finally:
+        shutdown()
+    return 0
+
+
+def transfer(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    from pretrain.dist import shutdown
+    from pretrain.mup.plots import plot_transfer
+    from pretrain.mup.transfer import format_report, lr_grid, optima, optimum_shift, run_transfer
+
+    lrs = args.lrs or lr_grid(args.lr_min, args.lr_max, args.lr_factor)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = run_transfer(cfg, args.widths, lrs, args.steps, args.out / "transfer.csv", args.seeds,
+                            tuple(args.parametrizations))
+        rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps]
+        if _is_main():
+            plot_transfer(rows, args.out / "transfer.png", args.metric,
+                          title=f"{cfg.model.family}: LR transfer, {args.steps} steps, base width {cfg.model.mup.base_width}")
+            best = optima(rows, args.metric)
+            summary = {"optimum_lr": {f"{p}/{w}": lr for (p, w), lr in best.items()},
+                       "shift_grid_steps": optimum_shift(rows, args.lr_factor, args.metric)}
+            (args.out / "transfer.json").write_text(json.dumps(summary, indent=2))
+            print(format_report(rows, args.lr_factor, args.metric))
+            print(f"wrote {args.out / 'transfer.csv'}, {args.out / 'transfer.png'}, {args.out / 'transfer.json'}")
+    finally:
+        shutdown()
+    return 0
