@@ -1,0 +1,65 @@
+"""muP multipliers live in the optimizer's param groups: saved by DCP, unchanged by resharding."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch.distributed.checkpoint as dcp
+
+from pretrain import safe_dcp
+from pretrain.checkpoint import latest_complete
+from pretrain.config import load_config
+from pretrain.models import build_model
+from pretrain.models.parametrization import group_multipliers
+from tests.conftest import REPO, TINY, run_train
+
+pytestmark = pytest.mark.slow
+
+MUP = ["model.width=64", "model.mup.enabled=true", "model.mup.base_width=32", "model.mup.wd_width_exponent=0.5"]
+
+
+def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
+    """Parameter name -> (lr_mult, wd_mult, weight_decay) as stored in a checkpoint (no process group)."""
+    metadata = safe_dcp.read_metadata(ckpt / "model")
+    n = 1 + max(int(k.split(".")[2]) for k in metadata.state_dict_metadata if k.startswith("optim.param_groups."))
+    fields = ("lr_mult", "wd_mult", "weight_decay", "params")
+    state = {"optim": {"param_groups": [{f: None for f in fields} for _ in range(n)]}}
+    dcp.load(state, storage_reader=safe_dcp.SafeFileSystemReader(str(ckpt / "model")),
+             planner=safe_dcp.SafeLoadPlanner(), no_dist=True)
+    out = {}
+    for group in state["optim"]["param_groups"]:
+        for name in group["params"]:
+            out[name] = (group["lr_mult"], group["wd_mult"], group["weight_decay"])
+    return out
+
+
+def expected_groups() -> dict[str, tuple[float, float, float]]:
+    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, *MUP])
+    model = build_model(cfg.model)
+    out = {}
+    for name, kind in model.param_kinds().items():
+        lr_mult, wd_mult = group_multipliers(kind, cfg.model)
+        out[name] = (lr_mult, wd_mult, cfg.optim.weight_decay * wd_mult)
+    return out
+
+
+def test_group_multipliers_survive_save_reshard_and_load(tmp_path):
+    """FSDP2 at 2 ranks saves; 1 process and 3 FSDP2 ranks resume, train and save again: every
+    parameter's group keeps the muP lr/wd multipliers derived from its role."""
+    common = [*TINY, *MUP, "checkpoint.keep_last=5"]
+    ref = tmp_path / "ref"
+    run_train(2, [*common, "parallel.backend=fsdp2", "schedule.steps=3", "checkpoint.every_steps=3", f"run.dir={ref}"])
+    expected = expected_groups()
+    assert {m for m, _, _ in expected.values()} == {0.5, 1.0}  # hidden lr is 1/width_mult
+    first = saved_groups(latest_complete(ref / "checkpoints"))
+    assert first == expected
+    for nproc, backend in ((0, "single"), (3, "fsdp2")):
+        run_dir = tmp_path / f"resume_{nproc}"
+        shutil.copytree(ref / "checkpoints" / "step_00000003", run_dir / "checkpoints" / "step_00000003")
+        run_train(nproc, [*common, f"parallel.backend={backend}", "schedule.steps=5", "checkpoint.every_steps=5",
+                          f"run.dir={run_dir}"])
+        resaved = latest_complete(run_dir / "checkpoints")
+        assert resaved.name == "step_00000005", (backend, nproc)
+        assert saved_groups(resaved) == first, (backend, nproc)
