@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -32,9 +34,8 @@ def test_top_singular_value_matches_svd_for_matrix_roles():
     assert "patch_embed.weight" in top_singular_values(model)  # without roles: every 2-D weight
 
 
-def test_top_singular_values_gather_fsdp2_shards(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)  # restored afterwards: init_distributed sets them
+def test_top_singular_values_gather_fsdp2_shards():
+    saved_env = dict(os.environ)  # init_distributed sets RANK/WORLD_SIZE/...: restore afterwards
     model = small_model()
     expected = top_singular_values(model, model.param_kinds())
     env = init_distributed("cpu", need_group=True)
@@ -44,3 +45,5 @@ def test_top_singular_values_gather_fsdp2_shards(monkeypatch):
         assert top_singular_values(sharded, small_model().param_kinds()) == pytest.approx(expected, rel=1e-6)
     finally:
         dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved_env)
