@@ -18,6 +18,10 @@ def _pyplot():
     return plt
 
 
+def _label(parametrization: str) -> str:
+    return {"mup": "muP", "sp": "SP"}.get(parametrization, parametrization)
+
+
 def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title: str = "") -> None:
     """One row per parametrization, one column per step shown: mean |act| vs width per layer."""
     plt = _pyplot()
@@ -41,7 +45,7 @@ def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title
                             color=cmap(k / max(len(layers) - 1, 1)), label=layer)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{param.upper()}  step {step}", fontsize=9)
+            ax.set_title(f"{_label(param)}  step {step}", fontsize=9)
             ax.tick_params(labelsize=7)
             if i == len(params) - 1:
                 ax.set_xlabel("width", fontsize=8)
@@ -82,7 +86,7 @@ def plot_transfer(rows: list[dict], path: Path, metric: str = "train_loss", titl
         ax.set_xscale("log", base=2)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi)
         ax.set_xlabel("learning rate (base, before per-group multipliers)")
-        ax.set_title(param.upper() if param != "mup" else "muP")
+        ax.set_title(_label(param))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric.replace("_", " ") + " (diverged/clipped at top)")
     axes[0][-1].legend(fontsize=8)
