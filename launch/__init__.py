@@ -1,0 +1,1 @@
+"""Launchers: local torchrun, Slurm submission with requeue, sweeps and run status."""
