@@ -1,1 +1,1 @@
-"""Launchers: local torchrun, Slurm submission with requeue, sweeps and run status."""
+"""Launchers: torchrun on one machine (local) and Slurm (multi-node, preemption, sweeps)."""
