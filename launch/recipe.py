@@ -31,7 +31,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep:
         raise ValueError(f"override {text!r} is not of the form key=value")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # as the trainer reads it: not YAML, so a plain string
     return check_key(key.strip()), value
 
 

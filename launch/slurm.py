@@ -32,7 +32,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "slurm" / "job.sbatch.in"
-SIGNALS = ("USR1", "USR2", "TERM")
+SIGNALS = ("USR1", "TERM")  # what the trainer stops on (its SIGUSR2 means "save and go on")
 # sbatch options the launcher sets itself; the recipe's `slurm.sbatch` may not override them.
 RESERVED_SBATCH = {
     "nodes", "ntasks", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "time", "partition",
@@ -62,7 +62,7 @@ class SlurmConfig:
     account: str = ""
     qos: str = ""
     job_name: str = ""  # "" = the run directory's name
-    signal: str = "USR1"  # warning signal sent `signal_seconds` before the time limit
+    signal: str = "USR1"  # warning signal, `signal_seconds` before the limit: USR1 or TERM
     signal_seconds: int = 180
     max_restarts: int = 3  # requeues after preemption, time limit or crash
     rdzv_port: int = 0  # 0 = 20000 + job id % 10000 (distinct per job, stable across requeues)

@@ -1,8 +1,9 @@
 """`pretrain slurm submit|sweep`: turn a recipe (or a sweep of recipes) into Slurm jobs.
 
-Each run's recipe, with the command-line overrides merged in, is saved as RUN/recipe.yaml and
-the job trains from that copy, so a requeued job trains what was submitted even if the source
-recipe is edited meanwhile. The recipe's `slurm` section sets resources; flags override it.
+Each run's config, resolved at submission (recipe + overrides + defaults, validated by the
+trainer's schema), is saved as RUN/recipe.yaml and the job trains from that copy, so a requeued
+job trains what was submitted even if the recipe or a default changes meanwhile. The recipe's
+`slurm` section sets resources; flags override it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _FLAGS: list[tuple[str, type, str, str]] = [
     ("--account", str, "NAME", "Slurm account"),
     ("--qos", str, "NAME", "Slurm QOS"),
     ("--job-name", str, "NAME", "job name (default: the run directory's name)"),
-    ("--signal", str, "SIG", "warning signal: USR1 (default), USR2 or TERM"),
+    ("--signal", str, "SIG", "warning signal: USR1 (default) or TERM"),
     ("--signal-seconds", int, "S", "send the warning signal this long before the limit (0: none)"),
     ("--max-restarts", int, "R", "requeue at most this many times (default 3)"),
     ("--rdzv-port", int, "PORT", "rendezvous port (default: 20000 + job id %% 10000)"),
@@ -73,15 +74,28 @@ def slurm_config(recipe: dict, args: argparse.Namespace) -> SlurmConfig:
     return cfg
 
 
+def resolve(recipe: dict, cfg: SlurmConfig) -> dict:
+    """The trainer's config for `recipe`, every default filled in and validated now, before the
+    job waits in the queue (a typo fails here, naming the key, not hours later on the cluster)."""
+    from pretrain.config import TrainConfig, config_from_dict, to_dict
+
+    doc = dict(recipe)
+    if "slurm" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        doc["slurm"] = dataclasses.asdict(cfg)
+    else:  # a schema without the launcher's section: keep it out of the trainer's recipe
+        doc.pop("slurm", None)
+    return to_dict(config_from_dict(doc))
+
+
 def prepare(recipe: dict, run_dir: Path, args: argparse.Namespace) -> tuple[JobSpec, dict]:
-    """The job of one run and the recipe it trains (with `run.dir` set to the run directory)."""
+    """The job of one run and the resolved config it trains (`run.dir` = the run directory)."""
     run_dir = run_dir.expanduser().resolve()
     recipe = apply_overrides(recipe, {"run.dir": str(run_dir)})
     cfg = slurm_config(recipe, args)
-    recipe["slurm"] = {**dataclasses.asdict(cfg)}
+    resolved = resolve(recipe, cfg)
     spec = JobSpec(run_dir=run_dir, recipe=run_dir / "recipe.yaml", slurm=cfg)
     render_sbatch(spec)  # validate everything before anything is written
-    return spec, recipe
+    return spec, resolved
 
 
 def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> None:
@@ -96,9 +110,12 @@ def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     recipe = apply_overrides(recipe, dict(parse_override(text) for text in args.overrides))
-    run_dir = args.run_dir or get_dotted(recipe, "run.dir")
-    if not run_dir:
-        raise SystemExit("no run directory: set run.dir in the recipe, run.dir=PATH or --run-dir")
+    # The trainer's default: runs/<run.name> under the working directory.
+    run_dir = (
+        args.run_dir
+        or get_dotted(recipe, "run.dir")
+        or f"runs/{get_dotted(recipe, 'run.name') or 'run'}"
+    )
     try:
         spec, recipe = prepare(recipe, Path(run_dir), args)
     except ValueError as e:

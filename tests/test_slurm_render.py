@@ -71,7 +71,7 @@ def test_one_node(tmp_path: Path) -> None:
 
 def test_four_nodes_eight_gpus(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, nodes=4, gpus_per_node=8, cpus_per_task=64, time="2-00:00:00",
-                    partition="gpu", account="proj", qos="high", signal="USR2",
+                    partition="gpu", account="proj", qos="high", signal="TERM",
                     signal_seconds=300, max_restarts=7, rdzv_port=29400, job_name="big",
                     sbatch={"constraint": "h100&ib", "exclusive": None, "mem": 0},
                     env={"NCCL_DEBUG": "WARN"})  # fmt: skip
@@ -81,12 +81,12 @@ def test_four_nodes_eight_gpus(tmp_path: Path) -> None:
     assert d["ntasks-per-node"] == "1"  # one torchrun per node
     assert (d["time"], d["partition"], d["account"], d["qos"]) == ("2-00:00:00", "gpu", "proj",
                                                                    "high")  # fmt: skip
-    assert d["signal"] == "USR2@300" and d["job-name"] == "big"
+    assert d["signal"] == "TERM@300" and d["job-name"] == "big"
     assert d["constraint"] == "h100&ib" and "exclusive" in d and d["mem"] == "0"
     words = srun_words(script)
     assert "--nodes=4" in words and "--cpus-per-task=64" in words
     assert "--nnodes=4" in words and "--nproc-per-node=8" in words
-    assert words[words.index("bash") + 2] == 'trap "" USR2 TERM; exec "$@"'
+    assert words[words.index("bash") + 2] == 'trap "" TERM TERM; exec "$@"'
     assert "rdzv_port=29400" in script and "MAX_RESTARTS=7" in script
     assert "export NCCL_DEBUG=WARN" in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
@@ -213,7 +213,16 @@ def test_cli_rejects_hostile_job_name(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out == ""
 
 
-def test_cli_needs_a_run_dir(tmp_path: Path) -> None:
+def test_cli_run_dir_defaults_like_the_trainer(tmp_path: Path, monkeypatch, capsys) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("optim: {lr: 0.1}\n")
-    assert "run directory" in str(run_cli(["slurm", "submit", str(recipe), "--dry-run"]))
+    recipe.write_text("optim: {lr: 0.1}\nrun: {name: exp1}\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["slurm", "submit", str(recipe), "--dry-run"]) == 0
+    assert f"run.dir={tmp_path / 'runs' / 'exp1'}" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_bad_recipe_key_before_queueing(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path)
+    message = str(run_cli(["slurm", "submit", str(recipe), "optim.lrr=1", "--dry-run"]))
+    assert "optim.lrr" in message and "optim.lr" in message  # names the key and the fix
+    assert capsys.readouterr().out == ""
