@@ -40,6 +40,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    (run_dir / f"pid_rank{rank}").write_text(str(os.getpid()))  # for tests that kill a rank
     state_path = run_dir / "worker_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"step": 0, "total": 0}
 

@@ -8,13 +8,22 @@ script, srun, the torchrun rendezvous on NodeAddr, signal delivery and requeue o
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from conftest import TINY
 from slurm_cluster import REPO, cluster, job_log, status_step, wait_job, wait_until
 
+from launch.recipe import apply_overrides, load_recipe, parse_override
 from launch.slurm import JobSpec, SlurmConfig, submit
+from pretrain.checkpoint import latest_complete, read_model_tensors
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 WORKER = str(REPO / "tests" / "slurm_worker.py")
@@ -54,36 +63,23 @@ def test_two_node_torchrun_job(slurm, tmp_path: Path) -> None:
     assert "rendezvous at 127.0.0.1:" in log  # NodeAddr of n1, not the name "n1"
 
 
-def preempt_and_resume(run_dir: Path, job: str, send: list[str], signum: int) -> None:
-    wait_until(lambda: status_step(run_dir) >= 3, "training to reach step 3", run_dir)
-    subprocess.run(send + [job], check=True)
+def test_lost_process_requeues_and_resumes_from_periodic_checkpoint(slurm, tmp_path: Path) -> None:
+    """A rank dies without saving (node or process lost): the job requeues itself and resumes
+    from the last periodic save. (Signals with the real trainer are tested further below.)"""
+    run_dir = tmp_path / "lost"
+    job = worker_job(run_dir, steps=30, step_seconds=0.25)
+    wait_until(lambda: status_step(run_dir) >= 8, "training to reach step 8", run_dir)
+    os.kill(int((run_dir / "pid_rank1").read_text()), signal.SIGKILL)
+    killed_at = status_step(run_dir)
     info = wait_job(job, run_dir)
     log = job_log(run_dir)
-    assert info["JobState"] == "COMPLETED", log
-    assert int(info["Restarts"]) == 1, log
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log
+    assert "run state: running" in log and "requeueing job" in log
     first, second = starts(run_dir)
-    assert (first["restart"], first["start_step"]) == (0, 0)
-    assert second["restart"] == 1 and 3 <= second["start_step"] < 40, log
+    assert second["restart"] == 1 and second["start_step"] % 5 == 0, second  # periodic save
+    assert 5 <= second["start_step"] <= killed_at + 1
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "completed" and status["step"] == 40
-    assert status["signal"] == signum and status["restarts"] == 1
-    assert status["last_loss"] == expected_total(40, 2)  # no step skipped or repeated
-    assert "requeue" in log
-
-
-def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path: Path) -> None:
-    run_dir = tmp_path / "usr1"
-    job = worker_job(run_dir, steps=40, step_seconds=0.25)
-    # What Slurm does `signal_seconds` before the limit: SIGUSR1 to every process of the step.
-    preempt_and_resume(run_dir, job, ["scancel", "--signal=USR1"], signum=10)
-    assert "run state: preempted" in job_log(run_dir)
-
-
-def test_sigterm_preemption_requeues_and_resumes(slurm, tmp_path: Path) -> None:
-    run_dir = tmp_path / "term"
-    job = worker_job(run_dir, steps=40, step_seconds=0.25, signal_seconds=0)
-    # Preemption with PreemptMode=REQUEUE: SIGTERM to the steps and the batch shell, no warning.
-    preempt_and_resume(run_dir, job, ["scontrol", "requeue"], signum=15)
+    assert status["state"] == "completed" and status["last_loss"] == expected_total(30, 2)
 
 
 def test_restart_limit_stops_requeueing(slurm, tmp_path: Path) -> None:
@@ -95,3 +91,120 @@ def test_restart_limit_stops_requeueing(slurm, tmp_path: Path) -> None:
     assert info["JobState"] == "FAILED" and int(info["Restarts"]) == 0, job_log(run_dir)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
     assert "restart limit (0) reached" in job_log(run_dir)
+
+
+# ------------------------------------------------------------------ the real trainer via the CLI
+
+TRAIN = [*TINY, "parallel.backend=fsdp2", "schedule.steps=240", "checkpoint.every_steps=40",
+         "checkpoint.keep_last=10"]  # fmt: skip
+
+
+def cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "pretrain", *args], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert out.returncode == 0, f"pretrain {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def submit_train(run_dir: Path, *flags: str) -> str:
+    out = cli("slurm", "submit", "configs/vit_digits.yaml", *TRAIN, f"run.dir={run_dir}",
+              "--nodes", "2", "--time", "10", "--env", "OMP_NUM_THREADS=1", *flags)  # fmt: skip
+    return re.search(r"submitted job (\d+)", out).group(1)
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    last = latest_complete(run_dir / "checkpoints", warn=False)
+    assert last is not None and last.name == "step_00000240", last
+    return read_model_tensors(last)
+
+
+def assert_same_params(run_dir: Path, reference: Path) -> None:
+    ours, ref = final_params(run_dir), final_params(reference)
+    assert ours.keys() == ref.keys() and ours
+    different = [k for k in ref if not torch.equal(ours[k], ref[k])]
+    assert not different, f"parameters differ from the uninterrupted run: {different}"
+
+
+def resumed_step(run_dir: Path) -> int:
+    steps = re.findall(r"resumed from \S+ at step (\d+)", job_log(run_dir))
+    assert len(steps) == 1, job_log(run_dir)
+    return int(steps[0])
+
+
+@pytest.fixture(scope="module")
+def reference(slurm, tmp_path_factory) -> Path:
+    """An uninterrupted 2-node x 1-process FSDP2 run submitted with `pretrain slurm submit`."""
+    run_dir = tmp_path_factory.mktemp("train") / "reference"
+    info = wait_job(submit_train(run_dir), run_dir)
+    assert info["JobState"] == "COMPLETED", job_log(run_dir)
+    return run_dir
+
+
+def test_two_node_fsdp2_run_completes(reference: Path) -> None:
+    status = json.loads((reference / "status.json").read_text())
+    assert (status["state"], status["step"], status["restarts"]) == ("completed", 240, 0)
+    log = job_log(reference)
+    assert "on n[1-2]" in log and "backend fsdp2 on 2 process(es)" in log, log
+    recipe = yaml.safe_load((reference / "recipe.yaml").read_text())
+    assert recipe["run"]["dir"] == str(reference) and recipe["parallel"]["backend"] == "fsdp2"
+
+
+def test_warning_signal_resumes_to_identical_params(reference: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "usr1"
+    job = submit_train(run_dir)
+    wait_until(lambda: status_step(run_dir) >= 50, "training to reach step 50", run_dir)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # the warning signal
+    info = wait_job(job, run_dir)
+    log = job_log(run_dir)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log
+    assert "run state: preempted" in log and "requeueing job" in log
+    assert 50 <= resumed_step(run_dir) < 240  # the checkpoint taken on the signal
+    assert json.loads((run_dir / "status.json").read_text())["restarts"] == 1
+    assert_same_params(run_dir, reference)
+
+
+def test_sigterm_preemption_resumes_from_checkpoint(reference: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "term"
+    job = submit_train(run_dir, "--signal-seconds", "0")  # no warning signal at all
+    assert "#SBATCH --signal" not in (run_dir / "slurm" / "job.sbatch").read_text()
+    wait_until(lambda: latest_complete(run_dir / "checkpoints", warn=False) is not None,
+               "a periodic checkpoint", run_dir)  # fmt: skip
+    periodic = int(latest_complete(run_dir / "checkpoints", warn=False).name[5:])
+    # Preemption as Slurm does it with PreemptMode=REQUEUE: SIGTERM, then requeue.
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    info = wait_job(job, run_dir)
+    log = job_log(run_dir)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log
+    start = resumed_step(run_dir)
+    assert start >= periodic and start % 40 == 0 or start > periodic, (start, periodic)
+    assert (run_dir / "checkpoints" / f"step_{start:08d}").exists()
+    assert_same_params(run_dir, reference)
+
+
+def test_sweep_of_three_runs(slurm, tmp_path: Path) -> None:
+    base = apply_overrides(load_recipe(REPO / "configs" / "vit_digits.yaml"),
+                           dict(parse_override(o) for o in TRAIN))  # fmt: skip
+    base = apply_overrides(base, {"schedule.steps": 30, "checkpoint.every_steps": 0})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        yaml.safe_dump({"base": "base.yaml", "grid": {"optim.lr": [1e-3, 2e-3, 4e-3]}})
+    )
+    root = tmp_path / "sweep"
+    out = cli("slurm", "sweep", str(sweep), "--root", str(root), "--nodes", "1",
+              "--env", "OMP_NUM_THREADS=1", "--time", "10")  # fmt: skip
+    jobs = re.findall(r"submitted job (\d+)", out)
+    assert len(jobs) == 3, out
+    names = ["lr0.001", "lr0.002", "lr0.004"]
+    for job, name in zip(jobs, names):
+        info = wait_job(job, root / name)
+        assert info["JobState"] == "COMPLETED", job_log(root / name)
+        assert yaml.safe_load((root / name / "recipe.yaml").read_text())["optim"]["lr"] == float(
+            name[2:]
+        )
+    rows = json.loads(cli("runs", "status", str(root), "--json"))
+    assert [(r["run"], r["state"], r["step"], r["restarts"]) for r in rows] == [
+        (name, "completed", 30, 0) for name in names]  # fmt: skip
+    assert all(r["last_loss"] is not None and r["job"] in jobs for r in rows)
+    table = cli("runs", "status", str(root))
+    assert all(name in table for name in names) and table.count("completed") == 3
