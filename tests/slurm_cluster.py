@@ -73,7 +73,12 @@ def wait_job(job_id: str, run_dir: Path, timeout: float = 180) -> dict[str, str]
     while time.monotonic() < deadline:
         info = job_info(job_id)
         if info["JobState"] in FINAL:
-            return info
+            # While a running job requeues itself it can show a final state for a moment;
+            # a job that stays final (same restart count) a few seconds later is done.
+            time.sleep(3)
+            again = job_info(job_id)
+            if again["JobState"] in FINAL and again["Restarts"] == info["Restarts"]:
+                return again
         time.sleep(1)
     subprocess.run(["scancel", job_id], check=False)
     raise AssertionError(f"job {job_id} not done after {timeout}s: {info}\n{job_log(run_dir)}")

@@ -95,7 +95,8 @@ def test_restart_limit_stops_requeueing(slurm, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the real trainer via the CLI
 
-TRAIN = [*TINY, "parallel.backend=fsdp2", "schedule.steps=240", "checkpoint.every_steps=40",
+STEPS = 160
+TRAIN = [*TINY, "parallel.backend=fsdp2", f"schedule.steps={STEPS}", "checkpoint.every_steps=20",
          "checkpoint.keep_last=10"]  # fmt: skip
 
 
@@ -114,7 +115,7 @@ def submit_train(run_dir: Path, *flags: str) -> str:
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     last = latest_complete(run_dir / "checkpoints", warn=False)
-    assert last is not None and last.name == "step_00000240", last
+    assert last is not None and last.name == f"step_{STEPS:08d}", last
     return read_model_tensors(last)
 
 
@@ -132,51 +133,67 @@ def resumed_step(run_dir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(slurm, tmp_path_factory) -> Path:
-    """An uninterrupted 2-node x 1-process FSDP2 run submitted with `pretrain slurm submit`."""
-    run_dir = tmp_path_factory.mktemp("train") / "reference"
-    info = wait_job(submit_train(run_dir), run_dir)
+def train_jobs(slurm, tmp_path_factory) -> dict[str, tuple[str, Path, int]]:
+    """Three 2-node x 1-process FSDP2 runs submitted together with `pretrain slurm submit` (two
+    fit on the cluster at once), interrupted mid-training as soon as each gets there:
+    reference: uninterrupted;
+    usr1: sent the warning signal (what Slurm sends `signal_seconds` before the limit);
+    term: no warning signal configured, preempted as Slurm does with PreemptMode=REQUEUE
+          (SIGTERM to every process, then requeue) once it has a periodic checkpoint.
+    Values: (job id, run dir, step of interest: signal step / last periodic checkpoint)."""
+    root = tmp_path_factory.mktemp("train")
+    flags = {"reference": [], "usr1": [], "term": ["--signal-seconds", "0"]}
+    jobs = {name: (submit_train(root / name, *extra), root / name) for name, extra in flags.items()}
+    job, run_dir = jobs["usr1"]
+    wait_until(lambda: status_step(run_dir) >= 30, "usr1: step 30", run_dir, 400)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    usr1_at = status_step(run_dir)
+    job, run_dir = jobs["term"]
+    ckpts = run_dir / "checkpoints"
+    wait_until(lambda: latest_complete(ckpts, warn=False) is not None, "term: a periodic checkpoint",
+               run_dir, 400)  # fmt: skip
+    periodic = int(latest_complete(ckpts, warn=False).name[len("step_") :])
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    return {"reference": (*jobs["reference"], 0), "usr1": (*jobs["usr1"], usr1_at),
+            "term": (*jobs["term"], periodic)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(train_jobs) -> Path:
+    job, run_dir, _ = train_jobs["reference"]
+    info = wait_job(job, run_dir, timeout=400)
     assert info["JobState"] == "COMPLETED", job_log(run_dir)
     return run_dir
 
 
 def test_two_node_fsdp2_run_completes(reference: Path) -> None:
     status = json.loads((reference / "status.json").read_text())
-    assert (status["state"], status["step"], status["restarts"]) == ("completed", 240, 0)
+    assert (status["state"], status["step"], status["restarts"]) == ("completed", STEPS, 0)
     log = job_log(reference)
     assert "on n[1-2]" in log and "backend fsdp2 on 2 process(es)" in log, log
     recipe = yaml.safe_load((reference / "recipe.yaml").read_text())
     assert recipe["run"]["dir"] == str(reference) and recipe["parallel"]["backend"] == "fsdp2"
 
 
-def test_warning_signal_resumes_to_identical_params(reference: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "usr1"
-    job = submit_train(run_dir)
-    wait_until(lambda: status_step(run_dir) >= 50, "training to reach step 50", run_dir)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # the warning signal
-    info = wait_job(job, run_dir)
+def test_warning_signal_resumes_to_identical_params(train_jobs, reference: Path) -> None:
+    job, run_dir, signalled_at = train_jobs["usr1"]
+    info = wait_job(job, run_dir, timeout=400)
     log = job_log(run_dir)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log
     assert "run state: preempted" in log and "requeueing job" in log
-    assert 50 <= resumed_step(run_dir) < 240  # the checkpoint taken on the signal
+    assert signalled_at <= resumed_step(run_dir) < STEPS  # the checkpoint taken on the signal
     assert json.loads((run_dir / "status.json").read_text())["restarts"] == 1
     assert_same_params(run_dir, reference)
 
 
-def test_sigterm_preemption_resumes_from_checkpoint(reference: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "term"
-    job = submit_train(run_dir, "--signal-seconds", "0")  # no warning signal at all
+def test_sigterm_preemption_resumes_from_checkpoint(train_jobs, reference: Path) -> None:
+    job, run_dir, periodic = train_jobs["term"]
     assert "#SBATCH --signal" not in (run_dir / "slurm" / "job.sbatch").read_text()
-    wait_until(lambda: latest_complete(run_dir / "checkpoints", warn=False) is not None,
-               "a periodic checkpoint", run_dir)  # fmt: skip
-    periodic = int(latest_complete(run_dir / "checkpoints", warn=False).name[5:])
-    # Preemption as Slurm does it with PreemptMode=REQUEUE: SIGTERM, then requeue.
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    info = wait_job(job, run_dir)
+    info = wait_job(job, run_dir, timeout=400)
     log = job_log(run_dir)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log
     start = resumed_step(run_dir)
-    assert start >= periodic and start % 40 == 0 or start > periodic, (start, periodic)
+    assert periodic <= start < STEPS, (start, periodic)  # nothing older than the last periodic
     assert (run_dir / "checkpoints" / f"step_{start:08d}").exists()
     assert_same_params(run_dir, reference)
 
