@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.recipe import apply_overrides, dump_recipe, get_dotted, load_recipe, parse_override
-from launch.slurm import JobSpec, SlurmConfig, render_sbatch, submit
+from launch.slurm import JobSpec, SlurmConfig, active_job, render_sbatch, submit
 from launch.sweep import load_sweep
 
 # flag -> SlurmConfig field, for flags that replace a field of the recipe's `slurm` section.
@@ -98,12 +98,25 @@ def prepare(recipe: dict, run_dir: Path, args: argparse.Namespace) -> tuple[JobS
     return spec, resolved
 
 
+def refuse_active(specs: list[JobSpec], args: argparse.Namespace) -> None:
+    """Stop before writing anything if a run directory still has a queued or running job:
+    two jobs on one run directory would corrupt its checkpoints."""
+    if args.dry_run or args.force:
+        return
+    busy = [f"{spec.run_dir} (job {job})" for spec in specs if (job := active_job(spec.run_dir))]
+    if busy:
+        raise SystemExit("still active, not submitting (use --force): " + ", ".join(busy))
+
+
 def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> None:
     if args.dry_run:
         print(render_sbatch(spec))
         return
     dump_recipe(recipe, spec.recipe)
-    job_id = submit(spec, force=args.force)
+    try:
+        job_id = submit(spec, force=True)  # refuse_active has checked
+    except RuntimeError as e:
+        raise SystemExit(f"pretrain slurm: {e}") from None
     print(f"submitted job {job_id}: {spec.run_dir} (log {spec.run_dir}/slurm/{job_id}.out)")
 
 
@@ -120,6 +133,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         spec, recipe = prepare(recipe, Path(run_dir), args)
     except ValueError as e:
         raise SystemExit(f"pretrain slurm submit: {e}") from None
+    refuse_active([spec], args)
     launch(spec, recipe, args)
     return 0
 
@@ -137,6 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 for run in runs]  # fmt: skip
     except ValueError as e:
         raise SystemExit(f"pretrain slurm sweep: {e}") from None
+    refuse_active([spec for spec, _ in jobs], args)
     for spec, recipe in jobs:
         if args.dry_run:
             print(f"# ---- {spec.run_dir}")

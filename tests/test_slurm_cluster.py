@@ -212,6 +212,10 @@ def test_sweep_of_three_runs(slurm, tmp_path: Path) -> None:
               "--env", "OMP_NUM_THREADS=1", "--time", "10")  # fmt: skip
     jobs = re.findall(r"submitted job (\d+)", out)
     assert len(jobs) == 3, out
+    again = subprocess.run([sys.executable, "-m", "pretrain", "slurm", "sweep", str(sweep), "--root",
+                            str(root), "--only", "lr0.001"], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert again.returncode != 0 and "still active" in again.stderr  # one job per run dir
     names = ["lr0.001", "lr0.002", "lr0.004"]
     for job, name in zip(jobs, names):
         info = wait_job(job, root / name)

@@ -87,3 +87,18 @@ def test_sweep_dry_run_renders_one_job_per_run(tmp_path: Path, capsys) -> None:
         assert f"#SBATCH --job-name={name}" in out
         assert f"run.dir={root / name}" in out
     assert not root.exists()
+
+
+def test_sweep_only_selects_runs(tmp_path: Path, capsys) -> None:
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.1}\n")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("base: base.yaml\nruns: [{name: a}, {name: b}]\n")
+    argv = ["slurm", "sweep", str(sweep_file), "--root", str(tmp_path / "r"), "--dry-run"]
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main([*argv, "--only", "b"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.count("#!/bin/bash") == 1 and "#SBATCH --job-name=b" in out
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main([*argv, "--only", "c"])
+    assert "names no run" in str(exit_info.value.code)
