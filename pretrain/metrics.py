@@ -55,6 +55,11 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key not in ("step",):
                     self.tb.add_scalar(f"{split}/{key}", value, step)
 
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """A uint8 [3, H, W] image to TensorBoard."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, image, step)
+
     def text(self, tag: str, text: str) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_text(tag, text)

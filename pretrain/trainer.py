@@ -79,6 +79,23 @@ def evaluate(engine: Engine, loader, max_batches: int) -> dict[str, float]:
     return out
 
 
+def run_eval_extras(engine: Engine, family, loader, step: int, run_dir: Path, env: DistEnv, logger: MetricsLogger) -> dict[str, float]:
+    """The family's extra evaluation (samples, attention statistics) on the first val batch."""
+    if family.eval_extras is None:
+        return {}
+    batch = engine._to_device(next(iter(loader)))
+    engine.model.eval()
+    with torch.no_grad(), engine.autocast():
+        out = family.eval_extras(engine.model, batch, step, run_dir / "samples" if env.is_main else None)
+    scalars = {}
+    for key, value in out.items():
+        if key.startswith("image/") and isinstance(value, torch.Tensor):
+            logger.image(key[len("image/"):], value, step)
+        else:
+            scalars[key] = float(value)
+    return scalars
+
+
 def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
     run_dir = cfg.run_dir
     if env.is_main:
@@ -166,7 +183,9 @@ def train(cfg: TrainConfig) -> dict:
             window_start, window_steps = time.perf_counter(), 0
 
         if val_loader is not None and (step % cfg.logging.eval_every_steps == 0 or step == cfg.schedule.steps):
-            last.update({f"val_{k}": v for k, v in evaluate(engine, val_loader, cfg.logging.eval_batches).items()})
+            results = evaluate(engine, val_loader, cfg.logging.eval_batches)
+            results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
+            last.update({f"val_{k}": v for k, v in results.items()})
             logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
 
         ckpt.poll()

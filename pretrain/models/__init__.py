@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from pretrain.models.parametrization import init_parameters
 from pretrain.models.vit import ViT, vit_loss
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+# (model, first validation batch, step, output dir on rank 0 else None) -> extra eval results:
+# floats are logged as val/<key>; uint8 tensors [3,H,W] under "image/<name>" go to TensorBoard.
+EvalExtrasFn = Callable[[nn.Module, dict, int, "Path | None"], dict]
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,7 @@ class ModelFamily:
     build: Callable[[ModelConfig], nn.Module]
     loss: LossFn  # (model, batch) -> (mean loss, {"loss_sum", "count", ...} sums for eval)
     tokens_per_sample: Callable[[nn.Module], int]  # for tokens/s and FLOPs accounting
+    eval_extras: EvalExtrasFn | None = None  # runs on every rank (sharded forwards need all)
 
 
 MODEL_REGISTRY: dict[str, ModelFamily] = {}
