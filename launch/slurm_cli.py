@@ -77,14 +77,9 @@ def slurm_config(recipe: dict, args: argparse.Namespace) -> SlurmConfig:
 def resolve(recipe: dict, cfg: SlurmConfig) -> dict:
     """The trainer's config for `recipe`, every default filled in and validated now, before the
     job waits in the queue (a typo fails here, naming the key, not hours later on the cluster)."""
-    from pretrain.config import TrainConfig, config_from_dict, to_dict
+    from pretrain.config import config_from_dict, to_dict
 
-    doc = dict(recipe)
-    if "slurm" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        doc["slurm"] = dataclasses.asdict(cfg)
-    else:  # a schema without the launcher's section: keep it out of the trainer's recipe
-        doc.pop("slurm", None)
-    return to_dict(config_from_dict(doc))
+    return to_dict(config_from_dict({**recipe, "slurm": dataclasses.asdict(cfg)}))
 
 
 def prepare(recipe: dict, run_dir: Path, args: argparse.Namespace) -> tuple[JobSpec, dict]:
