@@ -125,3 +125,8 @@ class DeepSpeedEngine(Engine):
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
         for group, saved in zip(self.optimizer.param_groups, hyper):
             group.update(saved)
+        # The ZeRO-3 universal loader puts one `step` tensor object into every group's state;
+        # AdamW increments it in place once per group, so the groups' steps would run ahead.
+        for state in self.optimizer.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
