@@ -65,7 +65,9 @@ def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: Progr
                   for g in source.param_groups]
         state["optim"] = {"state": opt_state, "param_groups": groups}
     out.mkdir(parents=True, exist_ok=True)
-    writer = FileSystemWriter(str(out), single_file_per_rank=True, thread_count=1, sync_files=True)
+    # One file per tensor: DCP's writer keeps every tensor of a file referenced until the file
+    # is closed, so a single file would hold the whole checkpoint in memory.
+    writer = FileSystemWriter(str(out), single_file_per_rank=False, thread_count=1, sync_files=True)
     dcp_save(state, storage_writer=writer, planner=_lazy_planner(fetch), no_dist=True)
 
 
