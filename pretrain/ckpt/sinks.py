@@ -44,7 +44,9 @@ def _lazy_planner(fetch: dict[str, Callable[[], torch.Tensor]]):
     return LazySavePlanner()
 
 
-def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: ProgressFn = _noop) -> None:
+def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: ProgressFn = _noop,
+              sync: bool = True) -> None:
+    """`sync`: fsync every file (checkpoints); off only for scratch data."""
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint import save as dcp_save
 
@@ -67,7 +69,7 @@ def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: Progr
     out.mkdir(parents=True, exist_ok=True)
     # One file per tensor: DCP's writer keeps every tensor of a file referenced until the file
     # is closed, so a single file would hold the whole checkpoint in memory.
-    writer = FileSystemWriter(str(out), single_file_per_rank=False, thread_count=1, sync_files=True)
+    writer = FileSystemWriter(str(out), single_file_per_rank=False, thread_count=1, sync_files=sync)
     dcp_save(state, storage_writer=writer, planner=_lazy_planner(fetch), no_dist=True)
 
 
