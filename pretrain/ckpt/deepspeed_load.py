@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretrain.ckpt.compat import check_compatible
-from pretrain.ckpt.sources import CheckpointFormatError, DeepSpeedSource, UniversalSource, open_source
+from pretrain.ckpt.sources import (
+    CheckpointFormatError,
+    DeepSpeedSource,
+    UniversalSource,
+    open_source,
+)
 from pretrain.ckpt.torch_files import safe_torch_load
 
 
