@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -43,7 +44,8 @@ def safe_torch_load(path: str | Path, map_location="cpu", mmap: bool = False):
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(e))
+        detail = f"it refers to {found.group(1)}" if found else str(e).strip().splitlines()[-1]
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it needs unpickling beyond weights_only ({detail}). "
             "Loading it fully could run arbitrary code; only tensors, plain containers and "
