@@ -69,9 +69,10 @@ def resumed_step(stderr: str) -> int:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """FSDP2 and ZeRO-1/2/3, 2 ranks each, same data and seed, checkpoints every 4 steps."""
     root = tmp_path_factory.mktemp("ds")
-    dirs = {"fsdp2": root / "fsdp2", **{f"zero{s}": root / f"zero{s}" for s in (1, 2, 3)}}
+    dirs = {"fsdp2": root / "fsdp2", **{f"zero{s}": root / f"zero{s}" for s in (1, 2, 3)}, "bf16": root / "bf16"}
     jobs = [(2, [*COMMON, "parallel.backend=fsdp2", f"run.dir={dirs['fsdp2']}"])]
     jobs += [(2, [*COMMON, *zero(s), f"run.dir={dirs[f'zero{s}']}"]) for s in (1, 2, 3)]
+    jobs += [(2, [*COMMON, *zero(2), "parallel.mixed_precision=bf16", f"run.dir={dirs['bf16']}"])]
     run_together(jobs)
     return dirs
 
@@ -85,6 +86,21 @@ def test_zero_stage_follows_fsdp2_trajectory(runs, stage):
     norms = {r["step"]: r["grad_norm"] for r in read_metrics(runs[f"zero{stage}"]) if r["split"] == "train"}
     ref_norms = {r["step"]: r["grad_norm"] for r in read_metrics(runs["fsdp2"]) if r["split"] == "train"}
     assert all(norms[s] == pytest.approx(ref_norms[s], rel=1e-3) for s in ref_norms)
+
+
+def test_zero2_bf16_trains_like_fp32_and_its_checkpoint_converts(runs, tmp_path):
+    """bf16 parameters and gradients with fp32 master weights: close to the fp32 trajectory
+    (bf16 rounding), and the fp32 master copy is what conversion reads."""
+    ref, got = losses(runs["fsdp2"]), losses(runs["bf16"])
+    assert all(got[s] == pytest.approx(ref[s], rel=3e-2) for s in ref)
+    ckpt = runs["bf16"] / "checkpoints/step_00000008"
+    assert any((ckpt / "model").glob("bf16_zero_pp_rank_*_optim_states.pt"))
+    out = convert(ckpt, tmp_path / "dcp", "dcp")
+    weights = open_source(out)
+    assert all(weights.params[n].dtype == torch.float32 for n in weights.params)
+    module = safe_torch_load(ckpt / "model/mp_rank_00_model_states.pt")["module"]
+    for name in weights.params:  # the bf16 module copy is the rounded fp32 master
+        assert torch.equal(weights.read(name).bfloat16(), module[name]), name
 
 
 def test_deepspeed_checkpoint_carries_the_training_state(runs):

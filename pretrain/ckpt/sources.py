@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from pretrain.ckpt.torch_files import safe_torch_load
+from pretrain.optim import canonical_name
 
 PARAM, EXP_AVG, EXP_AVG_SQ = "param", "exp_avg", "exp_avg_sq"
 KINDS = (PARAM, EXP_AVG, EXP_AVG_SQ)
@@ -90,7 +91,19 @@ class DCPSource(Source):
         self.path = path
         if not (path / ".metadata").exists():
             raise CheckpointFormatError(f"{path} is not a DCP checkpoint (no .metadata)")
-        md = safe_dcp.read_metadata(path)
+
+        class MetadataOnceReader(safe_dcp.SafeFileSystemReader):
+            """Every per-tensor load would unpickle .metadata again (most of a small load's time)."""
+
+            metadata = None
+
+            def read_metadata(self, *args, **kwargs):
+                if self.metadata is None:
+                    self.metadata = super().read_metadata(*args, **kwargs)
+                return self.metadata
+
+        self._reader = MetadataOnceReader(str(path))
+        md = self._reader.read_metadata()
         for key, m in md.state_dict_metadata.items():
             if key.startswith("model.") and isinstance(m, TensorStorageMetadata):
                 name = key[len("model."):]
@@ -110,8 +123,7 @@ class DCPSource(Source):
 
         from pretrain import safe_dcp
 
-        dcp.load(state, storage_reader=safe_dcp.SafeFileSystemReader(str(self.path)),
-                 planner=safe_dcp.SafeLoadPlanner(), no_dist=True)
+        dcp.load(state, storage_reader=self._reader, planner=safe_dcp.SafeLoadPlanner(), no_dist=True)
         return state
 
     def _read_param_groups(self, keys: list[str]) -> list[dict]:
@@ -163,14 +175,14 @@ class DeepSpeedSource(Source):
             if not f.exists():
                 raise CheckpointFormatError(
                     f"shard file {f} is missing: the checkpoint was written by {self.world_size} ranks")
-        self.shapes: list[OrderedDict] = states["param_shapes"]
-        module = states.get("module") or {}
-        for group in self.shapes:
+        # DeepSpeed names parameters as its module does (wrappers included): use canonical names.
+        self.shapes: list[OrderedDict] = [OrderedDict((canonical_name(n), s) for n, s in g.items())
+                                          for g in states["param_shapes"]]
+        for group in self.shapes:  # what is read is the fp32 master copy, also under bf16
             for name, shape in group.items():
-                dtype = module[name].dtype if name in module and module[name].numel() else torch.float32
-                self.params[name] = TensorInfo(name, tuple(shape), dtype)
+                self.params[name] = TensorInfo(name, tuple(shape), torch.float32)
         self.global_steps = int(states.get("global_steps", 0))
-        del states, module
+        del states
 
         first = safe_torch_load(self.files[0], mmap=True)["optimizer_state_dict"]
         self.stage = int(first["zero_stage"])
@@ -189,7 +201,7 @@ class DeepSpeedSource(Source):
             for r, f in enumerate(self.files):
                 sd = first if r == 0 else safe_torch_load(f, mmap=True)["optimizer_state_dict"]
                 for g, mapping in enumerate(sd["param_slice_mappings"]):
-                    self._fragments[r][g] = {n: (a.start, a.numel) for n, a in mapping.items()}
+                    self._fragments[r][g] = {canonical_name(n): (a.start, a.numel) for n, a in mapping.items()}
                 del sd
         self._steps = [inner["state"][g]["step"].clone() if "step" in inner["state"].get(g, {}) else torch.tensor(0.0)
                        for g in range(len(self.shapes))]
