@@ -202,6 +202,19 @@ def test_native_checkpoint_for_another_world_size_asks_for_reshard(runs, tmp_pat
     assert reshard(runs["fsdp2"] / "checkpoints/step_00000008", tmp_path / "dcp") is None
 
 
+def test_fsdp2_engine_refuses_a_deepspeed_checkpoint_with_the_convert_command(runs, tmp_path):
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import load_config
+    from pretrain.dist import DistEnv
+    from pretrain.engines.base import Engine
+    from pretrain.models import build_model, get_family
+
+    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={tmp_path}"])
+    engine = Engine(build_model(cfg.model), get_family("vit").loss, cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    with pytest.raises(CheckpointError, match="written by DeepSpeed.*pretrain ckpt convert .* --to dcp"):
+        engine.load_model_state(runs["zero2"] / "checkpoints/step_00000008/model")
+
+
 def test_missing_or_unsafe_zero_shard_is_reported(runs, tmp_path):
     ckpt = tmp_path / "step_00000008"
     shutil.copytree(runs["zero3"] / "checkpoints/step_00000008", ckpt)
