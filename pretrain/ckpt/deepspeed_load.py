@@ -1,7 +1,7 @@
 """Checks before handing a checkpoint directory to DeepSpeed's own loader.
 
-DeepSpeed's universal-checkpoint loader calls `torch.load(weights_only=False)` on every file
-it reads. Each file is first loaded here with the weights_only unpickler (memory-mapped, so no
+DeepSpeed's universal-checkpoint loader unpickles every file it reads without restriction.
+Each file is first loaded here with the weights_only unpickler (memory-mapped, so no
 tensor data is read): a file that would build anything else is refused before DeepSpeed sees
 it. The checks also turn DeepSpeed's assertion failures into errors that say what to do.
 """
