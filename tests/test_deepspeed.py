@@ -155,23 +155,24 @@ def _kill_at(cmd: list[str], run_dir: Path, kill_step: int) -> int:
     return status.get("step", 0)
 
 
-def test_exact_resume_after_sigkill_under_zero3(runs, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_exact_resume_after_sigkill(runs, tmp_path, stage):
     """Killed mid-run, resumed from the last committed checkpoint: the final fp32 master weights
     and Adam moments equal the uninterrupted run's bit for bit."""
     victim = tmp_path / "victim"
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(5, 12)
-    overrides = [*COMMON, *zero(3), f"run.dir={victim}"]
+    overrides = [*COMMON, *zero(stage), f"run.dir={victim}"]
     killed_at = _kill_at(train_cmd(2, overrides), victim, kill_step)
     [err] = run_together([(2, overrides)])
     assert 4 <= resumed_step(err) <= killed_at
     assert read_status(victim)["state"] == "completed"
     final = f"checkpoints/step_{STEPS:08d}"
-    ref, resumed = open_source(runs["zero3"] / final), open_source(victim / final)
+    ref, resumed = open_source(runs[f"zero{stage}"] / final), open_source(victim / final)
     for name in ref.params:
         for kind in KINDS:
             assert torch.equal(ref.read(name, kind), resumed.read(name, kind)), (seed, killed_at, name, kind)
-    assert losses(victim)[STEPS] == losses(runs["zero3"])[STEPS]
+    assert losses(victim)[STEPS] == losses(runs[f"zero{stage}"])[STEPS]
 
 
 def test_round_trips_between_deepspeed_and_fsdp2_continue_the_loss(runs, tmp_path):
