@@ -9,16 +9,19 @@ import sys
 from pathlib import Path
 
 EPILOG = """\
+DST is a step_XXXXXXXX directory, or a directory in which one is created (e.g. a new run's
+checkpoints/, where `pretrain train ... run.dir=RUN` resumes from it by itself).
+
 examples:
   pretrain ckpt inspect runs/a/checkpoints/step_00000100
-  pretrain ckpt convert runs/a/checkpoints/step_00000100 runs/b/checkpoints/step_00000100 --to dcp
+  pretrain ckpt convert runs/a/checkpoints/step_00000100 runs/b/checkpoints --to dcp
       (a DeepSpeed ZeRO-1/2/3 checkpoint -> DCP: resume it with FSDP2/DDP on any number of ranks)
-  pretrain ckpt convert SRC DST --to deepspeed
+  pretrain ckpt convert runs/b/checkpoints/step_00000100 runs/c/checkpoints --to deepspeed
       (-> DeepSpeed universal: resume it with ZeRO-1/2/3 on any number of ranks)
   pretrain ckpt reshard SRC DST        (a DeepSpeed checkpoint, for another world size or ZeRO stage)
   pretrain ckpt export SRC model.safetensors --dtype bf16
-  pretrain ckpt import model.safetensors DST --config configs/vit_digits.yaml [key=value ...]
-      (then: pretrain train RECIPE checkpoint.resume=DST)
+  pretrain ckpt import model.safetensors runs/d/checkpoints --config configs/vit_digits.yaml [key=value ...]
+      (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
 """
 
 

@@ -33,7 +33,8 @@ from tests.conftest import REPO, TINY, subprocess_env, train_cmd
 pytestmark = pytest.mark.slow
 
 STEPS = 16
-COMMON = [*TINY, f"schedule.steps={STEPS}", "checkpoint.every_steps=4", "checkpoint.keep_last=5"]
+# Two micro-batches per step: DeepSpeed's own accumulation against the trainer's no-sync one.
+COMMON = [*TINY, f"schedule.steps={STEPS}", "optim.grad_accum=2", "checkpoint.every_steps=4", "checkpoint.keep_last=5"]
 
 
 def zero(stage: int) -> list[str]:
