@@ -11,7 +11,6 @@ directory holding a universal checkpoint (`zero/<param>/...`, what `pretrain ckp
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -27,9 +26,6 @@ from pretrain.engines.deepspeed_config import ds_config
 from pretrain.optim import build_optimizer, canonical_name
 
 log = logging.getLogger(__name__)
-
-TAG = "model"  # DeepSpeed writes <save_dir>/<tag>/...: the checkpoint's model/ directory
-
 
 def import_deepspeed(shm_comm: bool):
     """Import DeepSpeed quietly; unless asked, mark its JIT-built CPU shm all-reduce unusable."""
@@ -77,12 +73,11 @@ class DeepSpeedEngine(Engine):
         self.model.checkpoint_engine = make_safe_checkpoint_engine(self.model._config)
         self._warned_async = False
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        # bf16: DeepSpeed holds bf16 parameters; autocast casts fp32 inputs (images) to match.
-        return super().autocast()
-
     def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:
-        """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last micro-batch."""
+        """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last micro-batch.
+
+        Under bf16 DeepSpeed holds bf16 parameters; the base autocast casts fp32 inputs to match.
+        """
         self.model.train()
         n = len(micro_batches)
         loss_total = torch.zeros((), device=self.env.device)
@@ -102,6 +97,7 @@ class DeepSpeedEngine(Engine):
         if use_async and not self._warned_async and self.env.is_main:
             log.warning("checkpoint.async_save is not supported by the deepspeed backend; saving synchronously")
             self._warned_async = True
+        # DeepSpeed writes <save_dir>/<tag>/: tag = "model" puts its files in <ckpt>/model/.
         self.model.save_checkpoint(str(path.parent), tag=path.name, save_latest=False)
         return None
 
