@@ -8,14 +8,11 @@ the shared-memory all-reduce op is switched off (parallel.deepspeed.shm_comm=fal
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ from pretrain.ckpt.sources import KINDS, CheckpointFormatError, DeepSpeedSource,
 from pretrain.ckpt.torch_files import safe_torch_load
 from pretrain.run_dir import read_metrics, read_status
 from pretrain.safe_dcp import UnsafeCheckpointError
-from tests.conftest import REPO, TINY, subprocess_env, train_cmd
+from tests.conftest import REPO, TINY, kill_run_at_step, subprocess_env, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -118,44 +115,6 @@ def test_deepspeed_checkpoint_carries_the_training_state(runs):
             assert all(torch.equal(source.read(n), module[n]) for n in source.params)
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants. torchrun starts each worker in a session of its own, so
-    killing torchrun's process group would leave the workers running to the end."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def _kill_at(cmd: list[str], run_dir: Path, kill_step: int) -> int:
-    """SIGKILL the launcher and every rank at once (a node failure) once `kill_step` is reached."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if read_status(run_dir).get("step", 0) >= kill_step:
-                for pid in process_tree(proc.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        proc.wait()
-    status = read_status(run_dir)
-    assert status.get("state") != "completed", "run finished before it could be killed"
-    return status.get("step", 0)
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_exact_resume_after_sigkill(runs, tmp_path, stage):
     """Killed mid-run, resumed from the last committed checkpoint: the final fp32 master weights
@@ -164,7 +123,7 @@ def test_exact_resume_after_sigkill(runs, tmp_path, stage):
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(5, 12)
     overrides = [*COMMON, *zero(stage), f"run.dir={victim}"]
-    killed_at = _kill_at(train_cmd(2, overrides), victim, kill_step)
+    killed_at = kill_run_at_step(train_cmd(2, overrides), victim, kill_step)
     [err] = run_together([(2, overrides)])
     assert 4 <= resumed_step(err) <= killed_at
     assert read_status(victim)["state"] == "completed"

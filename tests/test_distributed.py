@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -15,7 +14,7 @@ import torch
 
 from pretrain.checkpoint import latest_complete, read_model_tensors
 from pretrain.run_dir import read_metrics, read_status
-from tests.conftest import REPO, TINY, run_train, subprocess_env, train_cmd
+from tests.conftest import REPO, TINY, kill_run_at_step, run_train, subprocess_env, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -48,30 +47,6 @@ def resumed_from(proc: subprocess.CompletedProcess) -> int:
     return int(match.group(1))
 
 
-def _kill_at_random_step(cmd: list[str], run_dir, kill_step: int) -> int:
-    """Start the run, SIGKILL its whole process group once it reports `kill_step`."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=subprocess_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if read_status(run_dir).get("step", 0) >= kill_step:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        proc.wait()
-    status = read_status(run_dir)
-    assert status.get("state") != "completed", "run finished before it could be killed"
-    return status.get("step", 0)
-
-
 @pytest.mark.parametrize("backend", ["single", "ddp", "fsdp2"])
 def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
     nproc = BACKEND_NPROC[backend]
@@ -87,7 +62,7 @@ def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
     victim = tmp_path / "victim"
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(4, 28)
-    killed_at = _kill_at_random_step(
+    killed_at = kill_run_at_step(
         train_cmd(nproc, [*common, f"run.dir={victim}"]), victim, kill_step
     )
     resumed_step = resumed_from(run_train(nproc, [*common, f"run.dir={victim}"]))
