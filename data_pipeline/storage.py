@@ -41,9 +41,25 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def expand_options(flat: dict) -> dict:
+    """Recipe-friendly flat options -> fsspec kwargs: dotted keys nest
+    ({"client_kwargs.endpoint_url": URL} -> {"client_kwargs": {"endpoint_url": URL}}), and the
+    strings true/false become booleans."""
+    out: dict = {}
+    for key, value in flat.items():
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path) for a dataset URL or local path."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(url, **expand_options(storage_options or {}))
     return fs, root.rstrip("/")
 
 
