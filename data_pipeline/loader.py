@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,6 +79,21 @@ class EvalPlan:
         return np.where(pos < self.n, pos, -1)
 
 
+class WorkerError:
+    """An exception raised while building a batch, carried to the main process."""
+
+    def __init__(self, exc: Exception, trace: str):
+        self.exc, self.trace = exc, trace
+
+
+def _unwrap(batch: dict | WorkerError) -> dict[str, torch.Tensor]:
+    if isinstance(batch, WorkerError):
+        if hasattr(batch.exc, "add_note"):
+            batch.exc.add_note(f"raised in a data loader worker:\n{batch.trace}")
+        raise batch.exc
+    return batch
+
+
 class BatchStream(IterableDataset):
     """Builds micro-batches in DataLoader workers: read, decode, transform, collate."""
 
@@ -92,7 +108,14 @@ class BatchStream(IterableDataset):
             torch.set_num_threads(1)
         k = worker
         while self.plan.num_batches is None or k < self.plan.num_batches:
-            yield self.batch(k, prefetch_next=k + workers)
+            try:
+                batch = self.batch(k, prefetch_next=k + workers)
+            except Exception as e:
+                # Handed over as a value: a worker that raises makes DataLoader shutdown wait ~5 s
+                # per worker; the main process re-raises it (`_unwrap`).
+                yield WorkerError(e, traceback.format_exc())
+                return
+            yield batch
             k += workers
 
     def batch(self, k: int, prefetch_next: int | None = None) -> dict[str, torch.Tensor]:
@@ -207,7 +230,7 @@ class ShardedTrainLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         plan = TrainPlan(self.consumed, self.micro_global, self.rank, self.world_size, self.stop)
         stream = BatchStream(plan, self.resolver, self.rows, self.skip_bad)
-        for batch in _dataloader(stream, self.cfg):
+        for batch in map(_unwrap, _dataloader(stream, self.cfg)):
             self.consumed += self.micro_global
             self.bad_samples += int((batch["sample_id"] < 0).sum())
             yield batch
@@ -264,7 +287,7 @@ class ShardedEvalLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         stream = BatchStream(self.plan, self.resolver, self.rows, self.skip_bad)
-        for k, batch in enumerate(_dataloader(stream, self.cfg)):
+        for k, batch in enumerate(map(_unwrap, _dataloader(stream, self.cfg))):
             padding = int((self.plan.positions(k) < 0).sum())
             self.bad_samples += int((batch["sample_id"] < 0).sum()) - padding
             yield batch

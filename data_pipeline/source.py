@@ -10,7 +10,14 @@ from collections import OrderedDict
 import numpy as np
 
 from data_pipeline.config import DataConfig
-from data_pipeline.errors import CorruptShardError, DataError, ShardNotFoundError, where
+from data_pipeline.decode import UNSAFE
+from data_pipeline.errors import (
+    CorruptShardError,
+    DataError,
+    ShardNotFoundError,
+    UnsafeEncodingError,
+    where,
+)
 from data_pipeline.manifest import (
     MANIFEST_NAME,
     MDS_INDEX_NAME,
@@ -85,9 +92,12 @@ def load_manifest(store: ShardStore, fmt: str) -> Manifest:
             manifest.meta = ours.meta
     if manifest.num_samples == 0:
         raise DataError(f"{store.url}: the dataset has no samples")
-    for encoding, _ in manifest.columns.values():
-        if encoding.split(":")[0] in ("pkl",):
-            log.warning("%s: column encoded as %r will be refused when read", store.url, encoding)
+    for column, (encoding, _) in manifest.columns.items():
+        if encoding.split(":")[0] in UNSAFE:
+            raise UnsafeEncodingError(
+                f"{store.url}: MDS column {column!r} is encoded as {encoding!r}, which needs"
+                " unpickling (arbitrary code execution); refusing to read it. Re-write the dataset"
+                " with a safe encoding (ndarray, json, int, png...)")
     return manifest
 
 
