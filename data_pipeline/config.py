@@ -29,7 +29,7 @@ class DataConfig:
     mixture_block: int = 1024  # positions per block in which the mixture proportions are exact
     storage_options: dict[str, str] = field(default_factory=dict)  # fsspec kwargs (endpoint_url...)
     cache_dir: str = ""  # local cache of remote shards; "" = ~/.cache/pretrain/shards
-    cache_limit_mb: int = 0  # evict least recently used cached shards beyond this; 0 = no limit
+    cache_limit_mb: float = 0.0  # evict least recently used cached shards beyond this; 0 = no limit
     verify_checksums: str = "always"  # off | download (remote shards) | always (local ones too)
     shuffle: bool = True
     shuffle_window: int = 4  # shards whose samples are shuffled together (locality vs. mixing)

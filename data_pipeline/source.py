@@ -109,7 +109,7 @@ class ShardedSource:
             raise ValueError(f"data.format={fmt!r} needs a dataset URL (data.train_url / val_url)")
         self.url, self.fmt = url, fmt
         self.store = ShardStore(url, cfg.storage_options, cfg.cache_dir, cfg.verify_checksums,
-                                cfg.cache_limit_mb * 2**20)
+                                int(cfg.cache_limit_mb * 2**20))
         self.manifest = load_manifest(self.store, fmt)
         self.order = ShardedOrder([s.samples for s in self.manifest.shards], cfg.seed,
                                   cfg.shuffle_window, shuffle)
@@ -152,12 +152,19 @@ class ShardedSource:
 
     def _open_shard(self, shard: int) -> TarShard | MdsShard:
         info = self.manifest.shards[shard]
-        path = self.store.local_path(info)
-        if self.fmt == "wds":
-            return TarShard(path, info.name, expected_samples=info.samples)
-        if info.compression:
-            path = _decompress(path, info, self.store.cache_dir)
-        return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
+        for attempt in range(3):
+            path = self.store.local_path(info)
+            try:
+                if self.fmt == "wds":
+                    return TarShard(path, info.name, expected_samples=info.samples)
+                if info.compression:
+                    path = _decompress(path, info, self.store.cache_dir)
+                return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
+            except ShardNotFoundError:
+                # a cached copy evicted by another process between fetch and open: fetch again
+                if self.store.local or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def read(self, sample_id: int) -> tuple[str, str, RawSample]:
         """(shard name, sample key, raw fields) of a canonical sample id."""

@@ -94,6 +94,8 @@ class ShardStore:
         if self._pid != os.getpid():
             self._pid, self._pool, self._pending = os.getpid(), None, {}
             self._lock, self.downloads = threading.Lock(), 0
+            # async filesystems (http, s3) refuse to run on a loop inherited through fork
+            self.fs = open_fs(self.url, self.storage_options)[0]
 
     def __getstate__(self) -> dict:
         # DataLoader workers get a copy without threads; each process builds its own pool.
@@ -110,6 +112,7 @@ class ShardStore:
 
     def read_small(self, name: str) -> bytes | None:
         """A small metadata file (manifest, index), or None if it does not exist."""
+        self._in_this_process()
         path = self.remote_path(name)
         try:
             with self.fs.open(path, "rb") as f:
@@ -159,9 +162,11 @@ class ShardStore:
 
     def _fetch(self, shard: ShardInfo) -> str:
         dest = self._cache_path(shard.name)
-        if os.path.exists(dest):
-            os.utime(dest)  # LRU clock for eviction
+        try:
+            os.utime(dest)  # cached: refresh the LRU clock for eviction
             return dest
+        except FileNotFoundError:
+            pass
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with open(dest + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
