@@ -15,8 +15,7 @@ Formats: memory (digits, synthetic), wds (WebDataset tar shards), mds (MosaicML 
 
 from __future__ import annotations
 
-from data_pipeline.config import DataConfig
-from data_pipeline.memory import IGNORE_INDEX, MemoryEvalLoader, MemoryTrainLoader
+from data_pipeline.config import IGNORE_INDEX, DataConfig
 
 __all__ = ["DataConfig", "IGNORE_INDEX", "build_loader"]
 
@@ -25,7 +24,9 @@ def build_loader(cfg: DataConfig, rank: int, world_size: int, split: str = "trai
     """The loader for one split on one rank (see the module docstring for the contract)."""
     if split not in ("train", "val"):
         raise ValueError(f"split={split!r}: choose train or val")
-    if cfg.format == "memory":
+    if cfg.format == "memory":  # imported here: `pretrain data --help` should not load torch
+        from data_pipeline.memory import MemoryEvalLoader, MemoryTrainLoader
+
         if split == "train":
             return MemoryTrainLoader(cfg, rank, world_size, grad_accum)
         return MemoryEvalLoader(cfg, rank, world_size)

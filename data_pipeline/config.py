@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+IGNORE_INDEX = -100  # targets of padding rows and of skipped samples (torch's cross-entropy default)
+
 
 @dataclass
 class DataConfig:

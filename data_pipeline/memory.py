@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data_pipeline.config import DataConfig
+from data_pipeline.config import IGNORE_INDEX, DataConfig
 from data_pipeline.order import epoch_permutation, rank_slice
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "MemoryEvalLoader", "MemoryTrainLoader", "load_arrays"]
 
 
 def load_arrays(cfg: DataConfig, split: str) -> dict[str, np.ndarray]:

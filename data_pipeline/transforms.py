@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_pipeline.config import DataConfig
+from data_pipeline.config import IGNORE_INDEX, DataConfig
 from data_pipeline.decode import IMAGE_EXTS, decode_field
 from data_pipeline.errors import BadSampleError, where
 
-IGNORE_INDEX = -100
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "image", "img", "image.png", "image.jpg", "bmp", "ppm")
 LABEL_KEYS = ("cls", "label", "target", "class", "y", "label.cls", "cls2")
 TOKEN_KEYS = ("tokens", "tokens.npy", "input_ids", "input_ids.npy", "ids.npy")
