@@ -127,10 +127,14 @@ class BatchStream(IterableDataset):
             self._prefetch(prefetch_next)
         rows: list[dict[str, Any]] = [self.rows.pad()] * len(pos)
         sample_ids = np.full(len(pos), -1, np.int64)
-        for j in np.lexsort((ids, which)):  # source, then canonical order: mostly sequential reads
+        shards, index = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
+        for d in np.unique(which):
+            mask = which == d
+            shards[mask], index[mask] = self.resolver.sources[int(d)].order.locate(ids[mask])
+        for j in np.lexsort((index, shards, which)).tolist():  # mostly sequential reads
             src = self.resolver.sources[int(which[j])]
             try:
-                shard, key, raw = src.read(int(ids[j]))
+                shard, key, raw = src.read_at(int(shards[j]), int(index[j]))
                 rows[valid[j]] = self.rows(raw, shard, key, int(gids[j]), int(epochs[j]))
             except (ShardNotFoundError, ChecksumError):
                 raise  # whole-dataset problems are never skipped

@@ -169,6 +169,9 @@ class ShardedSource:
     def read(self, sample_id: int) -> tuple[str, str, RawSample]:
         """(shard name, sample key, raw fields) of a canonical sample id."""
         shards, index = self.order.locate(np.asarray([sample_id]))
-        shard, idx = int(shards[0]), int(index[0])
+        return self.read_at(int(shards[0]), int(index[0]))
+
+    def read_at(self, shard: int, index: int) -> tuple[str, str, RawSample]:
+        """The same for sample `index` of shard `shard` (callers locate ids in bulk)."""
         reader = self.reader(shard)
-        return reader.name, reader.key(idx), reader.read(idx)
+        return reader.name, reader.key(index), reader.read(index)
