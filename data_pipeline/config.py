@@ -49,3 +49,8 @@ class DataConfig:
     image_std: list[float] = field(default_factory=lambda: [0.5])
     random_flip: bool = False  # horizontal flip (train), seeded by (seed, epoch, sample id)
     packing_boundaries: str = "none"  # none | position_ids | doc_ids (packed token documents)
+    # NaViT patch packing of variable-resolution images (see data_pipeline/navit.py)
+    patch_pack: bool = False
+    patch_size: int = 16
+    pack_images: int = 4  # images per packed sequence; the micro-batch (images) must divide by it
+    pack_max_patches: int = 256  # sequence length in patches; images shrink together to fit

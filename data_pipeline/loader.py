@@ -155,7 +155,7 @@ class BatchStream(IterableDataset):
             self.resolver.sources[int(d)].prefetch(ids[which == d])
 
 
-def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> ImageRows | TokenRows:
+def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> Any:
     """The row builder for a dataset, sized from its manifest or its first sample."""
     meta = source.manifest.meta
     shard, key, raw = source.read(0)
@@ -167,6 +167,16 @@ def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> ImageRows 
             seq_len = int(np.asarray(decode_field(*raw[tok])).size) - 1
         return TokenRows(cfg, int(seq_len))
     probe = ImageRows(cfg, 1, 1, 1, train=False)
+    if cfg.patch_pack:
+        from data_pipeline.navit import PatchPackRows
+
+        img_key = pick(raw, cfg.image_key, IMAGE_KEYS)
+        if img_key is None:
+            raise DataError(f"{shard}: sample {key!r} has no image field among {sorted(raw)}")
+        image = decode_field(*raw[img_key])
+        if cfg.image_mode:
+            image = image.convert(cfg.image_mode)
+        return PatchPackRows(cfg, len(image.getbands()))
     img_key = pick(raw, cfg.image_key, IMAGE_KEYS) or next(
         (f for f in raw if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
     if img_key is None:
