@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_pipeline.config import DataConfig
 from data_pipeline.decode import IMAGE_EXTS, decode_field
 from data_pipeline.errors import ChecksumError, DataError, ShardNotFoundError
+from data_pipeline.memory import budget_samples
 from data_pipeline.order import Mixture, rank_slice
 from data_pipeline.source import ShardedSource
 from data_pipeline.transforms import IMAGE_KEYS, TOKEN_KEYS, ImageRows, TokenRows, detect_kind, pick
@@ -224,18 +225,8 @@ class ShardedTrainLoader:
 
     def _budget(self) -> int:
         """Samples to stream in all (whole optimizer steps), or 0 for endless."""
-        samples = self.cfg.budget_samples
-        if self.cfg.budget_tokens:
-            if not isinstance(self.rows, TokenRows):
-                raise ValueError("data.budget_tokens needs a token dataset (use budget_samples)")
-            by_tokens = self.cfg.budget_tokens // self.rows.seq_len
-            samples = min(samples, by_tokens) if samples else by_tokens
-        if samples <= 0:
-            return 0
-        steps = samples // self.cfg.global_batch_size
-        if steps == 0:
-            raise ValueError(f"data budget of {samples} samples is less than one global batch")
-        return steps * self.cfg.global_batch_size
+        seq_len = self.rows.seq_len if isinstance(self.rows, TokenRows) else 0
+        return budget_samples(self.cfg, seq_len)
 
     @property
     def samples_per_epoch(self) -> int:

@@ -133,3 +133,9 @@ def test_mixing_weights_and_resume(two_image_sets):
 def _take(loader, n):
     it = iter(loader)
     return [next(it) for _ in range(n)]
+
+
+def test_memory_loader_honours_budget():
+    cfg = DataConfig(format="memory", name="synthetic_tokens", global_batch_size=8, seq_len=16,
+                     budget_tokens=8 * 16 * 3 + 5)
+    assert len(list(build_loader(cfg, 0, 2))) == 3
