@@ -173,3 +173,17 @@ def test_cache_limit_evicts_least_recently_used(local_data, tmp_path):
         assert len(resident) <= 2
     assert store.downloads == len(manifest.shards)
     shutil.rmtree(tmp_path / "c")
+
+
+def test_file_and_memory_urls(local_data, tmp_path):
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    for name in os.listdir(f"{local_data}/mds/train"):
+        with open(f"{local_data}/mds/train/{name}", "rb") as f:
+            mem.pipe(f"/urls/train/{name}", f.read())
+    for url in (f"file://{local_data}/mds/train", "memory://urls/train"):
+        cfg = DataConfig(format="mds", train_url=url, global_batch_size=BATCH, num_workers=2,
+                         cache_dir=str(tmp_path / "cache"))
+        (epoch,) = read_epochs(cfg, 1)
+        assert sorted(epoch.tolist()) == list(range(N)), url
