@@ -16,6 +16,7 @@ import tarfile
 import numpy as np
 
 from data_pipeline.errors import CorruptShardError, ShardNotFoundError, where
+from data_pipeline.tar_index import TarFormatError, scan_tar
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
@@ -67,27 +68,20 @@ class TarShard:
 
     def _scan(self, path: str) -> None:
         try:
-            with tarfile.open(path, mode="r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    match = _KEY_EXT.match(info.name)
-                    if match is None:
-                        continue  # no extension: not part of a sample (webdataset skips these too)
-                    key, ext = match.group(1), match.group(2)
-                    if info.offset_data + info.size > self.file.size:
-                        raise CorruptShardError(
-                            f"{where(self.name, key)}: member {info.name!r} runs past the end of the"
-                            f" file ({info.offset_data + info.size} > {self.file.size} bytes;"
-                            " truncated shard)"
-                        )
-                    if not self.keys or self.keys[-1] != key:
-                        self.keys.append(key)
-                        self.members.append({})
-                    self.members[-1][ext] = (info.offset_data, info.size)
-        except tarfile.TarError as e:
-            after = f" after sample {self.keys[-1]!r}" if self.keys else ""
-            raise CorruptShardError(f"{where(self.name)}: not a readable tar file{after}: {e}") from e
+            members = scan_tar(path)
+        except (TarFormatError, tarfile.TarError) as e:
+            offset = f" at byte {e.offset}" if isinstance(e, TarFormatError) else ""
+            raise CorruptShardError(f"{where(self.name)}: not a readable tar file{offset}: {e}"
+                                    " (truncated or corrupt shard)") from e
+        for member, offset, size in members:
+            match = _KEY_EXT.match(member)
+            if match is None:
+                continue  # no extension: not part of a sample (webdataset skips these too)
+            key, ext = match.group(1), match.group(2)
+            if not self.keys or self.keys[-1] != key:
+                self.keys.append(key)
+                self.members.append({})
+            self.members[-1][ext] = (offset, size)
 
     def __len__(self) -> int:
         return len(self.keys)
