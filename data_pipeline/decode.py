@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,29 @@ def _ndarray(spec: str, data: bytes) -> np.ndarray:
     return np.frombuffer(data[pos:], dtype).reshape(shape)
 
 
+_NPY_HEADER = re.compile(
+    r"""^\{'descr':\s*'([<>|=]?[a-zA-Z]\d*)',\s*'fortran_order':\s*(True|False),\s*"""
+    r"""'shape':\s*\(([\d,\s]*)\),?\s*\}""")
+
+
+def _npy(data: bytes) -> np.ndarray:
+    """A .npy array without np.load's per-call header evaluation (which compiles Python code
+    and cost more than the rest of a token sample). Unusual headers go through np.load."""
+    if data[:6] == b"\x93NUMPY" and len(data) >= 10:
+        if data[6] == 1:
+            start, size = 10, int.from_bytes(data[8:10], "little")
+        else:
+            start, size = 12, int.from_bytes(data[8:12], "little")
+        match = _NPY_HEADER.match(data[start:start + size].decode("latin1"))
+        dtype = np.dtype(match.group(1)) if match else None
+        if match and dtype is not None and dtype.kind in "biuf":
+            shape = tuple(int(x) for x in match.group(3).replace(" ", "").split(",") if x)
+            count = int(np.prod(shape)) if shape else 1
+            arr = np.frombuffer(data, dtype, count=count, offset=start + size)
+            return arr.reshape(shape, order="F" if match.group(2) == "True" else "C")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def _pil(data: bytes) -> Image.Image:
     """MDS `pil`: [width u32][height u32][mode length u32][mode][raw pixels]."""
     width, height, mode_len = np.frombuffer(data[:12], np.uint32).tolist()
@@ -69,7 +93,7 @@ def decode_field(encoding: str, data: bytes) -> Any:
         image.load()
         return image
     if last == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return _npy(data)
     if base == "int":
         return int(np.frombuffer(data, np.int64)[0])
     if base in _SCALARS:
