@@ -48,22 +48,39 @@ _NPY_HEADER = re.compile(
     r"""'shape':\s*\(([\d,\s]*)\),?\s*\}""")
 
 
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...], str, int] | None] = {}
+
+
+def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], str, int] | None:
+    """(dtype, shape, order, data offset) of a plain numeric .npy, or None. Cached by header
+    bytes: the samples of a dataset share a handful of headers."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        return None
+    start, size = (10, int.from_bytes(data[8:10], "little")) if data[6] == 1 else (
+        12, int.from_bytes(data[8:12], "little"))
+    header = data[start:start + size]
+    if header in _npy_headers:
+        return _npy_headers[header]
+    match = _NPY_HEADER.match(header.decode("latin1"))
+    parsed = None
+    if match and np.dtype(match.group(1)).kind in "biuf":
+        shape = tuple(int(x) for x in match.group(3).replace(" ", "").split(",") if x)
+        parsed = (np.dtype(match.group(1)), shape, "F" if match.group(2) == "True" else "C",
+                  start + size)
+    if len(_npy_headers) < 256:
+        _npy_headers[header] = parsed
+    return parsed
+
+
 def _npy(data: bytes) -> np.ndarray:
     """A .npy array without np.load's per-call header evaluation (which compiles Python code
     and cost more than the rest of a token sample). Unusual headers go through np.load."""
-    if data[:6] == b"\x93NUMPY" and len(data) >= 10:
-        if data[6] == 1:
-            start, size = 10, int.from_bytes(data[8:10], "little")
-        else:
-            start, size = 12, int.from_bytes(data[8:12], "little")
-        match = _NPY_HEADER.match(data[start:start + size].decode("latin1"))
-        dtype = np.dtype(match.group(1)) if match else None
-        if match and dtype is not None and dtype.kind in "biuf":
-            shape = tuple(int(x) for x in match.group(3).replace(" ", "").split(",") if x)
-            count = int(np.prod(shape)) if shape else 1
-            arr = np.frombuffer(data, dtype, count=count, offset=start + size)
-            return arr.reshape(shape, order="F" if match.group(2) == "True" else "C")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    parsed = _npy_header(data)
+    if parsed is None:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    dtype, shape, order, offset = parsed
+    count = int(np.prod(shape)) if shape else 1
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape, order=order)
 
 
 def _pil(data: bytes) -> Image.Image:

@@ -90,9 +90,12 @@ class TarShard:
         return self.keys[index]
 
     def read(self, index: int) -> RawSample:
-        key = self.keys[index]
-        return {ext: (ext, self.file.read(off, size, key))
-                for ext, (off, size) in self.members[index].items()}
+        """One pread for the whole sample: its members are consecutive in the archive."""
+        key, members = self.keys[index], self.members[index]
+        start = min(off for off, _ in members.values())
+        end = max(off + size for off, size in members.values())
+        span = self.file.read(start, end - start, key)
+        return {ext: (ext, span[off - start:off - start + size]) for ext, (off, size) in members.items()}
 
     def close(self) -> None:
         self.file.close()
