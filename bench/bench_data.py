@@ -130,10 +130,10 @@ def raw_read_speed(root: str, fmt: str) -> tuple[float, float]:
                 pass
     seq = total / (time.perf_counter() - start) / 1e6
     src = ShardedSource(root, fmt, DataConfig(format=fmt, verify_checksums="off"), shuffle=True)
-    ids = src.order.ids(np.arange(src.num_samples))
+    shards, index = src.order.locate(src.order.ids(np.arange(src.num_samples)))
     start, got = time.perf_counter(), 0
-    for sid in ids:
-        _, _, raw = src.read(int(sid))
+    for shard, idx in zip(shards.tolist(), index.tolist()):
+        _, _, raw = src.read_at(shard, idx)
         got += sum(len(v[1]) for v in raw.values())
     ours_mb = got / (time.perf_counter() - start) / 1e6
     return seq, ours_mb

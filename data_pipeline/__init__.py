@@ -9,7 +9,9 @@ The trainer only sees `build_loader(cfg, rank, world_size, split, grad_accum)`:
   IGNORE_INDEX targets and sample_id -1.
 Batches are dicts of tensors: images {"image": float [B,C,H,W], "label": long [B]}, tokens
 {"tokens": long [B,L], "targets": long [B,L]} (+ "position_ids"/"doc_ids" with
-data.packing_boundaries); every batch carries "sample_id": long [B].
+data.packing_boundaries); every batch carries "sample_id": long [B]. With data.patch_pack
+(NaViT), images come as packed patch sequences: see `data_pipeline/navit.py`.
+Sharded loaders also offer `metrics()` ({"data/bad_samples", "data/epoch"}) for the logs.
 Formats: memory (digits, synthetic), wds (WebDataset tar shards), mds (MosaicML streaming).
 """
 
