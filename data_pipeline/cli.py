@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="default: mds if index.json exists, else wds")
     inspect.add_argument("--samples", type=int, default=3, help="samples to decode and show")
     inspect.add_argument("--verify", action="store_true", help="check every shard's sha256")
+    inspect.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="fsspec storage option, like data.storage_options (repeatable), e.g."
+                         " client_kwargs.endpoint_url=http://127.0.0.1:9000")
+    inspect.add_argument("--cache-dir", default="", help="cache for remote shards (default"
+                         " ~/.cache/pretrain/shards)")
 
     index = sub.add_parser("index", help="write manifest.json for foreign WebDataset tar shards",
                            description="Count the samples of each *.tar in DIR and record bytes "
@@ -106,10 +111,13 @@ def _inspect(args: argparse.Namespace) -> int:
     from data_pipeline.source import ShardedSource
     from data_pipeline.storage import ShardStore
 
+    options = dict(opt.split("=", 1) for opt in args.option)
     fmt = args.format
     if fmt is None:
-        fmt = "mds" if ShardStore(args.url).read_small("index.json") is not None else "wds"
-    cfg = DataConfig(format=fmt, verify_checksums="always" if args.verify else "download")
+        probe = ShardStore(args.url, options)
+        fmt = "mds" if probe.read_small("index.json") is not None else "wds"
+    cfg = DataConfig(format=fmt, verify_checksums="always" if args.verify else "download",
+                     storage_options=options, cache_dir=args.cache_dir)
     src = ShardedSource(args.url, fmt, cfg, shuffle=False)
     m = src.manifest
     total = sum(s.bytes for s in m.shards if s.bytes >= 0)

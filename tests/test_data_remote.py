@@ -117,7 +117,7 @@ def moto_s3():
             os.environ[k] = v
 
 
-def test_s3_stream_cache_and_eviction(local_data, tmp_path, moto_s3):
+def test_s3_stream_cache_and_eviction(local_data, tmp_path, moto_s3, capsys):
     import fsspec
 
     endpoint, proc = moto_s3
@@ -137,6 +137,14 @@ def test_s3_stream_cache_and_eviction(local_data, tmp_path, moto_s3):
     assert sorted(first.tolist()) == list(range(N)) == sorted(second.tolist())
     resident = [f for _, _, files in os.walk(tmp_path / "small") for f in files if f.endswith(".mds")]
     assert 0 < len(resident) <= 3 < len(shards)
+
+    from pretrain.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["data", "inspect", "s3://pretrain-data/wds/train", "--verify", "--option",
+              f"client_kwargs.endpoint_url={endpoint}", "--cache-dir", str(tmp_path / "inspect")])
+    assert done.value.code == 0
+    assert f"{N} samples" in capsys.readouterr().out
 
     cfg = DataConfig(format="wds", train_url="s3://pretrain-data/wds/train", storage_options=opts,
                      global_batch_size=BATCH, num_workers=2, cache_dir=str(tmp_path / "cache"))
