@@ -52,13 +52,15 @@ class _File:
 
 
 class TarShard:
-    """A WebDataset tar shard with an index of (key, {ext: (offset, size)}) per sample."""
+    """A WebDataset tar shard indexed as, per sample: key, byte span, and the fields' (start,
+    end) inside that span (a sample's members are consecutive, so one read fetches it)."""
 
     def __init__(self, path: str, name: str, expected_samples: int | None = None):
         self.name = name
         self.file = _File(path, name)
         self.keys: list[str] = []
-        self.members: list[dict[str, tuple[int, int]]] = []
+        self.spans: list[list[int]] = []  # [start, end] in the file
+        self.members: list[dict[str, tuple[int, int]]] = []  # ext -> absolute (offset, size)
         self._scan(path)
         if expected_samples is not None and expected_samples != len(self.keys):
             raise CorruptShardError(
@@ -81,7 +83,12 @@ class TarShard:
             if not self.keys or self.keys[-1] != key:
                 self.keys.append(key)
                 self.members.append({})
+                self.spans.append([offset, offset + size])
             self.members[-1][ext] = (offset, size)
+            self.spans[-1][1] = offset + size
+        # field slices relative to the span, computed once instead of per read
+        self.fields = [[(ext, off - span[0], off - span[0] + size) for ext, (off, size) in m.items()]
+                       for m, span in zip(self.members, self.spans)]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -91,11 +98,9 @@ class TarShard:
 
     def read(self, index: int) -> RawSample:
         """One pread for the whole sample: its members are consecutive in the archive."""
-        key, members = self.keys[index], self.members[index]
-        start = min(off for off, _ in members.values())
-        end = max(off + size for off, size in members.values())
-        span = self.file.read(start, end - start, key)
-        return {ext: (ext, span[off - start:off - start + size]) for ext, (off, size) in members.items()}
+        start, end = self.spans[index]
+        span = self.file.read(start, end - start, self.keys[index])
+        return {ext: (ext, span[a:b]) for ext, a, b in self.fields[index]}
 
     def close(self) -> None:
         self.file.close()

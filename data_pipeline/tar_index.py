@@ -84,9 +84,15 @@ def _scan_fast(buf: mmap.mmap | bytes, size: int, headers: list[int], stored: li
         if header == _ZERO:
             return  # end-of-archive marker
         headers.append(pos)
-        stored.append(_octal(header[148:156], pos))
+        try:  # the common case inline; _octal handles padding variants and errors
+            stored.append(int(header[148:156].rstrip(b"\0 "), 8))
+        except ValueError:
+            stored.append(_octal(header[148:156], pos))
         kind = header[156:157]
-        length = _octal(header[124:136], pos)
+        try:
+            length = int(header[124:136].rstrip(b"\0 "), 8)
+        except ValueError:
+            length = _octal(header[124:136], pos)
         data = pos + BLOCK
         if data + length > size:
             raise TarFormatError(f"member data ends at byte {data + length}", pos)
