@@ -10,15 +10,12 @@ MDS: the shard header holds the sample offsets; column sizes are in each sample'
 from __future__ import annotations
 
 import os
-import re
 import tarfile
 
 import numpy as np
 
 from data_pipeline.errors import CorruptShardError, ShardNotFoundError, where
 from data_pipeline.tar_index import TarFormatError, scan_tar
-
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 RawSample = dict[str, tuple[str, bytes]]
 
@@ -55,9 +52,11 @@ class TarShard:
     """A WebDataset tar shard indexed as, per sample: key, byte span, and the fields' (start,
     end) inside that span (a sample's members are consecutive, so one read fetches it)."""
 
-    def __init__(self, path: str, name: str, expected_samples: int | None = None):
+    def __init__(self, path: str, name: str, expected_samples: int | None = None,
+                 check_headers: bool = True):
         self.name = name
         self.file = _File(path, name)
+        self.check_headers = check_headers
         self.keys: list[str] = []
         self.spans: list[list[int]] = []  # [start, end] in the file
         self.members: list[dict[str, tuple[int, int]]] = []  # ext -> absolute (offset, size)
@@ -70,16 +69,16 @@ class TarShard:
 
     def _scan(self, path: str) -> None:
         try:
-            members = scan_tar(path)
+            members = scan_tar(path, self.check_headers)
         except (TarFormatError, tarfile.TarError) as e:
             offset = f" at byte {e.offset}" if isinstance(e, TarFormatError) else ""
             raise CorruptShardError(f"{where(self.name)}: not a readable tar file{offset}: {e}"
                                     " (truncated or corrupt shard)") from e
         for member, offset, size in members:
-            match = _KEY_EXT.match(member)
-            if match is None:
-                continue  # no extension: not part of a sample (webdataset skips these too)
-            key, ext = match.group(1), match.group(2)
+            dot = member.find(".", member.rfind("/") + 1)
+            if dot <= member.rfind("/") + 1 or dot == len(member) - 1:
+                continue  # no key or no extension: not part of a sample (webdataset skips these)
+            key, ext = member[:dot], member[dot + 1:]
             if not self.keys or self.keys[-1] != key:
                 self.keys.append(key)
                 self.members.append({})

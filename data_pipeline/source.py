@@ -156,7 +156,8 @@ class ShardedSource:
             path = self.store.local_path(info)
             try:
                 if self.fmt == "wds":
-                    return TarShard(path, info.name, expected_samples=info.samples)
+                    return TarShard(path, info.name, expected_samples=info.samples,
+                                    check_headers=not self.store.verified(info))
                 if info.compression:
                     path = _decompress(path, info, self.store.cache_dir)
                 return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)

@@ -107,6 +107,13 @@ class ShardStore:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def verified(self, shard: ShardInfo) -> bool:
+        """Whether this process checked the shard's bytes against the manifest's sha256
+        (always true for a shard in the remote cache, which is only filled after a check)."""
+        if not shard.sha256 or self.verify == "off":
+            return False
+        return not self.local or shard.name in self._verified
+
     def remote_path(self, name: str) -> str:
         return f"{self.root}/{name}"
 

@@ -124,8 +124,9 @@ def _scan_fast(buf: mmap.mmap | bytes, size: int, headers: list[int], stored: li
         raise TarFormatError("truncated header", pos)
 
 
-def scan_tar(path: str) -> list[tuple[str, int, int]]:
+def scan_tar(path: str, check_headers: bool = True) -> list[tuple[str, int, int]]:
     """Regular-file members of the tar at `path`: (name, data offset, size), in archive order.
+    Header checksums can be skipped when the whole file was just verified against its sha256.
     Raises TarFormatError (damaged archive) or tarfile.TarError (from the fallback)."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
@@ -142,7 +143,8 @@ def scan_tar(path: str) -> list[tuple[str, int, int]]:
             except Unsupported:
                 members = None
             if members is not None:
-                _verify_checksums(buf, headers, stored)
+                if check_headers:
+                    _verify_checksums(buf, headers, stored)
                 return members
     with tarfile.open(path, mode="r:") as tar:
         members = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
