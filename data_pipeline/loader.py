@@ -229,6 +229,12 @@ class ShardedTrainLoader:
         return budget_samples(self.cfg, seq_len)
 
     @property
+    def meta(self) -> dict:
+        """The dataset's manifest metadata (kind, num_classes, image_shape, seq_len, vocab_size...)
+        for sizing the model; from the first dataset of a mixture."""
+        return dict(self.sources[0].manifest.meta)
+
+    @property
     def samples_per_epoch(self) -> int:
         return sum(s.num_samples for s in self.sources)
 
@@ -289,6 +295,10 @@ class ShardedEvalLoader:
 
     def __len__(self) -> int:
         return self.plan.num_batches
+
+    @property
+    def meta(self) -> dict:
+        return dict(self.source.manifest.meta)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         stream = BatchStream(self.plan, self.resolver, self.rows, self.skip_bad)
