@@ -36,6 +36,7 @@ class DataConfig:
     shuffle: bool = True
     shuffle_window: int = 4  # shards whose samples are shuffled together (locality vs. mixing)
     prefetch_factor: int = 2  # micro-batches each DataLoader worker prepares ahead
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
     on_bad_sample: str = "error"  # error | skip (skipped rows become padding, counted in metrics)
     budget_samples: int = 0  # stop the train stream after this many samples (whole steps); 0 = endless
     budget_tokens: int = 0  # the same in tokens (token datasets); 0 = endless

@@ -190,7 +190,8 @@ def _dataloader(stream: BatchStream, cfg: DataConfig) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if cfg.num_workers > 0:
         kwargs["prefetch_factor"] = cfg.prefetch_factor
-    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, **kwargs)
+    pin = cfg.pin_memory and torch.cuda.is_available()
+    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin, **kwargs)
 
 
 def _check_policy(cfg: DataConfig) -> bool:
