@@ -1,0 +1,1 @@
+"""Scaling-law studies: plan IsoFLOP grids, collect run results, fit laws, predict, plot."""
