@@ -136,3 +136,16 @@ def test_bootstrap_is_independent_of_worker_count():
     a = np.array([b.values() for b in one.boot_laws])
     b = np.array([b.values() for b in two.boot_laws])
     np.testing.assert_allclose(a, b)
+
+
+def test_isoflop_parabola_resists_an_edge_outlier():
+    r = S.isoflop_runs(budgets=[1e19], points=9, spread=30, noise=0.0)
+    L = r.L.copy()
+    L[-1] *= 1.5  # a diverged run at the largest model: the point of most leverage
+    true_min = TRUE.compute_optimal(1e19)[0]
+    from pretrain.scaling_laws.isoflop import fit_profile
+
+    robust = fit_profile(r.N, r.D, r.C, L)
+    plain = fit_profile(r.N, r.D, r.C, L, robust=False)
+    assert abs(np.log(robust.N_opt / true_min)) < 0.1
+    assert abs(np.log(plain.N_opt / true_min)) > 0.3

@@ -7,10 +7,15 @@ opens downwards or whose minimum lies outside the sampled model sizes is reporte
 of the power-law fit: an extrapolated minimum says little. D_opt uses the budget's own
 tokens-vs-parameters relation (a line in log space), so no C = 6ND assumption is needed here.
 Bootstrap resamples runs within each budget, keeping every budget in every resample.
+The parabola is fit robustly: a least-median-of-squares start (the best parabola through three
+of the runs) then Huber-weighted least squares (threshold 1.345 robust sigmas), so one diverged
+run, even at the edge of the grid where it has most leverage, cannot tip a profile over as it
+does with plain least squares (`robust=False`, Hoffmann et al.'s choice).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,8 +58,40 @@ class IsoFLOPProfile:
         return dict(self.__dict__)
 
 
+def _lmeds_parabola(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Parabola through the three points whose fit has the least median absolute residual."""
+    n = len(x)
+    idx = np.array(list(itertools.combinations(range(n), 3)))
+    if len(idx) > 600:  # many runs per budget: a deterministic subsample of the triples
+        idx = idx[np.random.default_rng(0).choice(len(idx), 600, replace=False)]
+    V = np.stack([x[idx] ** 2, x[idx], np.ones_like(x[idx])], axis=-1)  # (K, 3, 3)
+    ok = np.abs(np.linalg.det(V)) > 1e-12
+    coefs = np.linalg.solve(V[ok], y[idx[ok]][..., None])[..., 0]  # (K, 3)
+    resid = np.abs(coefs @ np.stack([x**2, x, np.ones_like(x)]) - y)
+    return coefs[np.argmin(np.median(resid, axis=1))]
+
+
+def robust_polyfit(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30) -> np.ndarray:
+    """Parabola with Huber weights by iteratively reweighted least squares from an LMedS start."""
+    coef = _lmeds_parabola(x, y) if len(x) > 3 else np.polyfit(x, y, 2, w=np.sqrt(w))
+    for _ in range(iters):
+        r = y - np.polyval(coef, x)
+        scale = max(1.4826 * np.median(np.abs(r)), 1e-6 * np.abs(y).mean())
+        hub = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-300))
+        new = np.polyfit(x, y, 2, w=np.sqrt(w * hub))
+        if np.allclose(new, coef, rtol=1e-10, atol=1e-12):
+            break
+        coef = new
+    return coef
+
+
 def fit_profile(
-    N: np.ndarray, D: np.ndarray, C: np.ndarray, L: np.ndarray, w: np.ndarray | None = None
+    N: np.ndarray,
+    D: np.ndarray,
+    C: np.ndarray,
+    L: np.ndarray,
+    w: np.ndarray | None = None,
+    robust: bool = True,
 ) -> IsoFLOPProfile:
     """Weighted parabola fit of one budget (weights are bootstrap counts)."""
     w = np.ones(len(N)) if w is None else w
@@ -63,7 +100,7 @@ def fit_profile(
     budget = float(np.exp(np.mean(np.log(C))))
     validate.distinct_values("params N", N, 3, f"IsoFLOP parabola at C={budget:.3g}")
     x = np.log(N)
-    coef = np.polyfit(x, L, 2, w=np.sqrt(w))
+    coef = robust_polyfit(x, L, w) if robust else np.polyfit(x, L, 2, w=np.sqrt(w))
     dline = np.polyfit(x, np.log(D), 1, w=np.sqrt(w))
     lo, hi = float(N.min()), float(N.max())
     if coef[0] <= 0:
@@ -85,11 +122,12 @@ def fit_profile(
     )
 
 
-def _profiles(N, D, C, L, labels, w) -> list[IsoFLOPProfile]:
-    return [
-        fit_profile(N[labels == g], D[labels == g], C[labels == g], L[labels == g], w[labels == g])
-        for g in np.unique(labels)
-    ]
+def _profiles(N, D, C, L, labels, w, robust: bool = True) -> list[IsoFLOPProfile]:
+    out = []
+    for g in np.unique(labels):
+        m = labels == g
+        out.append(fit_profile(N[m], D[m], C[m], L[m], w[m], robust))
+    return out
 
 
 def _laws(profiles: list[IsoFLOPProfile]) -> tuple[PowerLaw, PowerLaw]:
@@ -167,6 +205,7 @@ def fit_isoflop(
     names: list[str] | None = None,
     holdout: np.ndarray | None = None,
     rtol: float = 0.25,
+    robust: bool = True,
     n_boot: int = 0,
     level: float = 0.95,
     seed: int = 0,
@@ -185,13 +224,15 @@ def fit_isoflop(
     )
     train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
     t = train
-    profiles = _profiles(N[t], D[t], C[t], L[t], labels[t], np.ones(int(t.sum())))
+    profiles = _profiles(N[t], D[t], C[t], L[t], labels[t], np.ones(int(t.sum())), robust)
     n_law, d_law = _laws(profiles)
     held = None
     if (~train).any():
         hp = [
             p
-            for p in _profiles(N[~t], D[~t], C[~t], L[~t], labels[~t], np.ones(int((~t).sum())))
+            for p in _profiles(
+                N[~t], D[~t], C[~t], L[~t], labels[~t], np.ones(int((~t).sum())), robust
+            )
             if p.usable
         ]
         if hp:
@@ -202,7 +243,7 @@ def fit_isoflop(
         Nt, Dt, Ct, Lt, lt = N[t], D[t], C[t], L[t], labels[t]
 
         def refit(counts: np.ndarray) -> np.ndarray:
-            nl, dl = _laws(_profiles(Nt, Dt, Ct, Lt, lt, counts.astype(float)))
+            nl, dl = _laws(_profiles(Nt, Dt, Ct, Lt, lt, counts.astype(float), robust))
             return np.r_[nl.values(), dl.values()]
 
         boot = run_bootstrap(refit, resample_counts(len(Nt), n_boot, seed, strata=lt), n_jobs)

@@ -20,6 +20,7 @@ class FitQuality:
     n: int
     rmse_log: float  # root mean square of log(L_hat) - log(L)
     mae_log: float
+    median_abs_log: float  # robust to the outliers a Huber fit ignores
     max_abs_log: float
     r2: float  # 1 - SS_res/SS_tot on L itself; NaN for fewer than 2 points
 
@@ -33,6 +34,7 @@ class FitQuality:
             n=len(r),
             rmse_log=float(np.sqrt(np.mean(r**2))),
             mae_log=float(np.mean(np.abs(r))),
+            median_abs_log=float(np.median(np.abs(r))),
             max_abs_log=float(np.max(np.abs(r))),
             r2=float(r2),
         )

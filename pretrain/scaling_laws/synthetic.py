@@ -78,3 +78,20 @@ def training_curves(
         loss = law.loss(n, tokens) * np.exp(offset + rng.normal(0, eval_noise, n_evals))
         curves.append(Curve(f"n{i}", float(n), flops, tokens, loss))
     return curves
+
+
+def as_rows(runs: SyntheticRuns) -> list[dict]:
+    """runs.csv rows (see table.py) for synthetic runs."""
+    return [
+        {"name": f"syn{i:03d}", "params": n, "tokens": d, "flops": c, "loss": loss}
+        for i, (n, d, c, loss) in enumerate(zip(runs.N, runs.D, runs.C, runs.L))
+    ]
+
+
+def curve_rows(curves: list[Curve]) -> list[dict]:
+    """curves.csv rows for synthetic curves."""
+    return [
+        {"name": c.name, "params": c.N, "flops": f, "tokens": t, "loss": loss}
+        for c in curves
+        for f, t, loss in zip(c.flops, c.tokens, c.loss)
+    ]
