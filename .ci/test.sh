@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite from nothing: venv + pinned torch + packages, Slurm from Debian where
+# missing, then lint and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup.sh
+if [ -f slurm/install.sh ]; then
+  bash slurm/install.sh
+fi
+.venv/bin/ruff check .
+export OMP_NUM_THREADS=1
+exec .venv/bin/python -m pytest -q -ra "$@"

@@ -1,0 +1,1 @@
+"""Launchers: torchrun on one machine (local) and Slurm (multi-node, preemption, sweeps)."""

@@ -1,0 +1,129 @@
+"""The engine interface: everything the trainer loop needs from a parallelism backend.
+
+The loop calls `train_step`, `eval_step`, `set_lr`, and the checkpointer calls
+`save_model_state` / `load_model_state`. Single process, DDP and FSDP2 differ only in how
+`wrap` transforms the model and how gradient sync is deferred during accumulation; they share
+one DCP checkpoint format (`get_state_dict` gives canonical parameter names), so checkpoints
+move freely between them and between world sizes. DeepSpeed overrides the state methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from pretrain import safe_dcp
+from pretrain.config import TrainConfig
+from pretrain.dist import DistEnv, all_reduce_sum
+from pretrain.optim import build_optimizer, set_lr
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward instead of storing them."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block in place (parameter names are unchanged)."""
+    for block in model.blocks:
+        block.compile()
+
+
+class Engine:
+    """Single-process engine; subclasses override `wrap` and `sync_context`."""
+
+    name = "single"
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
+        self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
+        kinds = model.param_kinds()
+        model.to(env.device)
+        if cfg.parallel.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if cfg.parallel.compile:
+            apply_compile(model)
+        self.model = self.wrap(model)
+        self.optimizer = build_optimizer(self.model, kinds, cfg)
+
+    # ---- backend hooks
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """Context in which backward runs; DDP/FSDP2 skip the gradient all-reduce until the last."""
+        return contextlib.nullcontext()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.parallel.mixed_precision == "bf16":
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- loop interface
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:
+        """Forward/backward over the micro-batches, clip, step. Returns (mean loss over ranks, grad norm)."""
+        self.model.train()
+        n = len(micro_batches)
+        loss_total = torch.zeros((), device=self.env.device)
+        for i, batch in enumerate(micro_batches):
+            with self.sync_context(i == n - 1):
+                with self.autocast():
+                    loss, _ = self.loss_fn(self.model, self._to_device(batch))
+                (loss / n).backward()
+            loss_total += loss.detach().float()
+        grad_norm = self.clip_and_step()
+        loss_mean = all_reduce_sum(loss_total / n) / self.env.world_size
+        return float(loss_mean), grad_norm
+
+    def clip_and_step(self) -> float:
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @torch.no_grad()
+    def eval_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-rank sums (loss_sum, count, ...) for one validation batch."""
+        self.model.eval()
+        with self.autocast():
+            _, stats = self.loss_fn(self.model, self._to_device(batch))
+        return {k: v.detach().float() for k, v in stats.items()}
+
+    # ---- checkpoint interface
+    def state_dict(self) -> dict:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def save_model_state(self, path: Path, process_group=None, use_async: bool = False):
+        """Write model+optimizer into `path` (a DCP directory); returns a future when async."""
+        if use_async:
+            return safe_dcp.async_save(self.state_dict(), path, process_group)
+        safe_dcp.save(self.state_dict(), path, process_group)
+        return None
+
+    def load_model_state(self, path: Path, process_group=None) -> None:
+        state = self.state_dict()
+        safe_dcp.load(state, path, process_group)
+        self.load_state_dict(state)

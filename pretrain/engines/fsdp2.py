@@ -1,0 +1,37 @@
+"""FSDP2 (`fully_shard`): each block and the root become DTensor-sharded across the ranks."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from pretrain.engines.base import Engine
+
+
+def apply_fsdp(model: nn.Module, world_size: int, device_type: str, bf16: bool, reshard_after_forward: bool) -> nn.Module:
+    """Shard every block of `model.blocks`, then the root (embeddings, head)."""
+    mesh = init_device_mesh(device_type, (world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+class FSDP2Engine(Engine):
+    name = "fsdp2"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        p = self.cfg.parallel
+        return apply_fsdp(model, self.env.world_size, self.env.device.type, p.mixed_precision == "bf16", p.reshard_after_forward)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the MixedPrecisionPolicy casts parameters itself
+
+    def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        self.model.set_requires_gradient_sync(is_last_micro_batch)
+        return contextlib.nullcontext()

@@ -1,0 +1,99 @@
+"""torch.distributed.checkpoint without unpickling arbitrary objects.
+
+DCP's stock reader unpickles `.metadata` and non-tensor items without restriction; either can
+run code from a hostile checkpoint. Here the
+metadata goes through an unpickler that only builds DCP's own metadata classes, and non-tensor
+items (optimizer param_groups: numbers, strings, lists) load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+# A lone process (no process group) saving/loading is intended here; DCP warns on each call.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # returns a torch.layout by name
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "Path"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file asked to build an object outside the allow-list."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise UnsafeCheckpointError(
+            f"checkpoint metadata refers to {module}.{name}, which is not a DCP metadata type; "
+            "refusing to unpickle it (the file may be corrupt or malicious)"
+        )
+
+
+class SafeFileSystemReader(FileSystemReader):
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise UnsafeCheckpointError(f"{path} does not hold DCP metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._nested_dict import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def read_metadata(path: str | Path) -> Metadata:
+    """The metadata of a DCP checkpoint directory, read safely."""
+    return SafeFileSystemReader(str(path)).read_metadata()
+
+
+def save(state: dict, path: str | Path, process_group=None) -> None:
+    dcp.save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group)
+
+
+def async_save(state: dict, path: str | Path, process_group=None):
+    """Start a save in the background; returns a future (the loop keeps training)."""
+    return dcp.async_save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group)
+
+
+def load(state: dict, path: str | Path, process_group=None) -> None:
+    """Load in place into `state` (resharding to however this run is sharded)."""
+    dcp.load(
+        state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(),
+        process_group=process_group,
+    )
