@@ -27,6 +27,23 @@ class Collected:
     skipped: list[tuple[str, str]]  # (run dir, reason)
 
 
+def _complete(records: list[dict], stats: dict) -> list[dict]:
+    """Fill tokens/flops from samples and the model's per-sample accounting where a record
+    lacks them (validation records carry only samples), and keep the last record of each
+    (split, step): a resumed run logs the steps after its checkpoint again."""
+    by_key: dict[tuple, dict] = {}
+    for r in records:
+        r = dict(r)
+        samples = r.get("samples")
+        if samples:
+            if not r.get("tokens") and stats.get("tokens_per_sample"):
+                r["tokens"] = samples * stats["tokens_per_sample"]
+            if not r.get("flops") and stats.get("flops_per_sample"):
+                r["flops"] = samples * stats["flops_per_sample"]
+        by_key[(r.get("split"), r.get("step"))] = r
+    return sorted(by_key.values(), key=lambda r: r.get("step") or 0)
+
+
 def _final_loss(records: list[dict], smooth: int) -> tuple[float, str, dict]:
     for split in ("val", "train"):
         recs = [r for r in records if r.get("split") == split and r.get("loss") is not None]
@@ -54,7 +71,7 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
     stats = json.loads(stats_path.read_text())
     cfg_path = run_dir / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
-    records = read_metrics(run_dir)
+    records = _complete(read_metrics(run_dir), stats)
     loss, source, last = _final_loss(records, smooth)
     # tokens for LMs; ViT/DiT trainers may count patches as tokens or only samples
     tokens = last.get("tokens") or last.get("samples")
