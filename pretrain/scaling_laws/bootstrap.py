@@ -2,7 +2,9 @@
 
 A resample is a vector of counts (how often each run was drawn), so fits take it as weights.
 Counts are drawn up front from one seed, so results do not depend on the number of worker
-processes. Workers are forked and inherit the fit function, which therefore need not pickle.
+processes. Workers come from a forkserver (a clean process), never a plain fork: forking a
+process whose torch/OpenMP threads are running (as in `pretrain scaling study`, after training)
+can deadlock the child. The fit function is therefore pickled: a module-level callable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 FitFn = Callable[[np.ndarray], np.ndarray]
-_WORKER_FN: FitFn | None = None
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -58,9 +59,9 @@ def _safe(fn: FitFn, counts: np.ndarray) -> np.ndarray | None:
 
 
 @single_threaded_blas
-def _worker(chunk: np.ndarray) -> list[np.ndarray | None]:
-    assert _WORKER_FN is not None
-    return [_safe(_WORKER_FN, c) for c in chunk]
+def _worker(task: tuple[FitFn, np.ndarray]) -> list[np.ndarray | None]:
+    fn, chunk = task
+    return [_safe(fn, c) for c in chunk]
 
 
 def default_jobs() -> int:
@@ -73,15 +74,11 @@ def default_jobs() -> int:
 
 def run_bootstrap(fn: FitFn, counts: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     """Apply `fn` to every resample; rows of failed fits are NaN. Shape (n_boot, p)."""
-    global _WORKER_FN
-    if n_jobs > 1 and len(counts) > 1 and "fork" in mp.get_all_start_methods():
-        _WORKER_FN = fn
+    if n_jobs > 1 and len(counts) > 1:
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         chunks = np.array_split(counts, min(len(counts), 4 * n_jobs))
-        try:
-            with mp.get_context("fork").Pool(n_jobs) as pool:
-                results = [r for part in pool.map(_worker, chunks) for r in part]
-        finally:
-            _WORKER_FN = None
+        with mp.get_context(method).Pool(n_jobs) as pool:
+            results = [r for part in pool.map(_worker, [(fn, c) for c in chunks]) for r in part]
     else:
         results = [_safe(fn, c) for c in counts]
     width = next((len(r) for r in results if r is not None), 0)

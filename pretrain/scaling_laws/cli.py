@@ -223,7 +223,7 @@ def _fail(args: argparse.Namespace, e: Exception) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pretrain.config import ConfigError, load_config
+    from pretrain.config import load_config
     from pretrain.scaling_laws.plan import (
         candidate_shapes,
         model_stats_fn,
@@ -243,7 +243,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
             evals_per_run=args.evals, family=cfg.model.family, runs_root=args.runs_root,
         )  # fmt: skip
-    except (ScalingDataError, ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
         return _fail(args, e)
     for r in runs:
         r.overrides = {**{k.split("=")[0]: k.split("=", 1)[1] for k in extra}, **r.overrides}
@@ -324,7 +324,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from pretrain.config import ConfigError
     from pretrain.scaling_laws.study import run_study, summary
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
@@ -335,7 +334,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
             evals_per_run=args.evals, extra=args.extra, threads=args.threads,
         )  # fmt: skip
-    except (ScalingDataError, ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
         return _fail(args, e)
     done = sum(o.state != "failed" for o in outcomes)
     print(f"{done} of {len(outcomes)} runs completed; results in {args.out}/report.md")

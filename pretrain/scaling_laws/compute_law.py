@@ -102,6 +102,19 @@ class ComputeLawFit:
         }
 
 
+@dataclass
+class _Refit:
+    """One bootstrap refit from warm starts (module level: picklable for worker processes)."""
+
+    prob: HuberProblem
+    starts: np.ndarray
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        sub = self.prob.with_weights(counts)
+        validate.distinct_values("compute C", np.exp(sub.X[:, 0]), 3, "L(C)")
+        return minimize_from(self.starts, sub, BOUNDS).theta
+
+
 @single_threaded_blas
 def fit_compute_law(
     C,
@@ -136,13 +149,7 @@ def fit_compute_law(
     boot_laws: list[ComputeLaw] = []
     failed = 0
     if n_boot > 0:
-        starts = np.array([best.theta, *best.others[:1]])
-
-        def refit(counts: np.ndarray) -> np.ndarray:
-            sub = prob.with_weights(counts)
-            validate.distinct_values("compute C", np.exp(sub.X[:, 0]), 3, "L(C)")
-            return minimize_from(starts, sub, BOUNDS).theta
-
+        refit = _Refit(prob, np.array([best.theta, *best.others[:1]]))
         thetas = run_bootstrap(refit, resample_counts(prob.X.shape[0], n_boot, seed), n_jobs)
         ok = np.all(np.isfinite(thetas), axis=1)
         failed = int((~ok).sum())

@@ -149,6 +149,22 @@ class EnvelopeFit:
         }
 
 
+@dataclass
+class _Refit:
+    """Envelope and power laws of one resample of runs (module level: picklable)."""
+
+    curves: list[Curve]
+    n_grid: int
+    min_progress: float
+    drop_edges: bool
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        sub = [c for c, k in zip(self.curves, counts) if k > 0]
+        e = envelope(sub, self.n_grid, self.min_progress)
+        nl, dl = _laws(e, interior(e, sub) if self.drop_edges else np.ones(len(e.C), bool))
+        return np.r_[nl.values(), dl.values()]
+
+
 @single_threaded_blas
 def fit_envelope(
     curves: list[Curve],
@@ -167,13 +183,7 @@ def fit_envelope(
     n_law, d_law = _laws(env, used)
     fit = EnvelopeFit(env, used, n_law, d_law, level)
     if n_boot > 0:
-
-        def refit(counts: np.ndarray) -> np.ndarray:
-            sub = [c for c, k in zip(curves, counts) if k > 0]
-            e = envelope(sub, n_grid, min_progress)
-            nl, dl = _laws(e, interior(e, sub) if drop_edges else np.ones(len(e.C), bool))
-            return np.r_[nl.values(), dl.values()]
-
+        refit = _Refit(curves, n_grid, min_progress, drop_edges)
         boot = run_bootstrap(refit, resample_counts(len(curves), n_boot, seed), n_jobs)
         ok = np.all(np.isfinite(boot), axis=1)
         fit.boot, fit.n_boot_failed = boot[ok], int((~ok).sum())

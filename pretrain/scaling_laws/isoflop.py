@@ -10,7 +10,9 @@ Bootstrap resamples runs within each budget, keeping every budget in every resam
 The parabola is fit robustly: a least-median-of-squares start (the best parabola through three
 of the runs) then Huber-weighted least squares (threshold 1.345 robust sigmas), so one diverged
 run, even at the edge of the grid where it has most leverage, cannot tip a profile over as it
-does with plain least squares (`robust=False`, Hoffmann et al.'s choice).
+does with plain least squares (`robust=False`, Hoffmann et al.'s choice). With fewer than 6 runs
+in a budget there is no redundancy to tell an outlier from curvature, so those profiles are fit
+by plain least squares.
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ def fit_profile(
     budget = float(np.exp(np.mean(np.log(C))))
     validate.distinct_values("params N", N, 3, f"IsoFLOP parabola at C={budget:.3g}")
     x = np.log(N)
-    coef = robust_polyfit(x, L, w) if robust else np.polyfit(x, L, 2, w=np.sqrt(w))
+    if robust and len(x) >= 6:
+        coef = robust_polyfit(x, L, w)
+    else:
+        coef = np.polyfit(x, L, 2, w=np.sqrt(w))
     dline = np.polyfit(x, np.log(D), 1, w=np.sqrt(w))
     lo, hi = float(N.min()), float(N.max())
     if coef[0] <= 0:
@@ -194,6 +199,23 @@ class IsoFLOPFit:
         }
 
 
+@dataclass
+class _Refit:
+    """Profiles and power laws on one resample (module level: picklable for workers)."""
+
+    N: np.ndarray
+    D: np.ndarray
+    C: np.ndarray
+    L: np.ndarray
+    labels: np.ndarray
+    robust: bool
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        w = counts.astype(float)
+        nl, dl = _laws(_profiles(self.N, self.D, self.C, self.L, self.labels, w, self.robust))
+        return np.r_[nl.values(), dl.values()]
+
+
 @single_threaded_blas
 def fit_isoflop(
     N,
@@ -240,13 +262,8 @@ def fit_isoflop(
             held = FitQuality.of(np.log(n_law([p.budget for p in hp])), obs)
     fit = IsoFLOPFit(profiles, n_law, d_law, level, held)
     if n_boot > 0:
-        Nt, Dt, Ct, Lt, lt = N[t], D[t], C[t], L[t], labels[t]
-
-        def refit(counts: np.ndarray) -> np.ndarray:
-            nl, dl = _laws(_profiles(Nt, Dt, Ct, Lt, lt, counts.astype(float), robust))
-            return np.r_[nl.values(), dl.values()]
-
-        boot = run_bootstrap(refit, resample_counts(len(Nt), n_boot, seed, strata=lt), n_jobs)
+        refit = _Refit(N[t], D[t], C[t], L[t], labels[t], robust)
+        boot = run_bootstrap(refit, resample_counts(int(t.sum()), n_boot, seed, labels[t]), n_jobs)
         ok = np.all(np.isfinite(boot), axis=1)
         fit.boot, fit.n_boot_failed = boot[ok], int((~ok).sum())
     return fit

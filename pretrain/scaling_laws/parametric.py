@@ -147,6 +147,20 @@ class ParametricFit:
         }
 
 
+@dataclass
+class _Refit:
+    """One bootstrap refit from warm starts (module level so worker processes can unpickle it)."""
+
+    prob: HuberProblem
+    starts: np.ndarray
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        sub = self.prob.with_weights(counts)
+        validate.distinct_values("params N", np.exp(sub.X[:, 0]), 2, "L(N, D)")
+        validate.distinct_values("tokens D", np.exp(sub.X[:, 1]), 2, "L(N, D)")
+        return minimize_from(self.starts, sub, BOUNDS).theta
+
+
 @single_threaded_blas
 def fit_parametric(
     N,
@@ -197,13 +211,7 @@ def fit_parametric(
     failed = 0
     if n_boot > 0:
         starts = np.array([best.theta, *best.others[: max(0, boot_starts - 1)]])
-
-        def refit(counts: np.ndarray) -> np.ndarray:
-            sub = prob.with_weights(counts)
-            validate.distinct_values("params N", np.exp(sub.X[:, 0]), 2, "L(N, D)")
-            validate.distinct_values("tokens D", np.exp(sub.X[:, 1]), 2, "L(N, D)")
-            return minimize_from(starts, sub, BOUNDS).theta
-
+        refit = _Refit(prob, starts)
         thetas = run_bootstrap(refit, resample_counts(prob.X.shape[0], n_boot, seed), n_jobs)
         ok = np.all(np.isfinite(thetas), axis=1)
         failed = int((~ok).sum())

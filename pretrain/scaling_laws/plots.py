@@ -15,6 +15,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from pretrain.scaling_laws.analysis import Analysis
+from pretrain.scaling_laws.isoflop import IsoFLOPProfile, fit_profile
+from pretrain.scaling_laws.validate import ScalingDataError
 
 COLORS = {"approach1": "tab:green", "approach2": "tab:blue", "approach3": "tab:orange"}
 
@@ -89,33 +91,46 @@ def plot_loss_vs_compute(a: Analysis, path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
+def _display_profile(a: Analysis, m: np.ndarray) -> IsoFLOPProfile | None:
+    """The fitted profile of the runs in mask m (refit when approach 2 as a whole failed)."""
+    fit = m & ~a.holdout
+    if a.isoflop:
+        budget = np.exp(np.mean(np.log(a.C[fit]))) if fit.any() else np.nan
+        for p in a.isoflop.profiles:
+            if np.isclose(p.budget, budget, rtol=1e-9):
+                return p
+    try:
+        return fit_profile(a.N[fit], a.D[fit], a.C[fit], a.L[fit]) if fit.any() else None
+    except ScalingDataError:
+        return None
+
+
 def plot_isoflop(a: Analysis, path: Path) -> None:
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     groups = np.unique(a.budget)
     cmap = colormaps["plasma"]
-    profiles = {round(np.log(p.budget), 6): p for p in (a.isoflop.profiles if a.isoflop else [])}
     for i, g in enumerate(groups):
         m = a.budget == g
         color = cmap(0.85 * i / max(1, len(groups) - 1))
-        budget = (
-            float(np.exp(np.mean(np.log(a.C[m & ~a.holdout])))) if (m & ~a.holdout).any() else None
-        )
         ax.scatter(a.N[m & ~a.holdout], a.L[m & ~a.holdout], color=color, s=22, zorder=3)
         ax.scatter(
             a.N[m & a.holdout], a.L[m & a.holdout], facecolors="none", edgecolors=color, s=30
         )
         label = f"C = {np.exp(np.mean(np.log(a.C[m]))):.2g}"
-        p = profiles.get(round(np.log(budget), 6)) if budget else None
+        p = _display_profile(a, m)
         if p is not None:
             x = np.geomspace(p.n_range[0] / 1.3, p.n_range[1] * 1.3, 100)
-            ax.plot(x, p.loss(x), color=color, lw=1.3, ls="-" if p.usable else "--", label=label)
+            note = "" if p.usable else f" ({p.note})"
+            ax.plot(x, p.loss(x), color=color, lw=1.3, ls="-" if p.usable else "--",
+                    label=label + note)  # fmt: skip
             if p.usable:
                 ax.plot(
                     p.N_opt, p.L_opt, marker="*", color=color, ms=13, mec="k", mew=0.6, zorder=4
                 )
         else:
-            ax.plot([], [], color=color, label=label + " (held out)")
+            held = (m & a.holdout).all()
+            ax.plot([], [], color=color, label=label + (" (held out)" if held else " (no fit)"))
         if a.parametric:
             x = np.geomspace(a.N[m].min() / 1.3, a.N[m].max() * 1.3, 100)
             C = np.exp(np.mean(np.log(a.C[m])))
