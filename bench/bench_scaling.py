@@ -79,9 +79,10 @@ def main() -> None:
         f"{len(r.N)} runs ({r.outlier.sum()} outliers), {args.boot} resamples, "
         f"{args.jobs} jobs, {os.cpu_count()} CPUs visible, {platform.processor() or '?'}"
     )
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     fit = fit_parametric(r.N, r.D, r.L, n_boot=args.boot, n_jobs=args.jobs, seed=0)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
     fit_parametric(r.N, r.D, r.L)
     point = time.perf_counter() - t1
@@ -102,6 +103,10 @@ def main() -> None:
         "failed_resamples": fit.n_boot_failed,
         "jobs": args.jobs,
         "wall_s": round(wall, 2),
+        # CPU seconds of this process: the whole fit when --jobs 1 (workers are not counted)
+        "cpu_s_this_process": round(cpu, 2),
+        "load_average_1min_before": round(load_before, 2),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "point_fit_s": round(point, 3),
         "per_resample_ms": round(1000 * (wall - point) / args.boot * args.jobs, 2),
         "serial_ms_per_refit_1_start": {k: round(1000 * v, 2) for k, v in variants.items()},

@@ -149,13 +149,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "`pretrain scaling run`, and a .plan.csv table.")  # fmt: skip
     _add_plan_args(pp)
     pp.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
-    pp.add_argument("--runs-root", default="runs/scaling", help="parent of the run directories")
     pp.set_defaults(func=cmd_plan)
 
     pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
                         description="Train every run of a sweep file in sequence in this "
                         "process (single backend, no checkpoints); completed runs are skipped.")  # fmt: skip
     pr.add_argument("sweep", help="sweep YAML from `pretrain scaling plan`")
+    pr.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
     pr.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     pr.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     pr.set_defaults(func=cmd_run)
@@ -166,6 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(params, tokens, FLOPs, final loss) and the eval curves.")  # fmt: skip
     pc.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
     pc.add_argument("--sweep", help="take the run directories from this sweep file")
+    pc.add_argument("--root", help="with --sweep: parent of the runs (default runs/<sweep stem>)")
     pc.add_argument("-o", "--output", default="runs.csv", help="runs table to write")
     pc.add_argument("--curves", help="also write the training curves here (for approach 1)")
     pc.add_argument(
@@ -241,12 +242,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args.budgets, args.points, shapes, stats_fn, cfg.data.global_batch_size,
             base_steps=cfg.schedule.steps, base_warmup=cfg.schedule.warmup_steps,
             tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
-            evals_per_run=args.evals, family=cfg.model.family, runs_root=args.runs_root,
+            evals_per_run=args.evals, family=cfg.model.family,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
         return _fail(args, e)
+    import yaml
+
+    fixed = {k: yaml.safe_load(v) for k, _, v in (text.partition("=") for text in extra)}
     for r in runs:
-        r.overrides = {**{k.split("=")[0]: k.split("=", 1)[1] for k in extra}, **r.overrides}
+        r.overrides = {**fixed, **r.overrides}
     sidecar = write_sweep(args.output, args.base, runs)
     print(f"{'run':<28} {'budget':>8} {'params':>9} {'steps':>6} {'tokens/param':>12}")
     for r in runs:
@@ -255,11 +259,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     note = stats_fn(runs[0].shape.overrides()).get("flops_note", "")
     print(f"FLOPs accounting ({cfg.model.family}): {note}")
     print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}")
+    print(f"next: pretrain slurm sweep {args.output}   (or locally: pretrain scaling run "
+          f"{args.output}); runs go to runs/{Path(args.output).stem}/NAME")  # fmt: skip
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pretrain.scaling_laws.plan import read_sweep
+    from pretrain.scaling_laws.plan import read_sweep, sweep_root
     from pretrain.scaling_laws.runner import LOCAL_OVERRIDES, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
@@ -267,7 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sweep = read_sweep(args.sweep)
     except (ScalingDataError, FileNotFoundError) as e:
         return _fail(args, e)
-    outcomes = run_sweep(sweep, [*LOCAL_OVERRIDES, *args.extra], args.threads)
+    root = sweep_root(args.sweep, args.root)
+    outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         print(f"failed: {o.name}: {o.error}", file=sys.stderr)
@@ -277,18 +284,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.collect import collect
-    from pretrain.scaling_laws.plan import read_sweep
+    from pretrain.scaling_laws.plan import read_sweep, sweep_root
     from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, write_csv
 
     dirs = list(args.run_dirs)
     try:
         if args.sweep:
-            from pretrain.config import load_config
-
-            sweep = read_sweep(args.sweep)
-            for run in sweep["runs"]:
-                ov = [f"{k}={v}" for k, v in run.get("overrides", {}).items()]
-                dirs.append(str(load_config(sweep["base"], ov).run_dir))
+            root = sweep_root(args.sweep, args.root)
+            dirs += [str(root / run["name"]) for run in read_sweep(args.sweep)["runs"]]
         if not dirs:
             raise ScalingDataError("give run directories or --sweep")
         got = collect(dirs, args.smooth, args.include_incomplete)

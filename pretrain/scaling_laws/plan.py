@@ -8,17 +8,19 @@ goes into the plan table). The `points` shapes whose tokens-per-parameter ratio 
 to `tokens_per_param` (log scale) form that budget's IsoFLOP profile, so each profile brackets
 the expected optimum. Warmup and evaluation cadence are set per run in proportion to its steps.
 
-Sweep file (YAML), read by `pretrain slurm sweep` and `pretrain scaling study`:
+Sweep file (YAML), the format `pretrain slurm sweep` submits and `pretrain scaling run` runs:
 
-    base: configs/vit_digits.yaml
+    base: configs/vit_digits.yaml      # relative to the sweep file's folder, else to the cwd
     runs:
       - name: vit-C1e12-w48-d4
         overrides: {model.width: 48, model.num_heads: 3, model.depth: 4, schedule.steps: 270,
-                    schedule.warmup_steps: 14, logging.eval_every_steps: 27, ...,
-                    run.name: vit-C1e12-w48-d4, run.dir: runs/scaling/vit-C1e12-w48-d4}
+                    schedule.warmup_steps: 14, logging.eval_every_steps: 27,
+                    logging.every_steps: 13, run.name: vit-C1e12-w48-d4}
 
-Each run is `pretrain train BASE key=value ...` with its overrides. The planned numbers
-(budget, params, FLOPs per sample, steps, tokens, tokens per parameter) go to a sidecar CSV.
+Each run is `pretrain train BASE key=value ...` with its overrides and run.dir = ROOT/NAME,
+where ROOT defaults to runs/<sweep file stem> (as in `pretrain slurm sweep`). The planned
+numbers (budget, params, FLOPs per sample, steps, tokens, tokens per parameter) go to a sidecar
+CSV next to the sweep (SWEEP.plan.csv).
 """
 
 from __future__ import annotations
@@ -123,7 +125,6 @@ def plan_isoflop(
     min_steps: int = 20,
     evals_per_run: int = 10,
     family: str = "model",
-    runs_root: str = "runs/scaling",
 ) -> list[PlannedRun]:
     """The IsoFLOP grid: `points` shapes per budget around the target tokens-per-parameter."""
     budgets = sorted(float(b) for b in budgets)
@@ -168,7 +169,6 @@ def plan_isoflop(
                 "logging.eval_every_steps": max(1, steps // evals_per_run),
                 "logging.every_steps": max(1, steps // (2 * evals_per_run)),
                 "run.name": name,
-                "run.dir": f"{runs_root}/{name}",
             }
             runs.append(PlannedRun(name, C, s, int(st["params"]), int(st["flops_per_sample"]),
                                    int(st["tokens_per_sample"]), steps, overrides,
@@ -187,12 +187,21 @@ def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:
     return sidecar
 
 
+def sweep_root(sweep_path: str | Path, root: str | Path | None = None) -> Path:
+    """Parent of the sweep's run directories: `root`, else runs/<sweep stem> (as Slurm's)."""
+    return Path(root) if root else Path("runs") / Path(sweep_path).stem
+
+
 def read_sweep(path: str | Path) -> dict:
-    """Load and check a sweep file: a base recipe and runs with unique names and overrides."""
+    """Load and check a sweep file: a base recipe and runs with unique names and overrides.
+    A relative base is resolved against the sweep's folder when it exists there."""
     path = Path(path)
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict) or "base" not in doc or not isinstance(doc.get("runs"), list):
         raise ScalingDataError(f"{path}: a sweep file needs 'base' and a list 'runs'")
+    base = Path(doc["base"])
+    if not base.is_absolute() and (path.resolve().parent / base).exists():
+        doc["base"] = str(path.resolve().parent / base)
     names = [r.get("name") for r in doc["runs"]]
     for i, r in enumerate(doc["runs"]):
         if not r.get("name") or not isinstance(r.get("overrides", {}), dict):

@@ -44,9 +44,9 @@ def _fmt(value) -> str:
 
 
 def run_sweep(
-    sweep: dict, extra: Sequence[str] = LOCAL_OVERRIDES, threads: int = 1
+    sweep: dict, root: Path, extra: Sequence[str] = LOCAL_OVERRIDES, threads: int = 1
 ) -> list[RunOutcome]:
-    """Train every run of `sweep` (see plan.py for the format) in sequence."""
+    """Train every run of `sweep` (see plan.py for the format) in sequence, in ROOT/NAME."""
     import torch
 
     from pretrain.config import load_config
@@ -58,6 +58,7 @@ def run_sweep(
     outcomes = []
     for i, run in enumerate(sweep["runs"], 1):
         overrides = [*extra, *(f"{k}={_fmt(v)}" for k, v in run.get("overrides", {}).items())]
+        overrides.append(f"run.dir={Path(root) / run['name']}")
         cfg = load_config(sweep["base"], overrides)
         run_dir = str(cfg.run_dir)
         if read_status(run_dir).get("state") == COMPLETED:
@@ -75,7 +76,3 @@ def run_sweep(
             shutdown()
         outcomes.append(RunOutcome(run["name"], run_dir, state, time.perf_counter() - t0, error))
     return outcomes
-
-
-def run_dirs(outcomes: list[RunOutcome]) -> list[Path]:
-    return [Path(o.run_dir) for o in outcomes]

@@ -110,13 +110,13 @@ def run_study(
         budgets, points, shapes, stats_fn, cfg.data.global_batch_size,
         base_steps=cfg.schedule.steps, base_warmup=cfg.schedule.warmup_steps,
         tokens_per_param=tokens_per_param, min_steps=min_steps, evals_per_run=evals_per_run,
-        family=cfg.model.family, runs_root=str(out_dir / "runs"),
+        family=cfg.model.family,
     )  # fmt: skip
     for r in runs:
         r.overrides = {**({"model.family": family} if family else {}), **r.overrides}
     write_sweep(out_dir / "sweep.yaml", base, runs)
     sweep = read_sweep(out_dir / "sweep.yaml")
-    outcomes = run_sweep(sweep, [*LOCAL_OVERRIDES, *extra], threads)
+    outcomes = run_sweep(sweep, out_dir / "runs", [*LOCAL_OVERRIDES, *extra], threads)
     got = collect([o.run_dir for o in outcomes])
     write_csv(out_dir / "runs.csv", got.runs, RUN_COLUMNS)
     write_csv(out_dir / "curves.csv", got.curves, CURVE_COLUMNS)
