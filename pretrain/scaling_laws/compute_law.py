@@ -15,7 +15,13 @@ import numpy as np
 
 from pretrain.scaling_laws import validate
 from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
-from pretrain.scaling_laws.huber_fit import HuberProblem, best_starts, minimize_from, predict_log
+from pretrain.scaling_laws.huber_fit import (
+    HuberProblem,
+    best_starts,
+    minimize_from,
+    predict_log,
+    warm_refit,
+)
 from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
 
 BOUNDS = [(None, None), (None, None), (0.0, 5.0)]
@@ -112,7 +118,7 @@ class _Refit:
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         sub = self.prob.with_weights(counts)
         validate.distinct_values("compute C", np.exp(sub.X[:, 0]), 3, "L(C)")
-        return minimize_from(self.starts, sub, BOUNDS).theta
+        return warm_refit(self.starts, sub, BOUNDS)
 
 
 @single_threaded_blas

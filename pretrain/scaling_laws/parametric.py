@@ -24,6 +24,7 @@ from pretrain.scaling_laws.huber_fit import (
     make_grid,
     minimize_from,
     predict_log,
+    warm_refit,
 )
 from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
 
@@ -158,7 +159,7 @@ class _Refit:
         sub = self.prob.with_weights(counts)
         validate.distinct_values("params N", np.exp(sub.X[:, 0]), 2, "L(N, D)")
         validate.distinct_values("tokens D", np.exp(sub.X[:, 1]), 2, "L(N, D)")
-        return minimize_from(self.starts, sub, BOUNDS).theta
+        return warm_refit(self.starts, sub, BOUNDS)
 
 
 @single_threaded_blas
