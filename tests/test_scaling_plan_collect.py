@@ -188,3 +188,17 @@ def test_shape_overrides_name_the_model_keys():
         "model.depth": 2,
         "model.num_heads": 2,
     }
+
+
+def test_warnings_flag_an_unidentified_irreducible_loss():
+    from pretrain.scaling_laws.analysis import Options, analyze
+    from pretrain.scaling_laws.parametric import ParametricLaw
+    from pretrain.scaling_laws.table import RunTable
+
+    no_floor = ParametricLaw(E=1e-9, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    r = S.isoflop_runs(law=no_floor, budgets=(1e18, 1e19, 1e20), points=6, noise=0.0)
+    a = analyze(RunTable(S.as_rows(r)), None, Options(n_boot=0, n_jobs=1))
+    assert any("E =" in w and "collapsed" in w for w in a.warnings())
+    good = S.isoflop_runs(budgets=(1e18, 1e19, 1e20, 1e21), points=7, noise=0.003)
+    b = analyze(RunTable(S.as_rows(good)), None, Options(n_boot=0, n_jobs=1))
+    assert not [w for w in b.warnings() if w.startswith("approach 3")]

@@ -60,6 +60,33 @@ class Analysis:
     frontier_L: np.ndarray = field(default_factory=lambda: np.empty(0))
     skipped: dict[str, str] = field(default_factory=dict)  # approach -> why it did not run
 
+    def warnings(self) -> list[str]:
+        """Signs that a fit is not constrained by these runs; shown first in the report."""
+        out = []
+        l_min = float(self.L.min())
+        if self.parametric:
+            law = self.parametric.law
+            if law.E < 1e-3 * l_min:
+                out.append(f"approach 3: E = {law.E:.3g} collapsed towards 0; the irreducible "
+                           "loss is not identified by these runs")  # fmt: skip
+            for name in ("alpha", "beta"):
+                v = getattr(law, name)
+                if v <= 1e-3 or v >= 4.99:
+                    out.append(f"approach 3: {name} = {v:.3g} sits at its bound [0, 5]")
+        if self.isoflop:
+            used = sum(p.usable for p in self.isoflop.profiles)
+            if used < 3:
+                out.append(f"approach 2: power laws through only {used} budget minima")
+        if self.compute and self.compute.law.E < 1e-3 * l_min:
+            out.append("compute frontier: E collapsed towards 0 (no visible saturation)")
+        for row in self.predictions():
+            for key in ("approach3", "approach2", "approach1"):
+                est = row.get(key, {}).get("N_opt")
+                if est is not None and est.lo > 0 and est.hi / est.lo > 100:
+                    out.append(f"{key}: the N_opt interval at C={row['C']:.3g} spans "
+                               f"{est.hi / est.lo:.0f}x")  # fmt: skip
+        return out
+
     def predictions(self) -> list[dict]:
         """Per target budget and approach: N_opt, D_opt, tokens/param (and loss) with intervals."""
         out = []
@@ -105,6 +132,7 @@ class Analysis:
             "compute_law": conv(self.compute),
             "compute_law_frontier": self.frontier_source,
             "skipped": self.skipped,
+            "warnings": self.warnings(),
             "predictions": conv(self.predictions()),
             "loss_predictions": conv(self.loss_predictions()),
         }

@@ -56,6 +56,9 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
         + (f" Model accounting: {flops_note}" if flops_note else ""),
         "",
     ]
+    warnings = a.warnings()
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     if a.parametric:
         p = a.parametric
         lines += ["## Approach 3: L(N, D) = E + A/N^α + B/D^β", ""]
