@@ -26,6 +26,7 @@ Toy study on CPU (digits ViT, 3 budgets x 4 sizes, a few minutes):
       --widths 16 32 48 64 --depths 1 2 --out runs/scaling_toy --target 1e12
 Outputs in --out: sweep.yaml (+ .plan.csv), runs/, runs.csv, curves.csv, fits.json, report.md,
 loss_vs_compute.png, isoflop.png, optimal_allocation.png. Re-running skips completed runs.
+Refit with other options: pretrain scaling fit OUT/runs.csv --curves OUT/curves.csv -o OUT/fit2
 """
 
 
@@ -228,6 +229,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.plan import (
         candidate_shapes,
         model_stats_fn,
+        parse_sets,
         plan_isoflop,
         write_sweep,
     )  # fmt: skip
@@ -246,9 +248,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
         return _fail(args, e)
-    import yaml
-
-    fixed = {k: yaml.safe_load(v) for k, _, v in (text.partition("=") for text in extra)}
+    fixed = parse_sets(extra)
     for r in runs:
         r.overrides = {**fixed, **r.overrides}
     sidecar = write_sweep(args.output, args.base, runs)

@@ -176,6 +176,17 @@ def plan_isoflop(
     return runs
 
 
+def parse_sets(texts: Sequence[str]) -> dict:
+    """`key=value` strings as a dict of overrides, values parsed as YAML (as the trainer does)."""
+    out = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep or not key:
+            raise ScalingDataError(f"override {text!r} is not of the form key=value")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
 def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:
     """Write the sweep YAML and its sidecar plan table (PATH with suffix .plan.csv)."""
     path = Path(path)

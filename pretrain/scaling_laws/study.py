@@ -18,6 +18,7 @@ from pretrain.scaling_laws.envelope import Curve
 from pretrain.scaling_laws.plan import (
     candidate_shapes,
     model_stats_fn,
+    parse_sets,
     plan_isoflop,
     read_sweep,
     write_sweep,
@@ -113,11 +114,12 @@ def run_study(
         tokens_per_param=tokens_per_param, min_steps=min_steps, evals_per_run=evals_per_run,
         family=cfg.model.family,
     )  # fmt: skip
+    fixed = parse_sets([*shape_extra, *extra])  # recorded in the sweep, so it can be rerun
     for r in runs:
-        r.overrides = {**({"model.family": family} if family else {}), **r.overrides}
+        r.overrides = {**fixed, **r.overrides}
     write_sweep(out_dir / "sweep.yaml", base, runs)
     sweep = read_sweep(out_dir / "sweep.yaml")
-    outcomes = run_sweep(sweep, out_dir / "runs", [*LOCAL_OVERRIDES, *extra], threads)
+    outcomes = run_sweep(sweep, out_dir / "runs", LOCAL_OVERRIDES, threads)
     got = collect([o.run_dir for o in outcomes])
     write_csv(out_dir / "runs.csv", got.runs, RUN_COLUMNS)
     write_csv(out_dir / "curves.csv", got.curves, CURVE_COLUMNS)
