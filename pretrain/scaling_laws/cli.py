@@ -22,7 +22,7 @@ directories, and fit Chinchilla-style laws with bootstrap confidence intervals:
 
 STUDY_EPILOG = """\
 Toy study on CPU (digits ViT, 3 budgets x 4 sizes, a few minutes):
-  pretrain scaling study --base configs/vit_digits.yaml --budgets 3e9 1e10 3e10 --points 4 \\
+  pretrain scaling study --base configs/vit_digits.yaml --budgets 5e9 1.5e10 5e10 --points 4 \\
       --widths 16 32 48 64 --depths 1 2 --out runs/scaling_toy --target 1e12
 Outputs in --out: sweep.yaml (+ .plan.csv), runs/, runs.csv, curves.csv, fits.json, report.md,
 loss_vs_compute.png, isoflop.png, optimal_allocation.png. Re-running skips completed runs.

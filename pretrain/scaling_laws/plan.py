@@ -59,12 +59,11 @@ class PlannedRun:
     tokens_per_sample: int
     steps: int
     overrides: dict
+    batch: int  # global batch size (samples per optimizer step)
 
     @property
     def samples(self) -> int:
         return self.steps * self.batch
-
-    batch: int = 0
 
     @property
     def flops(self) -> float:
