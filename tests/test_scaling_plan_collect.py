@@ -202,3 +202,16 @@ def test_warnings_flag_an_unidentified_irreducible_loss():
     good = S.isoflop_runs(budgets=(1e18, 1e19, 1e20, 1e21), points=7, noise=0.003)
     b = analyze(RunTable(S.as_rows(good)), None, Options(n_boot=0, n_jobs=1))
     assert not [w for w in b.warnings() if w.startswith("approach 3")]
+
+
+def test_cli_run_rejects_a_bad_override_before_training(tmp_path: Path, capsys):
+    sweep = {"base": str(Path("configs/vit_digits.yaml").resolve()),
+             "runs": [{"name": "ok", "overrides": {"model.width": 32, "model.num_heads": 2}},
+                      {"name": "bad", "overrides": {"optim.lrr": 1e-3}}]}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    with pytest.raises(SystemExit) as e:
+        main(["scaling", "run", str(tmp_path / "s.yaml"), "--root", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "sweep run 'bad'" in err and "optim.lrr" in err
+    assert not (tmp_path / "runs" / "ok").exists()  # nothing trained

@@ -274,7 +274,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ScalingDataError, FileNotFoundError) as e:
         return _fail(args, e)
     root = sweep_root(args.sweep, args.root)
-    outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
+    try:
+        outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
+    except ScalingDataError as e:
+        return _fail(args, e)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         print(f"failed: {o.name}: {o.error}", file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrain.run_dir import COMPLETED, read_status
+from pretrain.scaling_laws.validate import ScalingDataError
 
 log = logging.getLogger("pretrain.scaling")
 
@@ -55,11 +56,16 @@ def run_sweep(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    outcomes = []
-    for i, run in enumerate(sweep["runs"], 1):
+    configs = []  # resolve every run's config first: a bad override fails before any training
+    for run in sweep["runs"]:
         overrides = [*extra, *(f"{k}={_fmt(v)}" for k, v in run.get("overrides", {}).items())]
         overrides.append(f"run.dir={Path(root) / run['name']}")
-        cfg = load_config(sweep["base"], overrides)
+        try:
+            configs.append((run, load_config(sweep["base"], overrides)))
+        except ValueError as e:  # ConfigError
+            raise ScalingDataError(f"sweep run {run['name']!r}: {e}") from None
+    outcomes = []
+    for i, (run, cfg) in enumerate(configs, 1):
         run_dir = str(cfg.run_dir)
         if read_status(run_dir).get("state") == COMPLETED:
             outcomes.append(RunOutcome(run["name"], run_dir, "skipped", 0.0))
