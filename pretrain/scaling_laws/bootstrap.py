@@ -2,9 +2,11 @@
 
 A resample is a vector of counts (how often each run was drawn), so fits take it as weights.
 Counts are drawn up front from one seed, so results do not depend on the number of worker
-processes. Workers come from a forkserver (a clean process), never a plain fork: forking a
-process whose torch/OpenMP threads are running (as in `pretrain scaling study`, after training)
-can deadlock the child. The fit function is therefore pickled: a module-level callable.
+processes. Workers are forked, except once torch is loaded (as in `pretrain scaling study`,
+after training): forking a process whose OpenMP threads have run can deadlock the child, so
+those workers come from a forkserver, which re-imports the main module (scripts need the
+`if __name__ == "__main__":` guard then). The fit function is pickled either way, so it is a
+module-level callable.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -75,7 +78,11 @@ def default_jobs() -> int:
 def run_bootstrap(fn: FitFn, counts: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     """Apply `fn` to every resample; rows of failed fits are NaN. Shape (n_boot, p)."""
     if n_jobs > 1 and len(counts) > 1:
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        methods = mp.get_all_start_methods()
+        if "fork" in methods and "torch" not in sys.modules:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
         chunks = np.array_split(counts, min(len(counts), 4 * n_jobs))
         with mp.get_context(method).Pool(n_jobs) as pool:
             results = [r for part in pool.map(_worker, [(fn, c) for c in chunks]) for r in part]

@@ -156,6 +156,7 @@ class IsoFLOPFit:
     d_law: PowerLaw
     level: float
     holdout_quality: FitQuality | None = None  # log error of predicted N_opt at held-out budgets
+    quality: FitQuality | None = None  # the N_opt(C) line through the usable minima (log N_opt)
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
     n_boot_failed: int = 0
 
@@ -195,6 +196,7 @@ class IsoFLOPFit:
             "params": {k: v.as_dict() for k, v in self.params.items()},
             "profiles": [p.as_dict() for p in self.profiles],
             "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
+            "quality": self.quality.as_dict() if self.quality else None,
             "bootstrap": {"n": len(self.boot), "failed": self.n_boot_failed, "level": self.level},
         }
 
@@ -260,7 +262,9 @@ def fit_isoflop(
         if hp:
             obs = np.log([p.N_opt for p in hp])
             held = FitQuality.of(np.log(n_law([p.budget for p in hp])), obs)
-    fit = IsoFLOPFit(profiles, n_law, d_law, level, held)
+    good = [p for p in profiles if p.usable]
+    line = FitQuality.of(np.log(n_law([p.budget for p in good])), np.log([p.N_opt for p in good]))
+    fit = IsoFLOPFit(profiles, n_law, d_law, level, held, line)
     if n_boot > 0:
         refit = _Refit(N[t], D[t], C[t], L[t], labels[t], robust)
         boot = run_bootstrap(refit, resample_counts(int(t.sum()), n_boot, seed, labels[t]), n_jobs)

@@ -88,6 +88,7 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
             )
         lines += [
             "",
+            f"N_opt(C) line through the minima: {_q(f.quality, 'log N_opt')}. "
             f"Held out (N_opt predicted at held-out budgets vs their own parabola minima): "
             f"{_q(f.holdout_quality, 'log N_opt')}.",
             "",
