@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "slurm": ("launch.slurm_cli", "submit runs and sweeps to Slurm"),
     "runs": ("launch.runs", "show the state of run directories"),
     "ckpt": ("pretrain.checkpoint_cli", "inspect, convert and export checkpoints"),
+    "generate": ("pretrain.generate_cli", "generate text from a language-model checkpoint"),
     "mup": ("pretrain.mup_cli", "muP coordinate checks and LR-transfer sweeps"),
     "scaling": ("pretrain.scaling_laws.cli", "plan, collect and fit scaling-law studies"),
 }

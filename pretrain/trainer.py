@@ -23,7 +23,7 @@ from pretrain.engines import build_engine
 from pretrain.engines.base import Engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
 from pretrain.models import build_model, count_params, get_family
-from pretrain.run_dir import COMPLETED, PREEMPTED, RUNNING, write_json_atomic, write_status
+from pretrain.run_dir import COMPLETED, FAILED, PREEMPTED, RUNNING, write_json_atomic, write_status
 from pretrain.schedule import lr_at
 
 log = logging.getLogger("pretrain")
@@ -107,7 +107,19 @@ def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) the training described by `cfg`; returns the last metrics."""
+    """Run (or resume) the training described by `cfg`; returns the last metrics.
+
+    An exception marks the run `failed` in status.json, so launchers do not requeue a crash.
+    """
+    try:
+        return _train(cfg)
+    except Exception:
+        if int(os.environ.get("RANK", 0)) == 0 and cfg.run_dir.exists():
+            write_status(cfg.run_dir, state=FAILED)
+        raise
+
+
+def _train(cfg: TrainConfig) -> dict:
     env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single")
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
