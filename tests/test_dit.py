@@ -141,3 +141,23 @@ def test_eval_extras_write_a_png_grid(tmp_path):
     png = Image.open(tmp_path / "step_00000007.png")
     assert png.size == (3 * 33 + 1, 4 * 33 + 1)
     assert torch.equal(torch.from_numpy(__import__("numpy").array(png)).permute(2, 0, 1), grid)
+
+
+def test_loss_and_sampler_reach_the_model_through_ddp(tmp_path):
+    """Under DDP the loss and the eval hook get the wrapper; they read the config through it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pretrain.models import get_family
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(dit("model.attn_entropy=true", "model.dit.sample_steps=2", "model.dit.samples_per_class=1"))
+        loss, _ = dit_loss(model.train(), digits_batch())
+        loss.backward()
+        with torch.no_grad():
+            out = get_family("dit").eval_extras(model.eval(), digits_batch(), 3, tmp_path)
+    finally:
+        dist.destroy_process_group()
+    assert out["image/samples"].shape == (3, 10 * 33 + 1, 34)
+    assert out["attn_entropy/layer0_mean"] > 0 and (tmp_path / "step_00000003.png").exists()

@@ -145,3 +145,22 @@ def test_every_parameter_has_a_role_and_stats_match_the_built_model(family):
     assert stats["flops_per_sample"] == model.flops_per_sample() > 0
     assert model.output_mult == 1.0
     assert all(hasattr(m, "scale") for m in model.modules() if type(m).__name__ == "Attention")
+
+
+def test_sigma_reparam_power_iteration_runs_once_under_activation_checkpointing():
+    """The backward recompute of a checkpointed block must not step the power iteration again,
+    or the recomputed forward would differ from the original."""
+    from pretrain.engines.base import apply_activation_checkpointing
+
+    plain = build("model.family=lm", "model.sigma_reparam=true", "model.lm.seq_len=16").train()
+    checkpointed = build("model.family=lm", "model.sigma_reparam=true", "model.lm.seq_len=16").train()
+    apply_activation_checkpointing(checkpointed)
+    tokens = torch.randint(0, 256, (2, 16))
+    for model in (plain, checkpointed):
+        model(tokens).square().mean().backward()
+    u_plain = {n: b for n, b in plain.named_buffers() if n.endswith(".u")}
+    u_ckpt = {n.replace("_checkpoint_wrapped_module.", ""): b for n, b in checkpointed.named_buffers() if n.endswith(".u")}
+    assert u_plain.keys() == u_ckpt.keys() and all(torch.equal(u_plain[n], u_ckpt[n]) for n in u_plain)
+    grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in checkpointed.named_parameters()}
+    for n, p in plain.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)
