@@ -138,8 +138,13 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Noisy input [B, C, H, W], time [B] (flow: 1000*t; DDPM: step index), labels [B]
-        (num_classes = unconditional) -> prediction [B, C, H, W] (velocity or noise)."""
-        h = self.x_embed(self.patchify(x)) + self.pos_embed
+        (num_classes = unconditional) -> prediction [B, C, H, W] (velocity or noise).
+
+        Under FSDP2 bf16 mixed precision the float inputs (x and time) arrive in bf16, as with
+        autocast elsewhere: time keeps ~3 significant digits; its features are computed in fp32.
+        """
+        h = self.x_embed(self.patchify(x))
+        h = h + self.pos_embed.to(h.dtype)
         c = self.condition(t, labels)
         for block in self.blocks:
             h = block(h, c)

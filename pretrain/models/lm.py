@@ -52,6 +52,8 @@ class DecoderLM(nn.Module):
                 doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, vocab] (float32 unless autocast says otherwise)."""
         b, t = tokens.shape
+        if t > self.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than model.lm.seq_len={self.seq_len} (match data.seq_len)")
         if position_ids is None:
             position_ids = torch.arange(t, device=tokens.device).expand(b, t)
         rope = rope_tables(position_ids, self.rope_dim, self.cfg.lm.rope_theta)
