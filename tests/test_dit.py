@@ -98,6 +98,22 @@ def test_ddpm_noise_prediction_loss_uses_the_forward_process():
         assert torch.allclose(prediction_error(model, x0, noise, u, y), expected, atol=1e-5)
 
 
+def test_sampler_must_fit_the_objective():
+    with pytest.raises(ValueError, match="does not fit"):
+        dit("model.dit.objective=ddpm", "model.dit.sampler=euler")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_ddpm_samplers_produce_finite_images(sampler):
+    from pretrain.models.dit import sample_images
+
+    model = dit("model.dit.objective=ddpm", f"model.dit.sampler={sampler}", "model.dit.sample_steps=5")
+    randomize(model, 0.02)
+    model.eval()
+    a, b = (sample_images(model, torch.tensor([1, 2, 3]), seed=4) for _ in range(2))
+    assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all() and torch.equal(a, b)
+
+
 def test_schedules():
     linear = make_betas("linear", 1000)
     assert linear[0].item() == pytest.approx(1e-4) and linear[-1].item() == pytest.approx(0.02)

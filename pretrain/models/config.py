@@ -32,7 +32,7 @@ class DiTConfig:
     logit_normal_std: float = 1.0
     ddpm_schedule: Literal["linear", "cosine"] = "linear"
     ddpm_steps: int = 1000  # training timesteps T of the DDPM chain
-    sampler: Literal["euler", "ddim", "ddpm"] = "euler"  # euler for flow; ddim | ddpm for ddpm
+    sampler: Literal["auto", "euler", "ddim", "ddpm"] = "auto"  # auto: euler (flow), ddim (ddpm)
     sample_steps: int = 50
     guidance_scale: float = 2.0  # classifier-free guidance weight w (1 = conditional only)
     samples_per_class: int = 8  # eval grid: one row per class

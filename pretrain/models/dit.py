@@ -106,6 +106,9 @@ class DiT(nn.Module):
         d = cfg.dit
         if d.image_size % d.patch_size:
             raise ValueError(f"model.dit.image_size={d.image_size} is not divisible by patch_size={d.patch_size}")
+        if d.sampler != "auto" and (d.sampler == "euler") != (d.objective == "flow"):
+            raise ValueError(f"model.dit.sampler={d.sampler!r} does not fit objective={d.objective!r} "
+                             "(flow: euler; ddpm: ddim or ddpm)")
         self.cfg = cfg
         self.patch_size, self.in_channels = d.patch_size, d.in_channels
         self.grid = d.image_size // d.patch_size
@@ -250,11 +253,7 @@ def sample_images(model: nn.Module, labels: torch.Tensor, seed: int = 0, steps: 
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(labels), d.in_channels, d.image_size, d.image_size, generator=g).to(labels.device)
     if d.objective == "flow":
-        if d.sampler != "euler":
-            raise ValueError(f"model.dit.sampler={d.sampler!r} does not apply to flow matching (use euler)")
         return euler_flow(model, noise, labels, steps, scale, net.null_label)
-    if d.sampler == "euler":
-        raise ValueError("model.dit.sampler=euler needs objective=flow; use ddim or ddpm")
     schedule = DDPMSchedule(d.ddpm_schedule, d.ddpm_steps)
     return ddim(model, schedule, noise, labels, steps, scale, net.null_label, eta=1.0 if d.sampler == "ddpm" else 0.0, generator=g)
 
