@@ -19,6 +19,19 @@ from tests.conftest import TINY, run_train
 
 pytestmark = pytest.mark.slow
 
+
+def lm_data_name() -> str:
+    """The packed text corpus (doc_ids, position_ids) once build_loader serves data.name=text,
+    else synthetic tokens."""
+    from data_pipeline import DataConfig, build_loader
+
+    try:
+        build_loader(DataConfig(format="memory", name="text", seq_len=16, global_batch_size=12), 0, 1)
+    except ValueError:
+        return "synthetic_tokens"
+    return "text"
+
+
 FAMILY = {
     # Eval (samples + attention entropy) at step 4, right before the checkpoint the resume
     # starts from: if evaluation touched the training RNG, the resumed run would differ.
@@ -26,7 +39,7 @@ FAMILY = {
             "model.dit.sample_steps=2", "model.dit.samples_per_class=2", "model.dit.objective=flow",
             "model.dit.timestep_sampling=logit_normal", "logging.eval_every_steps=4", "logging.eval_batches=1"],
     # σReparam's power-iteration buffer must be checkpointed for the resume to be exact.
-    "lm": ["model.family=lm", "data.name=synthetic_tokens", "data.seq_len=16", "model.lm.seq_len=16",
+    "lm": ["model.family=lm", f"data.name={lm_data_name()}", "data.seq_len=16", "model.lm.seq_len=16",
            "model.sigma_reparam=true", "model.qk_norm=true", "model.norm=rmsnorm", "model.norm_placement=peri"],
 }
 
