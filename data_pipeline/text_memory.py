@@ -1,7 +1,7 @@
 """In-memory byte-level text: Python's own help topics, packed into fixed-length sequences.
 
 The corpus is `pydoc_data.topics.topics` from the standard library of the running interpreter
-(the text `help("if")` prints: ~80 documents, ~470 KB of English prose and grammar on Python
+(the text `help("if")` prints: 78 distinct documents, 466 KB of English prose and grammar on Python
 3.11), so it is real text available offline, with no download and no extra dependency. It is
 deterministic for a given Python version; loader states carry a fingerprint of the corpus, so a
 checkpoint made on another version fails to resume with a clear message.
