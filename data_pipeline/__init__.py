@@ -26,6 +26,12 @@ def build_loader(cfg: DataConfig, rank: int, world_size: int, split: str = "trai
     """The loader for one split on one rank (see the module docstring for the contract)."""
     if split not in ("train", "val"):
         raise ValueError(f"split={split!r}: choose train or val")
+    if cfg.format == "memory" and cfg.name == "text":
+        from data_pipeline.text_memory import TextEvalLoader, TextTrainLoader
+
+        if split == "train":
+            return TextTrainLoader(cfg, rank, world_size, grad_accum)
+        return TextEvalLoader(cfg, rank, world_size)
     if cfg.format == "memory":  # imported here: `pretrain data --help` should not load torch
         from data_pipeline.memory import MemoryEvalLoader, MemoryTrainLoader
 

@@ -199,6 +199,8 @@ def _train(cfg: TrainConfig) -> dict:
         if val_loader is not None and (step % cfg.logging.eval_every_steps == 0 or step == cfg.schedule.steps):
             results = evaluate(engine, val_loader, cfg.logging.eval_batches)
             results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
+            if family.eval_summary is not None:  # e.g. perplexity from the mean loss
+                results |= family.eval_summary(results)
             last.update({f"val_{k}": v for k, v in results.items()})
             logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
 
