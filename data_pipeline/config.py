@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+IGNORE_INDEX = -100  # targets of padding rows and of skipped samples (torch's cross-entropy default)
 
 
 @dataclass
@@ -15,11 +17,41 @@ class DataConfig:
 
     format: str = "memory"  # memory | wds | mds
     name: str = "digits"  # memory datasets: digits | synthetic_images | synthetic_tokens
-    train_url: str = ""  # shard directory or fsspec URL (wds / mds)
+    train_url: str = ""  # shard dataset directory or fsspec URL (wds / mds)
     val_url: str = ""
     global_batch_size: int = 64
     eval_batch_size: int = 0  # global; 0 = global_batch_size
     num_workers: int = 0
     seed: int = 0
     val_fraction: float = 0.2  # memory datasets: share held out for evaluation
-    seq_len: int = 64  # token datasets: tokens per sequence
+    seq_len: int = 64  # token datasets: tokens per sequence (sharded: taken from the manifest)
+
+    # --- sharded datasets (wds / mds) ---
+    mixture: dict[str, float] = field(default_factory=dict)  # train URL -> weight; overrides train_url
+    mixture_block: int = 1024  # positions per block in which the mixture proportions are exact
+    storage_options: dict[str, str] = field(default_factory=dict)  # fsspec kwargs (endpoint_url...)
+    cache_dir: str = ""  # local cache of remote shards; "" = ~/.cache/pretrain/shards
+    cache_limit_mb: float = 0.0  # evict least recently used cached shards beyond this; 0 = no limit
+    verify_checksums: str = "always"  # off | download (remote shards) | always (local ones too)
+    shuffle: bool = True
+    shuffle_window: int = 4  # shards whose samples are shuffled together (locality vs. mixing)
+    prefetch_factor: int = 2  # micro-batches each DataLoader worker prepares ahead
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    on_bad_sample: str = "error"  # error | skip (skipped rows become padding, counted in metrics)
+    budget_samples: int = 0  # stop the train stream after this many samples (whole steps); 0 = endless
+    budget_tokens: int = 0  # the same in tokens (token datasets); 0 = endless
+    # fields of a sample; "" = found by common names (png/jpg/image, cls/label, tokens)
+    image_key: str = ""
+    label_key: str = ""
+    tokens_key: str = ""
+    image_mode: str = ""  # "" keeps the stored mode; L | RGB convert
+    image_size: int = 0  # resize to a square of this side; 0 keeps the stored size
+    image_mean: list[float] = field(default_factory=lambda: [0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5])
+    random_flip: bool = False  # horizontal flip (train), seeded by (seed, epoch, sample id)
+    packing_boundaries: str = "none"  # none | position_ids | doc_ids (packed token documents)
+    # NaViT patch packing of variable-resolution images (see data_pipeline/navit.py)
+    patch_pack: bool = False
+    patch_size: int = 16
+    pack_images: int = 4  # images per packed sequence; the micro-batch (images) must divide by it
+    pack_max_patches: int = 256  # sequence length in patches; images shrink together to fit

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data_pipeline.config import DataConfig
+from data_pipeline.config import IGNORE_INDEX, DataConfig
 from data_pipeline.order import epoch_permutation, rank_slice
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "MemoryEvalLoader", "MemoryTrainLoader", "load_arrays"]
 
 
 def load_arrays(cfg: DataConfig, split: str) -> dict[str, np.ndarray]:
@@ -56,6 +56,22 @@ def _to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, ids: np.ndarray) -
     return batch
 
 
+def budget_samples(cfg: DataConfig, tokens_per_sample: int) -> int:
+    """data.budget_samples / budget_tokens as a sample count in whole optimizer steps; 0 = endless."""
+    samples = cfg.budget_samples
+    if cfg.budget_tokens:
+        if not tokens_per_sample:
+            raise ValueError("data.budget_tokens needs a token dataset (use budget_samples)")
+        by_tokens = cfg.budget_tokens // tokens_per_sample
+        samples = min(samples, by_tokens) if samples else by_tokens
+    if samples <= 0:
+        return 0
+    steps = samples // cfg.global_batch_size
+    if steps == 0:
+        raise ValueError(f"data budget of {samples} samples is less than one global batch")
+    return steps * cfg.global_batch_size
+
+
 class MemoryTrainLoader:
     """Endless stream of this rank's micro-batches, in the global order; resumable and elastic."""
 
@@ -70,9 +86,10 @@ class MemoryTrainLoader:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.micro_global = cfg.global_batch_size // grad_accum
         self.consumed = 0  # global stream position, counted over all ranks
+        self.stop = budget_samples(cfg, cfg.seq_len if "tokens" in self.arrays else 0)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
+        while not self.stop or self.consumed + self.micro_global <= self.stop:
             positions = np.asarray(rank_slice(self.consumed, self.micro_global, self.rank, self.world_size))
             epochs, offsets = positions // self.num_samples, positions % self.num_samples
             idx = np.array([

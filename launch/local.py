@@ -9,8 +9,18 @@ import sys
 
 
 def torchrun_command(nproc: int, recipe: str, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pretrain", "train", recipe, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pretrain",
+        "train",
+        recipe,
+        *overrides,
+    ]
 
 
 def launch_env(nproc: int) -> dict[str, str]:
@@ -22,14 +32,19 @@ def launch_env(nproc: int) -> dict[str, str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "launch", help="launch a recipe on this machine with torchrun",
+        "launch",
+        help="launch a recipe on this machine with torchrun",
         description="Launch a multi-process run on this machine (torchrun --standalone).",
         epilog="example: pretrain launch local --nproc 2 configs/vit_digits.yaml parallel.backend=fsdp2",
     )
     sub = p.add_subparsers(dest="where", metavar="WHERE", required=True)
     local = sub.add_parser("local", help="torchrun with N processes on this machine")
-    local.add_argument("--nproc", type=int, default=2, help="processes (ranks) to start (default 2)")
-    local.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    local.add_argument(
+        "--nproc", type=int, default=2, help="processes (ranks) to start (default 2)"
+    )
+    local.add_argument(
+        "--dry-run", action="store_true", help="print the command instead of running it"
+    )
     local.add_argument("recipe", help="YAML recipe")
     local.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     local.set_defaults(func=run)
@@ -37,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
-        print(f"pretrain launch local: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        print(
+            f"pretrain launch local: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr
+        )
         return 2
     cmd = torchrun_command(args.nproc, args.recipe, args.overrides)
     env = launch_env(args.nproc)

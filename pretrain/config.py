@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from data_pipeline.config import DataConfig
+from launch.slurm import SlurmConfig
 from pretrain.engines.deepspeed_config import DeepSpeedConfig
 from pretrain.models.config import ModelConfig, ViTConfig
 from pretrain.models.mup_config import MupConfig
@@ -97,6 +98,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # used by `pretrain slurm submit`
 
     @property
     def run_dir(self) -> Path:

@@ -23,7 +23,7 @@ from pretrain.engines import build_engine
 from pretrain.engines.base import Engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
 from pretrain.models import build_model, count_params, get_family
-from pretrain.run_dir import COMPLETED, PREEMPTED, RUNNING, write_json_atomic, write_status
+from pretrain.run_dir import COMPLETED, FAILED, PREEMPTED, RUNNING, write_json_atomic, write_status
 from pretrain.schedule import lr_at
 
 log = logging.getLogger("pretrain")
@@ -107,7 +107,19 @@ def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) the training described by `cfg`; returns the last metrics."""
+    """Run (or resume) the training described by `cfg`; returns the last metrics.
+
+    An exception marks the run `failed` in status.json, so launchers do not requeue a crash.
+    """
+    try:
+        return _train(cfg)
+    except Exception:
+        if int(os.environ.get("RANK", 0)) == 0 and cfg.run_dir.exists():
+            write_status(cfg.run_dir, state=FAILED)
+        raise
+
+
+def _train(cfg: TrainConfig) -> dict:
     env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single")
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
@@ -175,6 +187,8 @@ def train(cfg: TrainConfig) -> dict:
             record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time": elapsed / window_steps,
                       "samples_per_s": sps, "tokens_per_s": sps * stats["tokens_per_sample"], "samples": samples,
                       "tokens": samples * stats["tokens_per_sample"], "flops": samples * stats["flops_per_sample"]}
+            if hasattr(train_loader, "metrics"):  # e.g. data/bad_samples under on_bad_sample=skip
+                record |= train_loader.metrics()
             if peak:
                 record["mfu"] = sps * stats["flops_per_sample"] / (peak * env.world_size)
             logger.log(step, "train", record)
@@ -185,6 +199,8 @@ def train(cfg: TrainConfig) -> dict:
         if val_loader is not None and (step % cfg.logging.eval_every_steps == 0 or step == cfg.schedule.steps):
             results = evaluate(engine, val_loader, cfg.logging.eval_batches)
             results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
+            if family.eval_summary is not None:  # e.g. perplexity from the mean loss
+                results |= family.eval_summary(results)
             last.update({f"val_{k}": v for k, v in results.items()})
             logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
 

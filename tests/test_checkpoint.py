@@ -24,7 +24,10 @@ from tests.conftest import REPO, TINY
 
 
 def run_inprocess(run_dir: Path, *overrides: str) -> dict:
-    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={run_dir}", *overrides])
+    cfg = load_config(
+        REPO / "configs/vit_digits.yaml",
+        [*TINY, "parallel.backend=single", f"run.dir={run_dir}", *overrides],
+    )
     return train(cfg)
 
 
@@ -38,7 +41,9 @@ def three_checkpoints(tmp_path_factory) -> Path:
 def test_commit_writes_manifest_and_final_names(three_checkpoints):
     names = [p.name for p in list_checkpoints(three_checkpoints / "checkpoints")]
     assert names == ["step_00000002", "step_00000004", "step_00000006"]
-    assert all(check_complete(p) is None for p in list_checkpoints(three_checkpoints / "checkpoints"))
+    assert all(
+        check_complete(p) is None for p in list_checkpoints(three_checkpoints / "checkpoints")
+    )
     assert not list((three_checkpoints / "checkpoints").glob("*.partial"))
 
 
@@ -53,7 +58,9 @@ def test_removed_shard_falls_back_to_previous_with_warning(three_checkpoints, tm
     assert any("step_00000006" in r.message and shard.name in r.message for r in caplog.records)
 
 
-def test_interrupted_save_is_skipped_and_training_resumes_from_previous(three_checkpoints, tmp_path, caplog):
+def test_interrupted_save_is_skipped_and_training_resumes_from_previous(
+    three_checkpoints, tmp_path, caplog
+):
     """A save killed midway leaves a .partial directory; resume ignores it, naming it."""
     run_dir = tmp_path / "run"
     shutil.copytree(three_checkpoints, run_dir)
@@ -61,10 +68,16 @@ def test_interrupted_save_is_skipped_and_training_resumes_from_previous(three_ch
     shutil.copytree(run_dir / "checkpoints/step_00000006", torn)
     (torn / "manifest.json").unlink()
     with caplog.at_level(logging.INFO):
-        result = run_inprocess(run_dir, "schedule.steps=8", "checkpoint.every_steps=2", "checkpoint.keep_last=5")
+        result = run_inprocess(
+            run_dir, "schedule.steps=8", "checkpoint.every_steps=2", "checkpoint.keep_last=5"
+        )
     assert result["step"] == 8
-    assert any("step_00000008.partial" in r.message and "skipping" in r.message for r in caplog.records)
-    assert any(re.search(r"resumed from .*step_00000006 at step 6", r.message) for r in caplog.records)
+    assert any(
+        "step_00000008.partial" in r.message and "skipping" in r.message for r in caplog.records
+    )
+    assert any(
+        re.search(r"resumed from .*step_00000006 at step 6", r.message) for r in caplog.records
+    )
 
 
 def test_truncated_shard_is_detected_by_size(three_checkpoints, tmp_path):
@@ -77,8 +90,13 @@ def test_truncated_shard_is_detected_by_size(three_checkpoints, tmp_path):
 
 
 def test_retention_keeps_last_k(tmp_path):
-    run_inprocess(tmp_path / "run", "schedule.steps=6", "checkpoint.every_steps=1", "checkpoint.keep_last=2")
-    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == ["step_00000005", "step_00000006"]
+    run_inprocess(
+        tmp_path / "run", "schedule.steps=6", "checkpoint.every_steps=1", "checkpoint.keep_last=2"
+    )
+    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == [
+        "step_00000005",
+        "step_00000006",
+    ]
 
 
 def test_async_save_writes_the_same_state_as_sync(tmp_path):
@@ -97,7 +115,9 @@ def test_save_request_file_checkpoints_at_next_step(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "SAVE_NOW").touch()
-    run_inprocess(run_dir, "schedule.steps=3", "checkpoint.every_steps=0", "checkpoint.save_at_end=false")
+    run_inprocess(
+        run_dir, "schedule.steps=3", "checkpoint.every_steps=0", "checkpoint.save_at_end=false"
+    )
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_00000001"]
     assert not (run_dir / "SAVE_NOW").exists()
 
@@ -121,7 +141,11 @@ def test_malicious_dcp_metadata_is_refused_without_running_it(three_checkpoints,
 def test_no_unrestricted_unpickling_in_the_code():
     """Every torch.load passes weights_only=True; nothing calls pickle.load(s) directly."""
     offenders = []
-    for path in [*REPO.glob("pretrain/**/*.py"), *REPO.glob("data_pipeline/**/*.py"), *REPO.glob("launch/**/*.py")]:
+    for path in [
+        *REPO.glob("pretrain/**/*.py"),
+        *REPO.glob("data_pipeline/**/*.py"),
+        *REPO.glob("launch/**/*.py"),
+    ]:
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"pickle\.loads?\(|weights_only\s*=\s*False", line) or (
                 "torch.load(" in line and "weights_only=True" not in line

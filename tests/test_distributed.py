@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -15,7 +14,7 @@ import torch
 
 from pretrain.checkpoint import latest_complete, read_model_tensors
 from pretrain.run_dir import read_metrics, read_status
-from tests.conftest import REPO, TINY, run_train, subprocess_env, train_cmd
+from tests.conftest import REPO, TINY, kill_run_at_step, run_train, subprocess_env, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -48,35 +47,24 @@ def resumed_from(proc: subprocess.CompletedProcess) -> int:
     return int(match.group(1))
 
 
-def _kill_at_random_step(cmd: list[str], run_dir, kill_step: int) -> int:
-    """Start the run, SIGKILL its whole process group once it reports `kill_step`."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if read_status(run_dir).get("step", 0) >= kill_step:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        proc.wait()
-    status = read_status(run_dir)
-    assert status.get("state") != "completed", "run finished before it could be killed"
-    return status.get("step", 0)
-
-
 @pytest.mark.parametrize("backend", ["single", "ddp", "fsdp2"])
 def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
     nproc = BACKEND_NPROC[backend]
-    common = [*TINY, "schedule.steps=40", "checkpoint.every_steps=3", "checkpoint.keep_last=2",
-              f"parallel.backend={backend}"]
+    common = [
+        *TINY,
+        "schedule.steps=40",
+        "checkpoint.every_steps=3",
+        "checkpoint.keep_last=2",
+        f"parallel.backend={backend}",
+    ]
     run_train(nproc, [*common, f"run.dir={tmp_path / 'ref'}"])
 
     victim = tmp_path / "victim"
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(4, 28)
-    killed_at = _kill_at_random_step(train_cmd(nproc, [*common, f"run.dir={victim}"]), victim, kill_step)
+    killed_at = kill_run_at_step(
+        train_cmd(nproc, [*common, f"run.dir={victim}"]), victim, kill_step
+    )
     resumed_step = resumed_from(run_train(nproc, [*common, f"run.dir={victim}"]))
     # Step 3's checkpoint was committed before step 4 began; from scratch would also end equal.
     assert 3 <= resumed_step <= killed_at, (resumed_step, killed_at)
@@ -90,13 +78,21 @@ def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
 
 def test_checkpoint_from_two_ranks_resumes_on_one_and_three(tmp_path):
     """A 2-rank FSDP2 checkpoint at step 10 continues on 1 rank and on 3 ranks like the original."""
-    common = [*TINY, "schedule.steps=20", "checkpoint.every_steps=10", "checkpoint.keep_last=5", "checkpoint.save_at_end=false"]
+    common = [
+        *TINY,
+        "schedule.steps=20",
+        "checkpoint.every_steps=10",
+        "checkpoint.keep_last=5",
+        "checkpoint.save_at_end=false",
+    ]
     ref = tmp_path / "ref"
     run_train(2, [*common, "parallel.backend=fsdp2", f"run.dir={ref}"])
     ref_losses = train_losses(ref)
     for nproc, backend in ((0, "single"), (3, "fsdp2")):
         run_dir = tmp_path / f"resume_{backend}_{nproc}"
-        shutil.copytree(ref / "checkpoints" / "step_00000010", run_dir / "checkpoints" / "step_00000010")
+        shutil.copytree(
+            ref / "checkpoints" / "step_00000010", run_dir / "checkpoints" / "step_00000010"
+        )
         run_train(nproc, [*common, f"parallel.backend={backend}", f"run.dir={run_dir}"])
         losses = train_losses(run_dir)
         assert sorted(losses) == list(range(11, 21)), "must continue from step 11, not from scratch"
@@ -110,10 +106,17 @@ def test_sigterm_checkpoints_the_agreed_step_and_resume_is_exact(tmp_path):
     common = [*TINY, "schedule.steps=60", "checkpoint.every_steps=0", "parallel.backend=fsdp2"]
     run_train(2, [*common, f"run.dir={tmp_path / 'ref'}"])
     victim = tmp_path / "victim"
-    proc = subprocess.Popen(train_cmd(2, [*common, f"run.dir={victim}"]), cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(2, [*common, f"run.dir={victim}"]),
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
-    while read_status(victim).get("step", 0) < 10 and time.time() < deadline and proc.poll() is None:
+    while (
+        read_status(victim).get("step", 0) < 10 and time.time() < deadline and proc.poll() is None
+    ):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)

@@ -124,6 +124,12 @@ class Engine:
         return None
 
     def load_model_state(self, path: Path, process_group=None) -> None:
+        if not (path / ".metadata").exists() and (any(path.glob("*_optim_states.pt")) or (path / "zero").is_dir()):
+            from pretrain.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{path} was written by DeepSpeed; parallel.backend={self.name} reads DCP. Convert it: "
+                f"pretrain ckpt convert {path.parent} NEW_DIR --to dcp")
         state = self.state_dict()
         safe_dcp.load(state, path, process_group)
         self.load_state_dict(state)

@@ -1,7 +1,12 @@
-"""Model registry: each family is (builder, loss function). Add families with `register_family`."""
+"""Model registry: each family is (builder, loss, tokens per sample, eval hooks).
+
+Families: vit (classifier), dit (class-conditional diffusion transformer), lm (decoder-only
+language model). Add families with `register_family`.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pretrain.models.attention_stats import attention_entropy
+from pretrain.models.blocks import prime_sigma_reparam
 from pretrain.models.config import ModelConfig
+from pretrain.models.dit import DiT, dit_eval_extras, dit_loss
+from pretrain.models.lm import DecoderLM, lm_loss
 from pretrain.models.parametrization import init_parameters
 from pretrain.models.vit import ViT, vit_loss
+from pretrain.models.wrapped import unwrap
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 # (model, first validation batch, step, output dir on rank 0 else None) -> extra eval results:
@@ -25,6 +35,26 @@ class ModelFamily:
     loss: LossFn  # (model, batch) -> (mean loss, {"loss_sum", "count", ...} sums for eval)
     tokens_per_sample: Callable[[nn.Module], int]  # for tokens/s and FLOPs accounting
     eval_extras: EvalExtrasFn | None = None  # runs on every rank (sharded forwards need all)
+    # reduced validation metrics ({"loss", ...}) -> derived ones, e.g. perplexity
+    eval_summary: Callable[[dict[str, float]], dict[str, float]] | None = None
+
+
+def with_eval_extras(loss: LossFn, samples: EvalExtrasFn | None = None) -> EvalExtrasFn:
+    """Eval hook: attention entropy per layer when model.attn_entropy, plus the family's own."""
+
+    def extras(model: nn.Module, batch: dict, step: int, out_dir: Path | None) -> dict:
+        out = {}
+        if unwrap(model).cfg.attn_entropy:
+            out |= attention_entropy(model, lambda: loss(model, batch))
+        if samples is not None:
+            out |= samples(model, batch, step, out_dir)
+        return out
+
+    return extras
+
+
+def perplexity(results: dict[str, float]) -> dict[str, float]:
+    return {"perplexity": math.exp(min(results["loss"], 700.0))}
 
 
 MODEL_REGISTRY: dict[str, ModelFamily] = {}
@@ -34,7 +64,12 @@ def register_family(name: str, family: ModelFamily) -> None:
     MODEL_REGISTRY[name] = family
 
 
-register_family("vit", ModelFamily(build=ViT, loss=vit_loss, tokens_per_sample=lambda m: m.num_tokens))
+register_family("vit", ModelFamily(build=ViT, loss=vit_loss, tokens_per_sample=lambda m: m.num_tokens,
+                                   eval_extras=with_eval_extras(vit_loss)))
+register_family("dit", ModelFamily(build=DiT, loss=dit_loss, tokens_per_sample=lambda m: m.num_patches,
+                                   eval_extras=with_eval_extras(dit_loss, dit_eval_extras)))
+register_family("lm", ModelFamily(build=DecoderLM, loss=lm_loss, tokens_per_sample=lambda m: m.seq_len,
+                                  eval_extras=with_eval_extras(lm_loss), eval_summary=perplexity))
 
 
 def get_family(name: str) -> ModelFamily:
@@ -43,10 +78,21 @@ def get_family(name: str) -> ModelFamily:
     return MODEL_REGISTRY[name]
 
 
+@torch.no_grad()
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the family's module and initialise it through the parametrization (SP or muP)."""
+    """Build the family's module and initialise it through the parametrization (SP or muP).
+
+    Then the architecture's own constraints: weights it wants zero (DiT's adaLN-Zero) are
+    zeroed whatever the parametrization drew, and σReparam's power iteration is converged on
+    the initial weights.
+    """
     model = get_family(cfg.family).build(cfg)
     init_parameters(model, cfg)
+    zero = getattr(model, "zero_init_param_names", lambda: set())()
+    for name, p in model.named_parameters():
+        if name in zero:
+            p.zero_()
+    prime_sigma_reparam(model)
     return model
 
 

@@ -1,7 +1,10 @@
 """The transformer block shared by every model family: plain single-device PyTorch.
 
-Parallelism, activation checkpointing and compilation are applied from outside
-(pretrain/engines/); nothing here knows about ranks.
+Options (all from `model.*`): LayerNorm or RMSNorm; pre-norm or Peri-LN placement (Kim et al.
+2025: each sublayer's input *and* output normalised before the residual add); QK-norm; σReparam
+linears (Zhai et al. 2023); GELU or SwiGLU MLP; rotary position embedding; per-head attention
+entropy recorded on request. Parallelism, activation checkpointing and compilation are applied
+from outside (pretrain/engines/); nothing here knows about ranks.
 """
 
 from __future__ import annotations
@@ -16,28 +19,108 @@ from pretrain.models.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def make_norm(kind: str, dim: int) -> nn.Module:
+def make_norm(kind: str, dim: int, affine: bool = True, eps: float = 1e-5) -> nn.Module:
     if kind == "layernorm":
-        return nn.LayerNorm(dim)
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
     if kind == "rmsnorm":
-        return RMSNorm(dim)
+        return RMSNorm(dim, eps=eps, affine=affine)
     raise ValueError(f"unknown norm {kind!r} (layernorm | rmsnorm)")
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (e.g. an activation-checkpoint recompute)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class SigmaReparamLinear(nn.Linear):
+    """Linear layer with weight W' = (gamma / sigma(W)) W ("Stabilizing Transformer Training by
+    Preventing Attention Entropy Collapse", Zhai et al. 2023).
+
+    sigma(W), the spectral norm, is estimated by power iteration: one step per training forward,
+    its left singular vector kept in the buffer `u` (saved in checkpoints, so resume is exact).
+    The step is skipped in eval and in activation-checkpoint recomputation, so a recomputed
+    forward equals the original one. Gradients flow through sigma = u^T W v (u, v constants).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.gamma = nn.Parameter(torch.ones(1))
+        self.register_buffer("u", F.normalize(torch.randn(out_features), dim=0))
+
+    @torch.no_grad()
+    def power_iteration(self, steps: int = 1) -> None:
+        w = self.weight.detach().float()
+        u = self.u.float()
+        for _ in range(steps):
+            v = F.normalize(w.t() @ u, dim=0)
+            u = F.normalize(w @ v, dim=0)
+        self.u.copy_(u.to(self.u.dtype))
+
+    def sigma(self) -> torch.Tensor:
+        u = self.u.to(self.weight.dtype)
+        v = F.normalize(self.weight.detach().t() @ u, dim=0)
+        return u @ (self.weight @ v)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight * (self.gamma / self.sigma())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and not _in_backward():
+            self.power_iteration()
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+def make_linear(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Linear:
+    cls = SigmaReparamLinear if cfg.sigma_reparam else nn.Linear
+    return cls(in_features, out_features, bias=cfg.bias)
+
+
+@torch.no_grad()
+def prime_sigma_reparam(model: nn.Module, steps: int = 30) -> None:
+    """Converge every σReparam layer's power iteration on its initial weights."""
+    for module in model.modules():
+        if isinstance(module, SigmaReparamLinear):
+            module.power_iteration(steps)
+
+
+# ------------------------------------------------------------------ rotary position embedding
+
+
+def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [B, 1, T, head_dim/2] for integer positions [B, T] (Su et al. 2021)."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq  # [B, T, hd/2]
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x_i, x_{i+hd/2}) of x [B, H, T, hd] by the position angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+# ------------------------------------------------------------------ attention and MLP
 
 
 class Attention(nn.Module):
     """Multi-head self-attention through scaled_dot_product_attention.
 
     `scale` multiplies the attention logits: 1/sqrt(d_head) in the standard parametrization,
-    1/d_head under muP (set by the parametrization, not here).
+    set by the parametrization under muP. `attn_mask` is boolean (True = may attend), e.g. the
+    block-diagonal causal mask of packed documents. With `record_entropy` set, the forward also
+    stores the attention entropy per head (mean over batch and queries) in `entropy`.
     """
 
     def __init__(self, cfg: ModelConfig, causal: bool = False):
@@ -46,57 +129,104 @@ class Attention(nn.Module):
             raise ValueError(f"model.width={cfg.width} is not divisible by model.num_heads={cfg.num_heads}")
         self.num_heads, self.head_dim, self.causal = cfg.num_heads, cfg.width // cfg.num_heads, causal
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.qkv = make_linear(cfg, cfg.width, 3 * cfg.width)
+        self.proj = make_linear(cfg, cfg.width, cfg.width)
         self.q_norm = make_norm(cfg.norm, self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = make_norm(cfg.norm, self.head_dim) if cfg.qk_norm else nn.Identity()
         self.dropout = cfg.dropout
+        self.record_entropy = False
+        self.entropy: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.record_entropy:
+            self.entropy = self._entropy(q, k, attn_mask)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
         )
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
+    @torch.no_grad()
+    def _entropy(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """Shannon entropy (nats) of each query's attention distribution, mean per head: [H]."""
+        logits = (q.float() @ k.float().transpose(-1, -2)) * self.scale
+        t = logits.shape[-1]
+        if attn_mask is None and self.causal:
+            attn_mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        if attn_mask is not None:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        p = logits.softmax(-1)
+        entropy = -torch.special.xlogy(p, p).sum(-1)  # [B, H, T]
+        return entropy.mean(dim=(0, 2))
+
+
+def swiglu_hidden(cfg: ModelConfig) -> int:
+    """SwiGLU hidden size: 2/3 of width*mlp_ratio (same parameters as GELU), rounded up to 8."""
+    return 8 * math.ceil(cfg.width * cfg.mlp_ratio * 2 / 3 / 8)
+
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """GELU MLP, or SwiGLU (Shazeer 2020) with gate and value fused in `fc1`."""
+
+    def __init__(self, cfg: ModelConfig, kind: str = "gelu"):
         super().__init__()
-        hidden = int(cfg.width * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.width, hidden)
-        self.fc2 = nn.Linear(hidden, cfg.width)
+        if kind not in ("gelu", "swiglu"):
+            raise ValueError(f"unknown MLP {kind!r} (gelu | swiglu)")
+        self.kind = kind
+        self.hidden = swiglu_hidden(cfg) if kind == "swiglu" else int(cfg.width * cfg.mlp_ratio)
+        self.fc1 = make_linear(cfg, cfg.width, self.hidden * (2 if kind == "swiglu" else 1))
+        self.fc2 = make_linear(cfg, self.hidden, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        h = self.fc1(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            return self.fc2(F.silu(gate) * value)
+        return self.fc2(F.gelu(h))
+
+
+def resolve_mlp(cfg: ModelConfig, family_default: str) -> str:
+    return family_default if cfg.mlp == "auto" else cfg.mlp
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Residual block. pre: x + f(norm(x)); peri: x + norm_out(f(norm(x))), for f = attn, mlp."""
 
-    def __init__(self, cfg: ModelConfig, causal: bool = False):
+    def __init__(self, cfg: ModelConfig, causal: bool = False, mlp: str = "gelu"):
         super().__init__()
+        peri = cfg.norm_placement == "peri"
         self.norm1 = make_norm(cfg.norm, cfg.width)
         self.attn = Attention(cfg, causal=causal)
+        self.attn_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
         self.norm2 = make_norm(cfg.norm, cfg.width)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, mlp)
+        self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, rope))
+        return x + self.mlp_out_norm(self.mlp(self.norm2(x)))
 
 
-def block_matmul_flops(cfg: ModelConfig, tokens: int, attended: int | None = None) -> int:
+def block_matmul_flops(cfg: ModelConfig, tokens: int, attended: int | None = None, mlp: str = "gelu") -> int:
     """Forward FLOPs of one block for `tokens` query tokens (2 FLOPs per multiply-add).
 
     Counts the four projections, the MLP and the two attention matmuls (QK^T and AV) over
-    `attended` keys per query (default: all tokens); norms, softmax and biases are not counted.
+    `attended` keys per query (default: all tokens); norms, softmax, RoPE, biases and the
+    σReparam power iteration (per step, not per sample) are not counted.
     """
-    d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
+    d = cfg.width
     attended = tokens if attended is None else attended
-    linear = 2 * tokens * (4 * d * d + 2 * d * hidden)
+    if mlp == "swiglu":
+        mlp_flops = 2 * tokens * 3 * d * swiglu_hidden(cfg)
+    else:
+        mlp_flops = 2 * tokens * 2 * d * int(d * cfg.mlp_ratio)
+    linear = 2 * tokens * 4 * d * d + mlp_flops
     attention = 2 * 2 * tokens * attended * d
     return linear + attention

@@ -18,15 +18,53 @@ class ViTConfig:
 
 
 @dataclass
+class DiTConfig:
+    """Diffusion transformer (Peebles & Xie 2023) and its training objective / sampler."""
+
+    image_size: int = 8
+    patch_size: int = 2
+    in_channels: int = 1  # pixels (1 or 3) or precomputed VAE latents (e.g. 4)
+    num_classes: int = 10  # class label num_classes is the "null" label for guidance
+    class_dropout: float = 0.1  # classifier-free-guidance label dropout during training
+    objective: Literal["flow", "ddpm"] = "flow"  # velocity (rectified flow) or noise prediction
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"  # flow matching t ~ ...
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    ddpm_schedule: Literal["linear", "cosine"] = "linear"
+    ddpm_steps: int = 1000  # training timesteps T of the DDPM chain
+    sampler: Literal["auto", "euler", "ddim", "ddpm"] = "auto"  # auto: euler (flow), ddim (ddpm)
+    sample_steps: int = 50
+    guidance_scale: float = 2.0  # classifier-free guidance weight w (1 = conditional only)
+    samples_per_class: int = 8  # eval grid: one row per class
+
+
+@dataclass
+class LMConfig:
+    """Decoder-only language model (causal attention, RoPE, tied or untied readout)."""
+
+    vocab_size: int = 256  # byte-level by default
+    seq_len: int = 64  # context length; used for FLOPs and as the generation window
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+
+
+@dataclass
 class ModelConfig:
     family: str = "vit"  # a key of pretrain.models.MODEL_REGISTRY
     width: int = 64  # residual stream width d_model
     depth: int = 4
     num_heads: int = 4
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0  # swiglu uses 2/3 of it per matrix, keeping the parameter count
+    mlp: Literal["auto", "gelu", "swiglu"] = "auto"  # auto: swiglu for lm, gelu otherwise
+    bias: bool = True  # biases in the blocks' linear layers
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    qk_norm: bool = False
+    norm_placement: Literal["pre", "peri"] = "pre"  # peri: also normalise each sublayer's output
+    qk_norm: bool = False  # normalise queries and keys per head before the dot product
+    sigma_reparam: bool = False  # block linears use W' = (gamma / sigma(W)) W (Zhai et al. 2023)
+    attn_entropy: bool = False  # log each layer's attention entropy at evaluation
     dropout: float = 0.0
     init_std: float = 0.02
     vit: ViTConfig = field(default_factory=ViTConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     mup: MupConfig = field(default_factory=MupConfig)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.blocks import TransformerBlock, block_matmul_flops, make_norm
+from pretrain.models.blocks import TransformerBlock, block_matmul_flops, make_norm, resolve_mlp
 from pretrain.models.config import ModelConfig
 
 
@@ -26,7 +26,8 @@ class ViT(nn.Module):
         self.patch_embed = nn.Linear(patch_dim, cfg.width)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, cfg.width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if v.pooling == "cls" else None
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.depth))
+        self.mlp_kind = resolve_mlp(cfg, "gelu")
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, mlp=self.mlp_kind) for _ in range(cfg.depth))
         self.norm = make_norm(cfg.norm, cfg.width)
         self.head = nn.Linear(cfg.width, v.num_classes)
         self.output_mult = 1.0  # readout multiplier; muP sets 1/width_mult
@@ -75,7 +76,7 @@ class ViT(nn.Module):
         c = self.cfg
         patch_dim = self.patch_embed.in_features
         fwd = 2 * self.num_patches * patch_dim * c.width
-        fwd += c.depth * block_matmul_flops(c, self.num_tokens)
+        fwd += c.depth * block_matmul_flops(c, self.num_tokens, mlp=self.mlp_kind)
         fwd += 2 * c.width * c.vit.num_classes
         return 3 * fwd
 

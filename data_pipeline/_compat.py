@@ -1,0 +1,80 @@
+"""Importing mosaicml-streaming where torchvision cannot load.
+
+`import streaming` imports `streaming.vision`, which imports torchvision. On CPU-only machines the
+only torchvision wheel pip finds is a CUDA build that fails at import. Streaming's vision datasets
+are not used here, so a minimal stand-in (`VisionDataset`, `to_tensor`) is registered in its place.
+The real torchvision is always preferred when it imports.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+from typing import Any
+
+
+def _module(name: str, is_package: bool = False) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    # transformers (pulled in by streaming) inspects __spec__ of every imported module.
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=is_package)
+    if is_package:
+        mod.__path__ = []
+    mod.__dict__["__torchvision_standin__"] = True
+    return mod
+
+
+def _install_torchvision_standin() -> None:
+    import numpy as np
+    import torch
+
+    class VisionDataset(torch.utils.data.Dataset):
+        """Stand-in base class; only subclassed by streaming.vision, never used here."""
+
+        def __init__(self, root: Any = None, transforms: Any = None, transform: Any = None,
+                     target_transform: Any = None) -> None:
+            self.root, self.transform, self.target_transform = root, transform, target_transform
+            self.transforms = transforms
+
+    def to_tensor(pic: Any) -> torch.Tensor:
+        """PIL image or HWC uint8 array -> CHW float tensor in [0, 1]."""
+        arr = np.asarray(pic)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float()
+
+    root = _module("torchvision", is_package=True)
+    datasets = _module("torchvision.datasets", is_package=True)
+    transforms = _module("torchvision.transforms", is_package=True)
+    functional = _module("torchvision.transforms.functional")
+    datasets.VisionDataset = VisionDataset
+    functional.to_tensor = to_tensor
+    transforms.functional = functional
+    root.datasets, root.transforms = datasets, transforms
+    root.__version__ = "0.0.0+standin"
+    for mod in (root, datasets, transforms, functional):
+        sys.modules[mod.__name__] = mod
+
+
+def ensure_torchvision_importable() -> bool:
+    """Make `import torchvision` succeed; returns True if the stand-in had to be installed."""
+    existing = sys.modules.get("torchvision")
+    if existing is not None:
+        return bool(getattr(existing, "__torchvision_standin__", False))
+    try:
+        import torchvision  # noqa: F401
+        return False
+    except Exception:  # a CUDA-only wheel raises RuntimeError, a missing one ImportError
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        _install_torchvision_standin()
+        return True
+
+
+def import_streaming() -> types.ModuleType:
+    """`import streaming`, with the torchvision stand-in installed first if needed."""
+    ensure_torchvision_importable()
+    import streaming
+
+    return streaming

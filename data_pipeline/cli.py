@@ -1,0 +1,167 @@
+"""`pretrain data ...`: build sharded datasets and inspect them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+FORMAT_HELP = "shard format: wds (WebDataset tar) or mds (MosaicML streaming)"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("wds", "mds"), required=True, help=FORMAT_HELP)
+    p.add_argument("--out", required=True, help="output directory; train/ and val/ are made in it")
+    p.add_argument("--shard-samples", type=int, default=1000,
+                   help="samples per shard (MDS cuts by bytes: approximately) (default 1000)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of samples (documents for text) held out in val/ (default 0.2)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data", help="build and inspect sharded datasets",
+        description="Write datasets as WebDataset or MDS shards with a manifest (samples, bytes, "
+        "sha256 per shard), and inspect or index existing shard directories.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    build = sub.add_parser("build", help="write a dataset as shards",
+                           description="Write a dataset into OUT/train and OUT/val shard "
+                           "directories. Point data.train_url / data.val_url at them.")
+    kinds = build.add_subparsers(dest="source", metavar="SOURCE")
+
+    p = kinds.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)")
+    _common(p)
+    p = kinds.add_parser("images", help="an image folder with one subfolder per class")
+    _common(p)
+    p.add_argument("--src", required=True, help="root folder: SRC/<class>/<image files>")
+    p.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (default: keep)")
+    p.add_argument("--mode", default="RGB", help="PIL mode to convert to (default RGB)")
+    p = kinds.add_parser("numpy", help="uint8 image array and label array (.npy, no pickle)")
+    _common(p)
+    p.add_argument("--images", required=True, help=".npy uint8 [N,H,W] or [N,H,W,C]")
+    p.add_argument("--labels", required=True, help=".npy integer [N]")
+    p = kinds.add_parser("text", help="JSONL documents, byte-level tokens packed into sequences")
+    _common(p)
+    p.add_argument("--src", required=True, help="JSONL file, one document per line")
+    p.add_argument("--field", default="text", help="JSON field holding the text (default text)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    p = kinds.add_parser("synthetic-images", help="random RGB images (tests, benchmarks)")
+    _common(p)
+    p.add_argument("--num", type=int, default=10000)
+    p.add_argument("--size", type=int, default=32)
+    p = kinds.add_parser("synthetic-text", help="random word documents, packed (tests, benchmarks)")
+    _common(p)
+    p.add_argument("--num-docs", type=int, default=2000)
+    p.add_argument("--seq-len", type=int, default=256)
+
+    inspect = sub.add_parser("inspect", help="summarise a shard directory (local or fsspec URL)",
+                             description="Print the manifest summary and the first samples.")
+    inspect.add_argument("url", help="dataset directory or URL (e.g. s3://bucket/ds/train)")
+    inspect.add_argument("--format", choices=("wds", "mds"), default=None,
+                         help="default: mds if index.json exists, else wds")
+    inspect.add_argument("--samples", type=int, default=3, help="samples to decode and show")
+    inspect.add_argument("--verify", action="store_true", help="check every shard's sha256")
+    inspect.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="fsspec storage option, like data.storage_options (repeatable), e.g."
+                         " client_kwargs.endpoint_url=http://127.0.0.1:9000")
+    inspect.add_argument("--cache-dir", default="", help="cache for remote shards (default"
+                         " ~/.cache/pretrain/shards)")
+
+    index = sub.add_parser("index", help="write manifest.json for foreign WebDataset tar shards",
+                           description="Count the samples of each *.tar in DIR and record bytes "
+                           "and sha256, so readers need not scan the shards.")
+    index.add_argument("dir", help="local directory of tar shards")
+
+    data.set_defaults(func=lambda args: data.print_help() or 2)
+    build.set_defaults(func=lambda args: build.print_help() or 2)
+    for name, parser in kinds.choices.items():
+        parser.set_defaults(func=_build, source=name)
+    inspect.set_defaults(func=_inspect)
+    index.set_defaults(func=_index)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from data_pipeline import sources
+    from data_pipeline.writers import write_splits
+
+    vf = args.val_fraction
+    if args.source == "digits":
+        samples, meta = sources.digits(vf)
+    elif args.source == "images":
+        samples, meta = sources.image_folder(args.src, vf, args.size, args.mode)
+    elif args.source == "numpy":
+        samples, meta = sources.numpy_arrays(args.images, args.labels, vf)
+    elif args.source == "text":
+        samples, meta = sources.jsonl_text(args.src, args.seq_len, vf, args.field)
+    elif args.source == "synthetic-images":
+        samples, meta = sources.synthetic_images(args.num, args.size, val_fraction=vf)
+    else:
+        samples, meta = sources.synthetic_text(args.num_docs, args.seq_len, val_fraction=vf)
+    manifests = write_splits(samples, args.out, args.format, args.shard_samples, meta)
+    for split, m in manifests.items():
+        print(f"{args.out}/{split}: {m.num_samples} samples in {len(m.shards)} {args.format} shards")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from data_pipeline.config import DataConfig
+    from data_pipeline.decode import decode_field
+    from data_pipeline.errors import DataError
+    from data_pipeline.source import ShardedSource
+    from data_pipeline.storage import ShardStore
+
+    options = dict(opt.split("=", 1) for opt in args.option)
+    fmt = args.format
+    if fmt is None:
+        probe = ShardStore(args.url, options)
+        fmt = "mds" if probe.read_small("index.json") is not None else "wds"
+    cfg = DataConfig(format=fmt, verify_checksums="always" if args.verify else "download",
+                     storage_options=options, cache_dir=args.cache_dir)
+    src = ShardedSource(args.url, fmt, cfg, shuffle=False)
+    m = src.manifest
+    total = sum(s.bytes for s in m.shards if s.bytes >= 0)
+    print(f"{args.url}: {fmt}, {m.num_samples} samples, {len(m.shards)} shards, {total} bytes")
+    if m.meta:
+        print("meta:", json.dumps(m.meta, sort_keys=True))
+    if m.columns:
+        print("columns:", json.dumps(m.columns, sort_keys=True))
+    failed = 0
+    if args.verify:
+        for i in range(len(m.shards)):
+            try:
+                src.reader(i)
+            except DataError as e:
+                failed += 1
+                print(f"BAD {e}", file=sys.stderr)
+        print(f"verified {len(m.shards) - failed}/{len(m.shards)} shards")
+    for sid in range(min(args.samples, m.num_samples)):
+        shard, key, raw = src.read(sid)
+        shown = {}
+        for name, (enc, data) in raw.items():
+            try:
+                value = decode_field(enc, data)
+                shown[name] = (f"image {value.mode} {value.size}" if hasattr(value, "mode")
+                               else f"array {value.dtype} {value.shape}" if hasattr(value, "shape")
+                               else repr(value)[:60])
+            except Exception as e:
+                shown[name] = f"<{type(e).__name__}: {e}>"
+        print(f"  {shard} {key}: {shown}")
+    return 1 if failed else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    import os
+
+    from data_pipeline.manifest import MANIFEST_NAME
+    from data_pipeline.source import scan_wds_manifest
+    from data_pipeline.storage import ShardStore, sha256_file
+
+    store = ShardStore(args.dir)
+    manifest = scan_wds_manifest(store)
+    for shard in manifest.shards:
+        shard.sha256 = sha256_file(os.path.join(store.root, shard.name))
+    with open(os.path.join(args.dir, MANIFEST_NAME), "w") as f:
+        f.write(manifest.to_json())
+    print(f"{args.dir}: {manifest.num_samples} samples in {len(manifest.shards)} shards")
+    return 0

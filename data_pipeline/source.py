@@ -1,0 +1,178 @@
+"""One sharded dataset as seen by a reader: manifest, shard store, global order, open shards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from data_pipeline.config import DataConfig
+from data_pipeline.decode import UNSAFE
+from data_pipeline.errors import (
+    CorruptShardError,
+    DataError,
+    ShardNotFoundError,
+    UnsafeEncodingError,
+    where,
+)
+from data_pipeline.manifest import (
+    MANIFEST_NAME,
+    MDS_INDEX_NAME,
+    Manifest,
+    ShardInfo,
+    manifest_from_mds_index,
+)
+from data_pipeline.order import ShardedOrder
+from data_pipeline.shards import MdsShard, RawSample, TarShard
+from data_pipeline.storage import ShardStore
+
+log = logging.getLogger(__name__)
+FORMATS = ("wds", "mds")
+
+
+def _decompress(path: str, shard: ShardInfo, cache_dir: str) -> str:
+    """Decompressed copy of a compressed MDS shard, next to the cache (made once)."""
+    dest = os.path.join(cache_dir, "raw", shard.raw_name)
+    if os.path.exists(dest):
+        return dest
+    if shard.compression.split(":")[0] != "zstd":
+        raise CorruptShardError(f"{where(shard.name)}: compression {shard.compression!r} is not"
+                                " supported (zstd is)")
+    import zstd
+
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(path, "rb") as f:
+        try:
+            data = zstd.decompress(f.read())
+        except Exception as e:
+            raise CorruptShardError(f"{where(shard.name)}: cannot decompress: {e}") from e
+    tmp = f"{dest}.part-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
+    return dest
+
+
+def scan_wds_manifest(store: ShardStore) -> Manifest:
+    """Manifest of a directory of tar shards without one (foreign WebDataset data): every shard is
+    fetched and its samples counted. `pretrain data index` saves the result."""
+    names = sorted(os.path.basename(p) for p in store.fs.glob(f"{store.root}/*.tar"))
+    if not names:
+        raise ShardNotFoundError(f"no {MANIFEST_NAME} and no *.tar shards under {store.url}")
+    log.warning("%s has no %s; scanning %d shards to count samples", store.url, MANIFEST_NAME,
+                len(names))
+    shards = []
+    for name in names:
+        info = ShardInfo(name=name, samples=-1)
+        reader = TarShard(store.local_path(info), name)
+        shards.append(ShardInfo(name=name, samples=len(reader), bytes=reader.file.size))
+        reader.close()
+    return Manifest(format="wds", shards=shards)
+
+
+def load_manifest(store: ShardStore, fmt: str) -> Manifest:
+    """The dataset's manifest (ours, MDS index.json, or a scan of foreign tar shards)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"data.format={fmt!r}: sharded formats are {FORMATS}")
+    raw = store.read_small(MANIFEST_NAME)
+    ours = Manifest.from_dict(json.loads(raw)) if raw is not None else None
+    if ours is not None and ours.format != fmt:
+        raise ValueError(f"{store.url} holds {ours.format} shards, but data.format={fmt!r}")
+    if fmt == "wds":
+        manifest = ours or scan_wds_manifest(store)
+    else:
+        index = store.read_small(MDS_INDEX_NAME)
+        if index is None:
+            raise ShardNotFoundError(f"no {MDS_INDEX_NAME} under {store.url} (not an MDS dataset?)")
+        manifest = manifest_from_mds_index(json.loads(index))
+        if ours is not None:
+            manifest.meta = ours.meta
+    if manifest.num_samples == 0:
+        raise DataError(f"{store.url}: the dataset has no samples")
+    for column, (encoding, _) in manifest.columns.items():
+        if encoding.split(":")[0] in UNSAFE:
+            raise UnsafeEncodingError(
+                f"{store.url}: MDS column {column!r} is encoded as {encoding!r}, which needs"
+                " unpickling (arbitrary code execution); refusing to read it. Re-write the dataset"
+                " with a safe encoding (ndarray, json, int, png...)")
+    return manifest
+
+
+class ShardedSource:
+    """A dataset: canonical ids -> raw samples, through a per-process cache of open shards."""
+
+    def __init__(self, url: str, fmt: str, cfg: DataConfig, shuffle: bool, max_open: int = 0):
+        if not url:
+            raise ValueError(f"data.format={fmt!r} needs a dataset URL (data.train_url / val_url)")
+        self.url, self.fmt = url, fmt
+        self.store = ShardStore(url, cfg.storage_options, cfg.cache_dir, cfg.verify_checksums,
+                                int(cfg.cache_limit_mb * 2**20))
+        self.manifest = load_manifest(self.store, fmt)
+        self.order = ShardedOrder([s.samples for s in self.manifest.shards], cfg.seed,
+                                  cfg.shuffle_window, shuffle)
+        self.max_open = max_open or cfg.shuffle_window + 2
+        self._open: OrderedDict[int, TarShard | MdsShard | Exception] = OrderedDict()
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()  # file descriptors stay with their process
+        return state
+
+    def shard_name(self, shard: int) -> str:
+        return self.manifest.shards[shard].name
+
+    def prefetch(self, ids: np.ndarray) -> None:
+        for shard in np.unique(self.order.locate(ids)[0]):
+            self.store.prefetch(self.manifest.shards[int(shard)])
+
+    def reader(self, shard: int) -> TarShard | MdsShard:
+        cached = self._open.get(shard)
+        if cached is None:
+            try:
+                cached = self._open_shard(shard)
+            except DataError as e:  # remembered so that a skip policy does not re-open it per sample
+                cached = e
+            self._open[shard] = cached
+            while len(self._open) > self.max_open:
+                _, old = self._open.popitem(last=False)
+                if not isinstance(old, Exception):
+                    old.close()
+        else:
+            self._open.move_to_end(shard)
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+    def _open_shard(self, shard: int) -> TarShard | MdsShard:
+        info = self.manifest.shards[shard]
+        for attempt in range(3):
+            path = self.store.local_path(info)
+            try:
+                if self.fmt == "wds":
+                    return TarShard(path, info.name, expected_samples=info.samples,
+                                    check_headers=not self.store.verified(info))
+                if info.compression:
+                    path = _decompress(path, info, self.store.cache_dir)
+                return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
+            except ShardNotFoundError:
+                # a cached copy evicted by another process between fetch and open: fetch again
+                if self.store.local or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read(self, sample_id: int) -> tuple[str, str, RawSample]:
+        """(shard name, sample key, raw fields) of a canonical sample id."""
+        shards, index = self.order.locate(np.asarray([sample_id]))
+        return self.read_at(int(shards[0]), int(index[0]))
+
+    def read_at(self, shard: int, index: int) -> tuple[str, str, RawSample]:
+        """The same for sample `index` of shard `shard` (callers locate ids in bulk)."""
+        reader = self.reader(shard)
+        return reader.name, reader.key(index), reader.read(index)

@@ -1,0 +1,154 @@
+"""In-memory byte-level text: Python's own help topics, packed into fixed-length sequences.
+
+The corpus is `pydoc_data.topics.topics` from the standard library of the running interpreter
+(the text `help("if")` prints: 78 distinct documents, 466 KB of English prose and grammar on Python
+3.11), so it is real text available offline, with no download and no extra dependency. It is
+deterministic for a given Python version; loader states carry a fingerprint of the corpus, so a
+checkpoint made on another version fails to resume with a clear message.
+
+Tokens are UTF-8 bytes (vocabulary 256); every document ends with EOS = byte 0, which never
+occurs in the text. Documents are split into train/val as whole documents (a fixed
+permutation, independent of data.seed). Each split is one stream (documents in name order)
+cut into rows of `seq_len` inputs; row i holds stream[i*L : i*L + L] with targets shifted by
+one, so every byte is predicted exactly once. Rows carry
+- doc_ids: which document each position belongs to, numbered from 0 within the row;
+- position_ids: the position within that document, from 0 at its start (or at the row start);
+- targets = IGNORE_INDEX where the next byte starts another document (after an EOS).
+Batches follow the loader contract of `data_pipeline/__init__.py` with the semantics of
+`memory.py`: the order is a pure function of (seed, epoch, global position), the state is
+that position, and resuming at any world size neither repeats nor skips a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from data_pipeline.config import DataConfig
+from data_pipeline.order import epoch_permutation, rank_slice
+
+IGNORE_INDEX = -100
+EOS = 0
+VOCAB_SIZE = 256
+KEYS = ("tokens", "targets", "position_ids", "doc_ids")
+
+
+def load_documents() -> list[tuple[str, bytes]]:
+    """(topic name, UTF-8 text) for every distinct Python help topic, in name order (a topic
+    whose text repeats an earlier one's is dropped, so no text lands in both splits)."""
+    from pydoc_data.topics import topics
+
+    docs, seen = [], set()
+    for name in sorted(topics):
+        text = topics[name].encode("utf-8")
+        if text not in seen:
+            seen.add(text)
+            docs.append((name, text))
+    return docs
+
+
+def fingerprint(docs: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, text in docs:
+        h.update(name.encode() + b"\0" + text + b"\0")
+    return h.hexdigest()[:16]
+
+
+def split_documents(docs: list[tuple[str, bytes]], split: str, val_fraction: float) -> list[bytes]:
+    """Whole documents of one split, in name order."""
+    order = epoch_permutation(len(docs), seed=0, epoch=0)
+    n_val = int(round(len(docs) * val_fraction))
+    chosen = np.sort(order[:n_val] if split == "val" else order[n_val:])
+    return [docs[i][1] for i in chosen]
+
+
+def pack_documents(docs: list[bytes], seq_len: int) -> dict[str, np.ndarray]:
+    """Documents -> rows [N, seq_len] of tokens, targets, position_ids, doc_ids (see module doc)."""
+    stream, doc_of, pos = [], [], []
+    for d, text in enumerate(docs):
+        ids = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
+        stream.append(np.append(ids, EOS))
+        doc_of.append(np.full(len(ids) + 1, d, dtype=np.int64))
+        pos.append(np.arange(len(ids) + 1, dtype=np.int64))
+    stream_a, doc_a, pos_a = (np.concatenate(a) for a in (stream, doc_of, pos))
+    rows = (len(stream_a) - 1) // seq_len
+    if rows < 1:
+        raise ValueError(f"text of {len(stream_a)} bytes is shorter than data.seq_len={seq_len}")
+    idx = np.arange(rows)[:, None] * seq_len + np.arange(seq_len + 1)[None]
+    window, window_doc = stream_a[idx], doc_a[idx]
+    doc_ids = window_doc[:, :-1] - window_doc[:, :1]
+    row_pos = pos_a[idx[:, :-1]]
+    position_ids = np.where(doc_ids == 0, row_pos - row_pos[:, :1], row_pos)
+    targets = np.where(window_doc[:, 1:] == window_doc[:, :-1], window[:, 1:], IGNORE_INDEX)
+    return {"tokens": window[:, :-1], "targets": targets, "position_ids": position_ids, "doc_ids": doc_ids}
+
+
+def text_arrays(cfg: DataConfig, split: str) -> tuple[dict[str, np.ndarray], str]:
+    """The packed rows of one split and the corpus fingerprint."""
+    docs = load_documents()
+    return pack_documents(split_documents(docs, split, cfg.val_fraction), cfg.seq_len), fingerprint(docs)
+
+
+def _to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
+    batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k][idx])) for k in KEYS}
+    batch["sample_id"] = torch.from_numpy(ids.astype(np.int64))
+    return batch
+
+
+class TextTrainLoader:
+    """Endless stream of this rank's micro-batches of packed rows; resumable and elastic."""
+
+    def __init__(self, cfg: DataConfig, rank: int, world_size: int, grad_accum: int = 1):
+        if cfg.global_batch_size % (world_size * grad_accum):
+            raise ValueError(
+                f"data.global_batch_size={cfg.global_batch_size} is not divisible by "
+                f"world_size*grad_accum={world_size}*{grad_accum}"
+            )
+        self.arrays, self.fingerprint = text_arrays(cfg, "train")
+        self.num_samples = len(self.arrays["tokens"])
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.micro_global = cfg.global_batch_size // grad_accum
+        self.consumed = 0  # global stream position, counted over all ranks
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            positions = np.asarray(rank_slice(self.consumed, self.micro_global, self.rank, self.world_size))
+            epochs, offsets = positions // self.num_samples, positions % self.num_samples
+            idx = np.array([epoch_permutation(self.num_samples, self.cfg.seed, int(e))[o] for e, o in zip(epochs, offsets)])
+            self.consumed += self.micro_global
+            yield _to_batch(self.arrays, idx, idx)
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "num_samples": self.num_samples, "seed": self.cfg.seed,
+                "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("num_samples") != self.num_samples or state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            raise ValueError(
+                f"loader state is for a text corpus of {state.get('num_samples')} rows (fingerprint "
+                f"{state.get('fingerprint')}); this one has {self.num_samples} rows ({self.fingerprint}): "
+                "a different Python version or data.seq_len / data.val_fraction"
+            )
+        self.consumed = int(state["consumed"])
+
+
+class TextEvalLoader:
+    """One pass over the validation rows; every rank yields the same number of batches (padding
+    rows carry IGNORE_INDEX targets and sample_id -1)."""
+
+    def __init__(self, cfg: DataConfig, rank: int, world_size: int):
+        self.arrays, self.fingerprint = text_arrays(cfg, "val")
+        self.num_samples = len(self.arrays["tokens"])
+        self.global_batch = cfg.eval_batch_size or cfg.global_batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, self.num_samples, self.global_batch):
+            pos = np.asarray(rank_slice(start, self.global_batch, self.rank, self.world_size))
+            valid = pos < self.num_samples
+            batch = _to_batch(self.arrays, np.where(valid, pos, 0), np.where(valid, pos, -1))
+            batch["targets"][torch.from_numpy(~valid)] = IGNORE_INDEX
+            yield batch

@@ -1,0 +1,159 @@
+"""Raw fields of one sample -> the arrays of one batch row (runs in DataLoader workers).
+
+Images: PIL decode, optional mode conversion / resize / seeded flip, normalise to float32 CHW.
+Tokens: a packed sequence of L+1 ids -> tokens/targets of length L; with packed documents,
+`position_ids` restart at each document and `doc_ids` number them, and the target that would
+cross into the next document is IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline.config import IGNORE_INDEX, DataConfig
+from data_pipeline.decode import IMAGE_EXTS, decode_field
+from data_pipeline.errors import BadSampleError, where
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "image", "img", "image.png", "image.jpg", "bmp", "ppm")
+LABEL_KEYS = ("cls", "label", "target", "class", "y", "label.cls", "cls2")
+TOKEN_KEYS = ("tokens", "tokens.npy", "input_ids", "input_ids.npy", "ids.npy")
+DOC_KEYS = ("doc_starts", "doc_starts.npy")
+BOUNDARY_MODES = ("none", "position_ids", "doc_ids")
+
+
+def pick(fields: dict, wanted: str, candidates: tuple[str, ...]) -> str | None:
+    if wanted:
+        return wanted if wanted in fields else None
+    for name in candidates:
+        if name in fields:
+            return name
+    return None
+
+
+def detect_kind(field_names: list[str], cfg: DataConfig) -> str:
+    """'tokens' or 'images', from the fields present in a sample."""
+    fields = dict.fromkeys(field_names)
+    if pick(fields, cfg.tokens_key, TOKEN_KEYS):
+        return "tokens"
+    if pick(fields, cfg.image_key, IMAGE_KEYS) or any(f.rsplit(".", 1)[-1] in IMAGE_EXTS for f in fields):
+        return "images"
+    raise ValueError(f"cannot tell images from tokens by the fields {sorted(field_names)}; set "
+                     "data.image_key/label_key or data.tokens_key")
+
+
+class ImageRows:
+    """Decodes image samples; `pad()` is the row used for padding and skipped samples."""
+
+    kind = "images"
+
+    def __init__(self, cfg: DataConfig, channels: int, height: int, width: int, train: bool):
+        self.cfg, self.train = cfg, train
+        self.shape = (channels, height, width)
+        mean = np.asarray(cfg.image_mean, np.float32)
+        std = np.asarray(cfg.image_std, np.float32)
+        if mean.size not in (1, channels) or std.size not in (1, channels):
+            raise ValueError(f"data.image_mean/std need 1 or {channels} values")
+        self.scale = (1.0 / (255.0 * std)).reshape(-1, 1, 1)
+        self.shift = (mean / std).reshape(-1, 1, 1)
+
+    def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
+                 epoch: int) -> dict[str, Any]:
+        img_key = pick(raw, self.cfg.image_key, IMAGE_KEYS) or next(
+            (f for f in raw if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+        lbl_key = pick(raw, self.cfg.label_key, LABEL_KEYS)
+        if img_key is None or lbl_key is None:
+            raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
+        try:
+            image = decode_field(*raw[img_key])
+            label = int(decode_field(*raw[lbl_key]))
+            arr = self._pixels(image, sample_id, epoch)
+        except BadSampleError:
+            raise
+        except Exception as e:
+            raise BadSampleError(f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
+        if arr.shape != self.shape:
+            raise BadSampleError(f"{where(shard, key)}: image shape {arr.shape}, expected {self.shape}"
+                                 " (set data.image_size / data.image_mode to make them uniform)")
+        return {"image": arr, "label": label}
+
+    def _pixels(self, image: Any, sample_id: int, epoch: int) -> np.ndarray:
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if self.cfg.image_mode and image.mode != self.cfg.image_mode:
+            image = image.convert(self.cfg.image_mode)
+        if self.cfg.image_size and image.size != (self.cfg.image_size, self.cfg.image_size):
+            image = image.resize((self.cfg.image_size, self.cfg.image_size), Image.BILINEAR)
+        arr = np.asarray(image, dtype=np.uint8)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if self.train and self.cfg.random_flip:
+            rng = np.random.Generator(np.random.PCG64([self.cfg.seed, epoch, sample_id, 3]))
+            if rng.random() < 0.5:
+                arr = arr[:, :, ::-1]
+        return (arr.astype(np.float32) * self.scale - self.shift).astype(np.float32)
+
+    def pad(self) -> dict[str, Any]:
+        return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {"image": np.stack([r["image"] for r in rows]),
+                "label": np.asarray([r["label"] for r in rows], np.int64)}
+
+
+class TokenRows:
+    """Decodes packed token sequences of seq_len + 1 ids."""
+
+    kind = "tokens"
+
+    def __init__(self, cfg: DataConfig, seq_len: int):
+        if cfg.packing_boundaries not in BOUNDARY_MODES:
+            raise ValueError(f"data.packing_boundaries={cfg.packing_boundaries!r}: choose one of"
+                             f" {BOUNDARY_MODES}")
+        self.cfg, self.seq_len = cfg, seq_len
+        self.mode = cfg.packing_boundaries
+
+    def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
+                 epoch: int) -> dict[str, Any]:
+        tok_key = pick(raw, self.cfg.tokens_key, TOKEN_KEYS)
+        if tok_key is None:
+            raise BadSampleError(f"{where(shard, key)}: no tokens field among {sorted(raw)}")
+        try:
+            seq = np.asarray(decode_field(*raw[tok_key])).astype(np.int64).reshape(-1)
+            doc_key = pick(raw, "", DOC_KEYS)
+            starts = (np.asarray(decode_field(*raw[doc_key])).astype(np.int64).reshape(-1)
+                      if doc_key and self.mode != "none" else None)
+        except Exception as e:
+            raise BadSampleError(f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
+        if len(seq) != self.seq_len + 1:
+            raise BadSampleError(f"{where(shard, key)}: {len(seq)} token ids, expected seq_len + 1 ="
+                                 f" {self.seq_len + 1}")
+        row = {"tokens": seq[:-1], "targets": seq[1:].copy()}
+        if self.mode != "none":
+            flags = np.zeros(len(seq), np.int64)
+            flags[0] = 1
+            if starts is not None:
+                if starts.size and (starts.min() < 0 or starts.max() >= len(seq)):
+                    raise BadSampleError(f"{where(shard, key)}: doc_starts out of range")
+                flags[starts] = 1
+            doc = np.cumsum(flags) - 1
+            first = np.flatnonzero(flags)
+            pos = np.arange(len(seq)) - first[doc]
+            row["targets"][doc[1:] != doc[:-1]] = IGNORE_INDEX
+            row["position_ids"] = pos[:-1]
+            if self.mode == "doc_ids":
+                row["doc_ids"] = doc[:-1]
+        return row
+
+    def pad(self) -> dict[str, Any]:
+        row = {"tokens": np.zeros(self.seq_len, np.int64),
+               "targets": np.full(self.seq_len, IGNORE_INDEX, np.int64)}
+        if self.mode != "none":
+            row["position_ids"] = np.arange(self.seq_len, dtype=np.int64)
+            if self.mode == "doc_ids":
+                row["doc_ids"] = np.zeros(self.seq_len, np.int64)
+        return row
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -1,0 +1,110 @@
+"""Sweep files: one base recipe and named runs, optionally crossed with a grid.
+
+    base: configs/lm_tiny.yaml        # relative to the sweep file (or the working directory)
+    runs:                             # optional; each run gets RUN_ROOT/NAME
+      - {name: small, overrides: {model.width: 64}}
+    grid:                             # optional; a cartesian product, crossed with `runs`
+      optim.lr: [1.0e-3, 3.0e-3]
+      train.max_steps: [100, 200]
+
+With only a grid, runs are named after their values (`lr0.001-max_steps100`); with both, each
+listed run is crossed with every grid point (`small-lr0.001-max_steps100`). The scaling-laws
+planner writes this format (`pretrain scaling plan`); `pretrain slurm sweep` submits it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launch.recipe import check_key
+from launch.slurm import check_name
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    base: Path
+    runs: tuple[SweepRun, ...]
+
+
+def _value_text(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return _UNSAFE.sub("_", text).strip("_.") or "x"
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A readable run name for a grid point: the keys' last parts followed by the values."""
+    lasts = [key.rsplit(".", 1)[-1] for key in point]
+    parts = []
+    for key, last, value in zip(point, lasts, point.values()):
+        label = last if lasts.count(last) == 1 else key.replace(".", "_")
+        parts.append(f"{label}{_value_text(value)}")
+    return "-".join(parts)
+
+
+def expand(doc: dict, where: Path | None = None) -> Sweep:
+    """Validate a parsed sweep file and expand its grid; `where` resolves a relative base."""
+    if not isinstance(doc, dict):
+        raise ValueError("a sweep file must be a YAML mapping")
+    unknown = sorted(set(doc) - {"base", "runs", "grid"})
+    if unknown:
+        raise ValueError(f"unknown key(s) in sweep file: {', '.join(unknown)}")
+    if not doc.get("base"):
+        raise ValueError("sweep file needs `base`: the recipe every run starts from")
+    base = Path(doc["base"])
+    if not base.is_absolute() and where is not None and (where / base).exists():
+        base = where / base
+    runs = doc.get("runs") or []
+    grid = doc.get("grid") or {}
+    if not isinstance(runs, list) or not isinstance(grid, dict):
+        raise ValueError("`runs` must be a list and `grid` a mapping of key -> list of values")
+    listed = []
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict) or set(run) - {"name", "overrides"} or "name" not in run:
+            raise ValueError(f"runs[{i}] must be {{name: NAME, overrides: {{key: value}}}}")
+        overrides = run.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"runs[{i}].overrides must be a mapping")
+        for key in overrides:
+            check_key(str(key))
+        listed.append(SweepRun(check_name(str(run["name"]), f"runs[{i}].name"), dict(overrides)))
+    for key, values in grid.items():
+        check_key(str(key))
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"grid.{key} must be a non-empty list of values")
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    if not listed:
+        listed = [SweepRun("", {})]
+    expanded = []
+    for run, point in itertools.product(listed, points or [{}]):
+        clash = set(run.overrides) & set(point)
+        if clash:
+            raise ValueError(f"run {run.name!r} overrides grid key(s) {sorted(clash)}")
+        name = "-".join(part for part in (run.name, point_name(point)) if part)
+        if not name:
+            raise ValueError("sweep has neither runs nor a grid")
+        expanded.append(SweepRun(check_name(name, "run name"), {**run.overrides, **point}))
+    names = [run.name for run in expanded]
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        raise ValueError(f"duplicate run names in sweep: {', '.join(dupes)}")
+    return Sweep(base=base, runs=tuple(expanded))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep file."""
+    path = Path(path)
+    return expand(yaml.safe_load(path.read_text()), where=path.resolve().parent)

@@ -1,0 +1,147 @@
+"""`pretrain ckpt inspect|convert|export|import|reshard`: move checkpoints between backends,
+world sizes and safetensors. Every command streams tensor by tensor (bounded memory)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+DST is a step_XXXXXXXX directory, or a directory in which one is created (e.g. a new run's
+checkpoints/, where `pretrain train ... run.dir=RUN` resumes from it by itself).
+
+examples:
+  pretrain ckpt inspect runs/a/checkpoints/step_00000100
+  pretrain ckpt convert runs/a/checkpoints/step_00000100 runs/b/checkpoints --to dcp
+      (a DeepSpeed ZeRO-1/2/3 checkpoint -> DCP: resume it with FSDP2/DDP on any number of ranks)
+  pretrain ckpt convert runs/b/checkpoints/step_00000100 runs/c/checkpoints --to deepspeed
+      (-> DeepSpeed universal: resume it with ZeRO-1/2/3 on any number of ranks)
+  pretrain ckpt reshard SRC DST        (a DeepSpeed checkpoint, for another world size or ZeRO stage)
+  pretrain ckpt export SRC model.safetensors --dtype bf16
+  pretrain ckpt import model.safetensors runs/d/checkpoints --config configs/vit_digits.yaml [key=value ...]
+      (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ckpt", help="inspect, convert and export checkpoints", epilog=EPILOG,
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
+
+    s = sub.add_parser("inspect", help="tensors, shapes, dtypes, step, world size, backend, size on disk")
+    s.add_argument("path", type=Path)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=run_inspect)
+
+    s = sub.add_parser("convert", help="DCP <-> DeepSpeed ZeRO, optimizer state included")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.add_argument("--to", choices=["dcp", "deepspeed"], required=True)
+    s.set_defaults(func=run_convert)
+
+    s = sub.add_parser("reshard", help="a DeepSpeed checkpoint -> universal (any world size / ZeRO stage)")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.set_defaults(func=run_reshard)
+
+    s = sub.add_parser("export", help="consolidated weights to one .safetensors file")
+    s.add_argument("src", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    s.set_defaults(func=run_export)
+
+    s = sub.add_parser("import", help="a .safetensors file -> a step-0 checkpoint to start a run from")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.add_argument("--config", required=True, nargs="+", metavar="RECIPE [key=value ...]",
+                   help="the recipe (and overrides) of the model the weights are for")
+    s.set_defaults(func=run_import)
+
+
+def _fail(e: Exception) -> int:
+    print(f"pretrain ckpt: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.ckpt.compat import CheckpointMismatchError
+    from pretrain.ckpt.sources import CheckpointFormatError
+    from pretrain.config import ConfigError
+
+    return (CheckpointError, CheckpointMismatchError, CheckpointFormatError, ConfigError, FileNotFoundError,
+            FileExistsError, pickle.UnpicklingError)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from pretrain.ckpt.convert import inspect
+
+    try:
+        info = inspect(args.path)
+    except _errors() as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    tensors = info.pop("tensors")
+    for key, value in info.items():
+        print(f"{key:>16}: {value}")
+    width = max((len(t["name"]) for t in tensors), default=0)
+    for t in tensors:
+        print(f"  {t['name']:<{width}}  {t['dtype']:<9} {tuple(t['shape'])}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from pretrain.ckpt.convert import convert
+
+    try:
+        out = convert(args.src, args.dst, args.to)
+    except _errors() as e:
+        return _fail(e)
+    print(f"wrote {out} ({args.to})")
+    return 0
+
+
+def run_reshard(args: argparse.Namespace) -> int:
+    from pretrain.ckpt.convert import reshard
+
+    try:
+        out = reshard(args.src, args.dst)
+    except _errors() as e:
+        return _fail(e)
+    if out is None:
+        print(f"{args.src} is DCP, which reshards on load to any world size: resume from it directly")
+    else:
+        print(f"wrote {out} (DeepSpeed universal: loads into ZeRO-1/2/3 at any world size)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from pretrain.ckpt.convert import export_safetensors
+
+    try:
+        out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    except _errors() as e:
+        return _fail(e)
+    print(f"wrote {out} ({args.dtype})")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from pretrain.ckpt.convert import import_safetensors
+    from pretrain.config import load_config
+
+    try:
+        cfg = load_config(args.config[0], args.config[1:])
+        out = import_safetensors(args.src, args.dst, cfg)
+    except _errors() as e:
+        return _fail(e)
+    print(f"wrote {out}; start a run from it with checkpoint.resume={out}")
+    return 0

@@ -1,0 +1,83 @@
+"""`pretrain generate RUN_DIR|CHECKPOINT --prompt TEXT`: text from a byte-level LM checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+Greedy by default; --top-k K (with --temperature) samples from the K most likely bytes:
+  pretrain generate runs/lm_bytes --prompt "The for statement" --max-new-tokens 200
+  pretrain generate runs/lm_bytes/checkpoints/step_00001000 --prompt "def " --top-k 8 --seed 1
+Given a run directory, the latest complete checkpoint is used. Generation stops at the
+end-of-document byte (0) or after --max-new-tokens bytes.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate text from a byte-level LM checkpoint",
+        description="Generate text from a decoder LM checkpoint (byte-level vocabulary).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="run directory or checkpoint directory (step_XXXXXXXX)")
+    p.add_argument("--prompt", default="\n", help="text to continue (UTF-8)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--top-k", type=int, default=1, help="1 = greedy; 0 = sample from all tokens")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=run)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A committed checkpoint directory: `path` itself, or the latest complete one of a run."""
+    from pretrain.checkpoint import TRAIN_STATE, latest_complete
+
+    if (path / TRAIN_STATE).exists():
+        return path
+    found = latest_complete(path / "checkpoints") if (path / "checkpoints").is_dir() else None
+    if found is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with a complete checkpoint")
+    return found
+
+
+def load_lm(checkpoint: Path):
+    """(model, config) of the LM in a checkpoint, on CPU, from its saved config and weights."""
+    import json
+
+    from pretrain.checkpoint import TRAIN_STATE, read_model_tensors
+    from pretrain.config import config_from_dict
+    from pretrain.models import get_family
+
+    cfg = config_from_dict(json.loads((checkpoint / TRAIN_STATE).read_text())["config"])
+    if cfg.model.family != "lm":
+        raise ValueError(f"{checkpoint} holds a model.family={cfg.model.family!r} model, not an lm")
+    model = get_family("lm").build(cfg.model)
+    model.load_state_dict(read_model_tensors(checkpoint), strict=True)
+    return model.eval(), cfg
+
+
+def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int = 1, temperature: float = 1.0,
+                  seed: int = 0) -> str:
+    """The continuation of `prompt` (bytes decoded as UTF-8, invalid sequences replaced)."""
+    import torch
+
+    from data_pipeline.text_memory import EOS
+    from pretrain.models.lm_generate import generate
+
+    model, _ = load_lm(resolve_checkpoint(checkpoint))
+    new = generate(model, list(prompt.encode("utf-8")), max_new_tokens, top_k, temperature, stop_token=EOS,
+                   generator=torch.Generator().manual_seed(seed))
+    return bytes(new).decode("utf-8", errors="replace")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        text = generate_text(Path(args.checkpoint), args.prompt, args.max_new_tokens, args.top_k,
+                             args.temperature, args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"pretrain generate: error: {e}", file=sys.stderr)
+        return 2
+    print(args.prompt + text)
+    return 0

@@ -1,0 +1,107 @@
+"""Decoder-only language model on the shared block: token embedding, causal attention with
+RoPE, SwiGLU MLP (by default), final norm, tied or untied readout.
+
+Packed sequences: when the batch carries `doc_ids` (which document each position belongs to)
+attention is block-diagonal causal, so a token never sees another document; `position_ids`
+restart RoPE positions per document. The data pipeline marks targets that would cross a
+boundary with IGNORE_INDEX, so a packed row has the same loss as its documents run one by one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.models.blocks import (
+    TransformerBlock,
+    block_matmul_flops,
+    make_norm,
+    resolve_mlp,
+    rope_tables,
+)
+from pretrain.models.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+
+def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] document ids -> boolean [B, 1, T, T]: query i may attend key j iff j <= i and
+    both lie in the same document."""
+    t = doc_ids.shape[1]
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same_doc & causal)[:, None]
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        lm = cfg.lm
+        self.cfg = cfg
+        self.seq_len, self.vocab_size = lm.seq_len, lm.vocab_size
+        self.rope_dim = cfg.width // cfg.num_heads
+        self.mlp_kind = resolve_mlp(cfg, "swiglu")
+        self.tok_embed = nn.Embedding(lm.vocab_size, cfg.width)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, causal=True, mlp=self.mlp_kind) for _ in range(cfg.depth))
+        self.norm = make_norm(cfg.norm, cfg.width)
+        self.head = None if lm.tie_embeddings else nn.Linear(cfg.width, lm.vocab_size, bias=cfg.bias)
+        self.output_mult = 1.0  # readout multiplier; muP sets it
+
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab] (float32 unless autocast says otherwise)."""
+        b, t = tokens.shape
+        if t > self.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than model.lm.seq_len={self.seq_len} (match data.seq_len)")
+        if position_ids is None:
+            position_ids = torch.arange(t, device=tokens.device).expand(b, t)
+        rope = rope_tables(position_ids, self.rope_dim, self.cfg.lm.rope_theta)
+        mask = document_causal_mask(doc_ids) if doc_ids is not None else None
+        x = self.tok_embed(tokens)
+        for block in self.blocks:
+            x = block(x, mask, rope)
+        x = self.norm(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_embed.weight)
+        return logits * self.output_mult
+
+    def param_kinds(self) -> dict[str, str]:
+        """muP role of every parameter. A tied embedding/readout matrix is named once
+        (tok_embed.weight) and takes the embedding role."""
+        kinds = {}
+        for name, p in self.named_parameters():
+            if name == "tok_embed.weight":
+                kinds[name] = "embedding"
+            elif name == "head.weight":
+                kinds[name] = "readout"
+            else:
+                kinds[name] = "hidden" if p.ndim >= 2 else "vector"
+        return kinds
+
+    def embedding_param_names(self) -> set[str]:
+        return {"tok_embed.weight"}
+
+    def flops_per_sample(self) -> int:
+        """Training FLOPs per sequence of lm.seq_len tokens: 3x the forward matmuls.
+
+        Counted: every block's projections, MLP and both attention matmuls over all seq_len keys
+        per query (the dense causal kernel's work, masked half included), and the readout.
+        Not counted: the embedding lookup, norms, softmax, RoPE, SwiGLU/GELU, biases, adds.
+        """
+        c, t = self.cfg, self.seq_len
+        fwd = c.depth * block_matmul_flops(c, t, mlp=self.mlp_kind)
+        fwd += 2 * t * c.width * self.vocab_size
+        return 3 * fwd
+
+
+def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy over valid targets, plus sums (loss, correct, count) for
+    evaluation; perplexity is exp(loss_sum / count)."""
+    logits = model(batch["tokens"], batch.get("position_ids"), batch.get("doc_ids"))
+    targets = batch["targets"]
+    valid = targets != IGNORE_INDEX
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    count = valid.sum()
+    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    stats = {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
+    return loss_sum / count.clamp(min=1), stats

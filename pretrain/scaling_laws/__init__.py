@@ -1,0 +1,25 @@
+"""Scaling-law studies: plan IsoFLOP grids, collect run results, fit laws, predict, plot.
+
+Where things are (one job per module; nothing is imported here, so `pretrain scaling --help`
+stays fast):
+
+    validate.py     input checks that name the column, the run and the reason
+    huber_fit.py    Huber loss on log-loss residuals, log-sum-exp power laws, L-BFGS from a grid
+    parametric.py   approach 3: L(N, D) = E + A/N^alpha + B/D^beta, compute-optimal N and D
+    compute_law.py  the compute frontier L(C) = E + A*C^-alpha
+    isoflop.py      approach 2: robust parabola per budget, N_opt(C) and D_opt(C) power laws
+    envelope.py     approach 1: envelope of training curves; Pareto frontier of final losses
+    powerlaw.py     log-log line fits
+    bootstrap.py    resampling runs (as integer weights), worker processes, percentile intervals
+    quality.py      goodness of fit and estimates with intervals
+    analysis.py     runs every applicable fit, predictions and warnings
+    plots.py        loss vs compute, IsoFLOP profiles, N_opt/D_opt vs compute (PNG, Agg)
+    report.py       the Markdown report
+    plan.py         IsoFLOP grid from a base recipe's shapes and FLOPs accounting; sweep files
+    runner.py       run a sweep locally, one run after another
+    collect.py      run directories -> runs.csv and curves.csv
+    table.py        the runs.csv / curves.csv formats
+    study.py        plan -> run -> collect -> fit -> plot -> report
+    synthetic.py    studies drawn from a known law (tests, benchmark)
+    cli.py          `pretrain scaling {plan,run,collect,fit,study}`
+"""

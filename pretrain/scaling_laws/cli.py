@@ -1,0 +1,348 @@
+"""`pretrain scaling {plan,run,collect,fit,study}`: argument parsing only; the work is in the
+modules named in each handler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pretrain.scaling_laws.validate import ScalingDataError
+
+DESCRIPTION = """\
+Scaling-law studies: plan an IsoFLOP grid of model sizes x token budgets from a base recipe,
+run it (locally, or with `pretrain slurm sweep SWEEP`), collect final losses from the run
+directories, and fit Chinchilla-style laws with bootstrap confidence intervals:
+  approach 1  envelope of training curves        -> N_opt(C), D_opt(C)
+  approach 2  IsoFLOP parabolas                   -> N_opt(C), D_opt(C)
+  approach 3  L(N, D) = E + A/N^alpha + B/D^beta  (Huber on log-loss, L-BFGS from a grid)
+  frontier    L(C) = E + A*C^-alpha
+"""
+
+STUDY_EPILOG = """\
+Toy study on CPU (digits ViT, 3 budgets x 4 sizes, a few minutes):
+  pretrain scaling study --base configs/vit_digits.yaml --budgets 5e9 1.5e10 5e10 --points 4 \\
+      --widths 16 32 48 64 --depths 1 2 --out runs/scaling_toy --target 1e12
+Outputs in --out: sweep.yaml (+ .plan.csv), runs/, runs.csv, curves.csv, fits.json, report.md,
+loss_vs_compute.png, isoflop.png, optimal_allocation.png. Re-running skips completed runs.
+Refit with other options: pretrain scaling fit OUT/runs.csv --curves OUT/curves.csv -o OUT/fit2
+"""
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="base YAML recipe every run starts from")
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        required=True,
+        metavar="FLOPS",
+        help="training compute budgets in FLOPs (at least 2)",
+    )
+    p.add_argument(
+        "--family",
+        choices=["vit", "dit", "lm"],
+        help="model family (default: the recipe's model.family)",
+    )
+    p.add_argument(
+        "--points",
+        type=int,
+        default=5,
+        metavar="K",
+        help="model sizes per budget (>= 3; default 5)",
+    )
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        help="candidate widths, multiples of the head dim (default 1..16 head dims)",
+    )
+    p.add_argument("--depths", type=int, nargs="+", help="candidate depths (default: recipe's)")
+    p.add_argument(
+        "--tokens-per-param",
+        type=float,
+        default=20.0,
+        help="centre of each IsoFLOP profile in tokens per parameter (default 20)",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=20,
+        help="shapes needing fewer optimizer steps are left out (default 20)",
+    )
+    p.add_argument(
+        "--evals",
+        type=int,
+        default=10,
+        help="evaluations per run, for approach-1 curves (default 10)",
+    )
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra override for every run (repeatable), e.g. data.global_batch_size=32")  # fmt: skip
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--boot", type=int, default=1000, help="bootstrap resamples of runs (default 1000)"
+    )
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=1e-3,
+        help="Huber threshold on log-loss residuals (default 1e-3)",
+    )
+    p.add_argument(
+        "--holdout-largest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="hold out the runs of the K largest budgets and report the error on them",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="FLOPS",
+        help="budgets at which to predict compute-optimal N, D and tokens/param",
+    )
+    p.add_argument(
+        "--predict",
+        nargs="*",
+        default=[],
+        metavar="N,D",
+        help="(params, tokens) pairs at which to predict the loss (approach 3)",
+    )
+    p.add_argument(
+        "--params-column",
+        default="params",
+        choices=["params", "params_non_embedding"],
+        help="what N counts (default params)",
+    )
+    p.add_argument(
+        "--flops-per-param-token",
+        type=float,
+        default=None,
+        metavar="K",
+        help="approach 3 allocates with C = K*N*D (default: measured from the runs)",
+    )
+    p.add_argument(
+        "--min-progress",
+        type=float,
+        default=0.1,
+        help="approach 1 ignores this first fraction of each curve (default 0.1)",
+    )
+    p.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("scaling", help="plan, collect and fit scaling-law studies",
+                              description=DESCRIPTION, formatter_class=raw)  # fmt: skip
+    sub = p.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND", required=True)
+
+    pp = sub.add_parser("plan", help="write an IsoFLOP sweep file from a base recipe",
+                        description="Plan an IsoFLOP grid: per budget, K model shapes (muP "
+                        "widths x depths of the base recipe) with steps from the models' own "
+                        "FLOPs accounting; writes a sweep YAML for `pretrain slurm sweep` or "
+                        "`pretrain scaling run`, and a .plan.csv table.")  # fmt: skip
+    _add_plan_args(pp)
+    pp.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
+    pp.set_defaults(func=cmd_plan)
+
+    pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
+                        description="Train every run of a sweep file in sequence in this "
+                        "process (single backend, no checkpoints); completed runs are skipped.")  # fmt: skip
+    pr.add_argument("sweep", help="sweep YAML from `pretrain scaling plan`")
+    pr.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
+    pr.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    pr.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
+    pr.set_defaults(func=cmd_run)
+
+    pc = sub.add_parser("collect", help="read run directories into runs.csv (and curves.csv)",
+                        description="Read each run's config.yaml, model_stats.json, "
+                        "metrics.jsonl and status.json; write one row per completed run "
+                        "(params, tokens, FLOPs, final loss) and the eval curves.")  # fmt: skip
+    pc.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
+    pc.add_argument("--sweep", help="take the run directories from this sweep file")
+    pc.add_argument("--root", help="with --sweep: parent of the runs (default runs/<sweep stem>)")
+    pc.add_argument("-o", "--output", default="runs.csv", help="runs table to write")
+    pc.add_argument("--curves", help="also write the training curves here (for approach 1)")
+    pc.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        help="final loss = mean of the last K evaluations (default 1)",
+    )
+    pc.add_argument("--include-incomplete", action="store_true",
+                    help="keep runs whose status is not 'completed'")  # fmt: skip
+    pc.set_defaults(func=cmd_collect)
+
+    pf = sub.add_parser("fit", help="fit the laws, predict, plot and write a report",
+                        description="Fit approaches 1-3 and the compute frontier to a runs "
+                        "table, with bootstrap intervals; writes fits.json, report.md and PNGs.")  # fmt: skip
+    pf.add_argument("runs", help="runs.csv from `collect` (columns name,params,tokens,flops,loss)")
+    pf.add_argument("--curves", help="curves.csv from `collect` (enables approach 1)")
+    pf.add_argument("-o", "--out", default="scaling_fit", help="output directory")
+    _add_fit_args(pf)
+    pf.set_defaults(func=cmd_fit)
+
+    ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
+                        description="End-to-end toy study: plan an IsoFLOP grid, train every "
+                        "run on this machine, collect, fit all approaches, plot and report.",
+                        epilog=STUDY_EPILOG, formatter_class=raw)  # fmt: skip
+    _add_plan_args(ps)
+    ps.add_argument("--out", required=True, help="study directory (runs go to OUT/runs)")
+    ps.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    _add_fit_args(ps)
+    ps.set_defaults(func=cmd_study)
+
+
+def _options(args: argparse.Namespace):
+    from pretrain.scaling_laws.analysis import Options
+    from pretrain.scaling_laws.bootstrap import default_jobs
+
+    pairs = []
+    for text in args.predict:
+        try:
+            n, d = (float(x) for x in text.split(","))
+        except ValueError:
+            raise ScalingDataError(f"--predict {text!r}: expected N,D such as 1e9,2e10") from None
+        pairs.append((n, d))
+    return Options(
+        n_boot=args.boot, level=args.level, delta=args.delta, seed=args.seed,
+        n_jobs=args.jobs or default_jobs(), holdout_largest=args.holdout_largest,
+        params_column=args.params_column, k_flops=args.flops_per_param_token,
+        targets=list(args.target), predict_nd=pairs, min_progress=args.min_progress,
+    )  # fmt: skip
+
+
+def _fail(args: argparse.Namespace, e: Exception) -> int:
+    print(f"pretrain scaling {args.scaling_command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.scaling_laws.plan import (
+        candidate_shapes,
+        model_stats_fn,
+        parse_sets,
+        plan_isoflop,
+        write_sweep,
+    )  # fmt: skip
+
+    try:
+        extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
+        cfg = load_config(args.base, extra)
+        shapes = candidate_shapes(cfg.model.width, cfg.model.num_heads, cfg.model.depth,
+                                  args.widths, args.depths)  # fmt: skip
+        stats_fn = model_stats_fn(args.base, extra)
+        runs = plan_isoflop(
+            args.budgets, args.points, shapes, stats_fn, cfg.data.global_batch_size,
+            base_steps=cfg.schedule.steps, base_warmup=cfg.schedule.warmup_steps,
+            tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
+            evals_per_run=args.evals, family=cfg.model.family,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
+        return _fail(args, e)
+    fixed = parse_sets(extra)
+    for r in runs:
+        r.overrides = {**fixed, **r.overrides}
+    sidecar = write_sweep(args.output, args.base, runs)
+    print(f"{'run':<28} {'budget':>8} {'params':>9} {'steps':>6} {'tokens/param':>12}")
+    for r in runs:
+        print(f"{r.name:<28} {r.budget:>8.2g} {r.params:>9d} {r.steps:>6d} "
+              f"{r.tokens / r.params:>12.3g}")  # fmt: skip
+    note = stats_fn(runs[0].shape.overrides()).get("flops_note", "")
+    print(f"FLOPs accounting ({cfg.model.family}): {note}")
+    print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}")
+    print(f"next: pretrain slurm sweep {args.output}   (or locally: pretrain scaling run "
+          f"{args.output}); runs go to runs/{Path(args.output).stem}/NAME")  # fmt: skip
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.plan import read_sweep, sweep_root
+    from pretrain.scaling_laws.runner import LOCAL_OVERRIDES, run_sweep
+
+    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
+    try:
+        sweep = read_sweep(args.sweep)
+    except (ScalingDataError, FileNotFoundError) as e:
+        return _fail(args, e)
+    root = sweep_root(args.sweep, args.root)
+    try:
+        outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
+    except ScalingDataError as e:
+        return _fail(args, e)
+    failed = [o for o in outcomes if o.state == "failed"]
+    for o in failed:
+        print(f"failed: {o.name}: {o.error}", file=sys.stderr)
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs completed")
+    return 1 if failed else 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.collect import collect
+    from pretrain.scaling_laws.plan import read_sweep, sweep_root
+    from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, write_csv
+
+    dirs = list(args.run_dirs)
+    try:
+        if args.sweep:
+            root = sweep_root(args.sweep, args.root)
+            dirs += [str(root / run["name"]) for run in read_sweep(args.sweep)["runs"]]
+        if not dirs:
+            raise ScalingDataError("give run directories or --sweep")
+        got = collect(dirs, args.smooth, args.include_incomplete)
+    except (ScalingDataError, ValueError, FileNotFoundError) as e:
+        return _fail(args, e)
+    for d, why in got.skipped:
+        print(f"skipped {d}: {why}", file=sys.stderr)
+    if not got.runs:
+        return _fail(args, ScalingDataError("no completed runs to collect"))
+    write_csv(args.output, got.runs, RUN_COLUMNS)
+    msg = f"wrote {args.output} ({len(got.runs)} runs"
+    if args.curves:
+        write_csv(args.curves, got.curves, CURVE_COLUMNS)
+        msg += f"; {args.curves}: {len(got.curves)} evaluations"
+    print(msg + ")")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.study import fit_and_report, summary
+    from pretrain.scaling_laws.table import read_curves, read_runs
+
+    try:
+        table = read_runs(args.runs)
+        curves = read_curves(args.curves) if args.curves else None
+        note = next((r.get("flops_note", "") for r in table.rows if r.get("flops_note")), "")
+        a = fit_and_report(table, curves, _options(args), Path(args.out), note)
+    except ScalingDataError as e:
+        return _fail(args, e)
+    print("\n".join(summary(a)))
+    print(f"wrote {args.out}/report.md, fits.json and figures")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.study import run_study, summary
+
+    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
+    try:
+        a, outcomes = run_study(
+            args.base, args.budgets, args.points, Path(args.out), _options(args),
+            family=args.family, widths=args.widths, depths=args.depths,
+            tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
+            evals_per_run=args.evals, extra=args.extra, threads=args.threads,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
+        return _fail(args, e)
+    done = sum(o.state != "failed" for o in outcomes)
+    print(f"{done} of {len(outcomes)} runs completed; results in {args.out}/report.md")
+    print("\n".join(summary(a)))
+    return 0

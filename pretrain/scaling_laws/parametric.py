@@ -1,0 +1,231 @@
+"""Approach 3: fit L(N, D) = E + A / N^alpha + B / D^beta to final losses of many runs.
+
+The fit follows Besiroglu et al. (2024), who showed that Hoffmann et al.'s published fit was off
+because of how it was optimised: Huber loss (delta = 1e-3) on log-loss residuals, log-sum-exp
+parametrization, L-BFGS from the best points of their initialisation grid
+(e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}, alpha, beta in {0, 0.5, ..., 2}), and
+intervals from a bootstrap over runs. The compute-optimal allocation under C = k N D
+(k = 6: forward plus backward of a dense transformer, attention ignored) is closed-form:
+
+    N_opt = G (C/k)^(beta/(alpha+beta)),  D_opt = (C/k) / N_opt,  G = (alpha A / (beta B))^(1/(alpha+beta)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pretrain.scaling_laws import validate
+from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
+from pretrain.scaling_laws.huber_fit import (
+    HuberProblem,
+    best_starts,
+    make_grid,
+    minimize_from,
+    predict_log,
+    warm_refit,
+)
+from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
+
+DEFAULT_GRID = make_grid(
+    [
+        np.arange(-1.0, 1.01, 0.5),  # e = log E
+        np.arange(0.0, 25.1, 5.0),  # a = log A
+        np.arange(0.0, 2.01, 0.5),  # alpha
+        np.arange(0.0, 25.1, 5.0),  # b = log B
+        np.arange(0.0, 2.01, 0.5),  # beta
+    ]
+)
+# alpha, beta kept in a physical range; log-coefficients free.
+BOUNDS = [(None, None), (None, None), (0.0, 5.0), (None, None), (0.0, 5.0)]
+PARAM_NAMES = ["E", "A", "B", "alpha", "beta", "a", "b"]
+
+
+@dataclass(frozen=True)
+class ParametricLaw:
+    """L(N, D) = E + A / N^alpha + B / D^beta with its compute-optimal frontier."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    @classmethod
+    def from_theta(cls, theta: np.ndarray) -> ParametricLaw:
+        e, a, alpha, b, beta = (float(x) for x in theta)
+        return cls(float(np.exp(e)), float(np.exp(a)), float(np.exp(b)), alpha, beta)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return np.array([np.log(self.E), np.log(self.A), self.alpha, np.log(self.B), self.beta])
+
+    def loss(self, N, D) -> np.ndarray:
+        N, D = np.asarray(N, float), np.asarray(D, float)
+        return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
+
+    @property
+    def a(self) -> float:
+        """Exponent of N_opt in C."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """Exponent of D_opt in C."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def compute_optimal(self, C, k: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+        """(N_opt, D_opt) minimising L subject to k * N * D = C."""
+        C = np.asarray(C, float)
+        G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        n_opt = G * (C / k) ** self.a
+        return n_opt, (C / k) / n_opt
+
+    def values(self) -> np.ndarray:
+        return np.array([self.E, self.A, self.B, self.alpha, self.beta, self.a, self.b])
+
+
+@dataclass
+class ParametricFit:
+    """Result of `fit_parametric`: the law, its fit statistics and bootstrap replicates."""
+
+    law: ParametricLaw
+    objective: float
+    converged: bool
+    n_starts: int
+    delta: float
+    quality: FitQuality
+    holdout_quality: FitQuality | None
+    level: float
+    boot_laws: list[ParametricLaw] = field(default_factory=list)
+    n_boot_failed: int = 0
+
+    @property
+    def params(self) -> dict[str, Estimate]:
+        boot = np.array([b.values() for b in self.boot_laws]) if self.boot_laws else None
+        return estimates(PARAM_NAMES, self.law.values(), boot, self.level)
+
+    def _with_interval(self, fn) -> Estimate:
+        value = float(fn(self.law))
+        if not self.boot_laws:
+            return Estimate(value)
+        reps = np.array([float(fn(b)) for b in self.boot_laws])
+        reps = reps[np.isfinite(reps)]
+        tail = 50 * (1 - self.level)
+        return Estimate(value, *map(float, np.percentile(reps, [tail, 100 - tail])))
+
+    def predict_loss(self, N: float, D: float) -> Estimate:
+        """Loss of a model with N parameters trained on D tokens, with interval."""
+        return self._with_interval(lambda law: law.loss(N, D))
+
+    def compute_optimal(self, C: float, k: float = 6.0) -> dict[str, Estimate]:
+        """Compute-optimal N, D, tokens per parameter and loss at budget C (C = k N D)."""
+        return {
+            "N_opt": self._with_interval(lambda law: law.compute_optimal(C, k)[0]),
+            "D_opt": self._with_interval(lambda law: law.compute_optimal(C, k)[1]),
+            "tokens_per_param": self._with_interval(
+                lambda law: np.divide(*law.compute_optimal(C, k)[::-1])
+            ),
+            "loss": self._with_interval(lambda law: law.loss(*law.compute_optimal(C, k))),
+        }
+
+    def as_dict(self) -> dict:
+        return {
+            "law": "L(N, D) = E + A / N^alpha + B / D^beta",
+            "params": {k: v.as_dict() for k, v in self.params.items()},
+            "objective": self.objective,
+            "converged": self.converged,
+            "n_starts": self.n_starts,
+            "huber_delta": self.delta,
+            "quality": self.quality.as_dict(),
+            "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
+            "bootstrap": {
+                "n": len(self.boot_laws),
+                "failed": self.n_boot_failed,
+                "level": self.level,
+            },
+        }
+
+
+@dataclass
+class _Refit:
+    """One bootstrap refit from warm starts (module level so worker processes can unpickle it)."""
+
+    prob: HuberProblem
+    starts: np.ndarray
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        sub = self.prob.with_weights(counts)
+        validate.distinct_values("params N", np.exp(sub.X[:, 0]), 2, "L(N, D)")
+        validate.distinct_values("tokens D", np.exp(sub.X[:, 1]), 2, "L(N, D)")
+        return warm_refit(self.starts, sub, BOUNDS)
+
+
+@single_threaded_blas
+def fit_parametric(
+    N,
+    D,
+    L,
+    *,
+    names: list[str] | None = None,
+    delta: float = 1e-3,
+    holdout: np.ndarray | None = None,
+    n_boot: int = 0,
+    level: float = 0.95,
+    seed: int = 0,
+    n_jobs: int = 1,
+    top_k: int = 16,
+    boot_starts: int = 2,
+    grid: np.ndarray | None = None,
+) -> ParametricFit:
+    """Fit approach 3 on the runs not in `holdout` (a boolean mask) and score the holdout.
+
+    top_k: L-BFGS starts taken from the lowest-objective grid points.
+    boot_starts: starts per bootstrap refit (the full-data optimum and the next-best distinct
+    local minima): resamples stay near the full-data basin, which keeps 1000 refits cheap.
+    """
+    N = validate.positive_array("params N", N, names)
+    D = validate.positive_array("tokens D", D, names)
+    L = validate.positive_array("loss", L, names)
+    n = validate.same_length(N=N, D=D, loss=L)
+    if delta <= 0:
+        raise validate.ScalingDataError(f"huber delta must be positive, got {delta}")
+    train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
+    if len(train) != n:
+        raise validate.ScalingDataError(f"holdout mask has {len(train)} entries for {n} runs")
+    validate.enough_points("L(N, D) fit", int(train.sum()), 5)
+    validate.distinct_values("params N", N[train], 2, "L(N, D)")
+    validate.distinct_values("tokens D", D[train], 2, "L(N, D)")
+    X = np.column_stack([np.log(N), np.log(D)])
+    y = np.log(L)
+    validate.not_collinear(X[train, 0], X[train, 1])
+
+    prob = HuberProblem(X[train], y[train], np.ones(int(train.sum())), delta)
+    grid = DEFAULT_GRID if grid is None else grid
+    best = minimize_from(best_starts(grid, prob, top_k), prob, BOUNDS)
+    law = ParametricLaw.from_theta(best.theta)
+    quality = FitQuality.of(predict_log(best.theta, prob.X), prob.y)
+    held = FitQuality.of(predict_log(best.theta, X[~train]), y[~train]) if (~train).any() else None
+
+    boot_laws: list[ParametricLaw] = []
+    failed = 0
+    if n_boot > 0:
+        starts = np.array([best.theta, *best.others[: max(0, boot_starts - 1)]])
+        refit = _Refit(prob, starts)
+        thetas = run_bootstrap(refit, resample_counts(prob.X.shape[0], n_boot, seed), n_jobs)
+        ok = np.all(np.isfinite(thetas), axis=1)
+        failed = int((~ok).sum())
+        boot_laws = [ParametricLaw.from_theta(t) for t in thetas[ok]]
+    return ParametricFit(
+        law,
+        best.objective,
+        best.converged,
+        best.n_starts,
+        delta,
+        quality,
+        held,
+        level,
+        boot_laws,
+        failed,
+    )
