@@ -68,7 +68,7 @@ def coord_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    from pretrain.dist import shutdown
+    from pretrain.dist import barrier, shutdown
     from pretrain.mup.coord_check import format_verdict, run_coord_check, verdict, write_csv
     from pretrain.mup.plots import plot_coord_check
 
@@ -84,6 +84,7 @@ def coord_check(args: argparse.Namespace) -> int:
             (args.out / "verdict.json").write_text(json.dumps(summary, indent=2))
             print(format_verdict(results, args.tolerance))
             print(f"wrote {args.out / 'coord_check.csv'}, {args.out / 'coord_check.png'}, {args.out / 'verdict.json'}")
+        barrier()  # no rank tears the group down while rank 0 still writes
     finally:
         shutdown()
     return 0
@@ -93,7 +94,7 @@ def transfer(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    from pretrain.dist import shutdown
+    from pretrain.dist import barrier, shutdown
     from pretrain.mup.plots import plot_transfer
     from pretrain.mup.transfer import format_report, lr_grid, optima, optimum_shift, run_transfer
 
@@ -112,6 +113,7 @@ def transfer(args: argparse.Namespace) -> int:
             (args.out / "transfer.json").write_text(json.dumps(summary, indent=2))
             print(format_report(rows, args.lr_factor, args.metric))
             print(f"wrote {args.out / 'transfer.csv'}, {args.out / 'transfer.png'}, {args.out / 'transfer.json'}")
+        barrier()  # no rank tears the group down while rank 0 still writes
     finally:
         shutdown()
     return 0

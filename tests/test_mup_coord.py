@@ -15,7 +15,7 @@ from tests.conftest import REPO, subprocess_env
 # Depth 2, 4 heads, 3 inits averaged, 4 steps at the recipe's lr 2e-3 (constant, no clipping).
 # Single-width runs fluctuate with the random init (few heads); averaged over 3 seeds the worst
 # muP |slope| over run seeds 0/100/200/300 was 0.049-0.095 while SP's logits slope was 0.56-0.70.
-OVERRIDES = ["model.depth=2", "model.num_heads=4", "model.mup.base_width=16", "data.global_batch_size=16",
+OVERRIDES = ["data.format=memory", "data.name=digits", "data.num_workers=0", "model.depth=2", "model.num_heads=4", "model.mup.base_width=16", "data.global_batch_size=16",
              "optim.lr=2e-3", "run.seed=0"]
 WIDTHS, STEPS, SEEDS = [32, 64, 128], 4, 3
 

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 SMALL = ["model.depth=2", "model.num_heads=4", "data.global_batch_size=16", "parallel.backend=single"]
 RECIPES = {
-    "vit": ("configs/vit_digits.yaml", []),
+    "vit": ("configs/vit_digits.yaml", ["data.format=memory", "data.name=digits", "data.num_workers=0"]),
     "dit": ("configs/dit_digits.yaml", []),
     "lm": ("configs/lm_bytes.yaml", ["data.format=memory", "data.name=synthetic_tokens", "data.seq_len=32"]),
 }
