@@ -1,4 +1,4 @@
-"""Coordinate check: muP keeps every layer width-stable, SP logits grow; FSDP2 gives the same verdict."""
+"""Coordinate check: muP keeps every layer width-stable, SP logits grow; FSDP2 and DeepSpeed give the same verdict."""
 
 from __future__ import annotations
 
@@ -45,20 +45,26 @@ def test_mup_layers_are_width_stable_and_sp_logits_grow(single_process_records):
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_gives_the_same_coord_check(single_process_records, tmp_path):
-    """The CLI under torchrun with FSDP2: global means (all-reduced) equal the single-process ones."""
+@pytest.mark.parametrize("backend", [["parallel.backend=fsdp2"],
+                                     ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=2"],
+                                     ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"]],
+                         ids=["fsdp2", "zero2", "zero3"])
+def test_two_ranks_give_the_same_coord_check(single_process_records, tmp_path, backend):
+    """The CLI under torchrun (FSDP2 DTensors; DeepSpeed's param groups, ZeRO-3 partitioned
+    parameters): global means (all-reduced) equal the single-process ones, so the muP multipliers
+    reached every group and the verdict is the same."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pretrain", "mup", "coord-check", "configs/vit_digits.yaml", *OVERRIDES, "parallel.backend=fsdp2",
+           "-m", "pretrain", "mup", "coord-check", "configs/vit_digits.yaml", *OVERRIDES, *backend,
            "--widths", *map(str, WIDTHS), "--steps", str(STEPS), "--seeds", str(SEEDS), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "mup: every layer width-stable" in proc.stdout
     assert (tmp_path / "coord_check.png").stat().st_size > 10_000
-    fsdp2 = read_csv(tmp_path / "coord_check.csv")
+    sharded = read_csv(tmp_path / "coord_check.csv")
     key = lambda r: (r["parametrization"], r["width"], r["seed"], r["step"], r["layer"])  # noqa: E731
     single = {key(r): r["mean_abs"] for r in single_process_records}
-    assert {key(r) for r in fsdp2} == set(single)
-    for r in fsdp2:
+    assert {key(r) for r in sharded} == set(single)
+    for r in sharded:
         assert r["mean_abs"] == pytest.approx(single[key(r)], rel=1e-3), key(r)
     summary = json.loads((tmp_path / "verdict.json").read_text())
     for v in verdict(single_process_records, tolerance=0.1):
