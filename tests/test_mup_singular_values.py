@@ -47,3 +47,59 @@ def test_top_singular_values_gather_fsdp2_shards():
         dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _probe(out: str) -> None:
+    """Under torchrun: σ_max of a ZeRO-3 (partitioned) and an FSDP2 model, written by rank 0."""
+    import json
+
+    from pretrain.config import load_config
+    from pretrain.mup.runner import build, setup
+    from tests.conftest import TINY
+
+    results = {}
+    for backend in (["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"], ["parallel.backend=fsdp2"]):
+        cfg = load_config("configs/vit_digits.yaml", [*TINY, "model.mup.enabled=true", "model.mup.base_width=16", *backend])
+        engine = build(cfg, setup(cfg), seed=0)
+        results[backend[-1]] = top_singular_values(engine.model, small_kinds(cfg))
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def small_kinds(cfg) -> dict[str, str]:
+    with torch.device("meta"):
+        from pretrain.models import get_family
+
+        return get_family(cfg.model.family).build(cfg.model).param_kinds()
+
+
+@pytest.mark.slow
+def test_top_singular_values_gather_zero3_and_fsdp2_at_two_ranks(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from pretrain.config import load_config
+    from tests.conftest import REPO, TINY, subprocess_env
+
+    out = tmp_path / "sv.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.test_mup_singular_values", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "model.mup.enabled=true", "model.mup.base_width=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    expected = top_singular_values(model, model.param_kinds())
+    got = json.loads(out.read_text())
+    for backend, values in got.items():
+        assert values == pytest.approx(expected, rel=1e-5), backend
+
+
+if __name__ == "__main__":
+    import sys
+
+    _probe(sys.argv[1])

@@ -5,10 +5,13 @@ under AdamW a matrix's top singular value settles near sqrt(η/λ)·d^0.75; with
 rule λ ∝ sqrt(d) (model.mup.wd_width_exponent = 0.5) keeps it width-invariant, so matching σ_max
 across widths checks that a width-scaled run is in the same regime as its proxy.
 
-`top_singular_values` is collective under FSDP2 (each DTensor is gathered): call it on every rank.
+`top_singular_values` is collective under FSDP2 (each DTensor is gathered) and DeepSpeed ZeRO-3
+(each partitioned parameter is gathered): call it on every rank.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -27,8 +30,18 @@ def top_singular_values(model: nn.Module, kinds: dict[str, str] | None = None) -
         name = canonical_name(name)
         if kinds is not None and kinds.get(name) not in MATRIX_KINDS:
             continue
-        if p.ndim != 2:
+        if len(getattr(p, "ds_shape", p.shape)) != 2:
             continue
-        full = p.full_tensor() if hasattr(p, "full_tensor") else p
-        out[name] = float(torch.linalg.matrix_norm(full.detach().float(), ord=2))
+        with _gathered(p):
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            out[name] = float(torch.linalg.matrix_norm(full.detach().float(), ord=2))
     return out
+
+
+def _gathered(p: torch.Tensor) -> contextlib.AbstractContextManager:
+    """DeepSpeed ZeRO-3 keeps a shard per rank (`ds_id`); gather the full parameter meanwhile."""
+    if not hasattr(p, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=None)
