@@ -14,9 +14,10 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  pretrain mup coord-check configs/vit_digits.yaml --widths 64 128 256 512 1024 --steps 5 --out runs/coord
-  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/vit_digits.yaml --steps 5
-  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --lr-min 1.25e-4 --lr-max 3.2e-2
+  pretrain mup coord-check configs/mup_vit_digits.yaml --widths 32 64 128 256 512 --seeds 3 --out runs/coord
+  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/mup_dit_digits.yaml parallel.backend=fsdp2 --out runs/coord2
+  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \
+      --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
 """
 
 
