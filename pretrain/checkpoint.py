@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from pretrain import safe_dcp
 from pretrain.dist import DistEnv, all_reduce_max, barrier
 from pretrain.run_dir import write_json_atomic
 
@@ -154,6 +155,7 @@ class Checkpointer:
         self.pending: tuple[object, Path, Path] | None = None  # (future, partial dir, final dir)
         # Async writes run collectives from a background thread: give them their own group.
         self.pg = dist.new_group(backend="gloo") if use_async and dist.is_initialized() else None
+        self.stager = None  # created at the first async save, reused (it caches its buffers)
 
     def save(self, step: int, engine, train_state: dict) -> None:
         """Write a checkpoint of `step`; with async, returns once the state is staged."""
@@ -166,7 +168,12 @@ class Checkpointer:
             write_json_atomic(partial / TRAIN_STATE, train_state)
         barrier()
         save_rng(partial / "rng", self.env.rank)
-        future = engine.save_model_state(partial / "model", process_group=self.pg, use_async=self.use_async)
+        kwargs = {}
+        if self.use_async and engine.supports_background_staging:
+            if self.stager is None:
+                self.stager = safe_dcp.background_stager()
+            kwargs["stager"] = self.stager
+        future = engine.save_model_state(partial / "model", process_group=self.pg, use_async=self.use_async, **kwargs)
         if future is None:
             barrier()
             self._commit(partial, final)
@@ -183,6 +190,13 @@ class Checkpointer:
         not_done = torch.tensor([0.0 if self.pending[0].done() else 1.0])
         if all_reduce_max(not_done).item() == 0.0:
             self.wait()
+
+    def close(self) -> None:
+        """Finish any pending save and release the stager's thread."""
+        self.wait()
+        if self.stager is not None:
+            self.stager.close()
+            self.stager = None
 
     def wait(self) -> None:
         if self.pending is None:
@@ -244,8 +258,6 @@ def read_model_tensors(path: Path, prefix: str = "model.") -> dict[str, torch.Te
     Keys are canonical parameter names; works whatever world size or backend wrote it.
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from pretrain import safe_dcp
 
     reason = check_complete(path)
     if reason is not None:

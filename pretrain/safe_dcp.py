@@ -101,13 +101,27 @@ def save(state: dict, path: str | Path, process_group=None) -> None:
         dcp.save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group)
 
 
-def async_save(state: dict, path: str | Path, process_group=None):
-    """Start a save in the background; returns a future (the loop keeps training)."""
+def background_stager():
+    """A stager that copies the state in a background thread (reusable across saves).
+
+    The copy overlaps the next forward/backward; the caller must not change parameters or
+    optimizer state until the returned staging future is done (Engine.hold_updates_until).
+    """
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    return DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
+                                        use_async_staging=True, use_non_blocking_copy=False))
+
+
+def async_save(state: dict, path: str | Path, process_group=None, stager=None):
+    """Start a save in the background; returns (staging future or None, upload future)."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)  # restored when the background write ends
-    future = dcp.async_save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group)
-    future.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))
-    return future
+    response = dcp.async_save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group,
+                              async_stager=stager)
+    staging, upload = (response.staging_completion, response.upload_completion) if hasattr(response, "upload_completion") else (None, response)
+    upload.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))
+    return staging, upload
 
 
 def load(state: dict, path: str | Path, process_group=None) -> None:

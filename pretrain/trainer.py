@@ -217,7 +217,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     if finished and cfg.checkpoint.save_at_end and last_saved != step:
         ckpt.save(step, engine, train_state())
-    ckpt.wait()
+    ckpt.close()
     logger.close()
     if env.is_main:
         write_status(run_dir, state=COMPLETED if finished else PREEMPTED, step=step, last_loss=last["loss"])

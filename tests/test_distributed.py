@@ -18,7 +18,7 @@ from tests.conftest import REPO, TINY, kill_run_at_step, run_train, subprocess_e
 
 pytestmark = pytest.mark.slow
 
-BACKEND_NPROC = {"single": 0, "ddp": 2, "fsdp2": 2}
+BACKEND_NPROC = {"single": 0, "ddp": 2, "fsdp2": 2, "fsdp2-async": 2}
 
 
 def train_losses(run_dir) -> dict[int, float]:
@@ -47,7 +47,7 @@ def resumed_from(proc: subprocess.CompletedProcess) -> int:
     return int(match.group(1))
 
 
-@pytest.mark.parametrize("backend", ["single", "ddp", "fsdp2"])
+@pytest.mark.parametrize("backend", ["single", "ddp", "fsdp2", "fsdp2-async"])
 def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
     nproc = BACKEND_NPROC[backend]
     common = [
@@ -55,7 +55,8 @@ def test_exact_resume_after_sigkill_is_bitwise(tmp_path, backend):
         "schedule.steps=40",
         "checkpoint.every_steps=3",
         "checkpoint.keep_last=2",
-        f"parallel.backend={backend}",
+        f"parallel.backend={backend.removesuffix('-async')}",
+        f"checkpoint.async_save={str(backend.endswith('-async')).lower()}",
     ]
     run_train(nproc, [*common, f"run.dir={tmp_path / 'ref'}"])
 

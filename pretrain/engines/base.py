@@ -43,6 +43,8 @@ class Engine:
     """Single-process engine; subclasses override `wrap` and `sync_context`."""
 
     name = "single"
+    supports_background_staging = True  # async checkpoints may copy the state in a thread
+    _updates_held_by = None  # a background checkpoint copy still reading the live state
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
@@ -96,6 +98,9 @@ class Engine:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
+        if self._updates_held_by is not None:  # let an async checkpoint finish copying first
+            self._updates_held_by.result()
+            self._updates_held_by = None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -116,10 +121,21 @@ class Engine:
     def load_state_dict(self, state: dict) -> None:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
-    def save_model_state(self, path: Path, process_group=None, use_async: bool = False):
-        """Write model+optimizer into `path` (a DCP directory); returns a future when async."""
+    def hold_updates_until(self, future) -> None:
+        """The next optimizer step waits for `future` (a checkpoint copying the live state)."""
+        self._updates_held_by = future
+
+    def save_model_state(self, path: Path, process_group=None, use_async: bool = False, stager=None):
+        """Write model+optimizer into `path` (a DCP directory); returns the upload future when async.
+
+        With a background `stager`, the state is copied while training continues; the next
+        optimizer step waits for that copy.
+        """
         if use_async:
-            return safe_dcp.async_save(self.state_dict(), path, process_group)
+            staging, upload = safe_dcp.async_save(self.state_dict(), path, process_group, stager)
+            if staging is not None:
+                self.hold_updates_until(staging)
+            return upload
         safe_dcp.save(self.state_dict(), path, process_group)
         return None
 

@@ -56,6 +56,7 @@ def make_safe_checkpoint_engine(config_params):
 
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
+    supports_background_staging = False  # DeepSpeed saves through its own engine
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
