@@ -23,6 +23,7 @@ from pretrain.engines import build_engine
 from pretrain.engines.base import Engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
 from pretrain.models import build_model, count_params, get_family
+from pretrain.mup.singular_values import top_singular_values
 from pretrain.run_dir import COMPLETED, FAILED, PREEMPTED, RUNNING, write_json_atomic, write_status
 from pretrain.schedule import lr_at
 
@@ -125,6 +126,7 @@ def _train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     family = get_family(cfg.model.family)
     model = build_model(cfg.model)
+    kinds = model.param_kinds()  # canonical names -> muP role, taken before any wrapping
     stats = {
         "params": count_params(model),
         "params_non_embedding": count_params(model, exclude_embeddings=True),
@@ -192,6 +194,8 @@ def _train(cfg: TrainConfig) -> dict:
             if peak:
                 record["mfu"] = sps * stats["flops_per_sample"] / (peak * env.world_size)
             logger.log(step, "train", record)
+            if cfg.model.mup.log_singular_values:  # a collective under FSDP2 / ZeRO-3: every rank calls it
+                logger.log(step, "sv", top_singular_values(engine.model, kinds))
             if env.is_main:
                 write_status(run_dir, step=step, last_loss=loss)
             window_start, window_steps = time.perf_counter(), 0

@@ -63,3 +63,17 @@ def test_metrics_eval_tensorboard_and_mfu(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/mfu", "val/loss", "val/accuracy"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_singular_value_logging_matches_the_saved_weights(tmp_path):
+    """model.mup.log_singular_values logs every matrix's top singular value at each log step."""
+    run_dir = tmp_path / "run"
+    run_inprocess(run_dir, "schedule.steps=2", "model.mup.log_singular_values=true")
+    sv = [r for r in read_metrics(run_dir) if r["split"] == "sv"]
+    assert [r["step"] for r in sv] == [1, 2]
+    final = weights(run_dir)
+    matrices = {k: v for k, v in final.items() if v.ndim == 2}
+    logged = {k: v for k, v in sv[-1].items() if k != "step" and k != "split"}
+    assert logged, "no singular values were logged"
+    for name, value in logged.items():
+        assert value == pytest.approx(torch.linalg.matrix_norm(matrices[name], ord=2).item(), rel=1e-4), name
