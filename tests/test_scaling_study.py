@@ -17,7 +17,8 @@ def test_study_end_to_end(tmp_path: Path, capsys):
     out = tmp_path / "study"
     argv = ["scaling", "study", "--base", "configs/vit_digits.yaml", "--budgets", "1e9", "3e9",
             "--points", "3", "--widths", "16", "32", "--depths", "1", "2", "--min-steps", "5",
-            "--evals", "3", "--out", str(out), "--boot", "20", "--jobs", "1", "--target", "1e11"]  # fmt: skip
+            "--evals", "3", "--out", str(out), "--boot", "20", "--jobs", "1", "--target", "1e11",
+            "--set", "data.format=memory", "--set", "data.name=digits"]  # fmt: skip
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0, capsys.readouterr().err
