@@ -1,7 +1,8 @@
 """Checkpoint save speed: DCP (through pretrain's Checkpointer) vs torch.save of the same tensors.
 
-Both write model + AdamW state to the same directory's disk and fsync; alternated so noise hits
-both. Also measures how long the training loop is blocked by an async save relative to a
+Both write model + AdamW state to the same directory's disk and fsync; the order rotates every
+repeat and `os.sync()` runs before each timed save, so one save's write-back does not land in the
+next one's timing. Also measures how long the training loop is blocked by an async save relative to a
 synchronous one. Run:  python bench/bench_checkpoint.py [--width 512 --depth 8]
 """
 
@@ -64,10 +65,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(dir=args.dir))
     sync_s, torch_s, async_block_s = [], [], []
     try:
+        kinds = ["dcp", "torch", "async"]
         for rep in range(args.repeats):
-            for kind in ("dcp", "torch", "async"):
+            for kind in kinds[rep % 3:] + kinds[: rep % 3]:  # rotate: no kind always goes first
                 run_dir = root / f"{kind}{rep}"
                 run_dir.mkdir()
+                os.sync()  # the previous save's write-back must not land in this one's timing
                 t0 = time.perf_counter()
                 if kind == "torch":
                     torch_save_fsync(state, run_dir / "state.pt")

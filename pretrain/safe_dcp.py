@@ -96,9 +96,18 @@ def _without_record_crc32():
         torch.serialization.set_crc32_options(previous)
 
 
+# Two writer threads per rank: serialising records and writing them overlap (measured ~1.1-1.9x
+# faster than one thread on 0.3-1.2 GB states, bench/bench_checkpoint.py); each writes its own file.
+WRITER_THREADS = 2
+
+
+def _writer(path: str | Path) -> FileSystemWriter:
+    return FileSystemWriter(str(path), thread_count=WRITER_THREADS)
+
+
 def save(state: dict, path: str | Path, process_group=None) -> None:
     with _without_record_crc32():
-        dcp.save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group)
+        dcp.save(state, storage_writer=_writer(path), process_group=process_group)
 
 
 def background_stager():
@@ -117,7 +126,7 @@ def async_save(state: dict, path: str | Path, process_group=None, stager=None):
     """Start a save in the background; returns (staging future or None, upload future)."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)  # restored when the background write ends
-    response = dcp.async_save(state, storage_writer=FileSystemWriter(str(path)), process_group=process_group,
+    response = dcp.async_save(state, storage_writer=_writer(path), process_group=process_group,
                               async_stager=stager)
     staging, upload = (response.staging_completion, response.upload_completion) if hasattr(response, "upload_completion") else (None, response)
     upload.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))
