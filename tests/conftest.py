@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from launch.local import torchrun_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A model and data small enough that a 2-rank step takes milliseconds on CPU.
@@ -45,18 +47,7 @@ def train_cmd(
     """`pretrain train` on one process, or under torchrun with `nproc` ranks."""
     if nproc == 0:
         return [sys.executable, "-m", "pretrain", "train", recipe, *overrides]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "pretrain",
-        "train",
-        recipe,
-        *overrides,
-    ]
+    return torchrun_command(nproc, recipe, overrides)
 
 
 def run_train(

@@ -48,14 +48,20 @@ class Engine:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
-        kinds = model.param_kinds()
-        model.to(env.device)
-        if cfg.parallel.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        if cfg.parallel.compile:
-            apply_compile(model)
+        kinds = self.prepare(model)
         self.model = self.wrap(model)
         self.optimizer = build_optimizer(self.model, kinds, cfg)
+
+    def prepare(self, model: nn.Module) -> dict[str, str]:
+        """Device, activation checkpointing, compile (in that order, before sharding); returns the
+        parameters' muP roles, read before any wrapper renames them."""
+        kinds = model.param_kinds()
+        model.to(self.env.device)
+        if self.cfg.parallel.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if self.cfg.parallel.compile:
+            apply_compile(model)
+        return kinds
 
     # ---- backend hooks
     def wrap(self, model: nn.Module) -> nn.Module:

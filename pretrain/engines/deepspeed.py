@@ -21,7 +21,7 @@ from torch import nn
 from pretrain.ckpt.torch_files import safe_torch_load
 from pretrain.config import TrainConfig
 from pretrain.dist import DistEnv, all_reduce_sum
-from pretrain.engines.base import Engine, LossFn, apply_activation_checkpointing, apply_compile
+from pretrain.engines.base import Engine, LossFn
 from pretrain.engines.deepspeed_config import ds_config
 from pretrain.optim import build_optimizer, canonical_name
 
@@ -60,12 +60,7 @@ class DeepSpeedEngine(Engine):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
-        kinds = model.param_kinds()
-        model.to(env.device)
-        if cfg.parallel.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        if cfg.parallel.compile:
-            apply_compile(model)
+        kinds = self.prepare(model)
         deepspeed = import_deepspeed(cfg.parallel.deepspeed.shm_comm)
         optimizer = build_optimizer(model, kinds, cfg)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
