@@ -161,7 +161,7 @@ class ShardedSource:
                 if info.compression:
                     path = _decompress(path, info, self.store.cache_dir)
                 return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
-            except ShardNotFoundError:
+            except (ShardNotFoundError, FileNotFoundError):
                 # a cached copy evicted by another process between fetch and open: fetch again
                 if self.store.local or attempt == 2:
                     raise

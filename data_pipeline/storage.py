@@ -223,7 +223,11 @@ class ShardStore:
             except FileNotFoundError:
                 continue
             entries.append((st.st_mtime, st.st_size, path))
-        total = sum(size for _, size, _ in entries) + os.path.getsize(keep)
+        try:
+            kept = os.path.getsize(keep)
+        except FileNotFoundError:  # another process already evicted it; the reader refetches
+            kept = 0
+        total = sum(size for _, size, _ in entries) + kept
         for _, size, path in sorted(entries):
             if total <= self.cache_limit_bytes:
                 break
