@@ -115,17 +115,22 @@ class MemoryEvalLoader:
     (padding rows carry IGNORE_INDEX targets) so collectives inside the model stay matched."""
 
     def __init__(self, cfg: DataConfig, rank: int, world_size: int):
-        self.arrays = load_arrays(cfg, "val")
+        self.arrays = self._load(cfg)
         self.num_samples = len(next(iter(self.arrays.values())))
         self.global_batch = cfg.eval_batch_size or cfg.global_batch_size
         self.rank, self.world_size = rank, world_size
+
+    def _load(self, cfg: DataConfig) -> dict[str, np.ndarray]:
+        return load_arrays(cfg, "val")
+
+    _batch = staticmethod(_to_batch)  # (arrays, indices, sample ids) -> batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for start in range(0, self.num_samples, self.global_batch):
             pos = np.asarray(rank_slice(start, self.global_batch, self.rank, self.world_size))
             valid = pos < self.num_samples
             idx = np.where(valid, pos, 0)
-            batch = _to_batch(self.arrays, idx, np.where(valid, pos, -1))
+            batch = self._batch(self.arrays, idx, np.where(valid, pos, -1))
             target_key = "label" if "label" in batch else "targets"
             batch[target_key][torch.from_numpy(~valid)] = IGNORE_INDEX
             yield batch

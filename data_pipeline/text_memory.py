@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from data_pipeline.config import DataConfig
+from data_pipeline.memory import MemoryEvalLoader
 from data_pipeline.order import epoch_permutation, rank_slice
 
 IGNORE_INDEX = -100
@@ -135,20 +136,12 @@ class TextTrainLoader:
         self.consumed = int(state["consumed"])
 
 
-class TextEvalLoader:
+class TextEvalLoader(MemoryEvalLoader):
     """One pass over the validation rows; every rank yields the same number of batches (padding
     rows carry IGNORE_INDEX targets and sample_id -1)."""
 
-    def __init__(self, cfg: DataConfig, rank: int, world_size: int):
-        self.arrays, self.fingerprint = text_arrays(cfg, "val")
-        self.num_samples = len(self.arrays["tokens"])
-        self.global_batch = cfg.eval_batch_size or cfg.global_batch_size
-        self.rank, self.world_size = rank, world_size
+    def _load(self, cfg: DataConfig) -> dict[str, np.ndarray]:
+        arrays, self.fingerprint = text_arrays(cfg, "val")
+        return arrays
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for start in range(0, self.num_samples, self.global_batch):
-            pos = np.asarray(rank_slice(start, self.global_batch, self.rank, self.world_size))
-            valid = pos < self.num_samples
-            batch = _to_batch(self.arrays, np.where(valid, pos, 0), np.where(valid, pos, -1))
-            batch["targets"][torch.from_numpy(~valid)] = IGNORE_INDEX
-            yield batch
+    _batch = staticmethod(_to_batch)
