@@ -19,7 +19,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import _StorageWriterTransforms
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+from pretrain.writeback import WritebackFileSystem
 
 # A lone process (no process group) saving/loading is intended here; DCP warns on each call.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -101,13 +104,50 @@ def _without_record_crc32():
 WRITER_THREADS = 2
 
 
-def _writer(path: str | Path) -> FileSystemWriter:
-    return FileSystemWriter(str(path), thread_count=WRITER_THREADS)
+class _Unclosable:
+    """The stream one record is written to: writes go straight to the file, close() keeps it open
+    (DCP appends the next record). Its write is the file's own bound method: no extra frame."""
+
+    __slots__ = ("write", "flush")
+
+    def __init__(self, raw: Any) -> None:
+        self.write, self.flush = raw.write, raw.flush
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _PlainTransforms(_StorageWriterTransforms):
+    """DCP's record transforms with no extensions (what we always use), minus its cost: the stock
+    version defines a wrapper class for every record (~30 us with ABCMeta) and adds a Python frame
+    to every write; with ~400 records per checkpoint that was ~8% of a save's CPU time."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def transform_save_stream(self, write_item: Any, raw_stream: Any) -> tuple[Any, list[str]]:
+        return _Unclosable(raw_stream), []
+
+
+class _WritebackWriter(FileSystemWriter):
+    """DCP's file writer, with files that start disk writeback as they grow (pretrain/writeback.py)
+    and no per-record wrapper classes. The bytes on disk are the stock format (tests/test_writeback.py
+    loads them with torch's own reader); torch is pinned, so the private base class is stable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fs = WritebackFileSystem()
+        self.transforms = _PlainTransforms()
+
+
+def writer(path: str | Path, thread_count: int = WRITER_THREADS, **kwargs: Any) -> FileSystemWriter:
+    """The storage writer for every DCP checkpoint this project writes."""
+    return _WritebackWriter(str(path), thread_count=thread_count, **kwargs)
 
 
 def save(state: dict, path: str | Path, process_group=None) -> None:
     with _without_record_crc32():
-        dcp.save(state, storage_writer=_writer(path), process_group=process_group)
+        dcp.save(state, storage_writer=writer(path), process_group=process_group)
 
 
 def background_stager():
@@ -126,7 +166,7 @@ def async_save(state: dict, path: str | Path, process_group=None, stager=None):
     """Start a save in the background; returns (staging future or None, upload future)."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)  # restored when the background write ends
-    response = dcp.async_save(state, storage_writer=_writer(path), process_group=process_group,
+    response = dcp.async_save(state, storage_writer=writer(path), process_group=process_group,
                               async_stager=stager)
     staging, upload = (response.staging_completion, response.upload_completion) if hasattr(response, "upload_completion") else (None, response)
     upload.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))

@@ -47,8 +47,9 @@ def _lazy_planner(fetch: dict[str, Callable[[], torch.Tensor]]):
 def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: ProgressFn = _noop,
               sync: bool = True) -> None:
     """`sync`: fsync every file (checkpoints); off only for scratch data."""
-    from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint import save as dcp_save
+
+    from pretrain.safe_dcp import writer as dcp_writer
 
     model, fetch = {}, {}
     for name, info in source.params.items():
@@ -69,7 +70,7 @@ def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: Progr
     out.mkdir(parents=True, exist_ok=True)
     # One file per tensor: DCP's writer keeps every tensor of a file referenced until the file
     # is closed, so a single file would hold the whole checkpoint in memory.
-    writer = FileSystemWriter(str(out), single_file_per_rank=False, thread_count=1, sync_files=sync)
+    writer = dcp_writer(out, thread_count=1, single_file_per_rank=False, sync_files=sync)
     dcp_save(state, storage_writer=writer, planner=_lazy_planner(fetch), no_dist=True)
 
 

@@ -1,0 +1,80 @@
+"""Files that hand their bytes to the disk while they are still being written.
+
+A checkpoint is fsynced before it is committed. Left alone, the kernel writes dirty pages back
+late, so the closing fsync waits for the whole file while the CPU sits idle. A `WritebackFile`
+asks the kernel to start writing every `WRITEBACK_CHUNK` bytes it has been given
+(`sync_file_range(SYNC_FILE_RANGE_WRITE)`: start, do not wait), so the disk works while the next
+records are serialised and the fsync only waits for the tail. On this project's 2-core VM it cut
+a 303 MB DCP save from ~0.23 s to ~0.18 s (bench/bench_checkpoint.py, BENCHMARKS.md).
+
+The hint is advisory: where the call does not exist (not Linux) or the file system refuses it,
+writes proceed as plain buffered writes; durability still comes from the fsync.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch.distributed.checkpoint.filesystem import FileSystem
+
+WRITEBACK_CHUNK = 4 << 20  # small enough to keep the disk busy, large enough to be few calls
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>; Python's os module does not expose sync_file_range
+
+
+def _load_sync_file_range():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Ask the kernel to start writing `length` bytes at `offset` to disk; False if it cannot."""
+    if _sync_file_range is None:
+        return False
+    return _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0
+
+
+class WritebackFile(io.BufferedWriter):
+    """A buffered binary file that starts disk writeback every `chunk` bytes written."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb", chunk: int = WRITEBACK_CHUNK):
+        super().__init__(io.FileIO(os.fspath(path), mode.replace("b", "")))
+        self._chunk = chunk
+        self._written = 0  # bytes given to write() (the file is only ever appended to)
+        self._handed_off = 0  # bytes whose writeback has been started
+        self._hints = True
+
+    def write(self, data) -> int:
+        n = super().write(data)
+        self._written += n
+        if self._hints and self._written - self._handed_off >= self._chunk:
+            self.flush()
+            self._hints = start_writeback(self.fileno(), self._handed_off, self._written - self._handed_off)
+            self._handed_off = self._written
+        return n
+
+
+class WritebackFileSystem(FileSystem):
+    """DCP's local file system, with files opened for writing as `WritebackFile`s."""
+
+    @contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.IOBase]:
+        if mode != "wb":
+            with super().create_stream(path, mode) as stream:
+                yield stream
+            return
+        with WritebackFile(Path(path), mode) as stream:
+            yield stream
