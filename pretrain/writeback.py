@@ -4,8 +4,9 @@ A checkpoint is fsynced before it is committed. Left alone, the kernel writes di
 late, so the closing fsync waits for the whole file while the CPU sits idle. A `WritebackFile`
 asks the kernel to start writing every `WRITEBACK_CHUNK` bytes it has been given
 (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: start, do not wait), so the disk works while the next
-records are serialised and the fsync only waits for the tail. On this project's 2-core VM it cut
-a 303 MB DCP save from ~0.23 s to ~0.18 s (bench/bench_checkpoint.py, BENCHMARKS.md).
+records are serialised and the fsync only waits for the tail. On this project's 2-core VM that
+took a two-thread DCP save of 303 MB from 0.76 to 0.93 of torch.save's speed (median of 40 A/B
+rounds; BENCHMARKS.md).
 
 The hint is advisory: where the call does not exist (not Linux) or the file system refuses it,
 writes proceed as plain buffered writes; durability still comes from the fsync.
