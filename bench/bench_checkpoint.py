@@ -111,5 +111,6 @@ def main() -> None:
         "async_blocked_fraction": round(median["async"] / median["ours"], 3),
     }))
 
+
 if __name__ == "__main__":
     main()
