@@ -20,7 +20,6 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from torch.distributed.checkpoint.filesystem import FileSystem
 
@@ -51,10 +50,10 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
 class WritebackFile(io.BufferedWriter):
     """A buffered binary file that starts disk writeback every `chunk` bytes written."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "wb", chunk: int = WRITEBACK_CHUNK):
-        super().__init__(io.FileIO(os.fspath(path), mode.replace("b", "")))
+    def __init__(self, path: str | os.PathLike, chunk: int = WRITEBACK_CHUNK):
+        super().__init__(io.FileIO(os.fspath(path), "w"))  # created or truncated, then appended to
         self._chunk = chunk
-        self._written = 0  # bytes given to write() (the file is only ever appended to)
+        self._written = 0  # bytes given to write(), i.e. the file's size once flushed
         self._handed_off = 0  # bytes whose writeback has been started
         self._hints = True
 
@@ -77,5 +76,5 @@ class WritebackFileSystem(FileSystem):
             with super().create_stream(path, mode) as stream:
                 yield stream
             return
-        with WritebackFile(Path(path), mode) as stream:
+        with WritebackFile(path) as stream:
             yield stream
