@@ -18,14 +18,13 @@ import torch
 from data_pipeline import build_loader
 from pretrain.checkpoint import Checkpointer, seed_rank
 from pretrain.config import TrainConfig, save_config, to_dict
-from pretrain.dist import DistEnv, all_reduce_max, all_reduce_sum, barrier, init_distributed
+from pretrain.dist import DistEnv, all_reduce_max, barrier, init_distributed
 from pretrain.engines import build_engine
-from pretrain.engines.base import Engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
 from pretrain.run_dir import COMPLETED, FAILED, PREEMPTED, RUNNING, write_json_atomic, write_status
-from pretrain.schedule import lr_at
+from pretrain.step import DataExhausted, evaluate, run_eval_extras, train_step
 
 log = logging.getLogger("pretrain")
 
@@ -61,40 +60,6 @@ class Requests:
         flags = all_reduce_max(torch.tensor([float(self.stop), float(self.save)]))
         self.save = False
         return bool(flags[0]), bool(flags[1])
-
-
-def evaluate(engine: Engine, loader, max_batches: int) -> dict[str, float]:
-    """Loss (and accuracy where the family reports it) over the validation split, all ranks."""
-    sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        for key, value in engine.eval_step(batch).items():
-            sums[key] = sums.get(key, 0) + value.cpu()
-    keys = sorted(sums)
-    totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist())) if keys else {}
-    count = max(totals.get("count", 0.0), 1.0)
-    out = {"loss": totals.get("loss_sum", float("nan")) / count}
-    if "correct" in totals:
-        out["accuracy"] = totals["correct"] / count
-    return out
-
-
-def run_eval_extras(engine: Engine, family, loader, step: int, run_dir: Path, env: DistEnv, logger: MetricsLogger) -> dict[str, float]:
-    """The family's extra evaluation (samples, attention statistics) on the first val batch."""
-    if family.eval_extras is None:
-        return {}
-    batch = engine._to_device(next(iter(loader)))
-    engine.model.eval()
-    with torch.no_grad(), engine.autocast():
-        out = family.eval_extras(engine.model, batch, step, run_dir / "samples" if env.is_main else None)
-    scalars = {}
-    for key, value in out.items():
-        if key.startswith("image/") and isinstance(value, torch.Tensor):
-            logger.image(key[len("image/"):], value, step)
-        else:
-            scalars[key] = float(value)
-    return scalars
 
 
 def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
@@ -171,14 +136,12 @@ def _train(cfg: TrainConfig) -> dict:
     window_start, window_steps, last_saved = time.perf_counter(), 0, step if resume_from else -1
     finished = True
     while step < cfg.schedule.steps:
-        lr = lr_at(step, cfg.optim.lr, cfg.schedule)
-        engine.set_lr(lr)
         try:
-            micro_batches = [next(data_iter) for _ in range(accum)]
-        except StopIteration:
+            result = train_step(engine, data_iter, step, cfg.optim.lr, cfg.schedule, accum)
+        except DataExhausted:
             log.info("data budget exhausted at step %d", step)
             break
-        loss, grad_norm = engine.train_step(micro_batches)
+        loss, grad_norm, lr = result.loss, result.grad_norm, result.lr
         step, samples, window_steps = step + 1, samples + gbs, window_steps + 1
         last = {"loss": loss}
         logger.progress(step, loss, lr)

@@ -80,7 +80,8 @@ class Engine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def _to_device(self, batch: dict) -> dict:
+    def to_device(self, batch: dict) -> dict:
+        """The batch on this engine's device (what the model's forward expects)."""
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -91,7 +92,7 @@ class Engine:
         for i, batch in enumerate(micro_batches):
             with self.sync_context(i == n - 1):
                 with self.autocast():
-                    loss, _ = self.loss_fn(self.model, self._to_device(batch))
+                    loss, _ = self.loss_fn(self.model, self.to_device(batch))
                 (loss / n).backward()
             loss_total += loss.detach().float()
         grad_norm = self.clip_and_step()
@@ -116,7 +117,7 @@ class Engine:
         """Per-rank sums (loss_sum, count, ...) for one validation batch."""
         self.model.eval()
         with self.autocast():
-            _, stats = self.loss_fn(self.model, self._to_device(batch))
+            _, stats = self.loss_fn(self.model, self.to_device(batch))
         return {k: v.detach().float() for k, v in stats.items()}
 
     # ---- checkpoint interface

@@ -79,7 +79,7 @@ class DeepSpeedEngine(Engine):
         loss_total = torch.zeros((), device=self.env.device)
         for batch in micro_batches:
             with self.autocast():
-                loss, _ = self.loss_fn(self.model, self._to_device(batch))
+                loss, _ = self.loss_fn(self.model, self.to_device(batch))
             self.model.backward(loss)
             self.model.step()
             loss_total += loss.detach().float()

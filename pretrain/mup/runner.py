@@ -19,7 +19,7 @@ from pretrain.dist import DistEnv, init_distributed
 from pretrain.engines import build_engine
 from pretrain.engines.base import Engine
 from pretrain.models import build_model, get_family
-from pretrain.schedule import lr_at
+from pretrain.step import train_step
 
 PARAMETRIZATIONS = ("sp", "mup")
 
@@ -51,19 +51,17 @@ def build(cfg: TrainConfig, env: DistEnv, seed: int) -> Engine:
 
 
 def train_steps(cfg: TrainConfig, env: DistEnv, engine: Engine, steps: int,
-                before_step: Callable[[int], None] | None = None,
                 after_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """`steps` optimizer steps on the recipe's data and schedule; returns the mean loss per step.
+    """`steps` optimizer steps on the recipe's data and schedule (the trainer's own step
+    function); returns the mean loss per step.
 
     A non-finite loss stops the run early (a diverged LR); the losses so far are returned.
     """
-    loader = iter(build_loader(cfg.data, env.rank, env.world_size, "train", cfg.optim.grad_accum))
+    accum = cfg.optim.grad_accum
+    loader = iter(build_loader(cfg.data, env.rank, env.world_size, "train", accum))
     losses = []
     for step in range(steps):
-        engine.set_lr(lr_at(step, cfg.optim.lr, cfg.schedule))
-        if before_step is not None:
-            before_step(step)
-        loss, _ = engine.train_step([next(loader) for _ in range(cfg.optim.grad_accum)])
+        loss = train_step(engine, loader, step, cfg.optim.lr, cfg.schedule, accum).loss
         losses.append(loss)
         if after_step is not None:
             after_step(step, loss)

@@ -17,7 +17,7 @@ import numpy as np
 
 from pretrain.config import TrainConfig
 from pretrain.mup.runner import build, setup, train_steps, variant
-from pretrain.trainer import evaluate
+from pretrain.step import evaluate
 
 FIELDS = ["parametrization", "width", "lr", "seed", "steps", "train_loss", "val_loss"]
 
