@@ -6,6 +6,15 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Sequence
+
+
+def train_command(nproc: int, recipe: str, overrides: Sequence[str]) -> list[str]:
+    """`pretrain train RECIPE overrides...` as a command: a plain process when nproc is 0 (no
+    process group), else torchrun with nproc ranks."""
+    if nproc == 0:
+        return [sys.executable, "-m", "pretrain", "train", recipe, *overrides]
+    return torchrun_command(nproc, recipe, list(overrides))
 
 
 def torchrun_command(nproc: int, recipe: str, overrides: list[str]) -> list[str]:

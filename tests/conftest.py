@@ -6,13 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from launch.local import torchrun_command
+from launch.local import train_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,9 +44,7 @@ def train_cmd(
     nproc: int, overrides: list[str], recipe: str = "configs/vit_digits.yaml"
 ) -> list[str]:
     """`pretrain train` on one process, or under torchrun with `nproc` ranks."""
-    if nproc == 0:
-        return [sys.executable, "-m", "pretrain", "train", recipe, *overrides]
-    return torchrun_command(nproc, recipe, overrides)
+    return train_command(nproc, recipe, overrides)
 
 
 def run_train(

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pretrain.cli import main
+from pretrain.run_dir import read_status
 from pretrain.scaling_laws import synthetic as S
 from pretrain.scaling_laws.collect import collect
 from pretrain.scaling_laws.plan import (
@@ -215,3 +216,34 @@ def test_cli_run_rejects_a_bad_override_before_training(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "sweep run 'bad'" in err and "optim.lrr" in err
     assert not (tmp_path / "runs" / "ok").exists()  # nothing trained
+
+
+def test_cli_run_goes_on_after_a_crashing_run(tmp_path: Path, capsys, monkeypatch):
+    """Each run is its own process: one that crashes at runtime (its dataset does not exist, which
+    only the loader finds out) is reported with its error; the runs around it complete."""
+    from tests.conftest import REPO, TINY
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    fixed = dict(o.split("=", 1) for o in [*TINY, "schedule.steps=2"])
+    sweep = {"base": str(REPO / "configs/vit_digits.yaml"),
+             "runs": [{"name": "first", "overrides": fixed},
+                      {"name": "crash", "overrides": {**fixed, "data.name": "no_such_data"}},
+                      {"name": "last", "overrides": fixed}]}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    argv = ["scaling", "run", str(tmp_path / "s.yaml"), "--root", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 1
+    out, err = capsys.readouterr()
+    assert "2 of 3 runs completed" in out
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert failed == [failed[0]] and failed[0].startswith("failed: crash: ValueError: ")
+    assert "no_such_data" in failed[0]
+    status = {n: read_status(tmp_path / "runs" / n).get("state") for n in ("first", "crash", "last")}
+    assert status == {"first": "completed", "crash": "failed", "last": "completed"}
+
+    with pytest.raises(SystemExit):  # again: the completed runs are skipped, the crash retried
+        main(argv)
+    out, err = capsys.readouterr()
+    assert "2 of 3 runs completed" in out and "failed: crash: ValueError: " in err

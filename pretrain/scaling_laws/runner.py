@@ -1,19 +1,26 @@
-"""Run a sweep's runs one after another in this process (the toy-scale local path; at scale,
+"""Run a sweep's runs one after another on this machine (the toy-scale local path; at scale,
 `pretrain slurm sweep` submits the same sweep file as an array).
 
-Runs already completed are skipped, so an interrupted study picks up where it stopped. Runs
-share the process, so torch is imported once; each run gets one intra-op thread by default,
-which on a small shared CPU is faster than threads spinning against each other.
+Each run is its own `pretrain train` process, built by launch/ like any other launch, so a run
+that crashes (or is killed) fails alone: the study reports it and goes on. Every run's config is
+resolved here first, so a bad override stops the study before any training. Runs already
+completed are skipped, so an interrupted study picks up where it stopped. Each run gets one
+intra-op thread by default, which on a small shared CPU is faster than threads spinning against
+each other.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.local import train_command
 from pretrain.run_dir import COMPLETED, read_status
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -47,38 +54,46 @@ def _fmt(value) -> str:
 def run_sweep(
     sweep: dict, root: Path, extra: Sequence[str] = LOCAL_OVERRIDES, threads: int = 1
 ) -> list[RunOutcome]:
-    """Train every run of `sweep` (see plan.py for the format) in sequence, in ROOT/NAME."""
-    import torch
-
+    """Train every run of `sweep` (see plan.py for the format) in sequence, in ROOT/NAME, each in
+    a child process with `threads` intra-op threads (0: the child's default)."""
     from pretrain.config import load_config
-    from pretrain.dist import shutdown
-    from pretrain.trainer import train
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    configs = []  # resolve every run's config first: a bad override fails before any training
+    runs = []  # resolve every run's config first: a bad override fails before any training
     for run in sweep["runs"]:
         overrides = [*extra, *(f"{k}={_fmt(v)}" for k, v in run.get("overrides", {}).items())]
         overrides.append(f"run.dir={Path(root) / run['name']}")
         try:
-            configs.append((run, load_config(sweep["base"], overrides)))
+            cfg = load_config(sweep["base"], overrides)
         except ValueError as e:  # ConfigError
             raise ScalingDataError(f"sweep run {run['name']!r}: {e}") from None
+        runs.append((run["name"], cfg, overrides))
+    env = dict(os.environ)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
     outcomes = []
-    for i, (run, cfg) in enumerate(configs, 1):
+    for i, (name, cfg, overrides) in enumerate(runs, 1):
         run_dir = str(cfg.run_dir)
         if read_status(run_dir).get("state") == COMPLETED:
-            outcomes.append(RunOutcome(run["name"], run_dir, "skipped", 0.0))
+            outcomes.append(RunOutcome(name, run_dir, "skipped", 0.0))
             continue
-        log.info("[%d/%d] %s: %d steps", i, len(sweep["runs"]), run["name"], cfg.schedule.steps)
+        log.info("[%d/%d] %s: %d steps", i, len(runs), name, cfg.schedule.steps)
         t0 = time.perf_counter()
-        try:
-            train(cfg)
-            state, error = "completed", ""
-        except Exception as e:  # one failed run must not end the study; it is reported
-            state, error = "failed", f"{type(e).__name__}: {e}"
-            log.error("%s failed: %s", run["name"], error)
-        finally:
-            shutdown()
-        outcomes.append(RunOutcome(run["name"], run_dir, state, time.perf_counter() - t0, error))
+        code, last_line = _run_passing_stderr(train_command(0, str(sweep["base"]), overrides), env)
+        state, error = "completed", ""
+        if code != 0:  # one failed run must not end the study; it is reported
+            state, error = "failed", last_line or f"exited with code {code}"
+            log.error("%s failed: %s", name, error)
+        outcomes.append(RunOutcome(name, run_dir, state, time.perf_counter() - t0, error))
     return outcomes
+
+
+def _run_passing_stderr(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `cmd`, its stderr passed through to ours; returns (exit code, last non-blank stderr
+    line), which for a Python crash is the exception's `Type: message`."""
+    last = ""
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as p:
+        for line in p.stderr:
+            sys.stderr.write(line)
+            if line.strip():
+                last = line.strip()
+    return p.returncode, last
