@@ -1,7 +1,8 @@
 """The training loop: one loop for every backend (the engine hides the differences).
 
-    resume (latest complete checkpoint) -> for each step: lr, micro-batches, engine.train_step,
-    metrics, eval, agree on signals, checkpoint -> final checkpoint and status.
+    resume (latest complete checkpoint) -> for each step: train_step (pretrain/step.py: lr,
+    micro-batches, engine.train_step), metrics, eval, agree on signals, checkpoint -> final
+    checkpoint and status.
 """
 
 from __future__ import annotations

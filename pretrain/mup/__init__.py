@@ -1,6 +1,7 @@
 """muP tooling around the parametrization (pretrain/models/parametrization.py).
 
 - runner.py: build a width variant of a recipe and train it for a few steps through the real engine
+  and the trainer's own step function (pretrain/step.py)
 - coord_check.py: mean |activation| per layer per step across widths, SP vs muP, with a verdict
 - transfer.py: learning-rate sweeps across widths, SP vs muP, optimum per width
 - singular_values.py: top singular value of every weight matrix (Fan et al. 2025's diagnostic)

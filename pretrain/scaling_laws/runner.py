@@ -92,8 +92,12 @@ def _run_passing_stderr(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
     line), which for a Python crash is the exception's `Type: message`."""
     last = ""
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as p:
-        for line in p.stderr:
-            sys.stderr.write(line)
-            if line.strip():
-                last = line.strip()
+        try:
+            for line in p.stderr:
+                sys.stderr.write(line)
+                if line.strip():
+                    last = line.strip()
+        except BaseException:  # the study is interrupted: the run checkpoints and stops too
+            p.terminate()
+            raise
     return p.returncode, last
