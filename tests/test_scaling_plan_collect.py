@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +222,30 @@ def test_cli_run_rejects_a_bad_override_before_training(tmp_path: Path, capsys):
     assert not (tmp_path / "runs" / "ok").exists()  # nothing trained
 
 
-def test_cli_run_goes_on_after_a_crashing_run(tmp_path: Path, capsys, monkeypatch):
+def kill_when_training(run_dir: Path) -> threading.Thread:
+    """SIGKILL the process training into `run_dir` once it reports `running` (a hard death:
+    no exception, no status update, as when the kernel kills a run that ran out of memory)."""
+
+    def watch() -> None:
+        while read_status(run_dir).get("state") != "running":
+            time.sleep(0.05)
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"run.dir={run_dir}".encode() in argv:
+                os.kill(int(proc.name), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, monkeypatch):
     """Each run is its own process: one that crashes at runtime (its dataset does not exist, which
-    only the loader finds out) is reported with its error; the runs around it complete."""
+    only the loader finds out) and one killed mid-training are reported with why; the runs
+    around them complete."""
     from tests.conftest import REPO, TINY
 
     monkeypatch.chdir(REPO)
@@ -229,21 +254,29 @@ def test_cli_run_goes_on_after_a_crashing_run(tmp_path: Path, capsys, monkeypatc
     sweep = {"base": str(REPO / "configs/vit_digits.yaml"),
              "runs": [{"name": "first", "overrides": fixed},
                       {"name": "crash", "overrides": {**fixed, "data.name": "no_such_data"}},
+                      {"name": "killed", "overrides": {**fixed, "schedule.steps": 1_000_000}},
                       {"name": "last", "overrides": fixed}]}  # fmt: skip
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     argv = ["scaling", "run", str(tmp_path / "s.yaml"), "--root", str(tmp_path / "runs")]
+    killer = kill_when_training(tmp_path / "runs" / "killed")
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 1
+    assert e.value.code == 1 and not killer.is_alive()
     out, err = capsys.readouterr()
-    assert "2 of 3 runs completed" in out
+    assert "2 of 4 runs completed" in out
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
-    assert failed == [failed[0]] and failed[0].startswith("failed: crash: ValueError: ")
-    assert "no_such_data" in failed[0]
-    status = {n: read_status(tmp_path / "runs" / n).get("state") for n in ("first", "crash", "last")}
-    assert status == {"first": "completed", "crash": "failed", "last": "completed"}
+    assert len(failed) == 2 and failed[0].startswith("failed: crash: ValueError: ")
+    assert "no_such_data" in failed[0] and failed[1] == "failed: killed: killed by SIGKILL"
+    names = ("first", "crash", "killed", "last")
+    status = {n: read_status(tmp_path / "runs" / n).get("state") for n in names}
+    assert status == {"first": "completed", "crash": "failed", "killed": "running",
+                      "last": "completed"}  # fmt: skip
 
-    with pytest.raises(SystemExit):  # again: the completed runs are skipped, the crash retried
+    sweep["runs"] = sweep["runs"][:2] + sweep["runs"][3:]  # again: completed runs are skipped
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    finished = [read_status(tmp_path / "runs" / n)["updated"] for n in ("first", "last")]
+    with pytest.raises(SystemExit):
         main(argv)
     out, err = capsys.readouterr()
     assert "2 of 3 runs completed" in out and "failed: crash: ValueError: " in err
+    assert [read_status(tmp_path / "runs" / n)["updated"] for n in ("first", "last")] == finished

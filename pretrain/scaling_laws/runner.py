@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,10 +82,17 @@ def run_sweep(
         code, last_line = _run_passing_stderr(train_command(0, str(sweep["base"]), overrides), env)
         state, error = "completed", ""
         if code != 0:  # one failed run must not end the study; it is reported
-            state, error = "failed", last_line or f"exited with code {code}"
+            state, error = "failed", _failure(code, last_line)
             log.error("%s failed: %s", name, error)
         outcomes.append(RunOutcome(name, run_dir, state, time.perf_counter() - t0, error))
     return outcomes
+
+
+def _failure(code: int, last_line: str) -> str:
+    """One line saying why a run's process ended badly."""
+    if code < 0:  # killed: its last words are some log line, not the cause
+        return f"killed by {signal.Signals(-code).name}"
+    return last_line or f"exited with code {code}"
 
 
 def _run_passing_stderr(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
