@@ -38,10 +38,11 @@ attention scale 1/sqrt(head_dim), readout multiplier 1, every lr multiplier 1, w
 hidden and readout matrices only.
 
 Seams a model provides: `param_kinds()` (built with `param_roles`: a family names its embedding
-and readout parameters, the shape decides the rest); `output_mult` on the root module (readout multiplier);
-attention modules with `head_dim` and `scale`; optionally `query_param_slices()` (name -> row
-slice of the query projection inside a fused weight) and `zero_init_param_names()` (weights the
-architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and muP).
+and readout parameters, the shape decides the rest); `output_mult` on the root module (readout
+multiplier); attention modules with `head_dim` and `scale`; optionally `query_param_slices()`
+(name -> row slice of the query projection inside a fused weight) and `zero_init_param_names()`
+(weights the architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and
+muP).
 """
 
 from __future__ import annotations
