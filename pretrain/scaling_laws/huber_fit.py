@@ -285,12 +285,17 @@ class LawFit:
         reps = [float(fn(b)) for b in self.boot_laws]
         return with_interval(float(fn(self.law)), reps, self.level)
 
+    def search_stats(self) -> dict:
+        """What a subclass reports about the search, after `converged` in as_dict."""
+        return {}
+
     def as_dict(self) -> dict:
         return {
             "law": self.FORMULA,
             "params": {k: v.as_dict() for k, v in self.params.items()},
             "objective": self.objective,
             "converged": self.converged,
+            **self.search_stats(),
             "huber_delta": self.delta,
             "quality": self.quality.as_dict(),
             "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,

@@ -106,8 +106,8 @@ class ParametricFit(LawFit):
             "loss": self.interval(lambda law: law.loss(*law.compute_optimal(C, k))),
         }
 
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "n_starts": self.n_starts}
+    def search_stats(self) -> dict:
+        return {"n_starts": self.n_starts}
 
 
 def _check_resample(prob: HuberProblem) -> None:
