@@ -15,7 +15,7 @@ from typing import Any
 
 from launch.recipe import apply_overrides, dump_recipe, get_dotted, load_recipe, parse_override
 from launch.slurm import JobSpec, SlurmConfig, active_job, render_sbatch, submit
-from launch.sweep import load_sweep
+from launch.sweep import load_sweep, sweep_root
 
 # flag -> SlurmConfig field, for flags that replace a field of the recipe's `slurm` section.
 _FLAGS: list[tuple[str, type, str, str]] = [
@@ -137,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         sweep = load_sweep(args.sweep)
         base = load_recipe(sweep.base)
-        root = Path(args.root or Path("runs") / Path(args.sweep).stem)
+        root = sweep_root(args.sweep, args.root)
         runs = [run for run in sweep.runs if not args.only or run.name in args.only]
         missing = sorted(set(args.only or []) - {run.name for run in sweep.runs})
         if missing:

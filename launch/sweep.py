@@ -9,7 +9,9 @@
 
 With only a grid, runs are named after their values (`lr0.001-max_steps100`); with both, each
 listed run is crossed with every grid point (`small-lr0.001-max_steps100`). The scaling-laws
-planner writes this format (`pretrain scaling plan`); `pretrain slurm sweep` submits it.
+planner writes this format (`pretrain scaling plan`); `pretrain slurm sweep` submits it and
+`pretrain scaling run` runs it. This module is the one reader of the format: both go through
+`load_sweep`, so a file one accepts the other accepts too.
 """
 
 from __future__ import annotations
@@ -108,3 +110,8 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep file."""
     path = Path(path)
     return expand(yaml.safe_load(path.read_text()), where=path.resolve().parent)
+
+
+def sweep_root(sweep_path: str | Path, root: str | Path | None = None) -> Path:
+    """Parent of the sweep's run directories: `root`, else runs/<sweep file stem>."""
+    return Path(root) if root else Path("runs") / Path(sweep_path).stem

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from pre_rmsnorm import pre_ln_to_pre_rmsnorm
 
 from pretrain.config import load_config
 from pretrain.models import build_model, get_family, model_stats
 from pretrain.models.attention_stats import attention_entropy
 from pretrain.models.blocks import RMSNorm, SigmaReparamLinear
-from pretrain.models.convert import pre_ln_to_pre_rmsnorm
 
 
 def build(*overrides: str, seed: int = 0):

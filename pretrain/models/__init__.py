@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from pretrain.models.attention_stats import attention_entropy
-from pretrain.models.blocks import prime_sigma_reparam
+from pretrain.models.blocks import prime_sigma_reparam, unwrap
 from pretrain.models.config import ModelConfig
 from pretrain.models.dit import DiT, dit_eval_extras, dit_loss
 from pretrain.models.lm import DecoderLM, lm_loss
 from pretrain.models.parametrization import init_parameters
 from pretrain.models.vit import ViT, vit_loss
-from pretrain.models.wrapped import unwrap
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 # (model, first validation batch, step, output dir on rank 0 else None) -> extra eval results:

@@ -230,3 +230,12 @@ def block_matmul_flops(cfg: ModelConfig, tokens: int, attended: int | None = Non
     linear = 2 * tokens * 4 * d * d + mlp_flops
     attention = 2 * 2 * tokens * attended * d
     return linear + attention
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under a DDP wrapper; FSDP2 and activation checkpointing keep the root as is.
+
+    Losses and eval hooks receive the engine's wrapped model: call the wrapper for forwards
+    (DDP's gradient hooks live there); read attributes (cfg, submodules) through this.
+    """
+    return getattr(model, "module", model)

@@ -24,9 +24,16 @@ from pretrain.diffusion import flow
 from pretrain.diffusion.ddpm import DDPMSchedule
 from pretrain.diffusion.grid import make_grid, save_png
 from pretrain.diffusion.sampling import ddim, euler_flow
-from pretrain.models.blocks import MLP, Attention, block_matmul_flops, make_norm, resolve_mlp
+from pretrain.models.blocks import (
+    MLP,
+    Attention,
+    block_matmul_flops,
+    make_norm,
+    resolve_mlp,
+    unwrap,
+)
 from pretrain.models.config import ModelConfig
-from pretrain.models.wrapped import unwrap
+from pretrain.models.parametrization import param_roles
 
 FREQ_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
 
@@ -155,15 +162,8 @@ class DiT(nn.Module):
 
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter (see the module docstring for the conditioning path)."""
-        kinds = {}
-        for name, p in self.named_parameters():
-            if name in ("x_embed.weight", "t_embed.mlp.0.weight", "y_embed.weight"):
-                kinds[name] = "embedding"
-            elif name == "final.linear.weight":
-                kinds[name] = "readout"
-            else:
-                kinds[name] = "hidden" if p.ndim >= 2 else "vector"
-        return kinds
+        embeddings = {"x_embed.weight", "t_embed.mlp.0.weight", "y_embed.weight"}
+        return param_roles(self, embeddings, readouts={"final.linear.weight"})
 
     def embedding_param_names(self) -> set[str]:
         return {"x_embed.weight", "x_embed.bias", "y_embed.weight", "t_embed.mlp.0.weight", "t_embed.mlp.0.bias"}

@@ -21,6 +21,7 @@ from pretrain.models.blocks import (
     rope_tables,
 )
 from pretrain.models.config import ModelConfig
+from pretrain.models.parametrization import param_roles
 
 IGNORE_INDEX = -100
 
@@ -68,15 +69,7 @@ class DecoderLM(nn.Module):
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter. A tied embedding/readout matrix is named once
         (tok_embed.weight) and takes the embedding role."""
-        kinds = {}
-        for name, p in self.named_parameters():
-            if name == "tok_embed.weight":
-                kinds[name] = "embedding"
-            elif name == "head.weight":
-                kinds[name] = "readout"
-            else:
-                kinds[name] = "hidden" if p.ndim >= 2 else "vector"
-        return kinds
+        return param_roles(self, embeddings={"tok_embed.weight"}, readouts={"head.weight"})
 
     def embedding_param_names(self) -> set[str]:
         return {"tok_embed.weight"}

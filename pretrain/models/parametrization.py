@@ -37,15 +37,18 @@ parametrization (SP) below: the same init draws, the same groups, the same first
 attention scale 1/sqrt(head_dim), readout multiplier 1, every lr multiplier 1, weight decay on
 hidden and readout matrices only.
 
-Seams a model provides: `param_kinds()`; `output_mult` on the root module (readout multiplier);
-attention modules with `head_dim` and `scale`; optionally `query_param_slices()` (name -> row
-slice of the query projection inside a fused weight) and `zero_init_param_names()` (weights the
-architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and muP).
+Seams a model provides: `param_kinds()` (built with `param_roles`: a family names its embedding
+and readout parameters, the shape decides the rest); `output_mult` on the root module (readout
+multiplier); attention modules with `head_dim` and `scale`; optionally `query_param_slices()`
+(name -> row slice of the query projection inside a fused weight) and `zero_init_param_names()`
+(weights the architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and
+muP).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -54,6 +57,25 @@ from pretrain.models.config import ModelConfig
 
 DECAYED_KINDS = ("hidden", "readout")
 KINDS = ("embedding", "hidden", "readout", "vector")
+
+
+def param_roles(
+    model: nn.Module, embeddings: Collection[str], readouts: Collection[str]
+) -> dict[str, str]:
+    """Role of every parameter of `model`, the table its `param_kinds()` returns.
+
+    Only the embeddings and the readout depend on the family, so each family names those
+    parameters; every other one is hidden when matrix-like (2+ dimensions), else a vector.
+    """
+
+    def role(name: str, p: nn.Parameter) -> str:
+        if name in embeddings:
+            return "embedding"
+        if name in readouts:
+            return "readout"
+        return "hidden" if p.ndim >= 2 else "vector"
+
+    return {name: role(name, p) for name, p in model.named_parameters()}
 
 
 def width_mult(cfg: ModelConfig) -> float:

@@ -8,6 +8,7 @@ from torch import nn
 
 from pretrain.models.blocks import TransformerBlock, block_matmul_flops, make_norm, resolve_mlp
 from pretrain.models.config import ModelConfig
+from pretrain.models.parametrization import param_roles
 
 
 class ViT(nn.Module):
@@ -52,17 +53,8 @@ class ViT(nn.Module):
 
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter: embedding | hidden | readout | vector."""
-        kinds = {}
-        for name, p in self.named_parameters():
-            if name.startswith(("patch_embed.weight", "pos_embed", "cls_token")):
-                kinds[name] = "embedding"
-            elif name.startswith("head.weight"):
-                kinds[name] = "readout"
-            elif p.ndim >= 2:
-                kinds[name] = "hidden"
-            else:
-                kinds[name] = "vector"
-        return kinds
+        embeddings = {"patch_embed.weight", "pos_embed", "cls_token"}
+        return param_roles(self, embeddings, readouts={"head.weight"})
 
     def embedding_param_names(self) -> set[str]:
         return {n for n in ("patch_embed.weight", "patch_embed.bias", "pos_embed", "cls_token")}

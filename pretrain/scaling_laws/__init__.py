@@ -4,18 +4,21 @@ Where things are (one job per module; nothing is imported here, so `pretrain sca
 stays fast):
 
     validate.py     input checks that name the column, the run and the reason
-    huber_fit.py    Huber loss on log-loss residuals, log-sum-exp power laws, L-BFGS from a grid
+    huber_fit.py    Huber loss on log-loss residuals, log-sum-exp power laws, L-BFGS from a grid;
+                    fit_huber_law: the fit + bootstrap procedure of approach 3 and L(C) (LawFit)
     parametric.py   approach 3: L(N, D) = E + A/N^alpha + B/D^beta, compute-optimal N and D
     compute_law.py  the compute frontier L(C) = E + A*C^-alpha
     isoflop.py      approach 2: robust parabola per budget, N_opt(C) and D_opt(C) power laws
     envelope.py     approach 1: envelope of training curves; Pareto frontier of final losses
-    powerlaw.py     log-log line fits
-    bootstrap.py    resampling runs (as integer weights), worker processes, percentile intervals
+    powerlaw.py     log-log line fits; AllocationLaws: N_opt/D_opt estimates of approaches 1, 2
+    bootstrap.py    resampling runs (as integer weights), worker processes, percentile intervals;
+                    replicates: the seeded resample-refit loop every fit uses
     quality.py      goodness of fit and estimates with intervals
     analysis.py     runs every applicable fit, predictions and warnings
     plots.py        loss vs compute, IsoFLOP profiles, N_opt/D_opt vs compute (PNG, Agg)
     report.py       the Markdown report
-    plan.py         IsoFLOP grid from a base recipe's shapes and FLOPs accounting; sweep files
+    plan.py         IsoFLOP grid from a base recipe's shapes and FLOPs accounting; writes sweep
+                    files (launch/sweep.py reads them, for `scaling run` and `slurm sweep`)
     runner.py       run a sweep locally, one run after another
     collect.py      run directories -> runs.csv and curves.csv
     table.py        the runs.csv / curves.csv formats

@@ -96,6 +96,16 @@ def run_bootstrap(fn: FitFn, counts: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     return out
 
 
+def replicates(
+    fn: FitFn, n: int, n_boot: int, seed: int, n_jobs: int, strata: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """Refit `fn` on `n_boot` resamples of `n` runs drawn from `seed` (within `strata` if
+    given): the successful refits, one row each, and how many failed."""
+    boot = run_bootstrap(fn, resample_counts(n, n_boot, seed, strata), n_jobs)
+    ok = np.all(np.isfinite(boot), axis=1)
+    return boot[ok], int((~ok).sum())
+
+
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval per column, ignoring failed (NaN) resamples."""
     if not 0 < level < 1:

@@ -265,7 +265,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pretrain.scaling_laws.plan import read_sweep, sweep_root
+    from launch.sweep import sweep_root
+    from pretrain.scaling_laws.plan import read_sweep
     from pretrain.scaling_laws.runner import LOCAL_OVERRIDES, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
@@ -286,8 +287,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from launch.sweep import sweep_root
     from pretrain.scaling_laws.collect import collect
-    from pretrain.scaling_laws.plan import read_sweep, sweep_root
+    from pretrain.scaling_laws.plan import read_sweep
     from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, write_csv
 
     dirs = list(args.run_dirs)

@@ -10,19 +10,14 @@ Pareto frontier of final losses (see `frontier.pareto_frontier`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from pretrain.scaling_laws import validate
-from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
-from pretrain.scaling_laws.huber_fit import (
-    HuberProblem,
-    best_starts,
-    minimize_from,
-    predict_log,
-    warm_refit,
-)
-from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
+from pretrain.scaling_laws.bootstrap import percentile_interval, single_threaded_blas
+from pretrain.scaling_laws.huber_fit import HuberProblem, LawFit, fit_huber_law
+from pretrain.scaling_laws.quality import Estimate
 
 BOUNDS = [(None, None), (None, None), (0.0, 5.0)]
 PARAM_NAMES = ["E", "A", "alpha"]
@@ -60,65 +55,23 @@ def data_grid(log_c: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class ComputeLawFit:
-    law: ComputeLaw
-    objective: float
-    converged: bool
-    delta: float
-    quality: FitQuality
-    holdout_quality: FitQuality | None
-    level: float
-    boot_laws: list[ComputeLaw] = field(default_factory=list)
-    n_boot_failed: int = 0
+class ComputeLawFit(LawFit):
+    FORMULA: ClassVar[str] = "L(C) = E + A * C^(-alpha)"
+    PARAM_NAMES: ClassVar[list[str]] = PARAM_NAMES
 
-    @property
-    def params(self) -> dict[str, Estimate]:
-        boot = np.array([b.values() for b in self.boot_laws]) if self.boot_laws else None
-        return estimates(PARAM_NAMES, self.law.values(), boot, self.level)
+    law: ComputeLaw
+    boot_laws: list[ComputeLaw] = field(default_factory=list)
 
     def predict_loss(self, C: float) -> Estimate:
-        value = float(self.law.loss(C))
-        if not self.boot_laws:
-            return Estimate(value)
-        reps = np.array([float(b.loss(C)) for b in self.boot_laws])
-        tail = 50 * (1 - self.level)
-        return Estimate(value, *map(float, np.percentile(reps, [tail, 100 - tail])))
+        return self.interval(lambda law: law.loss(C))
 
     def band(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise interval of L(C) over the bootstrap laws (for plotting)."""
-        reps = np.array([b.loss(C) for b in self.boot_laws])
-        tail = 50 * (1 - self.level)
-        lo, hi = np.percentile(reps, [tail, 100 - tail], axis=0)
-        return lo, hi
-
-    def as_dict(self) -> dict:
-        return {
-            "law": "L(C) = E + A * C^(-alpha)",
-            "params": {k: v.as_dict() for k, v in self.params.items()},
-            "objective": self.objective,
-            "converged": self.converged,
-            "huber_delta": self.delta,
-            "quality": self.quality.as_dict(),
-            "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
-            "bootstrap": {
-                "n": len(self.boot_laws),
-                "failed": self.n_boot_failed,
-                "level": self.level,
-            },
-        }
+        return percentile_interval(np.array([b.loss(C) for b in self.boot_laws]), self.level)
 
 
-@dataclass
-class _Refit:
-    """One bootstrap refit from warm starts (module level: picklable for worker processes)."""
-
-    prob: HuberProblem
-    starts: np.ndarray
-
-    def __call__(self, counts: np.ndarray) -> np.ndarray:
-        sub = self.prob.with_weights(counts)
-        validate.distinct_values("compute C", np.exp(sub.X[:, 0]), 3, "L(C)")
-        return warm_refit(self.starts, sub, BOUNDS)
+def _check_resample(prob: HuberProblem) -> None:
+    validate.distinct_values("compute C", np.exp(prob.X[:, 0]), 3, "L(C)")
 
 
 @single_threaded_blas
@@ -139,35 +92,15 @@ def fit_compute_law(
     C = validate.positive_array("compute C", C, names)
     L = validate.positive_array("loss", L, names)
     n = validate.same_length(C=C, loss=L)
-    if delta <= 0:
-        raise validate.ScalingDataError(f"huber delta must be positive, got {delta}")
-    train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
-    if len(train) != n:
-        raise validate.ScalingDataError(f"holdout mask has {len(train)} entries for {n} points")
+    validate.huber_delta(delta)
+    train = validate.train_mask(holdout, n, "points")
     validate.enough_points("L(C) fit", int(train.sum()), 3)
     validate.distinct_values("compute C", C[train], 3, "L(C)")
     X = np.log(C)[:, None]
     y = np.log(L)
-    prob = HuberProblem(X[train], y[train], np.ones(int(train.sum())), delta)
-    best = minimize_from(best_starts(data_grid(prob.X[:, 0], prob.y), prob, top_k), prob, BOUNDS)
-    quality = FitQuality.of(predict_log(best.theta, prob.X), prob.y)
-    held = FitQuality.of(predict_log(best.theta, X[~train]), y[~train]) if (~train).any() else None
-    boot_laws: list[ComputeLaw] = []
-    failed = 0
-    if n_boot > 0:
-        refit = _Refit(prob, np.array([best.theta, *best.others[:1]]))
-        thetas = run_bootstrap(refit, resample_counts(prob.X.shape[0], n_boot, seed), n_jobs)
-        ok = np.all(np.isfinite(thetas), axis=1)
-        failed = int((~ok).sum())
-        boot_laws = [ComputeLaw.from_theta(t) for t in thetas[ok]]
-    return ComputeLawFit(
-        ComputeLaw.from_theta(best.theta),
-        best.objective,
-        best.converged,
-        delta,
-        quality,
-        held,
-        level,
-        boot_laws,
-        failed,
-    )
+    grid = data_grid(X[train, 0], y[train])
+    fit = fit_huber_law(
+        X, y, train, delta, grid, BOUNDS, _check_resample,
+        top_k=top_k, n_boot=n_boot, seed=seed, n_jobs=n_jobs,
+    )  # fmt: skip
+    return ComputeLawFit.of(fit, ComputeLaw.from_theta, delta, level)

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pretrain.scaling_laws import validate
-from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
-from pretrain.scaling_laws.powerlaw import PowerLaw, fit_power_law
-from pretrain.scaling_laws.quality import Estimate, estimates
-
-PARAM_NAMES = ["a", "k_N", "b", "k_D"]
+from pretrain.scaling_laws.bootstrap import replicates, single_threaded_blas
+from pretrain.scaling_laws.powerlaw import (
+    AllocationLaws,
+    PowerLaw,
+    allocation_values,
+    fit_power_law,
+)
+from pretrain.scaling_laws.quality import bootstrap_summary
 
 
 @dataclass
@@ -108,7 +111,7 @@ def _laws(env: Envelope, mask: np.ndarray) -> tuple[PowerLaw, PowerLaw]:
 
 
 @dataclass
-class EnvelopeFit:
+class EnvelopeFit(AllocationLaws):
     env: Envelope
     used: np.ndarray  # mask of envelope points that entered the power-law fits
     n_law: PowerLaw
@@ -117,27 +120,6 @@ class EnvelopeFit:
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
     n_boot_failed: int = 0
 
-    @property
-    def params(self) -> dict[str, Estimate]:
-        values = np.r_[self.n_law.values(), self.d_law.values()]
-        return estimates(PARAM_NAMES, values, self.boot if len(self.boot) else None, self.level)
-
-    def compute_optimal(self, C: float) -> dict[str, Estimate]:
-        b, tail = self.boot, 50 * (1 - self.level)
-        n, d = float(self.n_law(C)), float(self.d_law(C))
-
-        def est(value: float, reps: np.ndarray) -> Estimate:
-            if not len(reps):
-                return Estimate(value)
-            return Estimate(value, *map(float, np.percentile(reps, [tail, 100 - tail])))
-
-        n_reps, d_reps = b[:, 1] * C ** b[:, 0], b[:, 3] * C ** b[:, 2]
-        return {
-            "N_opt": est(n, n_reps),
-            "D_opt": est(d, d_reps),
-            "tokens_per_param": est(d / n, d_reps / n_reps),
-        }
-
     def as_dict(self) -> dict:
         return {
             "law": "N_opt = k_N * C^a, D_opt = k_D * C^b (envelope of training curves)",
@@ -145,7 +127,7 @@ class EnvelopeFit:
             "n_envelope_points": len(self.env.C),
             "n_points_fitted": int(self.used.sum()),
             "frontier_runs": sorted({int(r) for r in self.env.run}),
-            "bootstrap": {"n": len(self.boot), "failed": self.n_boot_failed, "level": self.level},
+            "bootstrap": bootstrap_summary(len(self.boot), self.n_boot_failed, self.level),
         }
 
 
@@ -162,7 +144,7 @@ class _Refit:
         sub = [c for c, k in zip(self.curves, counts) if k > 0]
         e = envelope(sub, self.n_grid, self.min_progress)
         nl, dl = _laws(e, interior(e, sub) if self.drop_edges else np.ones(len(e.C), bool))
-        return np.r_[nl.values(), dl.values()]
+        return allocation_values(nl, dl)
 
 
 @single_threaded_blas
@@ -184,7 +166,5 @@ def fit_envelope(
     fit = EnvelopeFit(env, used, n_law, d_law, level)
     if n_boot > 0:
         refit = _Refit(curves, n_grid, min_progress, drop_edges)
-        boot = run_bootstrap(refit, resample_counts(len(curves), n_boot, seed), n_jobs)
-        ok = np.all(np.isfinite(boot), axis=1)
-        fit.boot, fit.n_boot_failed = boot[ok], int((~ok).sum())
+        fit.boot, fit.n_boot_failed = replicates(refit, len(curves), n_boot, seed, n_jobs)
     return fit

@@ -12,14 +12,29 @@ the exponents. Parameter vector layout: theta = [e, a_1, alpha_1, ..., a_m, alph
 
 Run weights are integer bootstrap counts (or 1s): resampling runs with replacement is the same
 as weighting each run by how often it was drawn, so bootstrap fits never copy the data.
+`fit_huber_law` is the whole procedure a law runs (grid starts, L-BFGS, quality on the fitted and
+held-out runs, warm-started bootstrap); a law adds its features, grid, bounds and checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.optimize import minimize
+
+from pretrain.scaling_laws.bootstrap import replicates
+from pretrain.scaling_laws.quality import (
+    Estimate,
+    FitQuality,
+    bootstrap_summary,
+    estimates,
+    with_interval,
+)
+
+Bounds = list[tuple[float | None, float | None]]
 
 # Keep each grid-evaluation chunk near this many (grid point x run) entries: fast, bounded memory.
 _CHUNK_ENTRIES = 1_000_000
@@ -121,7 +136,7 @@ class Minimum:
 def minimize_from(
     starts: np.ndarray,
     prob: HuberProblem,
-    bounds: list[tuple[float | None, float | None]],
+    bounds: Bounds,
     maxiter: int = 500,
 ) -> Minimum:
     """Run L-BFGS-B from each start; keep the lowest objective."""
@@ -150,9 +165,7 @@ def minimize_from(
     return Minimum(x0, f0, ok, len(starts), others)
 
 
-def warm_refit(
-    starts: np.ndarray, prob: HuberProblem, bounds: list[tuple[float | None, float | None]]
-) -> np.ndarray:
+def warm_refit(starts: np.ndarray, prob: HuberProblem, bounds: Bounds) -> np.ndarray:
     """Bootstrap refit: L-BFGS from starts[0] (the full-data optimum); each other start (another
     local minimum of the full data) is optimised only if it already beats that result, which
     a competing basin must do to matter. Halves the cost of 1000 refits."""
@@ -172,3 +185,119 @@ def best_starts(grid: np.ndarray, prob: HuberProblem, k: int) -> np.ndarray:
     vals = grid_objective(grid, prob)
     idx = np.argpartition(vals, k)[:k]
     return grid[idx[np.argsort(vals[idx])]]
+
+
+@dataclass
+class HuberFit:
+    """A law fit on the training runs: the minimum, its quality on them and on the holdout, and
+    the parameter vectors of the successful bootstrap refits (one row each)."""
+
+    best: Minimum
+    quality: FitQuality
+    holdout_quality: FitQuality | None
+    boot: np.ndarray
+    n_boot_failed: int
+
+
+@dataclass
+class _Refit:
+    """One bootstrap refit from warm starts (module level: picklable for worker processes).
+    `check` (a module-level function) rejects a degenerate resample before fitting it."""
+
+    prob: HuberProblem
+    starts: np.ndarray
+    bounds: Bounds
+    check: Callable[[HuberProblem], None]
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        sub = self.prob.with_weights(counts)
+        self.check(sub)
+        return warm_refit(self.starts, sub, self.bounds)
+
+
+def fit_huber_law(
+    X: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    delta: float,
+    grid: np.ndarray,
+    bounds: Bounds,
+    check: Callable[[HuberProblem], None],
+    *,
+    top_k: int,
+    n_boot: int,
+    seed: int,
+    n_jobs: int,
+    boot_starts: int = 2,
+) -> HuberFit:
+    """Fit log features X to log-loss y on the `train` runs, score the others, bootstrap.
+
+    L-BFGS starts from the `top_k` best rows of `grid`; each bootstrap refit starts from the
+    full-data optimum and the next `boot_starts - 1` distinct local minima.
+    """
+    prob = HuberProblem(X[train], y[train], np.ones(int(train.sum())), delta)
+    best = minimize_from(best_starts(grid, prob, top_k), prob, bounds)
+    quality = FitQuality.of(predict_log(best.theta, prob.X), prob.y)
+    held = FitQuality.of(predict_log(best.theta, X[~train]), y[~train]) if (~train).any() else None
+    boot, failed = np.empty((0, len(best.theta))), 0
+    if n_boot > 0:
+        starts = np.array([best.theta, *best.others[: max(0, boot_starts - 1)]])
+        refit = _Refit(prob, starts, bounds, check)
+        boot, failed = replicates(refit, prob.X.shape[0], n_boot, seed, n_jobs)
+    return HuberFit(best, quality, held, boot, failed)
+
+
+@dataclass
+class LawFit:
+    """A law fit by `fit_huber_law` (approaches 3 and (a)): the law, how the search went, its
+    quality, and the laws of the bootstrap refits. A subclass names its formula and the
+    parameters its law's `values()` returns."""
+
+    FORMULA: ClassVar[str]
+    PARAM_NAMES: ClassVar[list[str]]
+
+    law: Any  # has values() in PARAM_NAMES order
+    objective: float
+    converged: bool
+    delta: float
+    quality: FitQuality
+    holdout_quality: FitQuality | None
+    level: float
+    boot_laws: list = field(default_factory=list)
+    n_boot_failed: int = 0
+
+    @classmethod
+    def of(cls, fit: HuberFit, from_theta: Callable[[np.ndarray], Any], delta: float,
+           level: float, **extra):  # fmt: skip
+        """The subclass's result from a HuberFit, its laws built by `from_theta`."""
+        laws = [from_theta(t) for t in fit.boot]
+        best = fit.best
+        return cls(from_theta(best.theta), best.objective, best.converged, delta, fit.quality,
+                   fit.holdout_quality, level, laws, fit.n_boot_failed, **extra)  # fmt: skip
+
+    @property
+    def params(self) -> dict[str, Estimate]:
+        boot = np.array([b.values() for b in self.boot_laws]) if self.boot_laws else None
+        return estimates(self.PARAM_NAMES, self.law.values(), boot, self.level)
+
+    def interval(self, fn: Callable[[Any], float]) -> Estimate:
+        """fn(law) with the percentile interval of fn over the bootstrap laws."""
+        reps = [float(fn(b)) for b in self.boot_laws]
+        return with_interval(float(fn(self.law)), reps, self.level)
+
+    def search_stats(self) -> dict:
+        """What a subclass reports about the search, after `converged` in as_dict."""
+        return {}
+
+    def as_dict(self) -> dict:
+        return {
+            "law": self.FORMULA,
+            "params": {k: v.as_dict() for k, v in self.params.items()},
+            "objective": self.objective,
+            "converged": self.converged,
+            **self.search_stats(),
+            "huber_delta": self.delta,
+            "quality": self.quality.as_dict(),
+            "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
+            "bootstrap": bootstrap_summary(len(self.boot_laws), self.n_boot_failed, self.level),
+        }

@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pretrain.scaling_laws import validate
-from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
-from pretrain.scaling_laws.powerlaw import PowerLaw, fit_power_law
-from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
-
-PARAM_NAMES = ["a", "k_N", "b", "k_D"]
+from pretrain.scaling_laws.bootstrap import replicates, single_threaded_blas
+from pretrain.scaling_laws.powerlaw import (
+    AllocationLaws,
+    PowerLaw,
+    allocation_values,
+    fit_power_law,
+)
+from pretrain.scaling_laws.quality import FitQuality, bootstrap_summary
 
 
 def group_budgets(C: np.ndarray, rtol: float = 0.25) -> np.ndarray:
@@ -150,7 +153,7 @@ def _laws(profiles: list[IsoFLOPProfile]) -> tuple[PowerLaw, PowerLaw]:
 
 
 @dataclass
-class IsoFLOPFit:
+class IsoFLOPFit(AllocationLaws):
     profiles: list[IsoFLOPProfile]
     n_law: PowerLaw
     d_law: PowerLaw
@@ -160,36 +163,6 @@ class IsoFLOPFit:
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
     n_boot_failed: int = 0
 
-    @property
-    def params(self) -> dict[str, Estimate]:
-        values = np.r_[self.n_law.values(), self.d_law.values()]
-        return estimates(PARAM_NAMES, values, self.boot if len(self.boot) else None, self.level)
-
-    def _interval(self, value: float, reps: np.ndarray) -> Estimate:
-        if not len(reps):
-            return Estimate(value)
-        tail = 50 * (1 - self.level)
-        return Estimate(value, *map(float, np.percentile(reps, [tail, 100 - tail])))
-
-    def compute_optimal(self, C: float) -> dict[str, Estimate]:
-        b = self.boot
-        n_reps = b[:, 1] * C ** b[:, 0]
-        d_reps = b[:, 3] * C ** b[:, 2]
-        n, d = float(self.n_law(C)), float(self.d_law(C))
-        return {
-            "N_opt": self._interval(n, n_reps),
-            "D_opt": self._interval(d, d_reps),
-            "tokens_per_param": self._interval(d / n, d_reps / n_reps),
-        }
-
-    def band(self, C: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise interval of N_opt(C) ("N") or D_opt(C) ("D") over bootstrap laws."""
-        e, k = (0, 1) if which == "N" else (2, 3)
-        reps = self.boot[:, k, None] * np.asarray(C)[None, :] ** self.boot[:, e, None]
-        tail = 50 * (1 - self.level)
-        lo, hi = np.percentile(reps, [tail, 100 - tail], axis=0)
-        return lo, hi
-
     def as_dict(self) -> dict:
         return {
             "law": "N_opt = k_N * C^a, D_opt = k_D * C^b (parabola minima per budget)",
@@ -197,7 +170,7 @@ class IsoFLOPFit:
             "profiles": [p.as_dict() for p in self.profiles],
             "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
             "quality": self.quality.as_dict() if self.quality else None,
-            "bootstrap": {"n": len(self.boot), "failed": self.n_boot_failed, "level": self.level},
+            "bootstrap": bootstrap_summary(len(self.boot), self.n_boot_failed, self.level),
         }
 
 
@@ -215,7 +188,7 @@ class _Refit:
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         w = counts.astype(float)
         nl, dl = _laws(_profiles(self.N, self.D, self.C, self.L, self.labels, w, self.robust))
-        return np.r_[nl.values(), dl.values()]
+        return allocation_values(nl, dl)
 
 
 @single_threaded_blas
@@ -246,7 +219,7 @@ def fit_isoflop(
     labels = (
         group_budgets(C, rtol) if budgets is None else np.unique(budgets, return_inverse=True)[1]
     )
-    train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
+    train = validate.train_mask(holdout, n, "runs")
     t = train
     profiles = _profiles(N[t], D[t], C[t], L[t], labels[t], np.ones(int(t.sum())), robust)
     n_law, d_law = _laws(profiles)
@@ -267,7 +240,7 @@ def fit_isoflop(
     fit = IsoFLOPFit(profiles, n_law, d_law, level, held, line)
     if n_boot > 0:
         refit = _Refit(N[t], D[t], C[t], L[t], labels[t], robust)
-        boot = run_bootstrap(refit, resample_counts(int(t.sum()), n_boot, seed, labels[t]), n_jobs)
-        ok = np.all(np.isfinite(boot), axis=1)
-        fit.boot, fit.n_boot_failed = boot[ok], int((~ok).sum())
+        fit.boot, fit.n_boot_failed = replicates(
+            refit, int(t.sum()), n_boot, seed, n_jobs, strata=labels[t]
+        )
     return fit

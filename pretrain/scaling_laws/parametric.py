@@ -13,20 +13,14 @@ intervals from a bootstrap over runs. The compute-optimal allocation under C = k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from pretrain.scaling_laws import validate
-from pretrain.scaling_laws.bootstrap import resample_counts, run_bootstrap, single_threaded_blas
-from pretrain.scaling_laws.huber_fit import (
-    HuberProblem,
-    best_starts,
-    make_grid,
-    minimize_from,
-    predict_log,
-    warm_refit,
-)
-from pretrain.scaling_laws.quality import Estimate, FitQuality, estimates
+from pretrain.scaling_laws.bootstrap import single_threaded_blas
+from pretrain.scaling_laws.huber_fit import HuberProblem, LawFit, fit_huber_law, make_grid
+from pretrain.scaling_laws.quality import Estimate
 
 DEFAULT_GRID = make_grid(
     [
@@ -87,79 +81,38 @@ class ParametricLaw:
 
 
 @dataclass
-class ParametricFit:
+class ParametricFit(LawFit):
     """Result of `fit_parametric`: the law, its fit statistics and bootstrap replicates."""
 
+    FORMULA: ClassVar[str] = "L(N, D) = E + A / N^alpha + B / D^beta"
+    PARAM_NAMES: ClassVar[list[str]] = PARAM_NAMES
+
     law: ParametricLaw
-    objective: float
-    converged: bool
-    n_starts: int
-    delta: float
-    quality: FitQuality
-    holdout_quality: FitQuality | None
-    level: float
     boot_laws: list[ParametricLaw] = field(default_factory=list)
-    n_boot_failed: int = 0
-
-    @property
-    def params(self) -> dict[str, Estimate]:
-        boot = np.array([b.values() for b in self.boot_laws]) if self.boot_laws else None
-        return estimates(PARAM_NAMES, self.law.values(), boot, self.level)
-
-    def _with_interval(self, fn) -> Estimate:
-        value = float(fn(self.law))
-        if not self.boot_laws:
-            return Estimate(value)
-        reps = np.array([float(fn(b)) for b in self.boot_laws])
-        reps = reps[np.isfinite(reps)]
-        tail = 50 * (1 - self.level)
-        return Estimate(value, *map(float, np.percentile(reps, [tail, 100 - tail])))
+    n_starts: int = 0
 
     def predict_loss(self, N: float, D: float) -> Estimate:
         """Loss of a model with N parameters trained on D tokens, with interval."""
-        return self._with_interval(lambda law: law.loss(N, D))
+        return self.interval(lambda law: law.loss(N, D))
 
     def compute_optimal(self, C: float, k: float = 6.0) -> dict[str, Estimate]:
         """Compute-optimal N, D, tokens per parameter and loss at budget C (C = k N D)."""
         return {
-            "N_opt": self._with_interval(lambda law: law.compute_optimal(C, k)[0]),
-            "D_opt": self._with_interval(lambda law: law.compute_optimal(C, k)[1]),
-            "tokens_per_param": self._with_interval(
+            "N_opt": self.interval(lambda law: law.compute_optimal(C, k)[0]),
+            "D_opt": self.interval(lambda law: law.compute_optimal(C, k)[1]),
+            "tokens_per_param": self.interval(
                 lambda law: np.divide(*law.compute_optimal(C, k)[::-1])
             ),
-            "loss": self._with_interval(lambda law: law.loss(*law.compute_optimal(C, k))),
+            "loss": self.interval(lambda law: law.loss(*law.compute_optimal(C, k))),
         }
 
-    def as_dict(self) -> dict:
-        return {
-            "law": "L(N, D) = E + A / N^alpha + B / D^beta",
-            "params": {k: v.as_dict() for k, v in self.params.items()},
-            "objective": self.objective,
-            "converged": self.converged,
-            "n_starts": self.n_starts,
-            "huber_delta": self.delta,
-            "quality": self.quality.as_dict(),
-            "holdout_quality": self.holdout_quality.as_dict() if self.holdout_quality else None,
-            "bootstrap": {
-                "n": len(self.boot_laws),
-                "failed": self.n_boot_failed,
-                "level": self.level,
-            },
-        }
+    def search_stats(self) -> dict:
+        return {"n_starts": self.n_starts}
 
 
-@dataclass
-class _Refit:
-    """One bootstrap refit from warm starts (module level so worker processes can unpickle it)."""
-
-    prob: HuberProblem
-    starts: np.ndarray
-
-    def __call__(self, counts: np.ndarray) -> np.ndarray:
-        sub = self.prob.with_weights(counts)
-        validate.distinct_values("params N", np.exp(sub.X[:, 0]), 2, "L(N, D)")
-        validate.distinct_values("tokens D", np.exp(sub.X[:, 1]), 2, "L(N, D)")
-        return warm_refit(self.starts, sub, BOUNDS)
+def _check_resample(prob: HuberProblem) -> None:
+    validate.distinct_values("params N", np.exp(prob.X[:, 0]), 2, "L(N, D)")
+    validate.distinct_values("tokens D", np.exp(prob.X[:, 1]), 2, "L(N, D)")
 
 
 @single_threaded_blas
@@ -189,43 +142,16 @@ def fit_parametric(
     D = validate.positive_array("tokens D", D, names)
     L = validate.positive_array("loss", L, names)
     n = validate.same_length(N=N, D=D, loss=L)
-    if delta <= 0:
-        raise validate.ScalingDataError(f"huber delta must be positive, got {delta}")
-    train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
-    if len(train) != n:
-        raise validate.ScalingDataError(f"holdout mask has {len(train)} entries for {n} runs")
+    validate.huber_delta(delta)
+    train = validate.train_mask(holdout, n, "runs")
     validate.enough_points("L(N, D) fit", int(train.sum()), 5)
     validate.distinct_values("params N", N[train], 2, "L(N, D)")
     validate.distinct_values("tokens D", D[train], 2, "L(N, D)")
     X = np.column_stack([np.log(N), np.log(D)])
     y = np.log(L)
     validate.not_collinear(X[train, 0], X[train, 1])
-
-    prob = HuberProblem(X[train], y[train], np.ones(int(train.sum())), delta)
-    grid = DEFAULT_GRID if grid is None else grid
-    best = minimize_from(best_starts(grid, prob, top_k), prob, BOUNDS)
-    law = ParametricLaw.from_theta(best.theta)
-    quality = FitQuality.of(predict_log(best.theta, prob.X), prob.y)
-    held = FitQuality.of(predict_log(best.theta, X[~train]), y[~train]) if (~train).any() else None
-
-    boot_laws: list[ParametricLaw] = []
-    failed = 0
-    if n_boot > 0:
-        starts = np.array([best.theta, *best.others[: max(0, boot_starts - 1)]])
-        refit = _Refit(prob, starts)
-        thetas = run_bootstrap(refit, resample_counts(prob.X.shape[0], n_boot, seed), n_jobs)
-        ok = np.all(np.isfinite(thetas), axis=1)
-        failed = int((~ok).sum())
-        boot_laws = [ParametricLaw.from_theta(t) for t in thetas[ok]]
-    return ParametricFit(
-        law,
-        best.objective,
-        best.converged,
-        best.n_starts,
-        delta,
-        quality,
-        held,
-        level,
-        boot_laws,
-        failed,
-    )
+    fit = fit_huber_law(
+        X, y, train, delta, DEFAULT_GRID if grid is None else grid, BOUNDS, _check_resample,
+        top_k=top_k, n_boot=n_boot, seed=seed, n_jobs=n_jobs, boot_starts=boot_starts,
+    )  # fmt: skip
+    return ParametricFit.of(fit, ParametricLaw.from_theta, delta, level, n_starts=fit.best.n_starts)

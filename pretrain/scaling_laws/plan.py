@@ -18,7 +18,8 @@ Sweep file (YAML), the format `pretrain slurm sweep` submits and `pretrain scali
                     logging.every_steps: 13, run.name: vit-C1e12-w48-d4}
 
 Each run is `pretrain train BASE key=value ...` with its overrides and run.dir = ROOT/NAME,
-where ROOT defaults to runs/<sweep file stem> (as in `pretrain slurm sweep`). The planned
+where ROOT defaults to runs/<sweep file stem> (`launch.sweep.sweep_root`, as in `pretrain slurm
+sweep`). This module writes sweep files; `launch.sweep` reads them. The planned
 numbers (budget, params, FLOPs per sample, steps, tokens, tokens per parameter) go to a sidecar
 CSV next to the sweep (SWEEP.plan.csv).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from launch.sweep import load_sweep
 from pretrain.scaling_laws.table import write_csv
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -197,29 +199,19 @@ def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:
     return sidecar
 
 
-def sweep_root(sweep_path: str | Path, root: str | Path | None = None) -> Path:
-    """Parent of the sweep's run directories: `root`, else runs/<sweep stem> (as Slurm's)."""
-    return Path(root) if root else Path("runs") / Path(sweep_path).stem
-
-
 def read_sweep(path: str | Path) -> dict:
-    """Load and check a sweep file: a base recipe and runs with unique names and overrides.
-    A relative base is resolved against the sweep's folder when it exists there."""
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, dict) or "base" not in doc or not isinstance(doc.get("runs"), list):
-        raise ScalingDataError(f"{path}: a sweep file needs 'base' and a list 'runs'")
-    base = Path(doc["base"])
-    if not base.is_absolute() and (path.resolve().parent / base).exists():
-        doc["base"] = str(path.resolve().parent / base)
-    names = [r.get("name") for r in doc["runs"]]
-    for i, r in enumerate(doc["runs"]):
-        if not r.get("name") or not isinstance(r.get("overrides", {}), dict):
-            raise ScalingDataError(f"{path}: run #{i} needs a 'name' and a mapping 'overrides'")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ScalingDataError(f"{path}: duplicate run name(s) {', '.join(dup)}")
-    return doc
+    """The sweep as the mapping `run_sweep` takes: {base: str, runs: [{name, overrides}]}.
+
+    Reading and checking (names, keys, a base relative to the sweep's folder) are
+    `launch.sweep.load_sweep`'s, the one reader of the format; its errors come back as
+    ScalingDataError naming the file.
+    """
+    try:
+        sweep = load_sweep(path)
+    except ValueError as e:
+        raise ScalingDataError(f"{path}: {e}") from None
+    runs = [{"name": run.name, "overrides": dict(run.overrides)} for run in sweep.runs]
+    return {"base": str(sweep.base), "runs": runs}
 
 
 def model_stats_fn(base_recipe: str | Path, extra: Sequence[str] = ()) -> StatsFn:

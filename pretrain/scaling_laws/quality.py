@@ -71,3 +71,18 @@ def estimates(
         return {n: Estimate(float(v)) for n, v in zip(names, values)}
     lo, hi = percentile_interval(boot, level)
     return {n: Estimate(float(v), float(a), float(b)) for n, v, a, b in zip(names, values, lo, hi)}
+
+
+def with_interval(value: float, reps, level: float) -> Estimate:
+    """`value` with the percentile interval of its bootstrap replicates `reps` (one per
+    resample; failed, non-finite ones ignored); no interval without replicates."""
+    reps = np.asarray(reps, float)
+    if not len(reps):
+        return Estimate(float(value))
+    lo, hi = percentile_interval(reps[:, None], level)
+    return Estimate(float(value), float(lo[0]), float(hi[0]))
+
+
+def bootstrap_summary(n: int, failed: int, level: float) -> dict:
+    """The `bootstrap` entry of a fit's as_dict: resamples kept, failed, and interval level."""
+    return {"n": n, "failed": failed, "level": level}

@@ -60,6 +60,21 @@ def same_length(**arrays: np.ndarray) -> int:
     return next(iter(lengths.values()))
 
 
+def train_mask(holdout: np.ndarray | None, n: int, what: str = "runs") -> np.ndarray:
+    """Which of the `n` points a fit uses: all but the `holdout` (a boolean mask over them)."""
+    train = np.ones(n, bool) if holdout is None else ~np.asarray(holdout, bool)
+    if len(train) != n:
+        raise ScalingDataError(f"holdout mask has {len(train)} entries for {n} {what}")
+    return train
+
+
+def huber_delta(delta: float) -> float:
+    """The Huber threshold of a robust fit: a positive number."""
+    if delta <= 0:
+        raise ScalingDataError(f"huber delta must be positive, got {delta}")
+    return delta
+
+
 def enough_points(what: str, n: int, n_params: int) -> None:
     """A fit with p free parameters needs more than p points to say anything."""
     if n <= n_params:

@@ -8,6 +8,9 @@ RMSNorm with the same gain and eps, and fold the LayerNorm's bias into the bias 
 layer that reads the norm (W(g*n + b) + c = W(g*n) + (W b + c)). Works for the LM (untied
 readout) and the ViT with pre-norm LayerNorm blocks and biases; σReparam and QK-norm are not
 handled.
+
+A test helper: nothing in the package converts models; tests/test_models_blocks.py uses it to
+show that the two norm options of the shared block are the same function up to this change.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ def _to_rmsnorm(norm: nn.LayerNorm, readers: list[nn.Linear]) -> RMSNorm:
     if norm.bias is not None:
         for linear in readers:
             if linear.bias is None:
-                raise ValueError("folding a LayerNorm bias needs a bias in the linear layer that reads it")
+                raise ValueError(
+                    "folding a LayerNorm bias needs a bias in the linear layer that reads it"
+                )
             linear.bias += linear.weight @ norm.bias
-    rms = RMSNorm(norm.normalized_shape[0], eps=norm.eps).to(norm.weight.device, norm.weight.dtype)
+    rms = RMSNorm(norm.normalized_shape[0], eps=norm.eps)
+    rms = rms.to(norm.weight.device, norm.weight.dtype)
     rms.weight.copy_(norm.weight)
     return rms
 
@@ -45,12 +51,16 @@ def pre_ln_to_pre_rmsnorm(model: nn.Module) -> nn.Module:
     """Convert a Pre-LN DecoderLM or ViT in place; returns it (its cfg now says rmsnorm)."""
     cfg = model.cfg
     if cfg.norm != "layernorm" or cfg.norm_placement != "pre" or cfg.qk_norm:
-        raise ValueError("conversion needs model.norm=layernorm, norm_placement=pre, qk_norm=false")
+        raise ValueError(
+            "conversion needs model.norm=layernorm, norm_placement=pre, qk_norm=false"
+        )
     if any(isinstance(m, SigmaReparamLinear) for m in model.modules()):
         raise ValueError("conversion does not handle sigma_reparam layers")
     if isinstance(model, DecoderLM):
         if model.head is None:
-            raise ValueError("conversion needs an untied readout (recentering would change a tied one)")
+            raise ValueError(
+                "conversion needs an untied readout (recentering would change a tied one)"
+            )
         model.tok_embed.weight -= model.tok_embed.weight.mean(dim=1, keepdim=True)
     elif isinstance(model, ViT):
         _center_output(model.patch_embed)
