@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.compat import in_backward
 from pretrain.models.config import ModelConfig
 
 
@@ -34,11 +35,6 @@ def make_norm(kind: str, dim: int, affine: bool = True, eps: float = 1e-5) -> nn
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps, affine=affine)
     raise ValueError(f"unknown norm {kind!r} (layernorm | rmsnorm)")
-
-
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass (e.g. an activation-checkpoint recompute)."""
-    return torch._C._current_graph_task_id() != -1
 
 
 class SigmaReparamLinear(nn.Linear):
@@ -74,7 +70,7 @@ class SigmaReparamLinear(nn.Linear):
         return self.weight * (self.gamma / self.sigma())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled() and not _in_backward():
+        if self.training and torch.is_grad_enabled() and not in_backward():
             self.power_iteration()
         return F.linear(x, self.effective_weight(), self.bias)
 

@@ -1,0 +1,90 @@
+"""Every private torch / DeepSpeed API this project relies on, in one place.
+
+Private names move between releases without notice. Keeping each use behind one small function
+here means an upgrade breaks in one file, and `tests/test_compat.py` exercises every function
+against the pinned versions (torch 2.13, DeepSpeed 0.19), so the break shows as a named test
+failure rather than deep inside a training run. Imports are lazy: model code imports this module
+and must not pay for torch.distributed.checkpoint or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------- autograd
+
+
+def in_backward() -> bool:
+    """True while autograd runs a backward pass (e.g. an activation-checkpoint recompute).
+
+    No public API tells a forward called from backward apart from a plain one.
+    """
+    return torch._C._current_graph_task_id() != -1
+
+
+def checkpoint_wrapper(module: nn.Module) -> nn.Module:
+    """`module` recomputing its activations in backward; parameter names gain a fixed prefix
+    that `get_state_dict` removes (the wrapper torchtitan also uses)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper as wrap,
+    )
+
+    return wrap(module)
+
+
+# ---------------------------------------------------------------- torch.distributed.checkpoint
+
+
+def dcp_writer_transforms_base() -> type:
+    """DCP's per-record stream-transform class, which a writer subclasses to skip its costs."""
+    from torch.distributed.checkpoint.filesystem import _StorageWriterTransforms
+
+    return _StorageWriterTransforms
+
+
+def dcp_set_element(root: dict, path: Any, value: Any) -> None:
+    """Set `value` at a flattened-state-dict `path` inside the nested `root` (DCP's own helper)."""
+    from torch.distributed.checkpoint._nested_dict import set_element
+
+    set_element(root, path, value)
+
+
+def dcp_metadata_path(reader: Any, rank: int | None) -> Any:
+    """Where a FileSystemReader finds the metadata file for `rank` (None: the shared one)."""
+    return reader._get_metadata_path(rank)
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_disable_op(deepspeed: Any, builder_name: str) -> None:
+    """Mark a JIT-built DeepSpeed op unusable, so DeepSpeed falls back instead of compiling it
+    (its comm backend reads this table before building the CPU shared-memory all-reduce)."""
+    deepspeed.ops.__compatible_ops__[builder_name] = False
+
+
+def deepspeed_cpu_shm_comm_builder() -> type:
+    """The builder class of DeepSpeed's CPU shared-memory all-reduce op."""
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    return ShareMemCommBuilder
+
+
+def deepspeed_torch_checkpoint_engine() -> type:
+    """DeepSpeed's torch.save/torch.load checkpoint engine (subclassed to load safely)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    return TorchCheckpointEngine
+
+
+def deepspeed_engine_config(ds_engine: Any) -> Any:
+    """The parsed DeepSpeed config an initialised engine runs with."""
+    return ds_engine._config
+
+
+def deepspeed_base_optimizer(ds_optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer a ZeRO optimizer wraps (holds the per-parameter Adam state)."""
+    return ds_optimizer.optimizer

@@ -1,0 +1,132 @@
+"""Every private-API shim in pretrain/compat.py, exercised against the installed versions.
+
+When an upgrade of torch or DeepSpeed moves a private name, the failure is here, named.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain import compat
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pinned_torch() -> None:
+    pin = next(
+        line.split("==")[1].strip()
+        for line in (REPO / ".ci/constraints.txt").read_text().splitlines()
+        if line.startswith("torch==")
+    )
+    assert torch.__version__.split("+")[0] == pin
+
+
+def test_in_backward_tells_backward_from_forward() -> None:
+    seen: list[bool] = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(compat.in_backward())
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(compat.in_backward())
+            return grad * 2
+
+    x = torch.ones(3, requires_grad=True)
+    Probe.apply(x).sum().backward()
+    assert seen == [False, True]
+
+
+def test_checkpoint_wrapper_recomputes_with_equal_results() -> None:
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+    wrapped = compat.checkpoint_wrapper(nn.Sequential(*[m for m in plain]))
+    x = torch.randn(5, 4)
+    plain(x).sum().backward()
+    grads = [p.grad.clone() for p in plain.parameters()]
+    plain.zero_grad()
+    wrapped(x).sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, plain.parameters()))
+
+
+def test_dcp_shims(tmp_path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    base = compat.dcp_writer_transforms_base()
+    assert hasattr(base, "transform_save_stream")
+    stream, extensions = base(()).transform_save_stream(None, io.BytesIO())
+    assert extensions == []
+
+    root: dict = {"a": {"b": 1}}
+    compat.dcp_set_element(root, ("a", "b"), 2)
+    assert root == {"a": {"b": 2}}
+
+    dcp.save({"w": torch.arange(4.0)}, checkpoint_id=str(tmp_path), no_dist=True)
+    path = compat.dcp_metadata_path(FileSystemReader(str(tmp_path)), None)
+    assert Path(str(path)) == tmp_path / ".metadata"
+
+
+def test_deepspeed_shims() -> None:
+    pytest.importorskip("deepspeed")
+    import deepspeed.ops
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    builder = compat.deepspeed_cpu_shm_comm_builder()
+    assert isinstance(builder.NAME, str) and builder.NAME
+    table = deepspeed.ops.__compatible_ops__
+    before = table.get(builder.NAME)
+    try:
+        compat.deepspeed_disable_op(deepspeed, builder.NAME)
+        assert table[builder.NAME] is False
+    finally:
+        if before is None:
+            table.pop(builder.NAME, None)
+        else:
+            table[builder.NAME] = before
+    engine_cls = compat.deepspeed_torch_checkpoint_engine()
+    assert callable(engine_cls.load) and callable(engine_cls.save)
+    # The engine and ZeRO optimizer attributes the shims read are set in their constructors.
+    assert "self._config" in _source(DeepSpeedEngine.__init__)
+    assert "self.optimizer" in _source(DeepSpeedZeroOptimizer.__init__)
+
+
+def _source(fn) -> str:
+    import inspect
+
+    return inspect.getsource(fn)
+
+
+def test_private_names_only_in_compat() -> None:
+    """Outside compat.py, no project module touches a private torch / DeepSpeed name."""
+    offenders = []
+    for pkg in ("pretrain", "launch", "data_pipeline"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if path.name == "compat.py" and path.parent.name == "pretrain":
+                continue
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    root = node.module.split(".")[0]
+                    private = any(p.startswith("_") for p in node.module.split(".")) or any(
+                        a.name.startswith("_") for a in node.names
+                    )
+                    if root in ("torch", "deepspeed") and private:
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                elif isinstance(node, ast.Attribute) and node.attr in (
+                    "_C", "_config", "__compatible_ops__", "_get_metadata_path",
+                ):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, "private torch/DeepSpeed API outside pretrain/compat.py: " + ", ".join(
+        offenders
+    )
