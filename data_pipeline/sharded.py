@@ -10,11 +10,19 @@ import numpy as np
 import torch
 
 from data_pipeline.config import DataConfig
-from data_pipeline.decode import IMAGE_EXTS, decode_field
+from data_pipeline.decode import decode_field
 from data_pipeline.errors import ChecksumError, DataError, ShardNotFoundError
 from data_pipeline.order import Mixture
 from data_pipeline.source import ShardedSource
-from data_pipeline.transforms import IMAGE_KEYS, TOKEN_KEYS, ImageRows, TokenRows, detect_kind, pick
+from data_pipeline.transforms import (
+    TOKEN_KEYS,
+    ImageRows,
+    TokenRows,
+    detect_kind,
+    image_array,
+    image_field,
+    pick,
+)
 
 log = logging.getLogger(__name__)
 BAD_SAMPLE_POLICIES = ("error", "skip")
@@ -122,22 +130,17 @@ def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> Any:
             tok = pick(raw, cfg.tokens_key, TOKEN_KEYS)
             seq_len = int(np.asarray(decode_field(*raw[tok])).size) - 1
         return TokenRows(cfg, int(seq_len))
-    probe = ImageRows(cfg, 1, 1, 1, train=False)
+    img_key = image_field(raw, cfg)
+    if img_key is None:
+        raise DataError(f"{shard}: sample {key!r} has no image field among {sorted(raw)}")
+    image = decode_field(*raw[img_key])
     if cfg.patch_pack:
         from data_pipeline.navit import PatchPackRows
 
-        img_key = pick(raw, cfg.image_key, IMAGE_KEYS)
-        if img_key is None:
-            raise DataError(f"{shard}: sample {key!r} has no image field among {sorted(raw)}")
-        image = decode_field(*raw[img_key])
         if cfg.image_mode:
             image = image.convert(cfg.image_mode)
         return PatchPackRows(cfg, len(image.getbands()))
-    img_key = pick(raw, cfg.image_key, IMAGE_KEYS) or next(
-        (f for f in raw if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-    if img_key is None:
-        raise DataError(f"{shard}: sample {key!r} has no image field among {sorted(raw)}")
-    c, h, w = probe._pixels(decode_field(*raw[img_key]), 0, 0).shape
+    c, h, w = image_array(image, cfg).shape
     return ImageRows(cfg, c, h, w, train)
 
 
