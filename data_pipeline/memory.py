@@ -45,15 +45,6 @@ def load_arrays(cfg: DataConfig, split: str) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in arrays.items()}
 
 
-def _to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
-    batch = {k: torch.from_numpy(v[idx]) for k, v in arrays.items()}
-    if "tokens" in batch:
-        seq = batch.pop("tokens")
-        batch["tokens"], batch["targets"] = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
-    batch["sample_id"] = torch.from_numpy(ids.astype(np.int64))
-    return batch
-
-
 class MemorySource:
     """In-memory arrays as a `contract.BatchSource`. Train positions go through one flat
     permutation per epoch (`order.permuted_ids`); eval positions are row indices."""
@@ -71,8 +62,14 @@ class MemorySource:
         return ""
 
     def to_batch(self, idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
-        """Rows `idx` as a batch whose "sample_id" is `ids`."""
-        return _to_batch(self.arrays, idx, ids)
+        """Rows `idx` as a batch whose "sample_id" is `ids` (token rows of seq_len + 1 ids
+        become inputs and shifted targets)."""
+        batch = {k: torch.from_numpy(v[idx]) for k, v in self.arrays.items()}
+        if "tokens" in batch:
+            seq = batch.pop("tokens")
+            batch["tokens"], batch["targets"] = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+        batch["sample_id"] = torch.from_numpy(ids.astype(np.int64))
+        return batch
 
     def batch(self, positions: np.ndarray, upcoming: np.ndarray | None = None
               ) -> dict[str, torch.Tensor]:
