@@ -57,8 +57,8 @@ def plain_loop(cfg, env) -> float:
         apply_fsdp(model, env.world_size, "cpu", bf16=False, reshard_after_forward=True)
     opt = build_optimizer(model, kinds, cfg)
     loader = build_loader(cfg.data, env.rank, env.world_size)  # only for the arrays
-    images = torch.from_numpy(loader.arrays["image"])
-    labels = torch.from_numpy(loader.arrays["label"])
+    images = torch.from_numpy(loader.source.arrays["image"])
+    labels = torch.from_numpy(loader.source.arrays["label"])
     per_rank = cfg.data.global_batch_size // env.world_size
     gen = torch.Generator().manual_seed(env.rank)
     t0 = 0.0

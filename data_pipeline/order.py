@@ -1,8 +1,10 @@
-"""The global sample order: a pure function of (seed, epoch, global position).
+"""The global sample order: a pure function of (seed, epoch, global position), and the positions
+each rank reads.
 
 The stream is the concatenation of one permutation per epoch. Position `g` of the stream is
 sample `perm(seed, g // n)[g % n]`. A loader's state is just `g`, the number of samples consumed
-by all ranks together, so it does not depend on world size or worker count.
+by all ranks together, so it does not depend on world size or worker count. `TrainPlan` and
+`EvalPlan` say which positions rank r reads in micro-batch k; `rank_slice` cuts a global batch.
 
 For sharded data the per-epoch permutation is shard-aware (`ShardedOrder`): the shards are
 permuted, consecutive shards of that permutation form windows of `window` shards, and samples are
@@ -23,6 +25,26 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(num_samples)
 
 
+def permuted_ids(positions: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    """Sample ids at these stream positions when every epoch is one flat permutation."""
+    positions = np.asarray(positions, np.int64)
+    epochs, offsets = positions // num_samples, positions % num_samples
+    ids = np.empty(len(positions), np.int64)
+    for e in np.unique(epochs):
+        mask = epochs == e
+        ids[mask] = epoch_permutation(num_samples, seed, int(e))[offsets[mask]]
+    return ids
+
+
+def held_out(num_samples: int, val_fraction: float) -> np.ndarray:
+    """Boolean mask of the validation samples: a fixed split (seed 0), independent of data.seed,
+    shared by the in-memory datasets and the shard writers so their metrics are comparable."""
+    order = epoch_permutation(num_samples, seed=0, epoch=0)
+    is_val = np.zeros(num_samples, bool)
+    is_val[order[: int(round(num_samples * val_fraction))]] = True
+    return is_val
+
+
 def rank_slice(global_start: int, global_batch: int, rank: int, world_size: int) -> range:
     """Global stream positions owned by `rank` within the batch starting at `global_start`."""
     if global_batch % world_size:
@@ -30,6 +52,34 @@ def rank_slice(global_start: int, global_batch: int, rank: int, world_size: int)
     per_rank = global_batch // world_size
     start = global_start + rank * per_rank
     return range(start, start + per_rank)
+
+
+class TrainPlan:
+    """Positions of this rank's micro-batch k of the train stream, counted from `start` (the
+    resumable position); `num_batches` is None for an endless stream, else what fits in `stop`."""
+
+    def __init__(self, start: int, micro_global: int, rank: int, world_size: int, stop: int):
+        self.start, self.micro_global, self.rank, self.world = start, micro_global, rank, world_size
+        self.num_batches = None if stop <= 0 else max(0, (stop - start) // micro_global)
+
+    def positions(self, k: int) -> np.ndarray:
+        r = rank_slice(self.start + k * self.micro_global, self.micro_global, self.rank, self.world)
+        return np.arange(r.start, r.stop, dtype=np.int64)
+
+
+class EvalPlan:
+    """One pass over N samples in canonical order; positions >= N are padding (-1), so every
+    rank reads as many batches."""
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int):
+        self.n, self.global_batch = num_samples, global_batch
+        self.rank, self.world = rank, world_size
+        self.num_batches = -(-num_samples // global_batch)
+
+    def positions(self, k: int) -> np.ndarray:
+        r = rank_slice(k * self.global_batch, self.global_batch, self.rank, self.world)
+        pos = np.arange(r.start, r.stop, dtype=np.int64)
+        return np.where(pos < self.n, pos, -1)
 
 
 def _rng(*key: int) -> np.random.Generator:

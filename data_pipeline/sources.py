@@ -15,23 +15,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_pipeline.order import epoch_permutation
+from data_pipeline.order import held_out
 from data_pipeline.text import VOCAB_SIZE, pack_documents
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".gif", ".tif", ".tiff")
 
 
-def split_of(n: int, val_fraction: float) -> np.ndarray:
-    """Boolean mask of held-out samples (fixed, seed 0)."""
-    order = epoch_permutation(n, seed=0, epoch=0)
-    is_val = np.zeros(n, bool)
-    is_val[order[: int(round(n * val_fraction))]] = True
-    return is_val
-
-
 def image_samples(images: np.ndarray, labels: np.ndarray, val_fraction: float
                   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    is_val = split_of(len(images), val_fraction)
+    is_val = held_out(len(images), val_fraction)
     for i in range(len(images)):
         yield ("val" if is_val[i] else "train"), {"image": images[i], "label": int(labels[i])}
 
@@ -78,7 +70,7 @@ def image_folder(root: str, val_fraction: float, size: int = 0, mode: str = "RGB
         raise ValueError(f"{root}: no class subfolders")
     files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
              for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_SUFFIXES)]
-    is_val = split_of(len(files), val_fraction)
+    is_val = held_out(len(files), val_fraction)
 
     def gen() -> Iterator[tuple[str, dict[str, Any]]]:
         for i, (path, label) in enumerate(files):
@@ -97,7 +89,7 @@ def image_folder(root: str, val_fraction: float, size: int = 0, mode: str = "RGB
 
 def _split_docs(docs: Iterator[str], val_fraction: float) -> tuple[list[str], list[str]]:
     docs = list(docs)
-    is_val = split_of(len(docs), val_fraction)
+    is_val = held_out(len(docs), val_fraction)
     return [d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v]
 
 

@@ -14,24 +14,23 @@ one, so every byte is predicted exactly once. Rows carry
 - doc_ids: which document each position belongs to, numbered from 0 within the row;
 - position_ids: the position within that document, from 0 at its start (or at the row start);
 - targets = IGNORE_INDEX where the next byte starts another document (after an EOS).
-Batches follow the loader contract of `data_pipeline/__init__.py` with the semantics of
-`memory.py`: the order is a pure function of (seed, epoch, global position), the state is
-that position, and resuming at any world size neither repeats nor skips a row.
+`TextSource` serves these rows to the shared loaders (`stream.py`) like any in-memory dataset:
+the order is a pure function of (seed, epoch, global position), the state is that position, and
+resuming at any world size neither repeats nor skips a row.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from data_pipeline.config import DataConfig
-from data_pipeline.memory import MemoryEvalLoader
-from data_pipeline.order import epoch_permutation, rank_slice
+from data_pipeline.config import IGNORE_INDEX, DataConfig
+from data_pipeline.memory import MemorySource
+from data_pipeline.order import held_out
 
-IGNORE_INDEX = -100
 EOS = 0
 VOCAB_SIZE = 256
 KEYS = ("tokens", "targets", "position_ids", "doc_ids")
@@ -60,9 +59,7 @@ def fingerprint(docs: list[tuple[str, bytes]]) -> str:
 
 def split_documents(docs: list[tuple[str, bytes]], split: str, val_fraction: float) -> list[bytes]:
     """Whole documents of one split, in name order."""
-    order = epoch_permutation(len(docs), seed=0, epoch=0)
-    n_val = int(round(len(docs) * val_fraction))
-    chosen = np.sort(order[:n_val] if split == "val" else order[n_val:])
+    chosen = np.flatnonzero(held_out(len(docs), val_fraction) == (split == "val"))
     return [docs[i][1] for i in chosen]
 
 
@@ -93,55 +90,22 @@ def text_arrays(cfg: DataConfig, split: str) -> tuple[dict[str, np.ndarray], str
     return pack_documents(split_documents(docs, split, cfg.val_fraction), cfg.seq_len), fingerprint(docs)
 
 
-def _to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
-    batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k][idx])) for k in KEYS}
-    batch["sample_id"] = torch.from_numpy(ids.astype(np.int64))
-    return batch
+class TextSource(MemorySource):
+    """The packed rows of one split as a batch source; its identity includes the corpus
+    fingerprint, so a checkpoint made on another Python version fails to resume."""
 
+    def __init__(self, cfg: DataConfig, split: str):
+        arrays, self.fingerprint = text_arrays(cfg, split)
+        super().__init__(arrays, cfg.seed, shuffle=split == "train", tokens_per_sample=cfg.seq_len)
 
-class TextTrainLoader:
-    """Endless stream of this rank's micro-batches of packed rows; resumable and elastic."""
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "fingerprint": self.fingerprint}
 
-    def __init__(self, cfg: DataConfig, rank: int, world_size: int, grad_accum: int = 1):
-        if cfg.global_batch_size % (world_size * grad_accum):
-            raise ValueError(
-                f"data.global_batch_size={cfg.global_batch_size} is not divisible by "
-                f"world_size*grad_accum={world_size}*{grad_accum}"
-            )
-        self.arrays, self.fingerprint = text_arrays(cfg, "train")
-        self.num_samples = len(self.arrays["tokens"])
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.micro_global = cfg.global_batch_size // grad_accum
-        self.consumed = 0  # global stream position, counted over all ranks
+    def mismatch_hint(self) -> str:
+        return (f" (this text corpus has {self.num_samples} rows, fingerprint {self.fingerprint}:"
+                " a different Python version or data.seq_len / data.val_fraction)")
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            positions = np.asarray(rank_slice(self.consumed, self.micro_global, self.rank, self.world_size))
-            epochs, offsets = positions // self.num_samples, positions % self.num_samples
-            idx = np.array([epoch_permutation(self.num_samples, self.cfg.seed, int(e))[o] for e, o in zip(epochs, offsets)])
-            self.consumed += self.micro_global
-            yield _to_batch(self.arrays, idx, idx)
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "num_samples": self.num_samples, "seed": self.cfg.seed,
-                "fingerprint": self.fingerprint}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("num_samples") != self.num_samples or state.get("fingerprint", self.fingerprint) != self.fingerprint:
-            raise ValueError(
-                f"loader state is for a text corpus of {state.get('num_samples')} rows (fingerprint "
-                f"{state.get('fingerprint')}); this one has {self.num_samples} rows ({self.fingerprint}): "
-                "a different Python version or data.seq_len / data.val_fraction"
-            )
-        self.consumed = int(state["consumed"])
-
-
-class TextEvalLoader(MemoryEvalLoader):
-    """One pass over the validation rows; every rank yields the same number of batches (padding
-    rows carry IGNORE_INDEX targets and sample_id -1)."""
-
-    def _load(self, cfg: DataConfig) -> dict[str, np.ndarray]:
-        arrays, self.fingerprint = text_arrays(cfg, "val")
-        return arrays
-
-    _batch = staticmethod(_to_batch)
+    def to_batch(self, idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][idx])) for k in KEYS}
+        batch["sample_id"] = torch.from_numpy(ids.astype(np.int64))
+        return batch

@@ -33,12 +33,30 @@ def pick(fields: dict, wanted: str, candidates: tuple[str, ...]) -> str | None:
     return None
 
 
+def image_field(fields: dict, cfg: DataConfig) -> str | None:
+    """The field holding the image: data.image_key, a common name, or any image extension."""
+    return pick(fields, cfg.image_key, IMAGE_KEYS) or next(
+        (f for f in fields if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+
+
+def image_array(image: Any, cfg: DataConfig) -> np.ndarray:
+    """A decoded image as uint8 [C, H, W], in data.image_mode and resized to data.image_size."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if cfg.image_mode and image.mode != cfg.image_mode:
+        image = image.convert(cfg.image_mode)
+    if cfg.image_size and image.size != (cfg.image_size, cfg.image_size):
+        image = image.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def detect_kind(field_names: list[str], cfg: DataConfig) -> str:
     """'tokens' or 'images', from the fields present in a sample."""
     fields = dict.fromkeys(field_names)
     if pick(fields, cfg.tokens_key, TOKEN_KEYS):
         return "tokens"
-    if pick(fields, cfg.image_key, IMAGE_KEYS) or any(f.rsplit(".", 1)[-1] in IMAGE_EXTS for f in fields):
+    if image_field(fields, cfg):
         return "images"
     raise ValueError(f"cannot tell images from tokens by the fields {sorted(field_names)}; set "
                      "data.image_key/label_key or data.tokens_key")
@@ -61,8 +79,7 @@ class ImageRows:
 
     def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
                  epoch: int) -> dict[str, Any]:
-        img_key = pick(raw, self.cfg.image_key, IMAGE_KEYS) or next(
-            (f for f in raw if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+        img_key = image_field(raw, self.cfg)
         lbl_key = pick(raw, self.cfg.label_key, LABEL_KEYS)
         if img_key is None or lbl_key is None:
             raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
@@ -80,14 +97,7 @@ class ImageRows:
         return {"image": arr, "label": label}
 
     def _pixels(self, image: Any, sample_id: int, epoch: int) -> np.ndarray:
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        if self.cfg.image_mode and image.mode != self.cfg.image_mode:
-            image = image.convert(self.cfg.image_mode)
-        if self.cfg.image_size and image.size != (self.cfg.image_size, self.cfg.image_size):
-            image = image.resize((self.cfg.image_size, self.cfg.image_size), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.uint8)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        arr = image_array(image, self.cfg)
         if self.train and self.cfg.random_flip:
             rng = np.random.Generator(np.random.PCG64([self.cfg.seed, epoch, sample_id, 3]))
             if rng.random() < 0.5:

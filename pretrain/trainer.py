@@ -153,8 +153,7 @@ def _train(cfg: TrainConfig) -> dict:
             record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time": elapsed / window_steps,
                       "samples_per_s": sps, "tokens_per_s": sps * stats["tokens_per_sample"], "samples": samples,
                       "tokens": samples * stats["tokens_per_sample"], "flops": samples * stats["flops_per_sample"]}
-            if hasattr(train_loader, "metrics"):  # e.g. data/bad_samples under on_bad_sample=skip
-                record |= train_loader.metrics()
+            record |= train_loader.metrics()  # data/epoch, data/bad_samples (on_bad_sample=skip)
             if peak:
                 record["mfu"] = sps * stats["flops_per_sample"] / (peak * env.world_size)
             logger.log(step, "train", record)

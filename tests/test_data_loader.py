@@ -168,3 +168,15 @@ def test_budget_stops_at_whole_steps(datasets):
     cfg = cfg_for(datasets["wds"], "wds", budget_samples=5 * GLOBAL_BATCH + 3)
     batches = list(build_loader(cfg, 1, 2))
     assert len(batches) == 5
+
+
+def test_per_channel_mean_and_std_normalise_each_channel(datasets):
+    samples, _ = synthetic_images(N_TRAIN + 30, size=4, channels=3, val_fraction=0.2, seed=1)
+    train = [s for split, s in samples if split == "train"]
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    cfg = cfg_for(datasets["wds"], "wds", num_workers=0, image_mean=mean, image_std=std)
+    batch = next(iter(build_loader(cfg, 0, 1)))
+    for row, sid in enumerate(batch["sample_id"].tolist()[:3]):
+        pixels = train[sid]["image"].transpose(2, 0, 1).astype(np.float32) / 255
+        want = (pixels - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+        np.testing.assert_allclose(batch["image"][row].numpy(), want, atol=1e-5)

@@ -8,12 +8,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from data_pipeline import build_loader
 from data_pipeline.config import DataConfig
 from data_pipeline.text_memory import (
     EOS,
     IGNORE_INDEX,
-    TextEvalLoader,
-    TextTrainLoader,
     load_documents,
     pack_documents,
     split_documents,
@@ -117,8 +116,8 @@ def text_cfg(**kw) -> DataConfig:
 
 
 def test_packed_rows_respect_document_boundaries():
-    loader = TextTrainLoader(text_cfg(seq_len=64), 0, 1)
-    a = loader.arrays
+    loader = build_loader(text_cfg(seq_len=64), 0, 1)
+    a = loader.source.arrays
     assert a["tokens"].shape[1] == 64 and a["tokens"].min() >= 0 and a["tokens"].max() < 256
     valid = a["targets"] != IGNORE_INDEX
     # A target is ignored exactly where an EOS ends a document inside the row's window.
@@ -134,16 +133,16 @@ def test_packed_rows_respect_document_boundaries():
 
 def test_text_loader_resumes_exactly_and_elastically():
     cfg = text_cfg()
-    one = iter(TextTrainLoader(cfg, 0, 1))
+    one = iter(build_loader(cfg, 0, 1))
     reference = [next(one)["sample_id"] for _ in range(5)]
     # Two steps on two ranks, then the position moves to four ranks: the global order goes on.
-    ranks = [TextTrainLoader(cfg, r, 2) for r in range(2)]
+    ranks = [build_loader(cfg, r, 2) for r in range(2)]
     its = [iter(x) for x in ranks]
     for step in range(2):
         assert torch.equal(torch.cat([next(it)["sample_id"] for it in its]), reference[step])
     state = ranks[0].state_dict()
     assert state == ranks[1].state_dict()
-    resumed = [TextTrainLoader(cfg, r, 4) for r in range(4)]
+    resumed = [build_loader(cfg, r, 4) for r in range(4)]
     for loader in resumed:
         loader.load_state_dict(state)
     its = [iter(x) for x in resumed]
@@ -152,12 +151,12 @@ def test_text_loader_resumes_exactly_and_elastically():
         assert torch.equal(torch.cat([b["sample_id"] for b in batches]), reference[step])
         assert set(batches[0]) == {"tokens", "targets", "position_ids", "doc_ids", "sample_id"}
     with pytest.raises(ValueError, match="fingerprint"):
-        TextTrainLoader(text_cfg(seq_len=16), 0, 1).load_state_dict(state)
+        build_loader(text_cfg(seq_len=16), 0, 1).load_state_dict(state)
 
 
 def test_text_eval_loader_covers_val_once_with_padding():
     cfg = text_cfg(gbs=6)
-    loaders = [TextEvalLoader(cfg, r, 2) for r in range(2)]
+    loaders = [build_loader(cfg, r, 2, "val") for r in range(2)]
     batches = [list(x) for x in loaders]
     assert len(batches[0]) == len(batches[1])
     ids = torch.cat([b["sample_id"] for rank in batches for b in rank])
