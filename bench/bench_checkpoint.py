@@ -4,7 +4,7 @@ Every kind writes model + AdamW state to the same disk and fsyncs it:
   ours        Checkpointer.save (state dict, DCP shards, RNG, manifest, atomic commit)
   torch       torch.save of the same tensors (prepared beforehand) to one file
   dcp_stock   torch's dcp.save with its stock FileSystemWriter (the raw library)
-  torch_wb    torch.save through our write-behind file (pretrain/writeback.py), for reference
+  torch_wb    torch.save through our write-behind file (pretrain/checkpoint/writeback.py)
   async       how long Checkpointer.save(async) blocks the loop
 The order rotates every round and `os.sync()` runs before each timed save, so one save's
 write-back does not land in the next one's timing. Run:
@@ -30,11 +30,11 @@ from torch.distributed.checkpoint import FileSystemWriter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pretrain.checkpoint import Checkpointer  # noqa: E402
+from pretrain.checkpoint.writeback import WritebackFile  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.dist import init_distributed  # noqa: E402
 from pretrain.engines import build_engine  # noqa: E402
 from pretrain.models import build_model, get_family  # noqa: E402
-from pretrain.writeback import WritebackFile  # noqa: E402
 
 
 def tensor_bytes(state) -> int:

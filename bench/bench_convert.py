@@ -28,8 +28,8 @@ import torch
 op, src, dst = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 t0 = time.perf_counter()
 if op == "make_dcp":
-    from pretrain.ckpt.sinks import write_dcp
-    from pretrain.ckpt.synthetic import SyntheticSource
+    from pretrain.checkpoint.convert.sinks import write_dcp
+    from pretrain.checkpoint.convert.synthetic import SyntheticSource
     write_dcp(SyntheticSource(int(sys.argv[4]), (2048, 1024)), dst, sync=False)
 elif op == "copy":
     for f in sorted(p for p in src.rglob("*") if p.is_file()):
@@ -39,15 +39,15 @@ elif op == "copy":
             shutil.copyfileobj(a, b, 8 << 20)
             b.flush(); os.fsync(b.fileno())
 elif op in ("to_deepspeed", "to_dcp"):
-    from pretrain.ckpt.sources import open_source
-    from pretrain.ckpt.sinks import write_dcp, write_universal
+    from pretrain.checkpoint.convert.sources import open_source
+    from pretrain.checkpoint.convert.sinks import write_dcp, write_universal
     source = open_source(src)
     if op == "to_deepspeed":
         write_universal(source, dst, global_steps=1)
     else:
         write_dcp(source, dst)
 elif op.startswith("safetensors_"):
-    from pretrain.ckpt.convert import export_safetensors
+    from pretrain.checkpoint.convert import export_safetensors
     export_safetensors(src, dst, dtype=torch.bfloat16 if op.endswith("bf16") else torch.float32)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
@@ -124,7 +124,7 @@ def main() -> None:
         row("plain copy of the ZeRO-2 files (baseline)", "copy", zero / "model", w / "zero_copy", zbytes)
         row("DeepSpeed ZeRO-2 (2 ranks, native) -> DCP", "to_dcp", zero, w / "from_zero", zbytes)
         sys.path.insert(0, str(REPO))
-        from pretrain.ckpt.sources import open_source
+        from pretrain.checkpoint.convert.sources import open_source
 
         zlargest = max(i.numel * 4 for i in open_source(zero).params.values())
         rows[-1]["bound_MiB"] = rows[-2]["bound_MiB"] = (3 * zlargest + 500 * 2**20) / 2**20

@@ -69,8 +69,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     import pickle
 
     from pretrain.checkpoint import CheckpointError
-    from pretrain.ckpt.compat import CheckpointMismatchError
-    from pretrain.ckpt.sources import CheckpointFormatError
+    from pretrain.checkpoint.convert import CheckpointFormatError, CheckpointMismatchError
     from pretrain.config import ConfigError
 
     return (CheckpointError, CheckpointMismatchError, CheckpointFormatError, ConfigError, FileNotFoundError,
@@ -78,7 +77,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from pretrain.ckpt.convert import inspect
+    from pretrain.checkpoint.convert import inspect
 
     try:
         info = inspect(args.path)
@@ -97,7 +96,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from pretrain.ckpt.convert import convert
+    from pretrain.checkpoint.convert import convert
 
     try:
         out = convert(args.src, args.dst, args.to)
@@ -108,7 +107,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_reshard(args: argparse.Namespace) -> int:
-    from pretrain.ckpt.convert import reshard
+    from pretrain.checkpoint.convert import reshard
 
     try:
         out = reshard(args.src, args.dst)
@@ -124,7 +123,7 @@ def run_reshard(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from pretrain.ckpt.convert import export_safetensors
+    from pretrain.checkpoint.convert import export_safetensors
 
     try:
         out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
@@ -135,7 +134,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from pretrain.ckpt.convert import import_safetensors
+    from pretrain.checkpoint.convert import import_safetensors
     from pretrain.config import load_config
 
     try:

@@ -6,7 +6,7 @@
                            "samples", "tokens", "flops"} (samples/tokens/flops are cumulative)
     RUN/status.json        {"state", "step", "max_steps", "last_loss", "restarts", "updated"}
     RUN/tb/                TensorBoard event files
-    RUN/checkpoints/step_XXXXXXXX/   committed checkpoints (see pretrain/checkpoint.py)
+    RUN/checkpoints/step_XXXXXXXX/   committed checkpoints (see pretrain/checkpoint/)
 
 `state` is one of: running, completed, preempted (stopped on a signal after checkpointing;
 a launcher should requeue it), failed.

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline import build_loader
-from pretrain.checkpoint import Checkpointer, seed_rank
+from pretrain.checkpoint import Checkpointer, SavePolicy, seed_rank
 from pretrain.config import TrainConfig, save_config, to_dict
 from pretrain.dist import DistEnv, all_reduce_max, barrier, init_distributed
 from pretrain.engines import build_engine
@@ -115,6 +115,8 @@ def _train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s at step %d", resume_from, step)
     else:
         seed_rank(cfg.run.seed, env.rank, 0)
+    save_policy = SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.save_at_end,
+                             last_saved=step if resume_from else -1)
 
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     if env.is_main:
@@ -134,7 +136,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     data_iter = iter(train_loader)
     last = {"loss": float("nan")}
-    window_start, window_steps, last_saved = time.perf_counter(), 0, step if resume_from else -1
+    window_start, window_steps = time.perf_counter(), 0
     finished = True
     while step < cfg.schedule.steps:
         try:
@@ -173,16 +175,15 @@ def _train(cfg: TrainConfig) -> dict:
 
         ckpt.poll()
         stop, save_now = requests.agree()
-        every = cfg.checkpoint.every_steps
-        if stop or save_now or (every and step % every == 0):
+        if save_policy.due(step, stop, save_now):
             ckpt.save(step, engine, train_state())
-            last_saved = step
+            save_policy.saved(step)
         if stop:
             log.info("stop requested: checkpointed step %d, exiting for requeue", step)
             finished = False
             break
 
-    if finished and cfg.checkpoint.save_at_end and last_saved != step:
+    if finished and save_policy.due_at_end(step):
         ckpt.save(step, engine, train_state())
     ckpt.close()
     logger.close()

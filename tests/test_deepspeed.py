@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import check_complete
-from pretrain.ckpt.convert import convert, reshard
-from pretrain.ckpt.deepspeed_load import check_loadable
-from pretrain.ckpt.sources import KINDS, CheckpointFormatError, DeepSpeedSource, open_source
-from pretrain.ckpt.torch_files import safe_torch_load
+from pretrain.checkpoint import UnsafeCheckpointError, check_complete
+from pretrain.checkpoint.convert import convert, reshard
+from pretrain.checkpoint.convert.sources import (
+    KINDS,
+    CheckpointFormatError,
+    DeepSpeedSource,
+    open_source,
+)
+from pretrain.checkpoint.deepspeed_format import check_loadable
+from pretrain.checkpoint.torch_files import safe_torch_load
 from pretrain.run_dir import read_metrics, read_status
-from pretrain.safe_dcp import UnsafeCheckpointError
 from tests.conftest import REPO, TINY, kill_run_at_step, subprocess_env, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -164,7 +168,7 @@ def test_native_checkpoint_for_another_world_size_asks_for_reshard(runs, tmp_pat
 
 
 def test_fsdp2_engine_refuses_a_deepspeed_checkpoint_with_the_convert_command(runs, tmp_path):
-    from pretrain.checkpoint import CheckpointError
+    from pretrain.checkpoint import CheckpointError, load_engine_state
     from pretrain.config import load_config
     from pretrain.dist import DistEnv
     from pretrain.engines.base import Engine
@@ -173,7 +177,7 @@ def test_fsdp2_engine_refuses_a_deepspeed_checkpoint_with_the_convert_command(ru
     cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={tmp_path}"])
     engine = Engine(build_model(cfg.model), get_family("vit").loss, cfg, DistEnv(0, 1, 0, torch.device("cpu")))
     with pytest.raises(CheckpointError, match="written by DeepSpeed.*pretrain ckpt convert .* --to dcp"):
-        engine.load_model_state(runs["zero2"] / "checkpoints/step_00000008/model")
+        load_engine_state(engine, runs["zero2"] / "checkpoints/step_00000008/model")
 
 
 def test_missing_or_unsafe_zero_shard_is_reported(runs, tmp_path):

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch.distributed.checkpoint as dcp
 
-from pretrain import safe_dcp
-from pretrain.checkpoint import latest_complete
+from pretrain.checkpoint import dcp_io, latest_complete
 from pretrain.config import load_config
 from pretrain.models import build_model
 from pretrain.models.parametrization import group_multipliers
@@ -22,12 +21,12 @@ MUP = ["model.width=64", "model.mup.enabled=true", "model.mup.base_width=32", "m
 
 def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
     """Parameter name -> (lr_mult, wd_mult, weight_decay) as stored in a checkpoint (no process group)."""
-    metadata = safe_dcp.read_metadata(ckpt / "model")
+    metadata = dcp_io.read_metadata(ckpt / "model")
     n = 1 + max(int(k.split(".")[2]) for k in metadata.state_dict_metadata if k.startswith("optim.param_groups."))
     fields = ("lr_mult", "wd_mult", "weight_decay", "params")
     state = {"optim": {"param_groups": [{f: None for f in fields} for _ in range(n)]}}
-    dcp.load(state, storage_reader=safe_dcp.SafeFileSystemReader(str(ckpt / "model")),
-             planner=safe_dcp.SafeLoadPlanner(), no_dist=True)
+    dcp.load(state, storage_reader=dcp_io.SafeFileSystemReader(str(ckpt / "model")),
+             planner=dcp_io.SafeLoadPlanner(), no_dist=True)
     out = {}
     for group in state["optim"]["param_groups"]:
         for name in group["params"]:

@@ -9,7 +9,7 @@ import torch
 
 from pretrain.checkpoint import latest_complete, read_model_tensors
 from pretrain.run_dir import read_metrics
-from tests.test_checkpoint import run_inprocess
+from tests.test_checkpoint_commit import run_inprocess
 
 
 def losses(run_dir) -> list[float]:

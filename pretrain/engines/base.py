@@ -1,23 +1,22 @@
 """The engine interface: everything the trainer loop needs from a parallelism backend.
 
-The loop calls `train_step`, `eval_step`, `set_lr`, and the checkpointer calls
-`save_model_state` / `load_model_state`. Single process, DDP and FSDP2 differ only in how
+The loop calls `train_step`, `eval_step`, `set_lr`; the checkpoint package takes the state with
+`state_dict` and gives it back with `load_state_dict`, writing it in the format the class
+attribute `checkpoint_format` names. Single process, DDP and FSDP2 differ only in how
 `wrap` transforms the model and how gradient sync is deferred during accumulation; they share
 one DCP checkpoint format (`get_state_dict` gives canonical parameter names), so checkpoints
-move freely between them and between world sizes. DeepSpeed overrides the state methods.
+move freely between them and between world sizes. DeepSpeed uses its own format.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pretrain import safe_dcp
 from pretrain.config import TrainConfig
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.optim import build_optimizer, set_lr
@@ -43,7 +42,7 @@ class Engine:
     """Single-process engine; subclasses override `wrap` and `sync_context`."""
 
     name = "single"
-    supports_background_staging = True  # async checkpoints may copy the state in a thread
+    checkpoint_format = "dcp"  # how pretrain.checkpoint writes and reads this engine's state
     _updates_held_by = None  # a background checkpoint copy still reading the live state
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
@@ -131,28 +130,3 @@ class Engine:
     def hold_updates_until(self, future) -> None:
         """The next optimizer step waits for `future` (a checkpoint copying the live state)."""
         self._updates_held_by = future
-
-    def save_model_state(self, path: Path, process_group=None, use_async: bool = False, stager=None):
-        """Write model+optimizer into `path` (a DCP directory); returns the upload future when async.
-
-        With a background `stager`, the state is copied while training continues; the next
-        optimizer step waits for that copy.
-        """
-        if use_async:
-            staging, upload = safe_dcp.async_save(self.state_dict(), path, process_group, stager)
-            if staging is not None:
-                self.hold_updates_until(staging)
-            return upload
-        safe_dcp.save(self.state_dict(), path, process_group)
-        return None
-
-    def load_model_state(self, path: Path, process_group=None) -> None:
-        if not (path / ".metadata").exists() and (any(path.glob("*_optim_states.pt")) or (path / "zero").is_dir()):
-            from pretrain.checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"{path} was written by DeepSpeed; parallel.backend={self.name} reads DCP. Convert it: "
-                f"pretrain ckpt convert {path.parent} NEW_DIR --to dcp")
-        state = self.state_dict()
-        safe_dcp.load(state, path, process_group)
-        self.load_state_dict(state)

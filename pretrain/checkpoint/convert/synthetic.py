@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import torch
 
-from pretrain.ckpt.sources import KINDS, PARAM, Source, TensorInfo
+from pretrain.checkpoint.convert.sources import KINDS, PARAM, Source, TensorInfo
 
 
 class SyntheticSource(Source):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.ckpt.torch_files import safe_torch_load
+from pretrain.checkpoint.torch_files import safe_torch_load
 from pretrain.optim import canonical_name
 
 PARAM, EXP_AVG, EXP_AVG_SQ = "param", "exp_avg", "exp_avg_sq"
@@ -86,13 +86,13 @@ class DCPSource(Source):
         super().__init__()
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        from pretrain import safe_dcp
+        from pretrain.checkpoint import dcp_io
 
         self.path = path
         if not (path / ".metadata").exists():
             raise CheckpointFormatError(f"{path} is not a DCP checkpoint (no .metadata)")
 
-        class MetadataOnceReader(safe_dcp.SafeFileSystemReader):
+        class MetadataOnceReader(dcp_io.SafeFileSystemReader):
             """Every per-tensor load would unpickle .metadata again (most of a small load's time)."""
 
             metadata = None
@@ -121,9 +121,9 @@ class DCPSource(Source):
     def _load(self, state: dict) -> dict:
         import torch.distributed.checkpoint as dcp
 
-        from pretrain import safe_dcp
+        from pretrain.checkpoint import dcp_io
 
-        dcp.load(state, storage_reader=self._reader, planner=safe_dcp.SafeLoadPlanner(), no_dist=True)
+        dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(), no_dist=True)
         return state
 
     def _read_param_groups(self, keys: list[str]) -> list[dict]:

@@ -1,4 +1,5 @@
-"""`pretrain ckpt`: exact format round trips, safetensors export/import, bad input, bounded memory.
+"""Checkpoint conversion (`pretrain ckpt`, pretrain/checkpoint/convert/): exact format round
+trips, safetensors export/import, bad input, bounded memory.
 
 These run in one process on checkpoints the real trainer wrote (single backend, DCP); the
 DeepSpeed-written checkpoints are covered in tests/test_deepspeed.py.
@@ -16,14 +17,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.checkpoint import check_complete, read_model_tensors
-from pretrain.ckpt.compat import CheckpointMismatchError
-from pretrain.ckpt.convert import convert, export_safetensors, import_safetensors
-from pretrain.ckpt.sources import KINDS, CheckpointFormatError, open_source
+from pretrain.checkpoint import UnsafeCheckpointError, check_complete, read_model_tensors
+from pretrain.checkpoint.convert import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    convert,
+    export_safetensors,
+    import_safetensors,
+    open_source,
+)
+from pretrain.checkpoint.convert.sources import KINDS
 from pretrain.cli import main as cli_main
 from pretrain.config import load_config
 from pretrain.models import build_model
-from pretrain.safe_dcp import UnsafeCheckpointError
 from pretrain.trainer import train
 from tests.conftest import REPO, TINY, subprocess_env
 
@@ -154,21 +160,21 @@ def test_inspect_reports_tensors_step_backend_and_size(dcp_ckpt, capsys):
 MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
-from pretrain.ckpt.sinks import largest_tensor_bytes, total_bytes, write_dcp
-from pretrain.ckpt.sources import open_source
-from pretrain.ckpt.synthetic import SyntheticSource
-from pretrain.ckpt import convert
+from pretrain.checkpoint.convert.sinks import largest_tensor_bytes, total_bytes, write_dcp
+from pretrain.checkpoint.convert.sources import open_source
+from pretrain.checkpoint.convert.synthetic import SyntheticSource
+from pretrain.checkpoint.convert import operations
 mode, src, dst = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 if mode == "make":
     source = SyntheticSource(count=48, shape=(2048, 1024))
     write_dcp(source, dst, sync=False)
     info = {"total": total_bytes(source, True), "largest": largest_tensor_bytes(source)}
 elif mode == "deepspeed":
-    from pretrain.ckpt.sinks import write_universal
+    from pretrain.checkpoint.convert.sinks import write_universal
     write_universal(open_source(src), dst, global_steps=7)
     info = {}
 else:
-    convert.export_safetensors(src, dst)
+    operations.export_safetensors(src, dst)
     info = {}
 info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(info))
@@ -194,7 +200,7 @@ def test_conversion_of_a_checkpoint_far_larger_than_the_bound_stays_under_it(tmp
     for name, r in (("dcp->deepspeed", to_ds), ("deepspeed->safetensors", to_st)):
         assert r["peak_rss"] < bound, f"{name}: peak RSS {r['peak_rss'] / 2**20:.0f} MiB >= {bound / 2**20:.0f} MiB"
     check = open_source(tmp_path / "ds")
-    from pretrain.ckpt.synthetic import SyntheticSource
+    from pretrain.checkpoint.convert.synthetic import SyntheticSource
 
     ref = SyntheticSource(count=48, shape=(2048, 1024))
     for name in ("layers.0.weight", "layers.47.weight"):

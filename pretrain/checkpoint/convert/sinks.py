@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.ckpt.sources import EXP_AVG, EXP_AVG_SQ, PARAM, Source
+from pretrain.checkpoint.convert.sources import EXP_AVG, EXP_AVG_SQ, PARAM, Source
 
 ProgressFn = Callable[[str], None]
 
@@ -49,7 +49,7 @@ def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: Progr
     """`sync`: fsync every file (checkpoints); off only for scratch data."""
     from torch.distributed.checkpoint import save as dcp_save
 
-    from pretrain.safe_dcp import writer as dcp_writer
+    from pretrain.checkpoint.dcp_io import writer as dcp_writer
 
     model, fetch = {}, {}
     for name, info in source.params.items():

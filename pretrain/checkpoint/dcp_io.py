@@ -22,7 +22,8 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageWriterTransforms
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from pretrain.writeback import WritebackFileSystem
+from pretrain.checkpoint.commit import require_complete
+from pretrain.checkpoint.writeback import WritebackFileSystem
 
 # A lone process (no process group) saving/loading is intended here; DCP warns on each call.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -90,7 +91,7 @@ def read_metadata(path: str | Path) -> Metadata:
 def _without_record_crc32():
     """DCP writes every tensor as its own torch.save record; computing each record's CRC32
     costs a third of the save time. Checkpoint integrity comes from the commit protocol and
-    the manifest (pretrain/checkpoint.py), so the records skip it."""
+    the manifest (commit.py), so the records skip it."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
     try:
@@ -130,9 +131,10 @@ class _PlainTransforms(_StorageWriterTransforms):
 
 
 class _WritebackWriter(FileSystemWriter):
-    """DCP's file writer, with files that start disk writeback as they grow (pretrain/writeback.py)
-    and no per-record wrapper classes. The bytes on disk are the stock format (tests/test_writeback.py
-    loads them with torch's own reader); torch is pinned, so the private base class is stable."""
+    """DCP's file writer, with files that start disk writeback as they grow (writeback.py)
+    and no per-record wrapper classes. The bytes on disk are the stock format
+    (tests/test_checkpoint_io.py loads them with torch's own reader); torch is pinned, so the
+    private base class is stable."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -179,3 +181,23 @@ def load(state: dict, path: str | Path, process_group=None) -> None:
         state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(),
         process_group=process_group,
     )
+
+
+def read_model_tensors(path: Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors of a committed checkpoint's model, loaded without a process group.
+
+    Keys are canonical parameter names; works whatever world size or backend wrote it.
+    """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    require_complete(path)
+    metadata = read_metadata(path / "model")
+    state = {
+        key: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    nested = {"model": {k[len(prefix):]: v for k, v in state.items()}}
+    dcp.load(nested, storage_reader=SafeFileSystemReader(str(path / "model")),
+             planner=SafeLoadPlanner(), no_dist=True)
+    return nested["model"]

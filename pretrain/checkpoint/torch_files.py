@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.safe_dcp import UnsafeCheckpointError
+from pretrain.checkpoint.dcp_io import UnsafeCheckpointError
 
 # DeepSpeed classes found in ZeRO checkpoints; each rebuilds from plain fields only.
 DEEPSPEED_DATA_CLASSES = (

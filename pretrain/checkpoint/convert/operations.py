@@ -17,17 +17,19 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoint import (
+from pretrain.checkpoint.commit import (
     STEP_DIR,
     TRAIN_STATE,
     CheckpointError,
     check_complete,
+    commit,
+    partial_dir,
+    require_complete,
     step_dir_name,
-    write_manifest,
 )
-from pretrain.ckpt.compat import check_compatible
-from pretrain.ckpt.sinks import write_dcp, write_safetensors, write_universal
-from pretrain.ckpt.sources import (
+from pretrain.checkpoint.convert.mismatch import check_compatible
+from pretrain.checkpoint.convert.sinks import write_dcp, write_safetensors, write_universal
+from pretrain.checkpoint.convert.sources import (
     PARAM,
     DCPSource,
     DeepSpeedSource,
@@ -50,21 +52,14 @@ def destination(dst: Path, step: int) -> Path:
 def _prepare(dst: Path) -> Path:
     if dst.exists():
         raise FileExistsError(f"{dst} already exists; choose a new destination")
-    partial = dst.with_name(dst.name + ".partial")
+    partial = partial_dir(dst)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     return partial
 
 
-def _commit(partial: Path, dst: Path, step: int) -> None:
-    write_manifest(partial, step)
-    os.replace(partial, dst)
-
-
 def _require_complete(src: Path) -> dict:
-    reason = check_complete(src)
-    if reason is not None:
-        raise CheckpointError(f"{src} is not a complete checkpoint: {reason}")
+    require_complete(src)
     return json.loads((src / TRAIN_STATE).read_text())
 
 
@@ -92,7 +87,7 @@ def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lam
             shutil.copytree(src / "rng", partial / "rng")
         state = {**state, "backend": TARGETS[to], "converted_from": source.meta.get("format", source.format)}
         write_json_atomic(partial / TRAIN_STATE, state)
-        _commit(partial, dst, int(state["step"]))
+        commit(partial, dst, int(state["step"]))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -167,7 +162,7 @@ def import_safetensors(src: Path, dst: Path, cfg) -> Path:
     """A step-0 DCP checkpoint holding `src`'s weights for the model of `cfg`, to start a run
     from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first."""
     from data_pipeline import build_loader
-    from pretrain.ckpt.sources import SafetensorsSource
+    from pretrain.checkpoint.convert.sources import SafetensorsSource
     from pretrain.config import to_dict
 
     weights = SafetensorsSource(Path(src))
@@ -182,7 +177,7 @@ def import_safetensors(src: Path, dst: Path, cfg) -> Path:
         state = {"step": 0, "samples": 0, "loader": loader.state_dict(), "world_size": 1, "backend": "fsdp2",
                  "config": to_dict(cfg), "imported_from": str(src)}
         write_json_atomic(partial / TRAIN_STATE, state)
-        _commit(partial, dst, 0)
+        commit(partial, dst, 0)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -1,0 +1,51 @@
+"""Engine state to and from `<checkpoint>/model/`, in the format the engine's tag names.
+
+Engines only hand over and take back state: `state_dict()` / `load_state_dict()` plus a class
+attribute `checkpoint_format`. "dcp": canonical names through `get_state_dict`, written with
+DCP (dcp_io.py), so single, DDP and FSDP2 read each other's checkpoints at any world size.
+"deepspeed": DeepSpeed's own files, written and read by its engine (deepspeed_format.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pretrain.checkpoint import dcp_io
+from pretrain.checkpoint.commit import CheckpointError
+
+ASYNC_FORMATS = frozenset({"dcp"})  # formats whose save can run in the background
+
+
+def save_engine_state(engine, path: Path, process_group=None, stager=None):
+    """Write the engine's state into `path`; returns the upload future when `stager` is given
+    (async: the state is copied while training continues, and the engine's next optimizer
+    step waits for that copy), else None once the files are written."""
+    if engine.checkpoint_format == "deepspeed":
+        from pretrain.checkpoint.deepspeed_format import save_deepspeed
+
+        save_deepspeed(engine.model, path)
+        return None
+    if stager is not None:
+        staging, upload = dcp_io.async_save(engine.state_dict(), path, process_group, stager)
+        if staging is not None:
+            engine.hold_updates_until(staging)
+        return upload
+    dcp_io.save(engine.state_dict(), path, process_group)
+    return None
+
+
+def load_engine_state(engine, path: Path, process_group=None) -> None:
+    """Load `path` into the engine (resharding DCP to however this run is sharded)."""
+    if engine.checkpoint_format == "deepspeed":
+        from pretrain.checkpoint.deepspeed_format import load_deepspeed
+
+        load_deepspeed(engine.model, path, engine.env.world_size)
+        return
+    written_by_deepspeed = any(path.glob("*_optim_states.pt")) or (path / "zero").is_dir()
+    if not (path / ".metadata").exists() and written_by_deepspeed:
+        raise CheckpointError(
+            f"{path} was written by DeepSpeed; parallel.backend={engine.name} reads DCP. Convert "
+            f"it: pretrain ckpt convert {path.parent} NEW_DIR --to dcp")
+    state = engine.state_dict()
+    dcp_io.load(state, path, process_group)
+    engine.load_state_dict(state)
