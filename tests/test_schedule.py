@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pretrain.config import ScheduleConfig
+from pretrain.schedule_config import ScheduleConfig
 from pretrain.schedule import lr_at
 
 

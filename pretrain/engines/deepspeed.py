@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from pretrain.ckpt.torch_files import safe_torch_load
-from pretrain.config import TrainConfig
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.base import Engine, LossFn
+from pretrain.engines.config import ParallelConfig
 from pretrain.engines.deepspeed_config import ds_config
+from pretrain.models.config import ModelConfig
 from pretrain.optim import build_optimizer, canonical_name
+from pretrain.optim_config import OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,19 @@ class DeepSpeedEngine(Engine):
     name = "deepspeed"
     supports_background_staging = False  # DeepSpeed saves through its own engine
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
-        self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
+        optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
+    ):
+        self.env, self.loss_fn = env, loss_fn
+        self.parallel, self.optim_cfg, self.model_cfg = parallel, optim, model_cfg
+        self.global_batch_size = global_batch_size
         kinds = self.prepare(model)
-        deepspeed = import_deepspeed(cfg.parallel.deepspeed.shm_comm)
-        optimizer = build_optimizer(model, kinds, cfg)
+        deepspeed = import_deepspeed(parallel.deepspeed.shm_comm)
+        optimizer = build_optimizer(model, kinds, optim, model_cfg)
+        config = ds_config(parallel, optim, global_batch_size, env.world_size)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config(cfg, env.world_size), dist_init_required=False,
+            model=model, optimizer=optimizer, config=config, dist_init_required=False,
         )
         self.model.checkpoint_engine = make_safe_checkpoint_engine(self.model._config)
         self._warned_async = False
@@ -104,7 +112,7 @@ class DeepSpeedEngine(Engine):
     def load_model_state(self, path: Path, process_group=None) -> None:
         from pretrain.ckpt.deepspeed_load import check_loadable
 
-        d = self.cfg.parallel.deepspeed
+        d = self.parallel.deepspeed
         universal = check_loadable(path, d.zero_stage, self.env.world_size, self.expected_shapes())
         self.model._config.load_universal_checkpoint = universal
         # Group hyperparameters come from the config (as at start); DeepSpeed's ZeRO-3 universal
