@@ -3,7 +3,7 @@
 The launcher needs a recipe's `run` and `slurm` sections before any trainer code runs, and it
 snapshots the merged recipe into the run directory so that a requeued job trains exactly what
 was submitted even if the source file is edited meanwhile. Overrides are read by the trainer's
-own parser (pretrain/overrides.py), so `lr=3e-4` is a float and `name=abc` a string on both
+own parser (pretrain/overrides.py), so `lr=0.1` is a float and `name=abc` a string on both
 sides; the launcher only adds that keys are dotted identifiers (they name runs and sweep axes).
 """
 

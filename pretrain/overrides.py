@@ -18,7 +18,9 @@ class ConfigError(ValueError):
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`optim.lr=3e-4` -> ("optim.lr", 0.0003): the value is read as YAML, else kept as text."""
+    """`optim.lr=0.1` -> ("optim.lr", 0.1): the value is read as YAML, else kept as text.
+
+    YAML 1.1 reads `3e-4` as a string; the schema (pretrain/config.py) makes it a float."""
     key, sep, raw = text.partition("=")
     if not sep:
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
