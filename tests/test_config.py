@@ -169,9 +169,9 @@ def test_one_override_parser_for_trainer_and_launcher():
 def test_deepspeed_config_takes_sections_and_merges_extra_deeply():
     from pretrain.engines.deepspeed_config import ds_config
 
+    extra = "parallel.deepspeed.extra={zero_optimization: {overlap_comm: true}}"
     cfg = load_config(None, ["optim.grad_accum=2", "parallel.mixed_precision=bf16",
-                             "parallel.deepspeed.zero_stage=3",
-                             "parallel.deepspeed.extra={zero_optimization: {overlap_comm: true}}"])  # fmt: skip
+                             "parallel.deepspeed.zero_stage=3", extra])  # fmt: skip
     ds = ds_config(cfg.parallel, cfg.optim, global_batch_size=16, world_size=4)
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 2
     assert ds["bf16"] == {"enabled": True}

@@ -18,7 +18,8 @@ class DeepSpeedConfig:
     # DeepSpeed's shared-memory CPU all-reduce is a C++ op JIT-built at first use (~50 s on 2
     # cores, cached in TORCH_EXTENSIONS_DIR); off uses gloo, which is what FSDP2 uses on CPU.
     shm_comm: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed config
+    # merged into the generated DeepSpeed config (pretrain/engines/deepspeed_config.py)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
