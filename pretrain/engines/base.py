@@ -53,8 +53,8 @@ class Engine:
         optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
     ):
         self.env, self.loss_fn = env, loss_fn
-        self.parallel, self.optim_cfg, self.model_cfg = parallel, optim, model_cfg
-        self.global_batch_size = global_batch_size
+        # global_batch_size: the loop splits batches for these backends; DeepSpeed needs it
+        self.parallel, self.optim_cfg = parallel, optim
         kinds = self.prepare(model)
         self.model = self.wrap(model)
         self.optimizer = build_optimizer(self.model, kinds, optim, model_cfg)

@@ -65,8 +65,7 @@ class DeepSpeedEngine(Engine):
         optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
     ):
         self.env, self.loss_fn = env, loss_fn
-        self.parallel, self.optim_cfg, self.model_cfg = parallel, optim, model_cfg
-        self.global_batch_size = global_batch_size
+        self.parallel, self.optim_cfg = parallel, optim
         kinds = self.prepare(model)
         deepspeed = import_deepspeed(parallel.deepspeed.shm_comm)
         optimizer = build_optimizer(model, kinds, optim, model_cfg)
