@@ -64,7 +64,9 @@ def main() -> None:
     cfg = load_config(None, [f"model.width={args.width}", f"model.depth={args.depth}", "model.num_heads=8"])
     env = init_distributed("cpu")
     model = build_model(cfg.model)
-    engine = build_engine(model, get_family("vit").loss, cfg, env)
+    engine = build_engine(model, get_family("vit").loss, env, parallel=cfg.parallel,
+                          optim=cfg.optim, model_cfg=cfg.model,
+                          global_batch_size=cfg.data.global_batch_size)
     batch = {"image": torch.randn(4, 1, 8, 8), "label": torch.randint(0, 10, (4,))}
     engine.train_step([batch])  # materialise the optimizer state
     state = engine.state_dict()

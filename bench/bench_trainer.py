@@ -55,7 +55,7 @@ def plain_loop(cfg, env) -> float:
     kinds = model.param_kinds()
     if cfg.parallel.backend == "fsdp2":
         apply_fsdp(model, env.world_size, "cpu", bf16=False, reshard_after_forward=True)
-    opt = build_optimizer(model, kinds, cfg)
+    opt = build_optimizer(model, kinds, cfg.optim, cfg.model)
     loader = build_loader(cfg.data, env.rank, env.world_size)  # only for the arrays
     images = torch.from_numpy(loader.source.arrays["image"])
     labels = torch.from_numpy(loader.source.arrays["label"])

@@ -2,8 +2,9 @@
 
 The launcher needs a recipe's `run` and `slurm` sections before any trainer code runs, and it
 snapshots the merged recipe into the run directory so that a requeued job trains exactly what
-was submitted even if the source file is edited meanwhile. Values of overrides are parsed as
-YAML scalars (`lr=3e-4` is a float, `name=abc` a string), as the trainer's CLI does.
+was submitted even if the source file is edited meanwhile. Overrides are read by the trainer's
+own parser (pretrain/overrides.py), so `lr=0.1` is a float and `name=abc` a string on both
+sides; the launcher only adds that keys are dotted identifiers (they name runs and sweep axes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Any
 
 import yaml
 
+from pretrain.overrides import get_dotted, parse_override, set_dotted
+
+__all__ = ["apply_overrides", "check_key", "dump_recipe", "format_override", "get_dotted",
+           "load_recipe", "parse_override"]  # fmt: skip
+
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -24,18 +30,6 @@ def check_key(key: str) -> str:
     if not _KEY.match(key):
         raise ValueError(f"invalid override key {key!r}: use dotted identifiers like optim.lr")
     return key
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`optim.lr=3e-4` -> ("optim.lr", 0.0003)."""
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ValueError(f"override {text!r} is not of the form key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # as the trainer reads it: not YAML, so a plain string
-    return check_key(key.strip()), value
 
 
 def format_override(key: str, value: Any) -> str:
@@ -52,29 +46,6 @@ def format_override(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def set_dotted(doc: dict, key: str, value: Any) -> None:
-    """Set doc[a][b][c] = value for key "a.b.c", creating sections as needed."""
-    parts = check_key(key).split(".")
-    node = doc
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ValueError(f"cannot set {key!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def get_dotted(doc: dict, key: str, default: Any = None) -> Any:
-    node: Any = doc
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def load_recipe(path: str | Path) -> dict:
     """The recipe file as a dict (empty file -> {})."""
     doc = yaml.safe_load(Path(path).read_text()) or {}
@@ -87,7 +58,7 @@ def apply_overrides(doc: dict, overrides: dict[str, Any]) -> dict:
     """A deep copy of `doc` with every dotted override set."""
     out = copy.deepcopy(doc)
     for key, value in overrides.items():
-        set_dotted(out, key, value)
+        set_dotted(out, check_key(key), value)
     return out
 
 

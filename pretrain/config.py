@@ -1,9 +1,13 @@
-"""Typed configuration: dataclass sections, YAML recipes, dotted CLI overrides.
+"""Typed configuration: TrainConfig assembled from leaf sections, YAML recipes, dotted overrides.
 
-A recipe is YAML whose nested keys mirror the dataclasses below. `load_config` starts from the
-defaults, merges the recipe, then the `key.sub=value` overrides, and validates every key and
-type: an unknown key fails naming the closest valid key; a wrong type names the key and the
-type expected. The resolved config (every default filled in) is saved into the run directory.
+Each section is a dataclass next to what it configures (`optim` in pretrain/optim_config.py,
+`parallel` in pretrain/engines/config.py, `slurm` in launch/slurm_config.py, ...); those modules
+import no other project module, so this one depends on no engine, launcher or trainer code.
+A recipe is YAML whose nested keys mirror the sections. `load_config` starts from the defaults,
+merges the recipe, then the `key.sub=value` overrides (pretrain/overrides.py, the one parser),
+and validates every key and type: an unknown key fails naming the closest valid key; a wrong
+type names the key and the type expected. The resolved config (every default filled in) is
+saved into the run directory.
 """
 
 from __future__ import annotations
@@ -19,73 +23,22 @@ from typing import Any, Literal
 import yaml
 
 from data_pipeline.config import DataConfig
-from launch.slurm import SlurmConfig
-from pretrain.engines.deepspeed_config import DeepSpeedConfig
+from launch.slurm_config import SlurmConfig
+from pretrain.checkpoint_config import CheckpointConfig
+from pretrain.engines.config import DeepSpeedConfig, ParallelConfig
+from pretrain.metrics_config import LoggingConfig
 from pretrain.models.config import ModelConfig, ViTConfig
 from pretrain.models.mup_config import MupConfig
+from pretrain.optim_config import OptimConfig
+from pretrain.overrides import ConfigError, merge, parse_override, set_dotted
+from pretrain.run_config import RunConfig
+from pretrain.schedule_config import ScheduleConfig
 
-__all__ = ["ConfigError", "TrainConfig", "ModelConfig", "ViTConfig", "MupConfig", "DataConfig", "load_config"]
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the schema; the message is one line."""
-
-
-@dataclass
-class OptimConfig:
-    name: Literal["adamw"] = "adamw"
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.05  # applied to matrix-like parameters only
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    grad_accum: int = 1  # micro-batches per optimizer step
-
-
-@dataclass
-class ScheduleConfig:
-    name: Literal["cosine", "wsd", "constant"] = "cosine"
-    steps: int = 1000  # optimizer steps in the whole run
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine / wsd floor as a fraction of optim.lr
-    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
-
-
-@dataclass
-class ParallelConfig:
-    backend: Literal["single", "ddp", "fsdp2", "deepspeed"] = "single"
-    mixed_precision: Literal["none", "bf16"] = "none"  # fsdp2: bf16 params, fp32 reduce
-    activation_checkpointing: bool = False
-    compile: bool = False
-    reshard_after_forward: bool = True  # fsdp2
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 100  # 0 disables periodic checkpoints
-    keep_last: int = 3  # committed checkpoints kept; older ones are deleted
-    resume: str = "auto"  # auto (latest complete in run dir) | none | path to a checkpoint
-    async_save: bool = False  # overlap writing with training
-    save_at_end: bool = True
-
-
-@dataclass
-class LoggingConfig:
-    every_steps: int = 10
-    eval_every_steps: int = 100  # 0 disables periodic evaluation
-    eval_batches: int = 0  # 0 = the whole validation split
-    tensorboard: bool = True
-    progress_bar: bool = True
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device, else no MFU
-
-
-@dataclass
-class RunConfig:
-    name: str = "run"
-    dir: str = ""  # run directory; empty = runs/<name>
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+__all__ = [
+    "ConfigError", "TrainConfig", "ModelConfig", "ViTConfig", "MupConfig", "DataConfig",
+    "OptimConfig", "ScheduleConfig", "ParallelConfig", "DeepSpeedConfig", "CheckpointConfig",
+    "LoggingConfig", "RunConfig", "SlurmConfig", "load_config", "parse_override",
+]  # fmt: skip
 
 
 @dataclass
@@ -212,34 +165,13 @@ def _build(cls: type, data: dict, key: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.lr=3e-4' -> (['optim', 'lr'], '3e-4' parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
-    key, raw = text.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
 def config_from_dict(data: dict, cls: type = TrainConfig) -> Any:
     """Validate a nested dict against `cls`, filling defaults."""
-    return _build(cls, _merge(to_dict(cls()), data))
+    return _build(cls, merge(to_dict(cls()), data))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -254,13 +186,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
     for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: '{k}' is not a section")
-        node[keys[-1]] = value
+        set_dotted(data, *parse_override(text))
     return config_from_dict(data)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from torch import nn
 from torch.optim import AdamW, Optimizer
 
-from pretrain.config import TrainConfig
+from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import group_multipliers
+from pretrain.optim_config import OptimConfig
 
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
@@ -23,19 +24,22 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def param_groups(model: nn.Module, kinds: dict[str, str], cfg: TrainConfig) -> list[dict]:
-    """One group per (lr_mult, wd_mult), in a fixed order so every rank builds the same list."""
+def param_groups(
+    model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
+) -> list[dict]:
+    """One group per (lr_mult, wd_mult), in a fixed order so every rank builds the same list;
+    the multipliers come from each parameter's role under `model_cfg`'s parametrization."""
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr_mult, wd_mult = group_multipliers(kinds[canonical_name(name)], cfg.model)
+        lr_mult, wd_mult = group_multipliers(kinds[canonical_name(name)], model_cfg)
         groups.setdefault((lr_mult, wd_mult), []).append(p)
     return [
         {
             "params": params,
-            "lr": cfg.optim.lr * lr_mult,
-            "weight_decay": cfg.optim.weight_decay * wd_mult,
+            "lr": optim.lr * lr_mult,
+            "weight_decay": optim.weight_decay * wd_mult,
             "lr_mult": lr_mult,
             "wd_mult": wd_mult,
         }
@@ -43,9 +47,11 @@ def param_groups(model: nn.Module, kinds: dict[str, str], cfg: TrainConfig) -> l
     ]
 
 
-def build_optimizer(model: nn.Module, kinds: dict[str, str], cfg: TrainConfig) -> Optimizer:
-    o = cfg.optim
-    return AdamW(param_groups(model, kinds, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+def build_optimizer(
+    model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
+) -> Optimizer:
+    groups = param_groups(model, kinds, optim, model_cfg)
+    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pretrain.config import ScheduleConfig
+from pretrain.schedule_config import ScheduleConfig
 
 
 def lr_at(step: int, base_lr: float, cfg: ScheduleConfig) -> float:

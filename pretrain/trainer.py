@@ -101,7 +101,8 @@ def _train(cfg: TrainConfig) -> dict:
         "flops_note": " ".join((model.flops_per_sample.__doc__ or "").split()),
     }
     run_dir = _setup_run_dir(cfg, env, stats)
-    engine = build_engine(model, family.loss, cfg, env)
+    engine = build_engine(model, family.loss, env, parallel=cfg.parallel, optim=cfg.optim,
+                          model_cfg=cfg.model, global_batch_size=cfg.data.global_batch_size)
     train_loader = build_loader(cfg.data, env.rank, env.world_size, "train", cfg.optim.grad_accum)
     val_loader = build_loader(cfg.data, env.rank, env.world_size, "val") if cfg.logging.eval_every_steps else None
     ckpt = Checkpointer(run_dir, env, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)

@@ -89,3 +89,92 @@ def test_resolved_config_round_trips(tmp_path):
     assert to_dict(again) == to_dict(cfg)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["lr"] == 0.01
     assert isinstance(again, TrainConfig)
+
+
+# ---------------------------------------------------------------- where the sections live
+
+PROJECT = ("pretrain", "data_pipeline", "launch")
+
+
+def section_modules(cls: type = TrainConfig) -> set[str]:
+    """Modules defining the dataclasses TrainConfig is assembled from, at any depth."""
+    import dataclasses
+    import typing
+
+    out: set[str] = set()
+    for tp in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(tp):
+            out |= {tp.__module__} | section_modules(tp)
+    return out
+
+
+def project_imports(module: str) -> set[str]:
+    """Project modules that `module`'s source imports (any branch, TYPE_CHECKING included)."""
+    import ast
+
+    path = REPO / (module.replace(".", "/") + ".py")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{module}: relative import"
+            for alias in node.names:  # `from pretrain import x` may name the module pretrain.x
+                sub = f"{node.module}.{alias.name}"
+                is_module = (REPO / (sub.replace(".", "/") + ".py")).exists()
+                found.add(sub if is_module else node.module)
+    return {m for m in found if m.split(".")[0] in PROJECT}
+
+
+def test_config_sections_are_leaves():
+    """Every section imports no project module but other sections, so the config depends on no
+    engine, launcher or trainer code, whatever grows in the modules they configure."""
+    sections = section_modules()
+    assert {"pretrain.optim_config", "pretrain.engines.config", "launch.slurm_config",
+            "pretrain.models.config", "data_pipeline.config"} <= sections  # fmt: skip
+    for module in sections:
+        assert project_imports(module) <= sections, module
+    assert project_imports("pretrain.overrides") == set()
+
+
+def test_config_assembles_sections_only():
+    assert project_imports("pretrain.config") <= section_modules() | {"pretrain.overrides"}
+    code = (
+        "import sys, pretrain.config\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pretrain', 'launch', 'data_pipeline'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    loaded = set(proc.stdout.split())
+    assert {m for m in loaded if m.startswith(("launch", "pretrain.engines"))} == {
+        "launch", "launch.slurm_config", "pretrain.engines", "pretrain.engines.config"}
+    assert not loaded & {"pretrain.trainer", "pretrain.checkpoint", "pretrain.optim"}
+
+
+def test_one_override_parser_for_trainer_and_launcher():
+    import launch.recipe
+    import pretrain.config
+
+    assert launch.recipe.parse_override is pretrain.config.parse_override
+    assert pretrain.config.parse_override(" optim.lr=0.5") == ("optim.lr", 0.5)
+    assert pretrain.config.parse_override("run.name=") == ("run.name", "")
+    assert pretrain.config.parse_override("run.name='x") == ("run.name", "'x")  # not YAML: text
+    with pytest.raises(ConfigError, match="empty key part"):
+        load_config(None, ["optim..lr=1"])
+    with pytest.raises(ConfigError, match="'optim' is not a section"):
+        load_config(None, ["optim=1", "optim.lr=2"])
+
+
+def test_deepspeed_config_takes_sections_and_merges_extra_deeply():
+    from pretrain.engines.deepspeed_config import ds_config
+
+    extra = "parallel.deepspeed.extra={zero_optimization: {overlap_comm: true}}"
+    cfg = load_config(None, ["optim.grad_accum=2", "parallel.mixed_precision=bf16",
+                             "parallel.deepspeed.zero_stage=3", extra])  # fmt: skip
+    ds = ds_config(cfg.parallel, cfg.optim, global_batch_size=16, world_size=4)
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 2
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"] == {"stage": 3, "overlap_comm": True}
+    with pytest.raises(ValueError, match="global_batch_size=12 is not divisible"):
+        ds_config(cfg.parallel, cfg.optim, global_batch_size=12, world_size=4)

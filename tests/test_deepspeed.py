@@ -175,7 +175,10 @@ def test_fsdp2_engine_refuses_a_deepspeed_checkpoint_with_the_convert_command(ru
     from pretrain.models import build_model, get_family
 
     cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={tmp_path}"])
-    engine = Engine(build_model(cfg.model), get_family("vit").loss, cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    engine = Engine(build_model(cfg.model), get_family("vit").loss, env, parallel=cfg.parallel,
+                    optim=cfg.optim, model_cfg=cfg.model,
+                    global_batch_size=cfg.data.global_batch_size)
     with pytest.raises(CheckpointError, match="written by DeepSpeed.*pretrain ckpt convert .* --to dcp"):
         load_engine_state(engine, runs["zero2"] / "checkpoints/step_00000008/model")
 

@@ -27,7 +27,7 @@ def train_cfg(width: int, mup: bool, base_width: int = 32, **mup_kw) -> TrainCon
 def built(cfg: TrainConfig, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg.model)
-    return model, build_optimizer(model, model.param_kinds(), cfg)
+    return model, build_optimizer(model, model.param_kinds(), cfg.optim, cfg.model)
 
 
 def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

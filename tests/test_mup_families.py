@@ -31,7 +31,7 @@ def family_cfg(family: str, *overrides: str):
 def built(cfg):
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    return model, build_optimizer(model, model.param_kinds(), cfg)
+    return model, build_optimizer(model, model.param_kinds(), cfg.optim, cfg.model)
 
 
 @pytest.mark.parametrize("family", sorted(RECIPES))

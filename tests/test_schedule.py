@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from pretrain.config import ScheduleConfig
 from pretrain.schedule import lr_at
+from pretrain.schedule_config import ScheduleConfig
 
 
 def test_warmup_then_cosine_to_floor():

@@ -11,7 +11,7 @@ from pretrain.mup.runner import build, setup, train_steps
 from pretrain.run_dir import read_metrics
 from pretrain.step import DataExhausted, train_step
 from tests.conftest import REPO, TINY
-from tests.test_checkpoint import run_inprocess
+from tests.test_checkpoint_commit import run_inprocess
 
 OVERRIDES = ["schedule.steps=4", "optim.grad_accum=2"]
 

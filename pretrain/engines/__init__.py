@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pretrain.config imports engines.deepspeed_config: keep this package light
+if TYPE_CHECKING:  # pretrain.config imports engines.config: keep this package light
     from torch import nn
 
-    from pretrain.config import TrainConfig
     from pretrain.dist import DistEnv
     from pretrain.engines.base import Engine, LossFn
+    from pretrain.engines.config import ParallelConfig
+    from pretrain.models.config import ModelConfig
+    from pretrain.optim_config import OptimConfig
 
 ENGINES = {
     "single": ("pretrain.engines.base", "Engine"),
@@ -20,8 +22,13 @@ ENGINES = {
 }
 
 
-def build_engine(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv) -> Engine:
-    backend = cfg.parallel.backend
+def build_engine(
+    model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
+    optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
+) -> Engine:
+    """The `parallel.backend` engine around `model`, with its optimizer built from `optim` and the
+    muP multipliers of `model_cfg`; `global_batch_size` is for backends that own batching."""
+    backend = parallel.backend
     if backend == "single" and env.world_size > 1:
         raise ValueError(f"parallel.backend=single cannot run on {env.world_size} processes; use ddp or fsdp2")
     module, cls = ENGINES[backend]
@@ -29,4 +36,5 @@ def build_engine(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistE
         engine_cls = getattr(importlib.import_module(module), cls)
     except ModuleNotFoundError as e:
         raise ValueError(f"parallel.backend={backend!r} is not available: {e}") from e
-    return engine_cls(model, loss_fn, cfg, env)
+    return engine_cls(model, loss_fn, env, parallel=parallel, optim=optim, model_cfg=model_cfg,
+                      global_batch_size=global_batch_size)

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pretrain.config import TrainConfig
 from pretrain.dist import DistEnv, all_reduce_sum
+from pretrain.engines.config import ParallelConfig
+from pretrain.models.config import ModelConfig
 from pretrain.optim import build_optimizer, set_lr
+from pretrain.optim_config import OptimConfig
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
@@ -45,20 +47,25 @@ class Engine:
     checkpoint_format = "dcp"  # how pretrain.checkpoint writes and reads this engine's state
     _updates_held_by = None  # a background checkpoint copy still reading the live state
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
-        self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
+        optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
+    ):
+        self.env, self.loss_fn = env, loss_fn
+        # global_batch_size: the loop splits batches for these backends; DeepSpeed needs it
+        self.parallel, self.optim_cfg = parallel, optim
         kinds = self.prepare(model)
         self.model = self.wrap(model)
-        self.optimizer = build_optimizer(self.model, kinds, cfg)
+        self.optimizer = build_optimizer(self.model, kinds, optim, model_cfg)
 
     def prepare(self, model: nn.Module) -> dict[str, str]:
         """Device, activation checkpointing, compile (in that order, before sharding); returns the
         parameters' muP roles, read before any wrapper renames them."""
         kinds = model.param_kinds()
         model.to(self.env.device)
-        if self.cfg.parallel.activation_checkpointing:
+        if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
-        if self.cfg.parallel.compile:
+        if self.parallel.compile:
             apply_compile(model)
         return kinds
 
@@ -71,7 +78,7 @@ class Engine:
         return contextlib.nullcontext()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.parallel.mixed_precision == "bf16":
+        if self.parallel.mixed_precision == "bf16":
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -99,7 +106,7 @@ class Engine:
         return float(loss_mean), grad_norm
 
     def clip_and_step(self) -> float:
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):

@@ -15,11 +15,13 @@ import os
 import torch
 from torch import nn
 
-from pretrain.config import TrainConfig
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.base import Engine, LossFn
+from pretrain.engines.config import ParallelConfig
 from pretrain.engines.deepspeed_config import ds_config
+from pretrain.models.config import ModelConfig
 from pretrain.optim import build_optimizer
+from pretrain.optim_config import OptimConfig
 
 
 def import_deepspeed(shm_comm: bool):
@@ -42,13 +44,18 @@ class DeepSpeedEngine(Engine):
     name = "deepspeed"
     checkpoint_format = "deepspeed"  # DeepSpeed's own files, written by its engine
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, env: DistEnv):
-        self.cfg, self.env, self.loss_fn = cfg, env, loss_fn
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
+        optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
+    ):
+        self.env, self.loss_fn = env, loss_fn
+        self.parallel, self.optim_cfg = parallel, optim
         kinds = self.prepare(model)
-        deepspeed = import_deepspeed(cfg.parallel.deepspeed.shm_comm)
-        optimizer = build_optimizer(model, kinds, cfg)
+        deepspeed = import_deepspeed(parallel.deepspeed.shm_comm)
+        optimizer = build_optimizer(model, kinds, optim, model_cfg)
+        config = ds_config(parallel, optim, global_batch_size, env.world_size)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config(cfg, env.world_size), dist_init_required=False,
+            model=model, optimizer=optimizer, config=config, dist_init_required=False,
         )
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:

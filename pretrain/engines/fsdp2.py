@@ -26,7 +26,7 @@ class FSDP2Engine(Engine):
     name = "fsdp2"
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        p = self.cfg.parallel
+        p = self.parallel
         return apply_fsdp(model, self.env.world_size, self.env.device.type, p.mixed_precision == "bf16", p.reshard_after_forward)
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -47,7 +47,9 @@ def build(cfg: TrainConfig, env: DistEnv, seed: int) -> Engine:
     """Model (same seed on every rank) through the parametrization, wrapped by the engine."""
     torch.manual_seed(seed)
     family = get_family(cfg.model.family)
-    return build_engine(build_model(cfg.model), family.loss, cfg, env)
+    return build_engine(build_model(cfg.model), family.loss, env, parallel=cfg.parallel,
+                        optim=cfg.optim, model_cfg=cfg.model,
+                        global_batch_size=cfg.data.global_batch_size)
 
 
 def train_steps(cfg: TrainConfig, env: DistEnv, engine: Engine, steps: int,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.overrides import get_dotted
 from pretrain.run_dir import COMPLETED, read_metrics, read_status
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -54,15 +55,6 @@ def _final_loss(records: list[dict], smooth: int) -> tuple[float, str, dict]:
     raise ScalingDataError("metrics.jsonl has no loss records")
 
 
-def _dig(cfg: dict, dotted: str, default=None):
-    node = cfg
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
-
-
 def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
     """One run's row for runs.csv and its rows for curves.csv."""
     stats_path = run_dir / "model_stats.json"
@@ -77,7 +69,7 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
     tokens = last.get("tokens") or last.get("samples")
     if not tokens or not last.get("flops"):
         raise ScalingDataError("last metrics record lacks cumulative tokens/samples and flops")
-    name = _dig(cfg, "run.name") or run_dir.name
+    name = get_dotted(cfg, "run.name") or run_dir.name
     row = {
         "name": name,
         "params": stats["params"],
@@ -87,9 +79,9 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
         "params_non_embedding": stats.get("params_non_embedding", ""),
         "samples": last.get("samples", ""),
         "loss_source": source,
-        "family": _dig(cfg, "model.family", ""),
-        "width": _dig(cfg, "model.width", ""),
-        "depth": _dig(cfg, "model.depth", ""),
+        "family": get_dotted(cfg, "model.family", ""),
+        "width": get_dotted(cfg, "model.width", ""),
+        "depth": get_dotted(cfg, "model.depth", ""),
         "steps": last.get("step", ""),
         "status": read_status(run_dir).get("state", ""),
         "run_dir": str(run_dir),

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from launch.sweep import load_sweep
+from pretrain.overrides import parse_override
 from pretrain.scaling_laws.table import write_csv
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -178,14 +179,11 @@ def plan_isoflop(
 
 
 def parse_sets(texts: Sequence[str]) -> dict:
-    """`key=value` strings as a dict of overrides, values parsed as YAML (as the trainer does)."""
-    out = {}
-    for text in texts:
-        key, sep, raw = text.partition("=")
-        if not sep or not key:
-            raise ScalingDataError(f"override {text!r} is not of the form key=value")
-        out[key] = yaml.safe_load(raw)
-    return out
+    """`key=value` strings as a dict of overrides, read by the trainer's own parser."""
+    try:
+        return dict(parse_override(text) for text in texts)
+    except ValueError as e:
+        raise ScalingDataError(str(e)) from None
 
 
 def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:

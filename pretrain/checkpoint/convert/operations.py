@@ -152,7 +152,7 @@ def _model_layout(cfg) -> tuple[dict[str, TensorInfo], list[dict]]:
         model = get_family(cfg.model.family).build(cfg.model)
     names = {id(p): n for n, p in model.named_parameters()}
     infos = {n: TensorInfo(n, tuple(p.shape), torch.float32) for n, p in model.named_parameters()}
-    opt = build_optimizer(model, model.param_kinds(), cfg)
+    opt = build_optimizer(model, model.param_kinds(), cfg.optim, cfg.model)
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
               for g in opt.param_groups]
     return infos, groups

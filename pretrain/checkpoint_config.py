@@ -1,0 +1,14 @@
+"""The `checkpoint` section: when to save, how many to keep, where to resume from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 100  # 0 disables periodic checkpoints
+    keep_last: int = 3  # committed checkpoints kept; older ones are deleted
+    resume: str = "auto"  # auto (latest complete in run dir) | none | path to a checkpoint
+    async_save: bool = False  # overlap writing with training
+    save_at_end: bool = True

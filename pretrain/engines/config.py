@@ -1,0 +1,32 @@
+"""The `parallel` section: backend and its knobs, with DeepSpeed's own sub-section.
+
+Everything else DeepSpeed needs (batch sizes, accumulation, clipping, bf16) is derived from the
+other sections by `pretrain/engines/deepspeed_config.py`, so a recipe switches backend with one
+key. `deepspeed.extra` is merged last, for DeepSpeed knobs not modelled here (bucket sizes,
+offload...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[1, 2, 3] = 2  # 1: optimizer state sharded; 2: + gradients; 3: + parameters
+    # DeepSpeed's shared-memory CPU all-reduce is a C++ op JIT-built at first use (~50 s on 2
+    # cores, cached in TORCH_EXTENSIONS_DIR); off uses gloo, which is what FSDP2 uses on CPU.
+    shm_comm: bool = False
+    # merged into the generated DeepSpeed config (pretrain/engines/deepspeed_config.py)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParallelConfig:
+    backend: Literal["single", "ddp", "fsdp2", "deepspeed"] = "single"
+    mixed_precision: Literal["none", "bf16"] = "none"  # fsdp2: bf16 params, fp32 reduce
+    activation_checkpointing: bool = False
+    compile: bool = False
+    reshard_after_forward: bool = True  # fsdp2
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

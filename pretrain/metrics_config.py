@@ -1,0 +1,15 @@
+"""The `logging` section: how often to log and evaluate, and where (see pretrain/metrics.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    eval_every_steps: int = 100  # 0 disables periodic evaluation
+    eval_batches: int = 0  # 0 = the whole validation split
+    tensorboard: bool = True
+    progress_bar: bool = True
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device, else no MFU

@@ -1,0 +1,15 @@
+"""The `schedule` section: learning-rate schedule and run length (see pretrain/schedule.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "wsd", "constant"] = "cosine"
+    steps: int = 1000  # optimizer steps in the whole run
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine / wsd floor as a fraction of optim.lr
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
