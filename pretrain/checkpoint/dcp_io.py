@@ -19,9 +19,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import _StorageWriterTransforms
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from pretrain import compat
 from pretrain.checkpoint.commit import require_complete
 from pretrain.checkpoint.writeback import WritebackFileSystem
 
@@ -60,7 +60,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 class SafeFileSystemReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = self._get_metadata_path(kwargs.get("rank"))
+        path = compat.dcp_metadata_path(self, kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
         if not isinstance(metadata, Metadata):
@@ -75,9 +75,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
         obj = torch.load(value, weights_only=True)
         if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            compat.dcp_set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
 
@@ -118,7 +116,7 @@ class _Unclosable:
         self.flush()
 
 
-class _PlainTransforms(_StorageWriterTransforms):
+class _PlainTransforms(compat.dcp_writer_transforms_base()):
     """DCP's record transforms with no extensions (what we always use), minus its cost: the stock
     version defines a wrapper class for every record (~30 us with ABCMeta) and adds a Python frame
     to every write; with ~400 records per checkpoint that was ~8% of a save's CPU time."""

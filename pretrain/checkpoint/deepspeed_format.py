@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain import compat
 from pretrain.checkpoint.convert.mismatch import check_compatible
 from pretrain.checkpoint.convert.sources import (
     CheckpointFormatError,
@@ -31,9 +32,7 @@ from pretrain.optim import canonical_name
 
 def make_safe_checkpoint_engine(config_params):
     """DeepSpeed's torch checkpoint engine with loads restricted to weights_only + allow-list."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    class SafeCheckpointEngine(TorchCheckpointEngine):
+    class SafeCheckpointEngine(compat.deepspeed_torch_checkpoint_engine()):
         def load(self, path: str, map_location=None):
             return safe_torch_load(path, map_location=map_location or "cpu")
 
@@ -43,7 +42,7 @@ def make_safe_checkpoint_engine(config_params):
 def install_safe_checkpoint_engine(ds_engine) -> None:
     """Route the DeepSpeed engine's checkpoint file I/O through `SafeCheckpointEngine`."""
     if type(ds_engine.checkpoint_engine).__name__ != "SafeCheckpointEngine":
-        ds_engine.checkpoint_engine = make_safe_checkpoint_engine(ds_engine._config)
+        ds_engine.checkpoint_engine = make_safe_checkpoint_engine(compat.deepspeed_engine_config(ds_engine))
 
 
 def preflight(path: Path) -> None:
@@ -94,7 +93,7 @@ def load_deepspeed(ds_engine, path: Path, world_size: int) -> None:
     optimizer = ds_engine.optimizer  # the ZeRO optimizer wrapping the project's AdamW
     stage = ds_engine.zero_optimization_stage()
     universal = check_loadable(path, stage, world_size, expected_shapes(ds_engine))
-    ds_engine._config.load_universal_checkpoint = universal
+    compat.deepspeed_engine_config(ds_engine).load_universal_checkpoint = universal
     # Group hyperparameters come from the config (as at start); DeepSpeed's ZeRO-3 universal
     # loader copies group 0's onto every group, which would lose per-group weight decay.
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -107,6 +106,6 @@ def load_deepspeed(ds_engine, path: Path, world_size: int) -> None:
         group.update(saved)
     # The ZeRO-3 universal loader puts one `step` tensor object into every group's state;
     # AdamW increments it in place once per group, so the groups' steps would run ahead.
-    for state in optimizer.optimizer.state.values():
+    for state in compat.deepspeed_base_optimizer(optimizer).state.values():
         if isinstance(state.get("step"), torch.Tensor):
             state["step"] = state["step"].clone()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from pretrain.compat import checkpoint_wrapper
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.config import ParallelConfig
 from pretrain.models.config import ModelConfig
@@ -28,8 +29,6 @@ LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward instead of storing them."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     for i, block in enumerate(model.blocks):
         model.blocks[i] = checkpoint_wrapper(block)
 

@@ -15,6 +15,7 @@ import os
 import torch
 from torch import nn
 
+from pretrain import compat
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.base import Engine, LossFn
 from pretrain.engines.config import ParallelConfig
@@ -33,10 +34,8 @@ def import_deepspeed(shm_comm: bool):
     import deepspeed.ops
 
     if not shm_comm:
-        from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
-
         # Read (and cached) by deepspeed.comm's TorchBackend before it would JIT-build the op.
-        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+        compat.deepspeed_disable_op(deepspeed, compat.deepspeed_cpu_shm_comm_builder().NAME)
     return deepspeed
 
 
