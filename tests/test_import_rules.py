@@ -87,6 +87,10 @@ RULES = [
     ("pretrain.config", "launch.slurm", "config only assembles leaf sections"),
     ("pretrain.config", "pretrain.engines.base", "config only assembles leaf sections"),
     ("pretrain.config", "pretrain.trainer", "config only assembles leaf sections"),
+    ("pretrain.trainer", "pretrain.cli", "the command line sits on top"),
+    ("launch", "pretrain.cli", "the command line sits on top"),
+    ("data_pipeline", "pretrain.cli", "the command line sits on top"),
+    ("pretrain.checkpoint", "pretrain.cli", "the command line sits on top"),
 ]
 
 
