@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "launch",
         help="launch a recipe on this machine with torchrun",
         description="Launch a multi-process run on this machine (torchrun --standalone).",
-        epilog="example: pretrain launch local --nproc 2 configs/vit_digits.yaml parallel.backend=fsdp2",
+        epilog="example: pretrain launch local --nproc 2 configs/vit_digits.yaml "
+        "parallel.backend=fsdp2",
     )
     sub = p.add_subparsers(dest="where", metavar="WHERE", required=True)
     local = sub.add_parser("local", help="torchrun with N processes on this machine")
