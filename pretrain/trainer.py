@@ -91,7 +91,7 @@ def _train(cfg: TrainConfig) -> dict:
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     family = get_family(cfg.model.family)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, meta=True)  # the engine allocates it (sharded, on device)
     kinds = model.param_kinds()  # canonical names -> muP role, taken before any wrapping
     stats = {
         "params": count_params(model),

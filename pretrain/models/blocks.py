@@ -54,11 +54,7 @@ class SigmaReparamLinear(nn.Linear):
 
     @torch.no_grad()
     def power_iteration(self, steps: int = 1) -> None:
-        w = self.weight.detach().float()
-        u = self.u.float()
-        for _ in range(steps):
-            v = F.normalize(w.t() @ u, dim=0)
-            u = F.normalize(w @ v, dim=0)
+        u = power_iterate(self.weight.detach().float(), self.u.float(), steps)
         self.u.copy_(u.to(self.u.dtype))
 
     def sigma(self) -> torch.Tensor:
@@ -81,11 +77,12 @@ def make_linear(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Lin
 
 
 @torch.no_grad()
-def prime_sigma_reparam(model: nn.Module, steps: int = 30) -> None:
-    """Converge every σReparam layer's power iteration on its initial weights."""
-    for module in model.modules():
-        if isinstance(module, SigmaReparamLinear):
-            module.power_iteration(steps)
+def power_iterate(w: torch.Tensor, u: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` power-iteration steps for the top left singular vector of `w`, from `u`."""
+    for _ in range(steps):
+        v = F.normalize(w.t() @ u, dim=0)
+        u = F.normalize(w @ v, dim=0)
+    return u
 
 
 # ------------------------------------------------------------------ rotary position embedding
