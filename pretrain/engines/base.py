@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pretrain.compat import checkpoint_wrapper
+from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.config import ParallelConfig
 from pretrain.models.config import ModelConfig
@@ -55,7 +56,9 @@ class Engine:
     ):
         self.env, self.loss_fn = env, loss_fn
         # global_batch_size: the loop splits batches for these backends; DeepSpeed needs it
-        self.parallel, self.optim_cfg = parallel, optim
+        device = describe_device(env.device)  # `auto` settings, unless the trainer resolved them
+        self.parallel, self.optim_cfg = resolve_parallel(parallel, device), resolve_optim(optim, device)
+        optim = self.optim_cfg
         kinds = self.prepare(model)
         self.model = self.wrap(model)
         self.materialize(self.model)
@@ -77,7 +80,7 @@ class Engine:
             self.materialize(model)
         if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
-        if self.parallel.compile:
+        if self.parallel.compile is True:  # "auto" unresolved (no trainer): eager
             apply_compile(model)
         return kinds
 
