@@ -237,6 +237,44 @@ def trainer_run(backend: str, device: str, run_dir: Path, tiny: bool) -> dict:
             "log_tail": "" if ok else (proc.stdout + proc.stderr)[-3000:]}
 
 
+def flex_check(device: torch.device, tiny: bool) -> dict:
+    """Document-masked attention: FlexAttention's block mask against the dense boolean mask
+    (the reference) on packed rows, outputs and (on CUDA) input gradients, with peak memory."""
+    import warnings
+
+    from pretrain.models.blocks import Attention, document_block_mask
+    from pretrain.models.lm import document_causal_mask
+
+    batch, seq, width, heads = (2, 160, 32, 2) if tiny else (4, 2048, 2048, 16)
+    cfg = ModelConfig(family="lm", width=width, num_heads=heads)
+    attn = Attention(cfg, causal=True).to(device)
+    g = torch.Generator().manual_seed(0)
+    starts = torch.rand(batch, seq, generator=g) < 4 / seq  # ~4 documents per row
+    starts[:, 0] = True
+    doc_ids = starts.long().cumsum(dim=1).to(device)
+    x = torch.randn(batch, seq, width, generator=g).to(device)
+    train = device.type == "cuda"  # torch has no FlexAttention backward on the CPU
+    out = {}
+    for name, mask in (("dense", document_causal_mask(doc_ids)),
+                       ("flex", document_block_mask(doc_ids))):
+        reset_peak(device)
+        xi = x.clone().requires_grad_(train)
+        with warnings.catch_warnings(), torch.autocast(device.type, torch.bfloat16, enabled=train):
+            warnings.simplefilter("ignore")
+            with torch.set_grad_enabled(train):
+                y = attn(xi, mask)
+                if train:
+                    y.float().square().mean().backward()
+        sync(device)
+        out[name] = (y.detach().float(), xi.grad, peak_memory_gb(device))
+    dense, flex = out["dense"], out["flex"]
+    result = {"max_abs_diff": (flex[0] - dense[0]).abs().max().item(),
+              "dense_peak_gb": dense[2], "flex_peak_gb": flex[2]}
+    if train:
+        result["grad_max_abs_diff"] = (flex[1] - dense[1]).abs().max().item()
+    return result
+
+
 def blocked_imports() -> list[str]:
     """Packages the GPU image lacks that something on this path imported anyway."""
     return [name for name in ("deepspeed", "webdataset", "streaming") if name in sys.modules]
@@ -245,8 +283,8 @@ def blocked_imports() -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description="GPU check (see bench/gpu_check.py)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, runs on a CPU")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default 150; tiny 3)")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed steps (default 15; tiny 1)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default 100; tiny 3)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps (default 10; tiny 1)")
     parser.add_argument("--models", default="", help="comma-separated subset of the model names")
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--out", default="", help="write the results here as JSON")
@@ -255,8 +293,8 @@ def main() -> int:
     if device.type == "cpu" and not args.tiny:
         print("no GPU: run with --tiny for the CPU smoke version", file=sys.stderr)
         return 2
-    steps = args.steps or (3 if args.tiny else 150)
-    warmup = args.warmup or (1 if args.tiny else 15)
+    steps = args.steps or (3 if args.tiny else 100)
+    warmup = args.warmup or (1 if args.tiny else 10)
     cases = [c for c in (TINY if args.tiny else FULL)
              if not args.models or c.name in args.models.split(",")]
     parallel = ParallelConfig()  # auto: bf16 + compile + TF32 + fused AdamW on a GPU
@@ -283,6 +321,10 @@ def main() -> int:
                 print(f"checkpoint save: {c['checkpoint_gb']:.2f} GB in {c['checkpoint_s']:.2f} s "
                       f"= {c['checkpoint_gb_per_s']:.2f} GB/s", flush=True)
             del engine
+        results["flex_attention"] = f = flex_check(device, args.tiny)
+        print(f"flex vs dense document mask: max |diff| {f['max_abs_diff']:.2e} "
+              f"(grad {f.get('grad_max_abs_diff', float('nan')):.2e}), peak memory "
+              f"{f['dense_peak_gb']:.2f} GB dense, {f['flex_peak_gb']:.2f} GB flex", flush=True)
         if not args.skip_trainer:
             results["trainer"] = [trainer_run(b, device.type, work / f"run_{b}", args.tiny)
                                   for b in ("fsdp2", "ddp")]

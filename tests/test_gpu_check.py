@@ -38,6 +38,7 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
         assert row["steps_per_s"] > 0 and row["plain_steps_per_s"] > 0 and row["tokens_per_s"] > 0
         assert row["mixed_precision"] == "none" and row["compile"] is False  # CPU: auto = off
     assert results["checkpoint"]["checkpoint_gb"] > 0
+    assert results["flex_attention"]["max_abs_diff"] < 1e-4
     assert [(r["backend"], r["ok"]) for r in results["trainer"]] == [("fsdp2", True), ("ddp", True)]
     assert all(r["val_steps"] and r["checkpoints"] for r in results["trainer"])
     assert results["unexpected_imports"] == []
