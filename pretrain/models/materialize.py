@@ -16,6 +16,14 @@ Buffers: σReparam's `u` starts from its own seeded draw and is converged by pow
 on the full initial weight; any other buffer belongs to a module that recomputes it in
 `init_buffers()` (e.g. DiT's sin-cos position table). A buffer with neither fails loudly
 instead of keeping `to_empty`'s garbage.
+
+Where each engine materialises (pretrain/engines/base.py `prepare`): single and DDP allocate
+the whole model on the device before wrapping (DDP replicates it anyway); FSDP2 after
+`fully_shard`, so a rank holds only its shards. DeepSpeed gets the model materialised whole on
+each rank before `deepspeed.initialize` partitions it: ZeRO-3 can partition at construction
+(`deepspeed.zero.Init`), but then the values come from the modules' own initialisers on each
+partition; writing these per-name values would mean gathering every parameter once
+(`GatheredParameters`), which is left for when ZeRO-3 models outgrow a rank's memory.
 """
 
 from __future__ import annotations
@@ -61,6 +69,9 @@ class InitPlan:
     """
 
     def __init__(self, model: nn.Module):
+        if not hasattr(model, "init_seed"):
+            raise ValueError(f"{type(model).__name__} has no init_seed: build it with "
+                             "pretrain.models.build_model, which records the seed of its values")
         self.cfg, self.seed = model.cfg, model.init_seed
         self.module_names = {module: name for name, module in model.named_modules()}
         self.kinds = model.param_kinds()
