@@ -75,7 +75,8 @@ def main() -> None:
             if line.startswith("RESULT "):
                 r = json.loads(line[7:])
                 print(f"{mode:5s} rank {r['rank']}: model {r['model_mb']:.0f} MB "
-                      f"({r['params'] / 1e6:.0f}M params), local shard {r['local_shard_mb']:.0f} MB, "
+                      f"({r['params'] / 1e6:.0f}M params), "
+                      f"local shard {r['local_shard_mb']:.0f} MB, "
                       f"peak RSS rise {r['peak_rise_mb']:.0f} MB "
                       f"({r['peak_rise_mb'] / r['model_mb']:.2f} of the model)")
 

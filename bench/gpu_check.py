@@ -1,7 +1,7 @@
 """The GPU check: the project's engine against a plain PyTorch loop, on synthetic data.
 
     bash bench/gpu_check.sh            # one H200: ViT-B/16, DiT-XL/2, ~1B LM, checkpoint, trainer
-    bash bench/gpu_check.sh --tiny     # the same code at toy sizes on a CPU (tests/test_gpu_check.py)
+    bash bench/gpu_check.sh --tiny     # the same code at toy sizes on a CPU (the tests run it)
 
 Per model: steps/s, tokens/s, MFU (against the device's bf16 peak), peak memory, and the ratio of
 the project's steps/s to a plain loop's over the same model with the same bf16 / compile /
@@ -329,10 +329,10 @@ def main() -> int:
             results["trainer"] = [trainer_run(b, device.type, work / f"run_{b}", args.tiny)
                                   for b in ("fsdp2", "ddp")]
             for r in results["trainer"]:
+                tail = "\n" + r["log_tail"] if r["log_tail"] else ""
                 print(f"trainer {r['backend']:5s}: {'ok' if r['ok'] else 'FAILED'} in "
                       f"{r['seconds']:.0f} s, val at steps {r['val_steps']}, "
-                      f"checkpoints {r['checkpoints']}{chr(10) + r['log_tail'] if r['log_tail'] else ''}",
-                      flush=True)
+                      f"checkpoints {r['checkpoints']}{tail}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["unexpected_imports"] = blocked_imports()

@@ -41,7 +41,8 @@ def main(backends: list[str]) -> None:
                                   optim=OptimConfig(), model_cfg=cfg, global_batch_size=4)
             options = StateDictOptions(full_state_dict=True)
             got = get_model_state_dict(engine.model, options=options)
-            bad = sorted(k for k in eager if k not in got or not torch.equal(eager[k], got[k].cpu()))
+            bad = sorted(k for k in eager
+                         if k not in got or not torch.equal(eager[k], got[k].cpu()))
             if env.is_main:
                 print("META_INIT", backend, family, ",".join(bad) or "-", flush=True)
     shutdown()

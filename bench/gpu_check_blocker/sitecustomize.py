@@ -13,7 +13,8 @@ BLOCKED = ("deepspeed", "webdataset", "streaming")
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked by bench/gpu_check_blocker (not on the GPU image)")
+            raise ImportError(f"{name} is blocked by bench/gpu_check_blocker "
+                              "(not on the GPU image)")
         return None
 
 

@@ -57,8 +57,8 @@ class Engine:
         self.env, self.loss_fn = env, loss_fn
         # global_batch_size: the loop splits batches for these backends; DeepSpeed needs it
         device = describe_device(env.device)  # `auto` settings, unless the trainer resolved them
-        self.parallel, self.optim_cfg = resolve_parallel(parallel, device), resolve_optim(optim, device)
-        optim = self.optim_cfg
+        self.parallel = resolve_parallel(parallel, device)
+        self.optim_cfg = optim = resolve_optim(optim, device)
         kinds = self.prepare(model)
         self.model = self.wrap(model)
         self.materialize(self.model)
