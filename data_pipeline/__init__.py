@@ -44,7 +44,7 @@ def build_source(cfg: DataConfig, split: str) -> tuple[BatchSource, int]:
     if cfg.format in ("wds", "mds"):
         from data_pipeline.sharded import ShardedBatches
 
-        return ShardedBatches(cfg, train=split == "train"), cfg.num_workers
+        return ShardedBatches(cfg, train=split == "train"), cfg.loader_workers
     raise ValueError(f"data.format={cfg.format!r} is not supported (memory, wds, mds)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 IGNORE_INDEX = -100  # targets of padding rows and of skipped samples (torch's cross-entropy default)
 
@@ -21,7 +22,9 @@ class DataConfig:
     val_url: str = ""
     global_batch_size: int = 64
     eval_batch_size: int = 0  # global; 0 = global_batch_size
-    num_workers: int = 0
+    # DataLoader worker processes per rank (sharded formats); "auto" = 0 on a CPU, several per
+    # GPU (pretrain/device_defaults.py); read through `loader_workers`
+    num_workers: int | Literal["auto"] = "auto"
     seed: int = 0
     val_fraction: float = 0.2  # memory datasets: share held out for evaluation
     seq_len: int = 64  # token datasets: tokens per sequence (sharded: taken from the manifest)
@@ -36,7 +39,8 @@ class DataConfig:
     shuffle: bool = True
     shuffle_window: int = 4  # shards whose samples are shuffled together (locality vs. mixing)
     prefetch_factor: int = 2  # micro-batches each DataLoader worker prepares ahead
-    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    # page-locked batches, so host-to-GPU copies are asynchronous; auto (or true) pins on CUDA
+    pin_memory: bool | Literal["auto"] = "auto"
     on_bad_sample: str = "error"  # error | skip (skipped rows become padding, counted in metrics)
     budget_samples: int = 0  # stop the train stream after this many samples (whole steps); 0 = endless
     budget_tokens: int = 0  # the same in tokens (token datasets); 0 = endless
@@ -55,3 +59,8 @@ class DataConfig:
     patch_size: int = 16
     pack_images: int = 4  # images per packed sequence; the micro-batch (images) must divide by it
     pack_max_patches: int = 256  # sequence length in patches; images shrink together to fit
+
+    @property
+    def loader_workers(self) -> int:
+        """num_workers, with an unresolved "auto" read as 0 (the CPU default)."""
+        return 0 if self.num_workers == "auto" else self.num_workers

@@ -113,7 +113,7 @@ class SourceTrainLoader:
                 f"world_size*grad_accum={world_size}*{grad_accum}"
             )
         self.source, self.cfg, self.rank, self.world_size = source, cfg, rank, world_size
-        self.num_workers = cfg.num_workers if num_workers is None else num_workers
+        self.num_workers = cfg.loader_workers if num_workers is None else num_workers
         self.micro_global = cfg.global_batch_size // grad_accum
         self.stop = budget_samples(cfg, source.tokens_per_sample)
         self.consumed = 0
@@ -160,7 +160,7 @@ class SourceEvalLoader:
         if global_batch % world_size:
             raise ValueError(f"eval batch {global_batch} does not split across {world_size} ranks")
         self.source, self.cfg = source, cfg
-        self.num_workers = cfg.num_workers if num_workers is None else num_workers
+        self.num_workers = cfg.loader_workers if num_workers is None else num_workers
         self.plan = EvalPlan(source.num_samples, global_batch, rank, world_size)
         self.bad_samples = 0
 

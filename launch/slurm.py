@@ -73,7 +73,7 @@ def sbatch_directives(spec: JobSpec) -> list[str]:
         ("job-name", spec.job_name()),
         ("nodes", cfg.nodes),
         ("ntasks-per-node", 1),
-        ("cpus-per-task", cfg.cpus_per_task),
+        ("cpus-per-task", cfg.task_cpus()),
     ]
     if cfg.gpus_per_node:
         opts.append(("gpus-per-node", cfg.gpus_per_node))
@@ -125,7 +125,7 @@ def render_sbatch(spec: JobSpec) -> str:
         "MAX_RESTARTS": str(cfg.max_restarts),
         "RDZV_PORT": str(cfg.rdzv_port) if cfg.rdzv_port else "$((20000 + SLURM_JOB_ID % 10000))",
         "NODES": str(cfg.nodes),
-        "CPUS_PER_TASK": str(cfg.cpus_per_task),
+        "CPUS_PER_TASK": str(cfg.task_cpus()),
         "SIGNAL": cfg.signal,
         "SIGNAL_TRAP": (
             f"trap 'log \"SIG{cfg.signal} reached the batch shell (the step gets its own)\"' "

@@ -26,6 +26,8 @@ _OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_VALUE = re.compile(r"^[!-~]*$")  # printable ASCII, no space
 _UNSAFE_IN_SBATCH = set("\"'\\")
+# DataLoader workers per GPU process that `auto` settings assume (pretrain/device_defaults.py)
+LOADER_WORKERS_PER_GPU = 6
 
 
 @dataclass
@@ -35,7 +37,9 @@ class SlurmConfig:
     nodes: int = 1
     gpus_per_node: int = 0
     nproc_per_node: int = 0  # processes per node; 0 = gpus_per_node, or 1 without GPUs
-    cpus_per_task: int = 1  # CPUs for the node's single task (all its workers share them)
+    # CPUs for the node's single task (all its ranks and loader workers share them); 0 = auto:
+    # 1 without GPUs, else (LOADER_WORKERS_PER_GPU + 1) per process (data.num_workers=auto fits)
+    cpus_per_task: int = 0
     time: str = "01:00:00"
     partition: str = ""
     account: str = ""
@@ -70,12 +74,18 @@ class SlurmConfig:
     def procs_per_node(self) -> int:
         return self.nproc_per_node or self.gpus_per_node or 1
 
+    def task_cpus(self) -> int:
+        """cpus_per_task, or for 0 (auto) a rank's main process plus its loader workers."""
+        if self.cpus_per_task:
+            return self.cpus_per_task
+        return (LOADER_WORKERS_PER_GPU + 1) * self.procs_per_node() if self.gpus_per_node else 1
+
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
-        for key in ("nodes", "cpus_per_task"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"slurm.{key} must be >= 1")
-        for key in ("gpus_per_node", "nproc_per_node", "max_restarts", "signal_seconds"):
+        if self.nodes < 1:
+            raise ValueError("slurm.nodes must be >= 1")
+        for key in ("gpus_per_node", "nproc_per_node", "cpus_per_task", "max_restarts",
+                    "signal_seconds"):
             if getattr(self, key) < 0:
                 raise ValueError(f"slurm.{key} must be >= 0")
         if self.signal_seconds > 65535:

@@ -51,7 +51,8 @@ def build_optimizer(
     model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
 ) -> Optimizer:
     groups = param_groups(model, kinds, optim, model_cfg)
-    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                 fused=optim.fused is True or None)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

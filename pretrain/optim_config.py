@@ -15,3 +15,4 @@ class OptimConfig:
     weight_decay: float = 0.05  # applied to matrix-like parameters only
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
+    fused: bool | Literal["auto"] = "auto"  # fused AdamW kernel (auto: on a GPU)

@@ -19,6 +19,7 @@ import torch
 from data_pipeline import build_loader
 from pretrain.checkpoint import Checkpointer, SavePolicy, seed_rank
 from pretrain.config import TrainConfig, save_config, to_dict
+from pretrain.device_defaults import apply_device_flags, describe_device, resolve_auto
 from pretrain.dist import DistEnv, all_reduce_max, barrier, init_distributed
 from pretrain.engines import build_engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
@@ -88,10 +89,12 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig) -> dict:
     env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single")
+    cfg = resolve_auto(cfg, describe_device(env.device))  # GPU defaults; saved in config.yaml
+    apply_device_flags(cfg.parallel)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     family = get_family(cfg.model.family)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, meta=True)  # the engine allocates it (sharded, on device)
     kinds = model.param_kinds()  # canonical names -> muP role, taken before any wrapping
     stats = {
         "params": count_params(model),

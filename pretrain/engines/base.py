@@ -18,9 +18,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pretrain.compat import checkpoint_wrapper
+from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.config import ParallelConfig
 from pretrain.models.config import ModelConfig
+from pretrain.models.materialize import InitPlan, on_meta
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.optim_config import OptimConfig
 
@@ -45,6 +47,8 @@ class Engine:
     name = "single"
     checkpoint_format = "dcp"  # how pretrain.checkpoint writes and reads this engine's state
     _updates_held_by = None  # a background checkpoint copy still reading the live state
+    shards_at_init = False  # True: a meta-built model is materialised after `wrap`, as shards
+    _pending_init: InitPlan | None = None
 
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
@@ -52,21 +56,39 @@ class Engine:
     ):
         self.env, self.loss_fn = env, loss_fn
         # global_batch_size: the loop splits batches for these backends; DeepSpeed needs it
-        self.parallel, self.optim_cfg = parallel, optim
+        device = describe_device(env.device)  # `auto` settings, unless the trainer resolved them
+        self.parallel = resolve_parallel(parallel, device)
+        self.optim_cfg = optim = resolve_optim(optim, device)
         kinds = self.prepare(model)
         self.model = self.wrap(model)
+        self.materialize(self.model)
         self.optimizer = build_optimizer(self.model, kinds, optim, model_cfg)
 
     def prepare(self, model: nn.Module) -> dict[str, str]:
         """Device, activation checkpointing, compile (in that order, before sharding); returns the
-        parameters' muP roles, read before any wrapper renames them."""
+        parameters' muP roles, read before any wrapper renames them.
+
+        A model built on `meta` (`build_model(..., meta=True)`) is allocated and initialised
+        here on the device, or, for an engine that `shards_at_init`, by `materialize` after
+        `wrap`, so each rank allocates only its shards.
+        """
         kinds = model.param_kinds()
-        model.to(self.env.device)
+        self._pending_init = InitPlan(model) if on_meta(model) else None
+        if self._pending_init is None:
+            model.to(self.env.device)
+        elif not self.shards_at_init:
+            self.materialize(model)
         if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
-        if self.parallel.compile:
+        if self.parallel.compile is True:  # "auto" unresolved (no trainer): eager
             apply_compile(model)
         return kinds
+
+    def materialize(self, model: nn.Module) -> None:
+        """Allocate a meta-built model on the device and write its initial values (once)."""
+        plan, self._pending_init = self._pending_init, None
+        if plan is not None:
+            plan.apply(model, self.env.device)
 
     # ---- backend hooks
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -25,8 +25,11 @@ class DeepSpeedConfig:
 @dataclass
 class ParallelConfig:
     backend: Literal["single", "ddp", "fsdp2", "deepspeed"] = "single"
-    mixed_precision: Literal["none", "bf16"] = "none"  # fsdp2: bf16 params, fp32 reduce
+    # "auto" settings are resolved at startup from the device (pretrain/device_defaults.py: on
+    # on a GPU, off on a CPU) and the resolved values are saved in the run's config.yaml
+    mixed_precision: Literal["auto", "none", "bf16"] = "auto"  # fsdp2: bf16 params, fp32 reduce
     activation_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # torch.compile each block
+    tf32: bool | Literal["auto"] = "auto"  # TF32 tensor cores for fp32 matmuls and convolutions
     reshard_after_forward: bool = True  # fsdp2
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

@@ -24,6 +24,7 @@ def apply_fsdp(model: nn.Module, world_size: int, device_type: str, bf16: bool, 
 
 class FSDP2Engine(Engine):
     name = "fsdp2"
+    shards_at_init = True  # a meta-built model allocates only this rank's shards
 
     def wrap(self, model: nn.Module) -> nn.Module:
         p = self.parallel

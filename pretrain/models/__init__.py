@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from pretrain.models.attention_stats import attention_entropy
-from pretrain.models.blocks import prime_sigma_reparam, unwrap
+from pretrain.models.blocks import unwrap
 from pretrain.models.config import ModelConfig
 from pretrain.models.dit import DiT, dit_eval_extras, dit_loss
 from pretrain.models.lm import DecoderLM, lm_loss
-from pretrain.models.parametrization import init_parameters
+from pretrain.models.materialize import InitPlan
+from pretrain.models.parametrization import set_forward_multipliers
 from pretrain.models.vit import ViT, vit_loss
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -78,20 +79,27 @@ def get_family(name: str) -> ModelFamily:
 
 
 @torch.no_grad()
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, seed: int | None = None, meta: bool = False) -> nn.Module:
     """Build the family's module and initialise it through the parametrization (SP or muP).
 
-    Then the architecture's own constraints: weights it wants zero (DiT's adaLN-Zero) are
-    zeroed whatever the parametrization drew, and σReparam's power iteration is converged on
-    the initial weights.
+    Initial values are a pure function of (`seed`, parameter name) (pretrain/models/
+    materialize.py); `seed` defaults to one draw from the global RNG, so `torch.manual_seed`
+    before the call keeps deciding them. The seed is kept as `model.init_seed`.
+    `meta=True` allocates nothing: the engine applies parallelism, then allocates each rank's
+    shards and writes the same values an eager build has (`InitPlan`).
     """
-    model = get_family(cfg.family).build(cfg)
-    init_parameters(model, cfg)
-    zero = getattr(model, "zero_init_param_names", lambda: set())()
-    for name, p in model.named_parameters():
-        if name in zero:
-            p.zero_()
-    prime_sigma_reparam(model)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    family = get_family(cfg.family)
+    if meta:
+        with torch.device("meta"):
+            model = family.build(cfg)
+    else:
+        model = family.build(cfg)
+    set_forward_multipliers(model, cfg)
+    model.init_seed = seed
+    if not meta:
+        InitPlan(model).apply(model)
     return model
 
 

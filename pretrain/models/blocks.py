@@ -10,10 +10,12 @@ from outside (pretrain/engines/); nothing here knows about ranks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from pretrain.compat import in_backward
 from pretrain.models.config import ModelConfig
@@ -54,11 +56,7 @@ class SigmaReparamLinear(nn.Linear):
 
     @torch.no_grad()
     def power_iteration(self, steps: int = 1) -> None:
-        w = self.weight.detach().float()
-        u = self.u.float()
-        for _ in range(steps):
-            v = F.normalize(w.t() @ u, dim=0)
-            u = F.normalize(w @ v, dim=0)
+        u = power_iterate(self.weight.detach().float(), self.u.float(), steps)
         self.u.copy_(u.to(self.u.dtype))
 
     def sigma(self) -> torch.Tensor:
@@ -81,11 +79,12 @@ def make_linear(cfg: ModelConfig, in_features: int, out_features: int) -> nn.Lin
 
 
 @torch.no_grad()
-def prime_sigma_reparam(model: nn.Module, steps: int = 30) -> None:
-    """Converge every σReparam layer's power iteration on its initial weights."""
-    for module in model.modules():
-        if isinstance(module, SigmaReparamLinear):
-            module.power_iteration(steps)
+def power_iterate(w: torch.Tensor, u: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` power-iteration steps for the top left singular vector of `w`, from `u`."""
+    for _ in range(steps):
+        v = F.normalize(w.t() @ u, dim=0)
+        u = F.normalize(w @ v, dim=0)
+    return u
 
 
 # ------------------------------------------------------------------ rotary position embedding
@@ -110,12 +109,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ------------------------------------------------------------------ attention and MLP
 
 
+def document_block_mask(doc_ids: torch.Tensor) -> BlockMask:
+    """[B, T] document ids -> FlexAttention block mask, block-diagonal causal (query i attends
+    key j iff j <= i in the same document), the same rule as lm.document_causal_mask.
+
+    Unlike the dense [B, 1, T, T] boolean mask (which forces SDPA off its flash kernels) it
+    stores O(B * (T/128)^2) block indices, and fully masked blocks are never computed. Built by
+    a compiled `create_block_mask` (as torchtitan does) so the dense mask never exists.
+    """
+
+    def same_document_causal(b, h, q_idx, kv_idx):
+        return (doc_ids[b, q_idx] == doc_ids[b, kv_idx]) & (kv_idx <= q_idx)
+
+    b, t = doc_ids.shape
+    build = _compiled("create_block_mask") if doc_ids.is_cuda else create_block_mask
+    return build(same_document_causal, b, None, t, t, device=doc_ids.device)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled(name: str) -> Callable:
+    """FlexAttention's functions compiled once per process (uncompiled they materialise the
+    full score matrix, which is what they are here to avoid)."""
+    if name not in _COMPILED:
+        fn = {"create_block_mask": create_block_mask, "flex_attention": flex_attention}[name]
+        _COMPILED[name] = torch.compile(fn)
+    return _COMPILED[name]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through scaled_dot_product_attention.
 
     `scale` multiplies the attention logits: 1/sqrt(d_head) in the standard parametrization,
     set by the parametrization under muP. `attn_mask` is boolean (True = may attend), e.g. the
-    block-diagonal causal mask of packed documents. With `record_entropy` set, the forward also
+    block-diagonal causal mask of packed documents, or a FlexAttention `BlockMask` for the same
+    mask at flash-level memory (`document_block_mask`; run compiled on CUDA, uncompiled and
+    forward-only elsewhere, as torch 2.13 has no FlexAttention backward on the CPU). With
+    `record_entropy` set (dense masks only), the forward also
     stores the attention entropy per head (mean over batch and queries) in `entropy`.
     """
 
@@ -140,6 +171,10 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if isinstance(attn_mask, BlockMask):
+            flex = _compiled("flex_attention") if q.is_cuda else flex_attention
+            y = flex(q, k, v, block_mask=attn_mask, scale=self.scale)
+            return self.proj(y.transpose(1, 2).reshape(b, t, d))
         if self.record_entropy:
             self.entropy = self._entropy(q, k, attn_mask)
         y = F.scaled_dot_product_attention(

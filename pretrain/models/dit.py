@@ -131,6 +131,11 @@ class DiT(nn.Module):
         self.final = FinalLayer(cfg, self.patch_dim)
         self.output_mult = 1.0  # readout multiplier; muP sets it
 
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Recompute the position table (a meta-device build allocates it empty)."""
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.cfg.width, self.grid)[None])
+
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, N, C*p*p]."""
         p, (b, c, h, w) = self.patch_size, images.shape

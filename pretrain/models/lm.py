@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from pretrain.models.blocks import (
     TransformerBlock,
     block_matmul_flops,
+    document_block_mask,
     make_norm,
     resolve_mlp,
     rope_tables,
@@ -58,13 +60,22 @@ class DecoderLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(t, device=tokens.device).expand(b, t)
         rope = rope_tables(position_ids, self.rope_dim, self.cfg.lm.rope_theta)
-        mask = document_causal_mask(doc_ids) if doc_ids is not None else None
+        mask = self.document_mask(doc_ids) if doc_ids is not None else None
         x = self.tok_embed(tokens)
         for block in self.blocks:
             x = block(x, mask, rope)
         x = self.norm(x)
         logits = self.head(x) if self.head is not None else F.linear(x, self.tok_embed.weight)
         return logits * self.output_mult
+
+    def document_mask(self, doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
+        """FlexAttention's block mask on CUDA (flash-level memory); the dense boolean mask on
+        other devices (no FlexAttention backward there), with dropout (FlexAttention has none)
+        or while attention entropy is recorded (it reads the dense mask)."""
+        recording = any(getattr(m, "record_entropy", False) for m in self.modules())
+        if doc_ids.is_cuda and not self.cfg.dropout and not recording:
+            return document_block_mask(doc_ids)
+        return document_causal_mask(doc_ids)
 
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter. A tied embedding/readout matrix is named once

@@ -3,8 +3,9 @@
 Each model tags its parameters with a role (`model.param_kinds()`): embedding (input weights,
 fan-in fixed), hidden (matrix-like: both dimensions grow with width), readout (the output
 layer), vector (norm gains, biases). Everything below is a pure function of the parameter's
-role, its shape and the config, so it is computed once in `build_model` and lives in ordinary
-places that every backend keeps: init values, two module attributes (`output_mult`, each
+role, its shape and the config (init values also of the run seed and the parameter's name:
+`initial_value`), so it lives in ordinary places that every backend keeps: init values,
+written by pretrain/models/materialize.py, two module attributes (`output_mult`, each
 attention module's `scale`) and the optimizer's param groups (`lr_mult`, `wd_mult`, saved with
 the optimizer state). There is no wrapper and no shape bookkeeping that FSDP2 flattening or a
 checkpoint could lose.
@@ -47,6 +48,7 @@ muP).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection
 
@@ -109,30 +111,46 @@ def output_mult(cfg: ModelConfig) -> float:
     return cfg.mup.output_mult / width_mult(cfg) if cfg.mup.enabled else 1.0
 
 
-@torch.no_grad()
-def init_parameters(model: nn.Module, cfg: ModelConfig) -> None:
-    """Initialise every parameter from its role and set the forward multipliers (SP or muP)."""
-    kinds = model.param_kinds()
-    zero_names = set(getattr(model, "zero_init_param_names", lambda: ())())
-    mup = cfg.mup.enabled
-    for name, p in model.named_parameters():
-        kind = kinds[name]
-        if kind not in KINDS:
-            raise ValueError(f"parameter {name} has unknown role {kind!r} (one of {', '.join(KINDS)})")
-        if name in zero_names:
-            nn.init.zeros_(p)
-        elif kind != "vector" and p.ndim >= 2:
-            std = init_std(kind, cfg)
-            nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
-            if mup and kind == "readout" and cfg.mup.zero_readout:
-                nn.init.zeros_(p)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-        # norm gains keep their module's init (ones)
-    if mup and cfg.mup.zero_query:
-        params = dict(model.named_parameters())
-        for name, rows in query_slices(model).items():
-            params[name][rows].zero_()
+def tensor_seed(seed: int, name: str) -> int:
+    """Seed of one tensor's draw: a hash of (run seed, canonical name), so a value never depends
+    on which other tensors were drawn before it, on which device, or in which process."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def initial_value(
+    name: str, shape: torch.Size, kind: str, cfg: ModelConfig, seed: int, *, zero: bool = False,
+    query_rows: slice | None = None,
+) -> torch.Tensor:
+    """The full fp32 initial value of one parameter (on the CPU), a pure function of its name,
+    role, shape, the config and the run seed; see the module table.
+
+    `zero`: the architecture wants it zero (e.g. adaLN-Zero); `query_rows`: rows zeroed under
+    muP's zero_query. Matrices draw from their own generator (`tensor_seed`), on the CPU so
+    every device and world size gets the same bits; vectors are biases (0) or gains (1).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"parameter {name} has unknown role {kind!r} (one of {', '.join(KINDS)})")
+    value = torch.empty(shape, dtype=torch.float32)
+    if zero:
+        return value.zero_()
+    if kind != "vector" and len(shape) >= 2:
+        std = init_std(kind, cfg)
+        generator = torch.Generator().manual_seed(tensor_seed(seed, name))
+        nn.init.trunc_normal_(value, std=std, a=-2 * std, b=2 * std, generator=generator)
+        if cfg.mup.enabled and kind == "readout" and cfg.mup.zero_readout:
+            value.zero_()
+    elif name.endswith("bias"):
+        value.zero_()
+    else:
+        value.fill_(1.0)  # norm gains, σReparam's gamma
+    if query_rows is not None:
+        value[query_rows] = 0.0
+    return value
+
+
+def set_forward_multipliers(model: nn.Module, cfg: ModelConfig) -> None:
+    """The readout multiplier and every attention module's logit scale (SP or muP)."""
     if hasattr(model, "output_mult"):
         model.output_mult = output_mult(cfg)
     for module in model.modules():

@@ -1,0 +1,115 @@
+"""Writing a model's initial values, on a plain model or on one built on the `meta` device and
+already wrapped (activation checkpointing, compile, FSDP2), one tensor at a time.
+
+Why values are drawn per tensor: a large model is built on `meta` (no memory), parallelism is
+applied, and only then does each rank allocate its shards (`to_empty`) and fill them, as in
+torchtitan. For those shards to equal an eager build, a tensor's value cannot depend on a
+global RNG stream consumed in module order on full tensors (the meta build draws nothing, and a
+rank sees only its shards). So each parameter's value is `parametrization.initial_value`: drawn
+on the CPU from a generator seeded by (run seed, canonical name), one full tensor at a time
+(peak extra host memory: the largest parameter), then sliced to the rank's shard with
+`distribute_tensor(..., src_data_rank=None)` (no communication: every rank computes the same
+full tensor). The eager build goes through this same code, so eager and meta builds agree bit
+for bit on every family, backend and world size (tests/test_models_meta_init.py).
+
+Buffers: σReparam's `u` starts from its own seeded draw and is converged by power iteration
+on the full initial weight; any other buffer belongs to a module that recomputes it in
+`init_buffers()` (e.g. DiT's sin-cos position table). A buffer with neither fails loudly
+instead of keeping `to_empty`'s garbage.
+
+Where each engine materialises (pretrain/engines/base.py `prepare`): single and DDP allocate
+the whole model on the device before wrapping (DDP replicates it anyway); FSDP2 after
+`fully_shard`, so a rank holds only its shards. DeepSpeed gets the model materialised whole on
+each rank before `deepspeed.initialize` partitions it: ZeRO-3 can partition at construction
+(`deepspeed.zero.Init`), but then the values come from the modules' own initialisers on each
+partition; writing these per-name values would mean gathering every parameter once
+(`GatheredParameters`), which is left for when ZeRO-3 models outgrow a rank's memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from pretrain.models.blocks import SigmaReparamLinear, power_iterate
+from pretrain.models.parametrization import initial_value, query_slices, tensor_seed
+
+SIGMA_PRIME_STEPS = 30  # power-iteration steps that converge u on the initial weight
+
+
+def on_meta(model: nn.Module) -> bool:
+    """True when any parameter or buffer of `model` has no storage yet."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def sigma_start_vector(weight: torch.Tensor, seed: int, name: str) -> torch.Tensor:
+    """σReparam's left singular vector estimate `u`, converged on the full initial `weight`."""
+    generator = torch.Generator().manual_seed(tensor_seed(seed, name))
+    u = F.normalize(torch.randn(weight.shape[0], generator=generator), dim=0)
+    return power_iterate(weight.float(), u, SIGMA_PRIME_STEPS)
+
+
+@torch.no_grad()
+def fill(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the full CPU value into `target`, or into this rank's shard of a DTensor."""
+    if isinstance(target, DTensor):
+        full = distribute_tensor(full.to(target.device), target.device_mesh, target.placements,
+                                 src_data_rank=None)
+    target.copy_(full)
+
+
+class InitPlan:
+    """What initialisation needs from the unwrapped model, captured before wrappers rename it.
+
+    Activation checkpointing inserts a wrapper module (renaming parameters) and FSDP2 replaces
+    parameters with DTensors, but every original module object survives: names are kept per
+    module, and `apply` walks the wrapped model's modules, skipping wrappers.
+    """
+
+    def __init__(self, model: nn.Module):
+        if not hasattr(model, "init_seed"):
+            raise ValueError(f"{type(model).__name__} has no init_seed: build it with "
+                             "pretrain.models.build_model, which records the seed of its values")
+        self.cfg, self.seed = model.cfg, model.init_seed
+        self.module_names = {module: name for name, module in model.named_modules()}
+        self.kinds = model.param_kinds()
+        self.zero_names = set(getattr(model, "zero_init_param_names", lambda: ())())
+        mup = self.cfg.mup
+        self.query_rows = query_slices(model) if mup.enabled and mup.zero_query else {}
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, device: torch.device | str = "cpu") -> None:
+        """Allocate (if on meta) on `device` and write every initial value."""
+        if on_meta(model):
+            model.to_empty(device=device)
+        seen: set[int] = set()  # tied parameters (the LM's shared embedding) are drawn once
+        for module in model.modules():
+            prefix = self.module_names.get(module)
+            if prefix is None:
+                continue  # a wrapper added after the plan was taken
+            weights = {}
+            for attr, param in module.named_parameters(recurse=False):
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                name = f"{prefix}.{attr}" if prefix else attr
+                value = initial_value(name, param.shape, self.kinds[name], self.cfg, self.seed,
+                                      zero=name in self.zero_names,
+                                      query_rows=self.query_rows.get(name))
+                fill(param, value)
+                weights[attr] = value
+            self._init_buffers(module, prefix, weights)
+
+    def _init_buffers(self, module: nn.Module, prefix: str, weights: dict) -> None:
+        if hasattr(module, "init_buffers"):
+            module.init_buffers()
+            return
+        for attr, buffer in module.named_buffers(recurse=False):
+            name = f"{prefix}.{attr}" if prefix else attr
+            if isinstance(module, SigmaReparamLinear) and attr == "u":
+                fill(buffer, sigma_start_vector(weights["weight"], self.seed, name))
+            else:
+                raise ValueError(f"buffer {name} has no init rule: give {type(module).__name__} "
+                                 "an init_buffers() method that recomputes it")

@@ -1,0 +1,44 @@
+"""bench/gpu_check.sh at toy sizes on the CPU, so the GPU check cannot rot between GPU loans:
+every model trains through the engine and a plain loop, a checkpoint is timed, the real trainer
+runs FSDP2 and DDP at world size 1 through evaluation and an async checkpoint, all with
+deepspeed / webdataset / streaming unimportable (as on the GPU image)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_blocker_makes_the_missing_packages_unimportable():
+    env = subprocess_env() | {"PYTHONPATH": f"{REPO}/bench/gpu_check_blocker:{REPO}"}
+    for name in ("deepspeed", "webdataset", "streaming"):
+        proc = subprocess.run([sys.executable, "-c", f"import {name}"], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and "blocked by bench/gpu_check_blocker" in proc.stderr
+
+
+def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
+    out = tmp_path / "results.json"
+    env = subprocess_env() | {"PYTHON": sys.executable}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--tiny", "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = {r["model"]: r for r in results["models"]}
+    assert set(rows) == {"vit_tiny", "dit_tiny", "lm_tiny"}
+    for row in rows.values():
+        assert row["steps_per_s"] > 0 and row["plain_steps_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["mixed_precision"] == "none" and row["compile"] is False  # CPU: auto = off
+    assert results["checkpoint"]["checkpoint_gb"] > 0
+    assert results["flex_attention"]["max_abs_diff"] < 1e-4
+    assert [(r["backend"], r["ok"]) for r in results["trainer"]] == [("fsdp2", True), ("ddp", True)]
+    assert all(r["val_steps"] and r["checkpoints"] for r in results["trainer"])
+    assert results["unexpected_imports"] == []
