@@ -1,7 +1,8 @@
 """The recipe's `slurm` section and the name/value rules that keep a rendered job safe.
 
 A leaf module (its one project import is the leaf `data_pipeline.safe_names`), so the trainer's
-config can embed the section without loading the launcher. `launch/slurm.py` renders and submits the job from it.
+config can embed the section without loading the launcher. `launch/slurm.py` renders and
+submits the job from it.
 """
 
 from __future__ import annotations
