@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,9 +24,11 @@ from data_pipeline.manifest import (
     MDS_INDEX_NAME,
     Manifest,
     ShardInfo,
+    agree,
     manifest_from_mds_index,
 )
 from data_pipeline.order import ShardedOrder
+from data_pipeline.safe_names import relative_name
 from data_pipeline.shards import MdsShard, RawSample, TarShard
 from data_pipeline.storage import ShardStore
 
@@ -33,9 +36,18 @@ log = logging.getLogger(__name__)
 FORMATS = ("wds", "mds")
 
 
-def _decompress(path: str, shard: ShardInfo, cache_dir: str) -> str:
-    """Decompressed copy of a compressed MDS shard, next to the cache (made once)."""
-    dest = os.path.join(cache_dir, "raw", shard.raw_name)
+def _decompress(path: str, shard: ShardInfo, cache_dir: str, in_place: bool) -> str:
+    """Decompressed copy of a compressed MDS shard in the cache, made once per content: the copy
+    is named by the compressed file's identity (declared hashes, and for a file read in place its
+    size, mtime and inode; a downloaded one is already named by content), so a set rewritten in
+    place, or another set with the same shard names, is decompressed afresh."""
+    identity = f"{sorted(shard.declared_hashes().items())}|{os.path.realpath(path)}"
+    if in_place:
+        st = os.stat(path)
+        identity += f"|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    base = os.path.basename(relative_name(shard.raw_name, f"{MDS_INDEX_NAME} raw_data.basename"))
+    dest = os.path.join(cache_dir, "raw", f"{key}-{base}")
     if os.path.exists(dest):
         return dest
     if shard.compression.split(":")[0] != "zstd":
@@ -89,6 +101,7 @@ def load_manifest(store: ShardStore, fmt: str) -> Manifest:
             raise ShardNotFoundError(f"no {MDS_INDEX_NAME} under {store.url} (not an MDS dataset?)")
         manifest = manifest_from_mds_index(json.loads(index))
         if ours is not None:
+            agree(ours, manifest)
             manifest.meta = ours.meta
     if manifest.num_samples == 0:
         raise DataError(f"{store.url}: the dataset has no samples")
@@ -159,7 +172,7 @@ class ShardedSource:
                     return TarShard(path, info.name, expected_samples=info.samples,
                                     check_headers=not self.store.verified(info))
                 if info.compression:
-                    path = _decompress(path, info, self.store.cache_dir)
+                    path = _decompress(path, info, self.store.cache_dir, self.store.local)
                 return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
             except (ShardNotFoundError, FileNotFoundError):
                 # a cached copy evicted by another process between fetch and open: fetch again

@@ -1,8 +1,11 @@
 """Where shard bytes come from: local paths in place, any other fsspec URL through a local cache.
 
-Remote shards are downloaded whole into `cache_dir` (written aside, verified against the manifest's
-sha256, then renamed into place, under a file lock so ranks and workers sharing a cache download
-each shard once), and read from there with random access. A later epoch reads from the cache.
+Remote shards are downloaded whole into `cache_dir` (written aside, verified against every hash
+the manifest declares, then renamed into place, under a file lock so ranks and workers sharing a
+cache download each shard once), and read from there with random access. A later epoch reads from
+the cache. A cached file is named by the shard's content identity (a declared hash, else size and
+etag/mtime from the server), never by the URL as typed: a dataset rewritten in place is fetched
+again, and two datasets whose shards share a relative name never read each other's bytes.
 With a size limit, least recently used shards are evicted; a reader holding one open keeps its
 file descriptor (POSIX), so eviction never breaks a read in progress.
 """
@@ -21,7 +24,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import fsspec
 
 from data_pipeline.errors import ChecksumError, ShardNotFoundError, where
+from data_pipeline.hashes import checkable, digest_file
 from data_pipeline.manifest import ShardInfo
+from data_pipeline.safe_names import relative_name
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +84,11 @@ class ShardStore:
         self.fs, self.root = open_fs(url, self.storage_options)
         self.local = is_local(self.fs)
         self.verify, self.cache_limit_bytes = verify, cache_limit_bytes
-        key = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
-        self.cache_dir = os.path.join(cache_dir or default_cache_dir(), key)
+        self.cache_dir = cache_dir or default_cache_dir()
         self.prefetch_threads = prefetch_threads
-        self._verified: set[str] = set()
+        self._verified: dict[str, tuple[str, ...]] = {}  # shard name -> hashes checked
         self._pending: dict[str, Future] = {}
+        self._keys: dict[str, str] = {}  # shard name -> content key (cached per process)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -108,14 +113,18 @@ class ShardStore:
         self._lock = threading.Lock()
 
     def verified(self, shard: ShardInfo) -> bool:
-        """Whether this process checked the shard's bytes against the manifest's sha256
+        """Whether this process checked the shard's bytes against at least one declared hash
         (always true for a shard in the remote cache, which is only filled after a check)."""
-        if not shard.sha256 or self.verify == "off":
+        if self.verify == "off" or not any(map(checkable, shard.declared_hashes())):
             return False
         return not self.local or shard.name in self._verified
 
+    def checked_hashes(self, shard: ShardInfo) -> tuple[str, ...]:
+        """The hashes this process compared for the shard (empty: nothing was verified)."""
+        return self._verified.get(shard.name, ())
+
     def remote_path(self, name: str) -> str:
-        return f"{self.root}/{name}"
+        return f"{self.root}/{relative_name(name, f'shard name under {self.url}')}"
 
     def read_small(self, name: str) -> bytes | None:
         """A small metadata file (manifest, index), or None if it does not exist."""
@@ -134,14 +143,15 @@ class ShardStore:
             path = self.remote_path(shard.name)
             if not os.path.exists(path):
                 raise ShardNotFoundError(f"{where(shard.name)}: not found at {path}")
-            if self.verify == "always" and shard.sha256 and shard.name not in self._verified:
+            if self.verify == "always" and shard.name not in self._verified:
                 self._check(path, shard)
             return path
         with self._lock:
             future = self._pending.pop(shard.name, None)
-        if future is not None:
-            return future.result()
-        return self._fetch(shard)
+        path = future.result() if future is not None else self._fetch(shard)
+        if self.verify == "always" and shard.name not in self._verified:
+            self._check(path, shard)  # a copy cached earlier (maybe by a run with checks off)
+        return path
 
     def prefetch(self, shard: ShardInfo) -> None:
         """Start downloading a shard in the background (no-op for local datasets)."""
@@ -149,26 +159,44 @@ class ShardStore:
             return
         self._in_this_process()
         with self._lock:
-            if shard.name in self._pending or os.path.exists(self._cache_path(shard.name)):
+            if shard.name in self._pending or os.path.exists(self._cache_path(shard)):
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.prefetch_threads, thread_name_prefix="prefetch")
             self._pending[shard.name] = self._pool.submit(self._fetch, shard)
 
-    def _cache_path(self, name: str) -> str:
-        return os.path.join(self.cache_dir, name)
+    def content_key(self, shard: ShardInfo) -> str:
+        """The shard's content identity: its declared hashes, else the server's size and
+        etag/mtime (asked once per shard), so a rewritten source never matches an old key."""
+        declared = shard.declared_hashes()
+        if declared:
+            text = ",".join(f"{a}={h}" for a, h in sorted(declared.items()))
+        else:
+            info = self.fs.info(self.remote_path(shard.name))
+            stamp = [info.get(k) for k in ("size", "ETag", "etag", "mtime", "LastModified")]
+            text = f"{self.url}|{shard.name}|{shard.bytes}|{stamp}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def _cache_path(self, shard: ShardInfo) -> str:
+        if shard.name not in self._keys:
+            self._keys[shard.name] = self.content_key(shard)
+        base = os.path.basename(relative_name(shard.name, f"shard name under {self.url}"))
+        return os.path.join(self.cache_dir, f"{self._keys[shard.name]}-{base}")
 
     def _check(self, path: str, shard: ShardInfo) -> None:
-        actual = sha256_file(path)
-        if actual != shard.sha256:
-            raise ChecksumError(
-                f"{where(shard.name)}: sha256 {actual} does not match the manifest's {shard.sha256}"
-                f" ({path})"
-            )
-        self._verified.add(shard.name)
+        """Compare the file with every declared hash this process can compute."""
+        declared = shard.declared_hashes()
+        actual = digest_file(path, declared)
+        for algo, digest in actual.items():
+            if digest != str(declared[algo]).lower():
+                raise ChecksumError(
+                    f"{where(shard.name)}: {algo} {digest} does not match the manifest's"
+                    f" {declared[algo]} ({path})")
+        if actual:
+            self._verified[shard.name] = tuple(sorted(actual))
 
     def _fetch(self, shard: ShardInfo) -> str:
-        dest = self._cache_path(shard.name)
+        dest = self._cache_path(shard)
         try:
             os.utime(dest)  # cached: refresh the LRU clock for eviction
             return dest
@@ -201,7 +229,7 @@ class ShardStore:
                     f"{where(shard.name)}: downloaded {os.path.getsize(tmp)} bytes, manifest says"
                     f" {shard.bytes} ({src})"
                 )
-            if self.verify != "off" and shard.sha256:
+            if self.verify != "off":
                 self._check(tmp, shard)
             os.replace(tmp, dest)
             self.downloads += 1
@@ -221,6 +249,8 @@ class ShardStore:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
+                continue
+            if not os.path.isfile(path):  # the decompressed-MDS folder, not a cached shard
                 continue
             entries.append((st.st_mtime, st.st_size, path))
         try:

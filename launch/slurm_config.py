@@ -1,7 +1,8 @@
 """The recipe's `slurm` section and the name/value rules that keep a rendered job safe.
 
-A leaf module (no project imports), so the trainer's config can embed the section without
-loading the launcher. `launch/slurm.py` renders and submits the job from it.
+A leaf module (its one project import is the leaf `data_pipeline.safe_names`), so the trainer's
+config can embed the section without loading the launcher. `launch/slurm.py` renders and
+submits the job from it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from data_pipeline.safe_names import plain_name
 
 SIGNALS = ("USR1", "TERM")  # what the trainer stops on (its SIGUSR2 means "save and go on")
 # sbatch options the launcher sets itself; the recipe's `slurm.sbatch` may not override them.
@@ -117,8 +120,11 @@ class SlurmConfig:
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """Job and run names: letters, digits and `_.+-`, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    """Job and run names: a plain name that stays inside its root (`safe_names.plain_name`, the
+    one path-safety rule), and letters, digits and `_.+-` starting with a letter or digit (what
+    Slurm and a shell line take unquoted)."""
+    plain_name(name, what)
+    if not _NAME.match(name):
         raise ValueError(
             f"{what} {name!r} is not allowed: use letters, digits and _.+- (at most 128)"
         )

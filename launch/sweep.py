@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from data_pipeline.safe_names import inside
 from launch.recipe import check_key
 from launch.slurm import check_name
 
@@ -115,3 +116,9 @@ def load_sweep(path: str | Path) -> Sweep:
 def sweep_root(sweep_path: str | Path, root: str | Path | None = None) -> Path:
     """Parent of the sweep's run directories: `root`, else runs/<sweep file stem>."""
     return Path(root) if root else Path("runs") / Path(sweep_path).stem
+
+
+def run_dir(root: str | Path, name: str, source: str = "sweep run name") -> Path:
+    """ROOT/NAME for a run name read from a sweep file or run list, refusing one that would
+    leave ROOT (the one path-safety rule, `data_pipeline.safe_names`)."""
+    return Path(inside(root, check_name(name, source), source))

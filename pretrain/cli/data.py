@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--format", choices=("wds", "mds"), default=None,
                          help="default: mds if index.json exists, else wds")
     inspect.add_argument("--samples", type=int, default=3, help="samples to decode and show")
-    inspect.add_argument("--verify", action="store_true", help="check every shard's sha256")
+    inspect.add_argument("--verify", action="store_true",
+                         help="check every hash the manifest/index declares for every shard (exit"
+                         " 1 if one fails, 2 if no shard had a hash that could be checked)")
     inspect.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="fsspec storage option, like data.storage_options (repeatable), e.g."
                          " client_kwargs.endpoint_url=http://127.0.0.1:9000")
@@ -118,7 +120,11 @@ def _inspect(args: argparse.Namespace) -> int:
         fmt = "mds" if probe.read_small("index.json") is not None else "wds"
     cfg = DataConfig(format=fmt, verify_checksums="always" if args.verify else "download",
                      storage_options=options, cache_dir=args.cache_dir)
-    src = ShardedSource(args.url, fmt, cfg, shuffle=False)
+    try:
+        src = ShardedSource(args.url, fmt, cfg, shuffle=False)
+    except (DataError, ValueError) as e:  # a refused manifest/index: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m = src.manifest
     total = sum(s.bytes for s in m.shards if s.bytes >= 0)
     print(f"{args.url}: {fmt}, {m.num_samples} samples, {len(m.shards)} shards, {total} bytes")
@@ -128,13 +134,26 @@ def _inspect(args: argparse.Namespace) -> int:
         print("columns:", json.dumps(m.columns, sort_keys=True))
     failed = 0
     if args.verify:
-        for i in range(len(m.shards)):
+        checked: set[str] = set()
+        unchecked = 0
+        for i, shard in enumerate(m.shards):
             try:
                 src.reader(i)
             except DataError as e:
                 failed += 1
                 print(f"BAD {e}", file=sys.stderr)
-        print(f"verified {len(m.shards) - failed}/{len(m.shards)} shards")
+                continue
+            algos = src.store.checked_hashes(shard)
+            checked.update(algos)
+            unchecked += not algos
+        not_checkable = sorted({a for s in m.shards for a in s.declared_hashes()} - checked)
+        print(f"verified {len(m.shards) - failed - unchecked}/{len(m.shards)} shards"
+              f" ({', '.join(sorted(checked)) or 'no hash'} checked"
+              + (f"; not checked: {', '.join(not_checkable)}" if not_checkable else "") + ")")
+        if unchecked and not failed:
+            print(f"{unchecked} shard(s) declare no hash this process can compute", file=sys.stderr)
+        if failed == 0 and not checked:
+            return 2
     for sid in range(min(args.samples, m.num_samples)):
         shard, key, raw = src.read(sid)
         shown = {}
@@ -154,13 +173,14 @@ def _index(args: argparse.Namespace) -> int:
     import os
 
     from data_pipeline.manifest import MANIFEST_NAME
+    from data_pipeline.safe_names import inside
     from data_pipeline.source import scan_wds_manifest
     from data_pipeline.storage import ShardStore, sha256_file
 
     store = ShardStore(args.dir)
     manifest = scan_wds_manifest(store)
     for shard in manifest.shards:
-        shard.sha256 = sha256_file(os.path.join(store.root, shard.name))
+        shard.sha256 = sha256_file(inside(store.root, shard.name, f"{args.dir} shard"))
     with open(os.path.join(args.dir, MANIFEST_NAME), "w") as f:
         f.write(manifest.to_json())
     print(f"{args.dir}: {manifest.num_samples} samples in {len(manifest.shards)} shards")

@@ -287,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from launch.sweep import sweep_root
+    from launch.sweep import run_dir, sweep_root
     from pretrain.scaling_laws.collect import collect
     from pretrain.scaling_laws.plan import read_sweep
     from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, write_csv
@@ -296,7 +296,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         if args.sweep:
             root = sweep_root(args.sweep, args.root)
-            dirs += [str(root / run["name"]) for run in read_sweep(args.sweep)["runs"]]
+            dirs += [str(run_dir(root, run["name"])) for run in read_sweep(args.sweep)["runs"]]
         if not dirs:
             raise ScalingDataError("give run directories or --sweep")
         got = collect(dirs, args.smooth, args.include_incomplete)

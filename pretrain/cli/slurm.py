@@ -16,6 +16,7 @@ from typing import Any
 from launch.recipe import apply_overrides, dump_recipe, get_dotted, load_recipe, parse_override
 from launch.slurm import JobSpec, SlurmConfig, active_job, render_sbatch, submit
 from launch.sweep import load_sweep, sweep_root
+from launch.sweep import run_dir as sweep_run_dir
 
 # flag -> SlurmConfig field, for flags that replace a field of the recipe's `slurm` section.
 _FLAGS: list[tuple[str, type, str, str]] = [
@@ -144,7 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         missing = sorted(set(args.only or []) - {run.name for run in sweep.runs})
         if missing:
             raise ValueError(f"--only names no run of the sweep: {', '.join(missing)}")
-        jobs = [prepare(apply_overrides(base, run.overrides), root / run.name, args)
+        jobs = [prepare(apply_overrides(base, run.overrides), sweep_run_dir(root, run.name), args)
                 for run in runs]  # fmt: skip
     except ValueError as e:
         raise SystemExit(f"pretrain slurm sweep: {e}") from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.local import train_command
+from launch.sweep import run_dir as safe_run_dir
 from pretrain.run_dir import COMPLETED, read_status
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -62,8 +63,8 @@ def run_sweep(
     runs = []  # resolve every run's config first: a bad override fails before any training
     for run in sweep["runs"]:
         overrides = [*extra, *(f"{k}={_fmt(v)}" for k, v in run.get("overrides", {}).items())]
-        overrides.append(f"run.dir={Path(root) / run['name']}")
-        try:
+        try:  # a name that would leave ROOT is refused before anything is written
+            overrides.append(f"run.dir={safe_run_dir(root, run['name'], 'sweep run name')}")
             cfg = load_config(sweep["base"], overrides)
         except ValueError as e:  # ConfigError
             raise ScalingDataError(f"sweep run {run['name']!r}: {e}") from None
