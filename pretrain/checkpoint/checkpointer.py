@@ -209,15 +209,19 @@ class Checkpointer:
                              recorder: ChecksumRecorder) -> str:
         """One line naming the file and the cause; for a full disk, what was needed and free."""
         root = _root_error(error)
+        # The OSError a file write raised is the cause, whatever DCP or torch made of it.
+        root = next((e for e in [root, *recorder.errors] if isinstance(e, OSError)), root)
         filename = getattr(root, "filename", None)
         where = f" writing {filename}" if filename else ""
         if isinstance(root, OSError) and root.errno == errno.ENOSPC:
+            # Free space as it will be once the partial checkpoint is removed.
             free = shutil.disk_usage(self.root if self.root.exists() else self.root.parent).free
+            free += sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
             needed = recorder.planned_bytes or self._last_checkpoint_bytes()
             need = f"{_megabytes(needed)} needed, " if needed else ""
             return (f"saving checkpoint {partial.name} failed: no space left on device{where}: "
                     f"{need}{_megabytes(free)} free (rank {self.env.rank})")
-        return f"saving checkpoint {partial.name} failed{where}: {one_line_error(error)}"
+        return f"saving checkpoint {partial.name} failed{where}: {one_line_error(root)}"
 
     def _last_checkpoint_bytes(self) -> int | None:
         """Size of the newest complete checkpoint: the estimate of a save with no known size."""

@@ -69,9 +69,7 @@ class WritebackFile(io.BufferedWriter):
         try:
             n = self._write_through(data)
         except OSError as e:
-            self._hasher = None
-            if e.filename is None:
-                e.filename = self._path  # "No space left on device: '<file>'"
+            self._failed(e)
             raise
         if self._hasher is not None:
             self._hasher.update(data)
@@ -88,6 +86,15 @@ class WritebackFile(io.BufferedWriter):
             self._handed_off = end
         return n
 
+    def _failed(self, error: OSError) -> None:
+        """Name the file in the error, and keep it: torch's zip writer turns a failed write
+        into "unexpected pos N vs M", which does not say that the disk is full."""
+        self._hasher = None
+        if error.filename is None:
+            error.filename = self._path  # "No space left on device: '<file>'"
+        if self._recorder is not None:
+            self._recorder.failed(error)
+
     def fileno(self) -> int:
         """Flushed first, so an fsync on the descriptor (DCP's) also covers the buffered tail."""
         if not self.closed:
@@ -102,9 +109,7 @@ class WritebackFile(io.BufferedWriter):
         try:
             super().close()
         except OSError as e:
-            self._hasher = None
-            if e.filename is None:
-                e.filename = self._path
+            self._failed(e)
             raise
         finally:
             if self._recorder is not None:
