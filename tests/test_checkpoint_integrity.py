@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -25,6 +26,7 @@ from pretrain.checkpoint import (
     verify_checkpoint,
 )
 from pretrain.cli import main as pretrain_main
+from tests.conftest import TINY, run_train
 from tests.test_checkpoint_commit import run_inprocess
 
 EVERY_2 = ("checkpoint.every_steps=2", "checkpoint.keep_last=5")
@@ -156,3 +158,22 @@ def test_ckpt_verify_names_the_first_bad_file(reference, tmp_path, capsys):
     shard.unlink()
     assert ckpt_verify(ckpt) == 2
     assert f"{shard} is missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_the_fallback_when_only_one_rank_sees_the_damage(tmp_path):
+    """2-rank FSDP2: each rank hashes its share of the files; the corrupt file is in rank 1's
+    share, yet both ranks skip the checkpoint and load the previous one (no hang, bitwise)."""
+    common = [*TINY, "parallel.backend=fsdp2", "schedule.steps=8", *EVERY_2]
+    reference = tmp_path / "reference"
+    run_train(2, [*common, f"run.dir={reference}"])
+    run_dir = stopped_at_6(reference, tmp_path)
+    ckpt = run_dir / "checkpoints/step_00000006"
+    names = sorted(read_manifest(ckpt)["files"])
+    victim = next(n for i, n in enumerate(names) if i % 2 == 1 and n.endswith(".distcp"))
+    flip_byte(ckpt / victim)
+    proc = run_train(2, [*common, f"run.dir={run_dir}"])
+    assert re.search(rf"skipping checkpoint \S+step_00000006: \S+{re.escape(victim)} is corrupt",
+                     proc.stderr)
+    assert re.search(r"resumed from \S+step_00000004 at step 4", proc.stderr)
+    assert final_params_equal(reference, run_dir)
