@@ -110,7 +110,8 @@ class Checkpointer:
             try:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(parents=True)
-                recorder.record(partial / TRAIN_STATE, write_json(partial / TRAIN_STATE, train_state))
+                state_file = partial / TRAIN_STATE
+                recorder.record(state_file, write_json(state_file, train_state))
             except _NOT_FAILURES:
                 raise
             except BaseException as e:

@@ -145,5 +145,6 @@ def verify_files(path: Path, manifest: dict, names: list[str] | None = None) -> 
         except OSError as e:
             return f"{path / rel} cannot be read ({e})"
         if actual != expected:
-            return f"{path / rel} is corrupt: its checksum is {actual}, the manifest says {expected}"
+            return (f"{path / rel} is corrupt: its checksum is {actual}, "
+                    f"the manifest says {expected}")
     return None
