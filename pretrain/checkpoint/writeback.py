@@ -112,8 +112,9 @@ class WritebackFile(io.BufferedWriter):
             self._failed(e)
             raise
         finally:
-            if self._recorder is not None:
-                self._recorder.record(self._path, self._hasher and self._hasher.hexdigest())
+            recorder = getattr(self, "_recorder", None)  # absent if the file never opened
+            if recorder is not None:
+                recorder.record(self._path, self._hasher and self._hasher.hexdigest())
                 self._recorder = None
 
 
