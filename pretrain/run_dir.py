@@ -54,8 +54,12 @@ def read_status(run_dir: str | os.PathLike) -> dict:
 
 
 def write_status(run_dir: str | os.PathLike, **fields) -> dict:
-    """Merge `fields` into status.json (rank 0, or the rank that reports a failure)."""
-    status = finite_or_none(read_status(run_dir) | fields)
+    """Merge `fields` into status.json (rank 0, or the rank that reports a failure). A new
+    state other than failed drops the previous failure's error."""
+    status = read_status(run_dir)
+    if fields.get("state", FAILED) != FAILED:
+        status = {k: v for k, v in status.items() if k not in ("error", "failed_rank")}
+    status = finite_or_none(status | fields)
     status["updated"] = time.time()
     write_json_atomic(Path(run_dir) / "status.json", status)
     return status

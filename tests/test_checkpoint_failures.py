@@ -165,6 +165,14 @@ def test_status_json_is_strict_json_without_nan(tmp_path):
     assert "NaN" not in (tmp_path / "status.json").read_text()
 
 
+def test_a_restarted_run_drops_the_previous_error(tmp_path):
+    write_status(tmp_path, state=FAILED, error="OSError: disk gone", failed_rank=1)
+    write_status(tmp_path, step=5)  # a progress update keeps it
+    assert read_status(tmp_path)["error"] == "OSError: disk gone"
+    write_status(tmp_path, state="running", step=5)
+    assert "error" not in read_status(tmp_path) and "failed_rank" not in read_status(tmp_path)
+
+
 def test_one_line_error_unwraps_checkpoint_exception():
     wrapped = CheckpointException("save failed", {1: (ValueError("bad\nvalue"),
                                                      traceback.StackSummary())})
