@@ -7,7 +7,9 @@ Every kind writes model + AdamW state to the same disk and fsyncs it:
   torch_wb    torch.save through our write-behind file (pretrain/checkpoint/writeback.py)
   async       how long Checkpointer.save(async) blocks the loop
 The order rotates every round and `os.sync()` runs before each timed save, so one save's
-write-back does not land in the next one's timing. Run:
+write-back does not land in the next one's timing. Then the load: `verify` (every file's
+checksum against the manifest, what a resume does first) and `load` (Checkpointer.load: DCP
+read into the engine + RNG), both from the page cache, alternating. Run:
   python bench/bench_checkpoint.py [--width 512 --depth 8 --repeats 30]
 """
 
@@ -29,7 +31,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrain.checkpoint import Checkpointer  # noqa: E402
+from pretrain.checkpoint import Checkpointer, latest_complete, verify_checkpoint  # noqa: E402
 from pretrain.checkpoint.writeback import WritebackFile  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.dist import init_distributed  # noqa: E402
@@ -97,6 +99,7 @@ def main() -> None:
                 os.sync()  # the previous save's write-back must not land in this one's timing
                 seconds[kind].append(save(kind, run_dir))
                 shutil.rmtree(run_dir)
+        load_s, verify_s = measure_load(engine, env, root / "load", args.repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in seconds.items()}
@@ -111,7 +114,27 @@ def main() -> None:
         "ours_vs_dcp_stock": round(median["dcp_stock"] / median["ours"], 3),
         "sync_save_s": round(median["ours"], 3), "async_blocked_s": round(median["async"], 3),
         "async_blocked_fraction": round(median["async"] / median["ours"], 3),
+        "load_s": round(load_s, 3), "verify_s": round(verify_s, 3),
+        "verify_fraction_of_load": round(verify_s / load_s, 3),
     }))
+
+
+def measure_load(engine, env, run_dir: Path, repeats: int) -> tuple[float, float]:
+    """Median seconds of verifying a checkpoint's checksums and of loading it (page cache)."""
+    run_dir.mkdir()
+    ckpt = Checkpointer(run_dir, env, keep_last=1)
+    ckpt.save(1, engine, {"step": 1, "world_size": 1})
+    path = latest_complete(run_dir / "checkpoints")
+    load, verify = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        assert verify_checkpoint(path) is None
+        t1 = time.perf_counter()
+        ckpt.load(path, engine, seed=0)
+        t2 = time.perf_counter()
+        verify.append(t1 - t0)
+        load.append(t2 - t1)
+    return statistics.median(load), statistics.median(verify)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,15 @@ from pretrain.engines import build_engine
 from pretrain.metrics import MetricsLogger, device_peak_flops
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
-from pretrain.run_dir import COMPLETED, FAILED, PREEMPTED, RUNNING, write_json_atomic, write_status
+from pretrain.run_dir import (
+    COMPLETED,
+    FAILED,
+    PREEMPTED,
+    RUNNING,
+    one_line_error,
+    write_json_atomic,
+    write_status,
+)
 from pretrain.step import DataExhausted, evaluate, run_eval_extras, train_step
 
 log = logging.getLogger("pretrain")
@@ -77,13 +85,20 @@ def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) the training described by `cfg`; returns the last metrics.
 
-    An exception marks the run `failed` in status.json, so launchers do not requeue a crash.
+    Any exception that ends the run marks it `failed` in status.json with the error on one line,
+    so launchers do not requeue a crash that would only repeat. That includes BaseExceptions
+    (torch's CheckpointException is one); KeyboardInterrupt and SystemExit (a signal, an exit)
+    are not failures of the run. Whichever rank fails writes it: a rank that waits in a
+    collective for the failed one never gets to.
     """
     try:
         return _train(cfg)
-    except Exception:
-        if int(os.environ.get("RANK", 0)) == 0 and cfg.run_dir.exists():
-            write_status(cfg.run_dir, state=FAILED)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:
+        if cfg.run_dir.exists():
+            rank = int(os.environ.get("RANK", 0))
+            write_status(cfg.run_dir, state=FAILED, error=one_line_error(e), failed_rank=rank)
         raise
 
 
@@ -111,11 +126,13 @@ def _train(cfg: TrainConfig) -> dict:
     ckpt = Checkpointer(run_dir, env, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
 
     step, samples = 0, 0
-    resume_from = ckpt.find_resume_point(cfg.checkpoint.resume)
-    if resume_from is not None:
-        state = ckpt.load(resume_from, engine, cfg.run.seed)
+    # The newest checkpoint that verifies and loads on every rank (older ones are fallbacks).
+    resumed = ckpt.resume(cfg.checkpoint.resume, engine, cfg.run.seed,
+                          restore=lambda state: train_loader.load_state_dict(state["loader"]))
+    resume_from = resumed[0] if resumed is not None else None
+    if resumed is not None:
+        state = resumed[1]
         step, samples = state["step"], state["samples"]
-        train_loader.load_state_dict(state["loader"])
         log.info("resumed from %s at step %d", resume_from, step)
     else:
         seed_rank(cfg.run.seed, env.rank, 0)

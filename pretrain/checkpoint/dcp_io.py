@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from pretrain import compat
 from pretrain.checkpoint.commit import require_complete
+from pretrain.checkpoint.integrity import ChecksumRecorder
 from pretrain.checkpoint.writeback import WritebackFileSystem
 
 # A lone process (no process group) saving/loading is intended here; DCP warns on each call.
@@ -89,7 +90,8 @@ def read_metadata(path: str | Path) -> Metadata:
 def _without_record_crc32():
     """DCP writes every tensor as its own torch.save record; computing each record's CRC32
     costs a third of the save time. Checkpoint integrity comes from the commit protocol and
-    the manifest (commit.py), so the records skip it."""
+    the manifest's whole-file checksums, computed as the bytes are written (integrity.py), so
+    the records skip it."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
     try:
@@ -129,25 +131,53 @@ class _PlainTransforms(compat.dcp_writer_transforms_base()):
 
 
 class _WritebackWriter(FileSystemWriter):
-    """DCP's file writer, with files that start disk writeback as they grow (writeback.py)
-    and no per-record wrapper classes. The bytes on disk are the stock format
-    (tests/test_checkpoint_io.py loads them with torch's own reader); torch is pinned, so the
-    private base class is stable."""
+    """DCP's file writer, with files that start disk writeback as they grow and checksum their
+    bytes as they pass (writeback.py), and no per-record wrapper classes. The bytes on disk are
+    the stock format (tests/test_checkpoint_io.py loads them with torch's own reader); torch is
+    pinned, so the private base class is stable."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recorder: ChecksumRecorder | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fs = WritebackFileSystem()
+        self.fs = WritebackFileSystem(recorder)
         self.transforms = _PlainTransforms()
 
 
-def writer(path: str | Path, thread_count: int = WRITER_THREADS, **kwargs: Any) -> FileSystemWriter:
-    """The storage writer for every DCP checkpoint this project writes."""
-    return _WritebackWriter(str(path), thread_count=thread_count, **kwargs)
+def writer(path: str | Path, thread_count: int = WRITER_THREADS,
+           recorder: ChecksumRecorder | None = None, **kwargs: Any) -> FileSystemWriter:
+    """The storage writer for every DCP checkpoint this project writes; the checksums of the
+    files it writes go to `recorder`."""
+    return _WritebackWriter(str(path), thread_count=thread_count, recorder=recorder, **kwargs)
 
 
-def save(state: dict, path: str | Path, process_group=None) -> None:
+def raise_write_errors(recorder: ChecksumRecorder) -> None:
+    """Re-raise the first write error of a finished save: DCP drops exceptions raised on its
+    extra writer threads, and a save that lost a file must not be committed."""
+    if recorder.errors:
+        raise recorder.errors[0]
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict held by this rank: what a save writes."""
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        local = state.to_local() if hasattr(state, "to_local") else state  # a DTensor's shard
+        return local.nbytes
+    return 0
+
+
+def save(state: dict, path: str | Path, process_group=None,
+         recorder: ChecksumRecorder | None = None) -> dict[str, str]:
+    """Write `state`; returns the checksums of the files this rank wrote, by absolute path."""
+    recorder = recorder if recorder is not None else ChecksumRecorder()
     with _without_record_crc32():
-        dcp.save(state, storage_writer=writer(path), process_group=process_group)
+        dcp.save(state, storage_writer=writer(path, recorder=recorder),
+                 process_group=process_group)
+    raise_write_errors(recorder)
+    return recorder.digests()
 
 
 def background_stager():
@@ -165,12 +195,14 @@ def background_stager():
                                         use_async_staging=True, use_non_blocking_copy=gpu))
 
 
-def async_save(state: dict, path: str | Path, process_group=None, stager=None):
-    """Start a save in the background; returns (staging future or None, upload future)."""
+def async_save(state: dict, path: str | Path, process_group=None, stager=None,
+               recorder: ChecksumRecorder | None = None):
+    """Start a save in the background; returns (staging future or None, upload future). The
+    checksums and write errors of its files go to `recorder` (see `raise_write_errors`)."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)  # restored when the background write ends
-    response = dcp.async_save(state, storage_writer=writer(path), process_group=process_group,
-                              async_stager=stager)
+    response = dcp.async_save(state, storage_writer=writer(path, recorder=recorder),
+                              process_group=process_group, async_stager=stager)
     staging, upload = (response.staging_completion, response.upload_completion) if hasattr(response, "upload_completion") else (None, response)
     upload.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))
     return staging, upload

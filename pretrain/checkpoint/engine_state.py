@@ -12,25 +12,33 @@ from pathlib import Path
 
 from pretrain.checkpoint import dcp_io
 from pretrain.checkpoint.commit import CheckpointError
+from pretrain.checkpoint.integrity import ChecksumRecorder
 
 ASYNC_FORMATS = frozenset({"dcp"})  # formats whose save can run in the background
 
 
-def save_engine_state(engine, path: Path, process_group=None, stager=None):
+def save_engine_state(engine, path: Path, process_group=None, stager=None,
+                      recorder: ChecksumRecorder | None = None):
     """Write the engine's state into `path`; returns the upload future when `stager` is given
     (async: the state is copied while training continues, and the engine's next optimizer
-    step waits for that copy), else None once the files are written."""
+    step waits for that copy), else None once the files are written.
+
+    `recorder` receives the checksums of the DCP files as they are written and the state's
+    size (`planned_bytes`); DeepSpeed writes its files itself: those are hashed at commit."""
+    recorder = recorder if recorder is not None else ChecksumRecorder()
     if engine.checkpoint_format == "deepspeed":
         from pretrain.checkpoint.deepspeed_format import save_deepspeed
 
         save_deepspeed(engine.model, path)
         return None
+    state = engine.state_dict()
+    recorder.planned_bytes = dcp_io.state_nbytes(state)
     if stager is not None:
-        staging, upload = dcp_io.async_save(engine.state_dict(), path, process_group, stager)
+        staging, upload = dcp_io.async_save(state, path, process_group, stager, recorder)
         if staging is not None:
             engine.hold_updates_until(staging)
         return upload
-    dcp_io.save(engine.state_dict(), path, process_group)
+    dcp_io.save(state, path, process_group, recorder)
     return None
 
 

@@ -1,5 +1,6 @@
-"""`pretrain ckpt inspect|convert|export|import|reshard`: move checkpoints between backends,
-world sizes and safetensors. Every command streams tensor by tensor (bounded memory)."""
+"""`pretrain ckpt inspect|verify|convert|export|import|reshard`: check checkpoints, and move them
+between backends, world sizes and safetensors. Every command streams tensor by tensor (bounded
+memory)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ checkpoints/, where `pretrain train ... run.dir=RUN` resumes from it by itself).
 
 examples:
   pretrain ckpt inspect runs/a/checkpoints/step_00000100
+  pretrain ckpt verify runs/a/checkpoints/step_00000100
+      (every file against the manifest's size and checksum; exit 2 naming the first bad file)
   pretrain ckpt convert runs/a/checkpoints/step_00000100 runs/b/checkpoints --to dcp
       (a DeepSpeed ZeRO-1/2/3 checkpoint -> DCP: resume it with FSDP2/DDP on any number of ranks)
   pretrain ckpt convert runs/b/checkpoints/step_00000100 runs/c/checkpoints --to deepspeed
@@ -34,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("path", type=Path)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=run_inspect)
+
+    s = sub.add_parser("verify", help="every file's size and checksum against the manifest")
+    s.add_argument("path", type=Path)
+    s.set_defaults(func=run_verify)
 
     s = sub.add_parser("convert", help="DCP <-> DeepSpeed ZeRO, optimizer state included")
     s.add_argument("src", type=Path)
@@ -92,6 +99,27 @@ def run_inspect(args: argparse.Namespace) -> int:
     width = max((len(t["name"]) for t in tensors), default=0)
     for t in tensors:
         print(f"  {t['name']:<{width}}  {t['dtype']:<9} {tuple(t['shape'])}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every file matches the manifest, 2 naming the first that does not."""
+    from pretrain.checkpoint import CheckpointError, read_manifest, verify_checkpoint
+
+    try:
+        reason = verify_checkpoint(args.path)
+        manifest = read_manifest(args.path) if reason is None else {}
+    except CheckpointError as e:
+        reason = str(e)
+    if reason is not None:
+        print(f"pretrain ckpt verify: {args.path}: {reason}", file=sys.stderr)
+        return 2
+    files = len(manifest["files"])
+    if "checksums" in manifest:
+        print(f"{args.path}: {files} files verified ({manifest['checksum']} checksums and sizes)")
+    else:
+        print(f"{args.path}: {files} files size-checked only (the manifest has no checksums: "
+              "written before they existed)")
     return 0
 
 
