@@ -166,8 +166,10 @@ class ShardedSource:
     def _open_shard(self, shard: int) -> TarShard | MdsShard:
         info = self.manifest.shards[shard]
         for attempt in range(3):
-            path = self.store.local_path(info)
             try:
+                # inside the retry: re-hashing a cached copy reads it, and another worker may
+                # evict it between the fetch and that read
+                path = self.store.local_path(info)
                 if self.fmt == "wds":
                     return TarShard(path, info.name, expected_samples=info.samples,
                                     check_headers=not self.store.verified(info))
