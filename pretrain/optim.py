@@ -51,7 +51,9 @@ def build_optimizer(
     model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
 ) -> Optimizer:
     groups = param_groups(model, kinds, optim, model_cfg)
-    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    # on_nonfinite=skip needs the fused kernel: it alone can skip an update on device
+    fused = True if optim.on_nonfinite == "skip" else None
+    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

@@ -15,3 +15,8 @@ class OptimConfig:
     weight_decay: float = 0.05  # applied to matrix-like parameters only
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
+    # Divergence guard: a non-finite loss or grad norm at a step either fails the run (nothing
+    # checkpointed after it, status failed naming the step) or skips that update (fused AdamW
+    # skips it on device) and counts it; more than max_consecutive_skips in a row fails.
+    on_nonfinite: Literal["fail", "skip"] = "fail"
+    max_consecutive_skips: int = 10
