@@ -5,6 +5,7 @@
     fixed    the group init_distributed builds for a CUDA run, gloo standing in for NCCL
              (group_backend("cuda", "gloo")), and the call sites as they are now
     timeout  rank 1 never joins: rank 0's collective fails naming rank, op and step
+    skip_fsdp2  the trainer on 2 FSDP2 ranks, loss NaN at steps 5 and 6, optim.on_nonfinite=skip
 
 Each rank writes OUT/rank<N>.json with what it saw.
 """
@@ -26,7 +27,12 @@ from pretrain.agreement import Agreement, DivergenceGuard, Requests
 from pretrain.checkpoint import Checkpointer, latest_complete
 from pretrain.config import load_config
 from pretrain.dist import (
-    CollectiveTimeout, DistEnv, all_reduce_max, all_reduce_sum, group_backend, note_step,
+    CollectiveTimeout,
+    DistEnv,
+    all_reduce_max,
+    all_reduce_sum,
+    group_backend,
+    note_step,
 )
 from pretrain.engines.base import Engine
 from pretrain.models import build_model, get_family
@@ -105,16 +111,37 @@ def timeout(env: DistEnv, run_dir: Path) -> dict:
     return {"error": None}
 
 
+def skip_fsdp2(env: DistEnv, run_dir: Path) -> dict:
+    from pretrain.checkpoint import read_model_tensors
+    from pretrain.run_dir import read_metrics, read_status
+    from pretrain.trainer import train
+    from tests.conftest import TINY
+    from tests.test_divergence_guard import COMMON, nan_loss_at
+
+    overrides = [*TINY, *COMMON, "parallel.backend=fsdp2", "optim.on_nonfinite=skip",
+                 f"run.dir={run_dir}"]
+    with nan_loss_at({5, 6}):
+        train(load_config(REPO / "configs/vit_digits.yaml", overrides))
+    dist.barrier()
+    ckpts = run_dir / "checkpoints"
+    a, b = read_model_tensors(ckpts / "step_00000004"), read_model_tensors(ckpts / "step_00000006")
+    train_records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
+    return {"state": read_status(run_dir)["state"], "unchanged": all(torch.equal(a[k], b[k]) for k in a),
+            "skipped_steps": train_records[-1]["skipped_steps"]}
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
-    backend = {"today": "cuda:gloo", "fixed": group_backend("cuda", "gloo"), "timeout": "gloo"}
+    backend = {"today": "cuda:gloo", "fixed": group_backend("cuda", "gloo"), "timeout": "gloo",
+               "skip_fsdp2": "gloo"}
     timeout_s = 3 if mode == "timeout" else 120
     dist.init_process_group(backend=backend[mode], timeout=timedelta(seconds=timeout_s))
     rank = dist.get_rank()
     env = DistEnv(rank, dist.get_world_size(), int(os.environ["LOCAL_RANK"]), torch.device("cpu"))
-    result = {"today": today, "fixed": fixed, "timeout": timeout}[mode](env, out / "run")
+    modes = {"today": today, "fixed": fixed, "timeout": timeout, "skip_fsdp2": skip_fsdp2}
+    result = modes[mode](env, out / "run")
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    if mode != "timeout":
+    if mode != "timeout" and dist.is_initialized():
         dist.destroy_process_group()
     os._exit(0)  # a timed-out group cannot be torn down cleanly
 

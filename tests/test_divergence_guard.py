@@ -11,8 +11,10 @@ import torch
 
 from pretrain.agreement import Diverged
 from pretrain.checkpoint import list_checkpoints, read_model_tensors
+from pretrain.models.vit import ViT
 from pretrain.run_dir import read_metrics, read_status
 from tests.test_checkpoint_commit import run_inprocess
+from tests.test_device_groups import run_workers
 
 COMMON = ("schedule.steps=12", "checkpoint.every_steps=2", "checkpoint.keep_last=10",
           "checkpoint.agree_every_steps=4", "logging.every_steps=100")
@@ -24,7 +26,7 @@ def nan_loss_at(steps: set[int]):
     seen = {"forwards": 0}
 
     def hook(module, args, output):
-        if module.training and type(module).__name__ == "ViT":
+        if module.training and isinstance(module, ViT):  # FSDP2 subclasses it in place
             seen["forwards"] += 1
             if seen["forwards"] in steps:
                 return output * float("nan")
@@ -70,3 +72,11 @@ def test_skip_policy_fails_beyond_the_consecutive_bound(tmp_path):
         run_inprocess(run_dir, *COMMON, "optim.on_nonfinite=skip", "optim.max_consecutive_skips=2")
     assert read_status(run_dir)["state"] == "failed"
     assert list_checkpoints(run_dir / "checkpoints")[-1].name == "step_00000006"
+
+
+@pytest.mark.slow
+def test_skip_policy_on_two_fsdp2_ranks(tmp_path):
+    """The skip decision is the same on every rank (loss and grad norm are global), so the
+    sharded update is skipped everywhere and the ranks stay in step."""
+    seen = run_workers("skip_fsdp2", tmp_path)
+    assert seen[0] == seen[1] == {"state": "completed", "skipped_steps": 2, "unchanged": True}
