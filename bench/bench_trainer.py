@@ -75,7 +75,7 @@ def plain_loop(cfg, env) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % WARMUP == 0:
-            float(loss)  # read back at log steps, as the trainer does
+            float(loss.detach())  # read back at log steps, as the trainer does
     return (cfg.schedule.steps - WARMUP) / (time.perf_counter() - t0)
 
 
