@@ -201,7 +201,8 @@ def check_across_sections(cfg: TrainConfig) -> TrainConfig:
     memory_tokens = cfg.data.format == "memory" and cfg.data.name in MEMORY_TOKEN_DATASETS
     if cfg.model.family == "lm" and memory_tokens and cfg.data.seq_len > lm_context:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than the LM's context "
-                          f"model.lm.seq_len={lm_context}: raise model.lm.seq_len or lower data.seq_len")
+                          f"model.lm.seq_len={lm_context}: raise model.lm.seq_len or lower "
+                          "data.seq_len")
     if cfg.checkpoint.agree_every_steps < 1:
         raise ConfigError("checkpoint.agree_every_steps must be >= 1")
     if cfg.run.collective_timeout_s <= 0:

@@ -95,7 +95,8 @@ def _train(cfg: TrainConfig) -> dict:
     if step == 0:
         logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
     guard = DivergenceGuard(cfg.optim.on_nonfinite, cfg.optim.max_consecutive_skips, env.device)
-    agreement = Agreement(Requests(run_dir, env), guard, cfg.checkpoint.agree_every_steps, env.device)
+    agreement = Agreement(Requests(run_dir, env), guard, cfg.checkpoint.agree_every_steps,
+                          env.device)
     peak = device_peak_flops(env.device, cfg.logging.peak_tflops,
                              matmul_dtype(cfg.parallel.mixed_precision))
     gbs, accum = cfg.data.global_batch_size, cfg.optim.grad_accum

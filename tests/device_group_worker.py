@@ -126,7 +126,8 @@ def skip_fsdp2(env: DistEnv, run_dir: Path) -> dict:
     ckpts = run_dir / "checkpoints"
     a, b = read_model_tensors(ckpts / "step_00000004"), read_model_tensors(ckpts / "step_00000006")
     train_records = [r for r in read_metrics(run_dir) if r["split"] == "train"]
-    return {"state": read_status(run_dir)["state"], "unchanged": all(torch.equal(a[k], b[k]) for k in a),
+    return {"state": read_status(run_dir)["state"],
+            "unchanged": all(torch.equal(a[k], b[k]) for k in a),
             "skipped_steps": train_records[-1]["skipped_steps"]}
 
 

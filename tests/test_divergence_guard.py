@@ -59,7 +59,8 @@ def test_skip_policy_skips_the_updates_and_counts_them(tmp_path):
     train = [r for r in read_metrics(run_dir) if r["split"] == "train"]
     assert train[-1]["skipped_steps"] == 2
     ckpts = run_dir / "checkpoints"
-    before, after = read_model_tensors(ckpts / "step_00000004"), read_model_tensors(ckpts / "step_00000006")
+    before = read_model_tensors(ckpts / "step_00000004")
+    after = read_model_tensors(ckpts / "step_00000006")
     assert all(torch.equal(before[k], after[k]) for k in before)  # steps 5, 6: no update at all
     final = read_model_tensors(ckpts / "step_00000012")
     assert all(torch.isfinite(v).all() for v in final.values())

@@ -35,7 +35,8 @@ def test_lm_tokens_and_mfu_follow_the_batch_not_the_context(tmp_path):
 
 def test_data_longer_than_the_lm_context_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data.seq_len=128 is longer than .*model.lm.seq_len=64"):
-        load_config(REPO / "configs/lm_bytes.yaml", [*LM, "data.seq_len=128", "model.lm.seq_len=64"])
+        load_config(REPO / "configs/lm_bytes.yaml",
+                    [*LM, "data.seq_len=128", "model.lm.seq_len=64"])
 
 
 @pytest.mark.parametrize("name, dtype, peak", [
