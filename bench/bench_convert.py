@@ -50,53 +50,91 @@ elif op.startswith("safetensors_"):
     from pretrain.checkpoint.convert import export_safetensors
     export_safetensors(src, dst, dtype=torch.bfloat16 if op.endswith("bf16") else torch.float32)
 seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": seconds, "peak_rss": peak_rss}))
 """
 
 
 def env() -> dict[str, str]:
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    e = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     e.pop("WORLD_SIZE", None)
     return e
 
 
 def worker(op: str, src: Path, dst: Path, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, op, str(src), str(dst), *extra], cwd=REPO, env=env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, op, str(src), str(dst), *extra],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise SystemExit(f"{op} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def dir_bytes(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def make_deepspeed(workdir: Path) -> Path:
-    """A real ZeRO-2 checkpoint from the trainer: 2 ranks, one optimizer step of an 85M-parameter ViT."""
+    """A real ZeRO-2 checkpoint from the trainer: 2 ranks, one step of an 85M-parameter ViT."""
     run = workdir / "ds_run"
     if not (run / "checkpoints/step_00000001").exists():
-        overrides = ["model.width=768", "model.depth=12", "model.num_heads=12", "data.format=memory",
-                     "data.name=synthetic_images", "data.global_batch_size=2", "schedule.steps=1",
-                     "schedule.warmup_steps=0", "checkpoint.every_steps=1", "logging.eval_every_steps=0",
-                     "logging.progress_bar=false", "logging.tensorboard=false", "parallel.backend=deepspeed",
-                     "parallel.deepspeed.zero_stage=2", f"run.dir={run}"]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pretrain",
-               "train", "configs/vit_digits.yaml", *overrides]
+        overrides = [
+            "model.width=768",
+            "model.depth=12",
+            "model.num_heads=12",
+            "data.format=memory",
+            "data.name=synthetic_images",
+            "data.global_batch_size=2",
+            "schedule.steps=1",
+            "schedule.warmup_steps=0",
+            "checkpoint.every_steps=1",
+            "logging.eval_every_steps=0",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "parallel.backend=deepspeed",
+            "parallel.deepspeed.zero_stage=2",
+            f"run.dir={run}",
+        ]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "pretrain", "train", "configs/vit_digits.yaml", *overrides]  # fmt: skip
         subprocess.run(cmd, cwd=REPO, env=env(), check=True, capture_output=True)
     return run / "checkpoints/step_00000001"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_convert"))
-    ap.add_argument("--tensors", type=int, default=80, help="8 MiB fp32 tensors (x3 with Adam moments)")
+    ap.add_argument(
+        "--tensors", type=int, default=80, help="8 MiB fp32 tensors (x3 with Adam moments)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--skip-deepspeed", action="store_true", help="no DeepSpeed-written source")
     args = ap.parse_args()
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
-    for d in ("copy", "ds", "dcp2", "from_zero", "zero_copy", "w.safetensors", "w_bf16.safetensors"):
+    for d in (
+        "copy",
+        "ds",
+        "dcp2",
+        "from_zero",
+        "zero_copy",
+        "w.safetensors",
+        "w_bf16.safetensors",
+    ):
         p = w / d
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     dcp = w / "dcp"
@@ -107,10 +145,21 @@ def main() -> None:
 
     def row(name: str, op: str, src: Path, dst: Path, moved: int) -> None:
         r = worker(op, src, dst)
-        rows.append({"conversion": name, "bytes": moved, "seconds": r["seconds"], "MB_per_s": moved / r["seconds"] / 1e6,
-                     "peak_rss_MiB": r["peak_rss"] / 2**20, "bound_MiB": (3 * largest + 500 * 2**20) / 2**20})
-        print(f"{name}: {r['seconds']:.1f} s, {moved / r['seconds'] / 1e6:.0f} MB/s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB",
-              file=sys.stderr)
+        rows.append(
+            {
+                "conversion": name,
+                "bytes": moved,
+                "seconds": r["seconds"],
+                "MB_per_s": moved / r["seconds"] / 1e6,
+                "peak_rss_MiB": r["peak_rss"] / 2**20,
+                "bound_MiB": (3 * largest + 500 * 2**20) / 2**20,
+            }
+        )
+        print(
+            f"{name}: {r['seconds']:.1f} s, {moved / r['seconds'] / 1e6:.0f} MB/s, "
+            f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB",
+            file=sys.stderr,
+        )
 
     total = dir_bytes(dcp)
     row("plain copy of the DCP files (baseline)", "copy", dcp, w / "copy", total)
@@ -121,7 +170,13 @@ def main() -> None:
     if not args.skip_deepspeed:
         zero = make_deepspeed(w)
         zbytes = dir_bytes(zero / "model")
-        row("plain copy of the ZeRO-2 files (baseline)", "copy", zero / "model", w / "zero_copy", zbytes)
+        row(
+            "plain copy of the ZeRO-2 files (baseline)",
+            "copy",
+            zero / "model",
+            w / "zero_copy",
+            zbytes,
+        )
         row("DeepSpeed ZeRO-2 (2 ranks, native) -> DCP", "to_dcp", zero, w / "from_zero", zbytes)
         sys.path.insert(0, str(REPO))
         from pretrain.checkpoint.convert.sources import open_source
@@ -132,8 +187,10 @@ def main() -> None:
     print("| conversion | data | time | throughput | peak RSS | bound (3 x largest + 500 MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['conversion']} | {r['bytes'] / 1e9:.2f} GB | {r['seconds']:.1f} s | {r['MB_per_s']:.0f} MB/s "
-              f"| {r['peak_rss_MiB']:.0f} MiB | {r['bound_MiB']:.0f} MiB |")
+        print(
+            f"| {r['conversion']} | {r['bytes'] / 1e9:.2f} GB | {r['seconds']:.1f} s "
+            f"| {r['MB_per_s']:.0f} MB/s | {r['peak_rss_MiB']:.0f} MiB | {r['bound_MiB']:.0f} MiB |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

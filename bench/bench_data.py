@@ -169,9 +169,15 @@ def rss_over_epoch(root: str, fmt: str, batch: int, workers: int, cache_mb: floa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     cache = tempfile.mkdtemp(prefix="bench-cache-")
     try:
-        cfg = DataConfig(format=fmt, train_url=f"http://127.0.0.1:{server.server_address[1]}/{name}",
-                         global_batch_size=batch, num_workers=workers, cache_dir=cache,
-                         cache_limit_mb=cache_mb, shuffle_window=2)
+        cfg = DataConfig(
+            format=fmt,
+            train_url=f"http://127.0.0.1:{server.server_address[1]}/{name}",
+            global_batch_size=batch,
+            num_workers=workers,
+            cache_dir=cache,
+            cache_limit_mb=cache_mb,
+            shuffle_window=2,
+        )
         loader = build_loader(cfg, 0, 1)
         steps = loader.samples_per_epoch // batch
         me = psutil.Process()
@@ -205,7 +211,9 @@ def _quiet_handler():
 def main() -> None:
     global _Quiet
     _Quiet = _quiet_handler()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--tokens", type=int, default=8000, help="packed sequences (about)")
     p.add_argument("--seq-len", type=int, default=512)
@@ -242,8 +250,10 @@ def main() -> None:
             "ours mds": ours(f"{root}/tok-mds/train", "mds", b, w),
         },
     }
-    print(f"# data loader benchmark: {os.cpu_count()} cores, {w} workers, batch {b}, "
-          f"{args.batches} timed batches, best of {args.rounds} rounds\n")
+    print(
+        f"# data loader benchmark: {os.cpu_count()} cores, {w} workers, batch {b}, "
+        f"{args.batches} timed batches, best of {args.rounds} rounds\n"
+    )
     for kind, loaders in cases.items():
         best = dict.fromkeys(loaders, 0.0)
         for _ in range(args.rounds):
@@ -259,8 +269,10 @@ def main() -> None:
         for name, rate in best.items():
             print(f"| {name} | {rate:,.0f} | {rate / raw:.2f} |")
         print()
-    print("## raw bytes (page cache)\n\n| shards | sequential file read MB/s | our readers, "
-          "shuffled order MB/s |\n|---|---:|---:|")
+    print(
+        "## raw bytes (page cache)\n\n| shards | sequential file read MB/s | our readers, "
+        "shuffled order MB/s |\n|---|---:|---:|"
+    )
     for fmt in ("wds", "mds"):
         raw_read_speed(f"{root}/img-{fmt}/train", fmt)  # warm the page cache
         seq, mine = raw_read_speed(f"{root}/img-{fmt}/train", fmt)
@@ -268,10 +280,12 @@ def main() -> None:
     print(f"\ndisk sequential read (dd iflag=direct, bypasses the page cache): {disk_speed(root)}")
     total_mb = sum(os.path.getsize(f) for f in glob.glob(f"{root}/img-wds/train/*.tar")) / 2**20
     rss = rss_over_epoch(f"{root}/img-wds/train", "wds", b, w, cache_mb=total_mb / 4)
-    print(f"\n## RSS over one epoch over HTTP, cache limit {total_mb / 4:.0f} MiB < dataset "
-          f"{total_mb:.0f} MiB\n\nMiB (main + workers), every ~10% of the epoch: "
-          f"{', '.join(f'{x:.0f}' for x in rss)}; max/min after first = "
-          f"{max(rss[1:]) / min(rss[1:]):.3f}")
+    print(
+        f"\n## RSS over one epoch over HTTP, cache limit {total_mb / 4:.0f} MiB < dataset "
+        f"{total_mb:.0f} MiB\n\nMiB (main + workers), every ~10% of the epoch: "
+        f"{', '.join(f'{x:.0f}' for x in rss)}; max/min after first = "
+        f"{max(rss[1:]) / min(rss[1:]):.3f}"
+    )
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -87,8 +87,13 @@ def _batches(plan: TrainPlan | EvalPlan, source: BatchSource, cfg: DataConfig,
     if num_workers > 0:
         kwargs["prefetch_factor"] = cfg.prefetch_factor
     pin = cfg.pin_memory and torch.cuda.is_available()
+    # Every new DataLoader iterator draws a base seed; from the global RNG unless it has its own
+    # generator. The draw would shift the training RNG (DiT noise, dropout) by one per iterator,
+    # so a resumed run, which starts its iterator after the RNG is restored, would diverge. The
+    # batches themselves do not depend on the seed (every draw is a function of sample ids).
+    generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(BatchStream(plan, source), batch_size=None, num_workers=num_workers,
-                        pin_memory=pin, **kwargs)
+                        pin_memory=pin, generator=generator, **kwargs)
     return map(_unwrap, loader)
 
 

@@ -24,4 +24,4 @@ mapfile -t pkgs < <(printf '%s\n' "${need[@]}" | sort -u)
 echo "slurm/install.sh: installing ${pkgs[*]}"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-echo "slurm/install.sh: installed slurm-wlm $(dpkg-query -W -f="${Version}" slurm-wlm)"
+echo "slurm/install.sh: installed slurm-wlm $(dpkg-query -W -f='${Version}' slurm-wlm)"

@@ -85,3 +85,16 @@ def test_a_state_saved_before_the_shared_loader_still_resumes(source):
     assert torch.equal(next(iter(resumed))["sample_id"], want)
     with pytest.raises(ValueError, match="seed"):
         resumed.load_state_dict({**old_state, "seed": cfg.seed + 1})
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_loaders_leave_the_global_rng_alone(split):
+    """Starting and reading a loader draws nothing from torch's global RNG: a resumed run starts
+    its iterators after restoring the RNG, so any draw would shift the training noise (a DiT
+    resumed under FSDP2 stopped being bitwise-equal when in-memory loaders gained a DataLoader)."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    loader = build_loader(memory_cfg("digits"), 0, 1, split)
+    next(iter(loader))
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -37,11 +37,25 @@ def digits_batch(n: int = 6) -> dict[str, torch.Tensor]:
             "sample_id": torch.arange(n)}
 
 
-@pytest.mark.parametrize("overrides", [
-    (), ("model.norm=rmsnorm", "model.norm_placement=peri", "model.qk_norm=true", "model.sigma_reparam=true"),
-    ("model.dit.objective=ddpm", "model.dit.ddpm_schedule=cosine", "model.mlp=swiglu"),
-    ("model.dit.timestep_sampling=logit_normal", "model.dit.in_channels=4", "model.dit.image_size=4", "model.dit.patch_size=1"),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        (
+            "model.norm=rmsnorm",
+            "model.norm_placement=peri",
+            "model.qk_norm=true",
+            "model.sigma_reparam=true",
+        ),
+        ("model.dit.objective=ddpm", "model.dit.ddpm_schedule=cosine", "model.mlp=swiglu"),
+        (
+            "model.dit.timestep_sampling=logit_normal",
+            "model.dit.in_channels=4",
+            "model.dit.image_size=4",
+            "model.dit.patch_size=1",
+        ),
+    ],
+)
 def test_forward_backward_shapes_and_dtypes(overrides):
     model = dit(*overrides)
     randomize(model)
@@ -63,8 +77,13 @@ def test_adaln_zero_fresh_model_is_identity_on_the_residual_stream():
     c = model.condition(torch.tensor([1.0, 10.0, 100.0, 900.0]), torch.tensor([0, 3, 7, 10]))
     for block in model.blocks:
         assert torch.equal(block(h, c), h)
-    assert torch.count_nonzero(model(torch.randn(4, 1, 8, 8), torch.zeros(4), torch.zeros(4, dtype=torch.long))) == 0
-    assert all(torch.count_nonzero(p) == 0 for n, p in model.named_parameters() if n in model.zero_init_param_names())
+    out = model(torch.randn(4, 1, 8, 8), torch.zeros(4), torch.zeros(4, dtype=torch.long))
+    assert torch.count_nonzero(out) == 0
+    assert all(
+        torch.count_nonzero(p) == 0
+        for n, p in model.named_parameters()
+        if n in model.zero_init_param_names()
+    )
 
 
 def test_flow_matching_loss_at_known_pair_equals_formula():
@@ -79,7 +98,13 @@ def test_flow_matching_loss_at_known_pair_equals_formula():
         assert torch.allclose(prediction_error(model, x0, noise, t, y), expected, atol=1e-6)
     # A fresh model predicts zero velocity: the loss is |noise - x0|^2, whatever t.
     fresh = dit()
-    err = prediction_error(fresh, torch.zeros(3, 1, 8, 8), torch.full((3, 1, 8, 8), 2.0), torch.tensor([0.1, 0.5, 0.9]), y[:1].repeat(3))
+    err = prediction_error(
+        fresh,
+        torch.zeros(3, 1, 8, 8),
+        torch.full((3, 1, 8, 8), 2.0),
+        torch.tensor([0.1, 0.5, 0.9]),
+        y[:1].repeat(3),
+    )
     assert torch.allclose(err, torch.full((3,), 4.0))
 
 
@@ -107,7 +132,9 @@ def test_sampler_must_fit_the_objective():
 def test_ddpm_samplers_produce_finite_images(sampler):
     from pretrain.models.dit import sample_images
 
-    model = dit("model.dit.objective=ddpm", f"model.dit.sampler={sampler}", "model.dit.sample_steps=5")
+    model = dit(
+        "model.dit.objective=ddpm", f"model.dit.sampler={sampler}", "model.dit.sample_steps=5"
+    )
     randomize(model, 0.02)
     model.eval()
     a, b = (sample_images(model, torch.tensor([1, 2, 3]), seed=4) for _ in range(2))
@@ -127,12 +154,15 @@ def test_one_step_samplers_reduce_to_closed_forms():
     model.eval()
     noise, y, w, null = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), 3.0, 10
     with torch.no_grad():
+
         def guided(time):
             cond = model(noise, torch.full((4,), time), y)
             uncond = model(noise, torch.full((4,), time), torch.full_like(y, null))
             return uncond + w * (cond - uncond)
 
-        assert torch.allclose(euler_flow(model, noise, y, 1, w, null), noise - guided(1000.0), atol=1e-5)
+        assert torch.allclose(
+            euler_flow(model, noise, y, 1, w, null), noise - guided(1000.0), atol=1e-5
+        )
         sched = DDPMSchedule("linear", 1000)
         a = sched.alphas_cumprod[-1].item()
         x0 = (noise - math.sqrt(1 - a) * guided(999.0)) / math.sqrt(a)
@@ -147,7 +177,9 @@ def test_flops_per_sample_matches_flop_counter():
 
 
 def test_eval_extras_write_a_png_grid(tmp_path):
-    model = dit("model.dit.samples_per_class=3", "model.dit.sample_steps=2", "model.dit.num_classes=4")
+    model = dit(
+        "model.dit.samples_per_class=3", "model.dit.sample_steps=2", "model.dit.num_classes=4"
+    )
     randomize(model)
     model.eval()
     with torch.no_grad():
@@ -166,9 +198,17 @@ def test_loss_and_sampler_reach_the_model_through_ddp(tmp_path):
 
     from pretrain.models import get_family
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
-        model = DistributedDataParallel(dit("model.attn_entropy=true", "model.dit.sample_steps=2", "model.dit.samples_per_class=1"))
+        model = DistributedDataParallel(
+            dit(
+                "model.attn_entropy=true",
+                "model.dit.sample_steps=2",
+                "model.dit.samples_per_class=1",
+            )
+        )
         loss, _ = dit_loss(model.train(), digits_batch())
         loss.backward()
         with torch.no_grad():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pretrain.checkpoint import latest_complete, read_model_tensors
-from pretrain.generate_cli import generate_text, register
+from pretrain.cli.generate import generate_text, register
 from pretrain.run_dir import read_metrics
 from tests.conftest import TINY, run_train
 

@@ -43,7 +43,10 @@ def one_step(model, optimizer, lr: float) -> None:
 
 
 def groups_summary(optimizer) -> list[tuple]:
-    return [(g["lr_mult"], g["wd_mult"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups]
+    return [
+        (g["lr_mult"], g["wd_mult"], g["weight_decay"], len(g["params"]))
+        for g in optimizer.param_groups
+    ]
 
 
 def test_mup_at_base_width_is_the_standard_parametrization():
@@ -54,7 +57,11 @@ def test_mup_at_base_width_is_the_standard_parametrization():
     for (name, a), b in zip(sp.named_parameters(), mup.parameters()):
         assert torch.equal(a, b), name
     assert sp.output_mult == mup.output_mult == 1.0
-    assert [b.attn.scale for b in sp.blocks] == [b.attn.scale for b in mup.blocks] == [1 / math.sqrt(16)] * 2
+    assert (
+        [b.attn.scale for b in sp.blocks]
+        == [b.attn.scale for b in mup.blocks]
+        == [1 / math.sqrt(16)] * 2
+    )
     assert groups_summary(sp_opt) == groups_summary(mup_opt)
     one_step(sp, sp_opt, 1e-2)
     one_step(mup, mup_opt, 1e-2)
@@ -105,7 +112,11 @@ def test_init_scales_and_forward_multipliers_with_width():
     stds = {}
     for width in (32, 512):
         model, _ = built(train_cfg(width, mup=True, base_width=32))
-        stds[width] = {n: p.std().item() for n, p in model.named_parameters() if p.ndim >= 2 and p.numel() >= 512}
+        stds[width] = {
+            n: p.std().item()
+            for n, p in model.named_parameters()
+            if p.ndim >= 2 and p.numel() >= 512
+        }
         assert model.output_mult == 32 / width
         head_dim = width // 2
         assert all(b.attn.scale == pytest.approx(math.sqrt(16) / head_dim) for b in model.blocks)
@@ -132,4 +143,6 @@ def test_mup_survives_a_deepcopy_and_rebuild_from_config():
     cfg = train_cfg(96, mup=True, base_width=32)
     a, _ = built(cfg, seed=3)
     b, _ = built(copy.deepcopy(cfg), seed=3)
-    assert a.output_mult == b.output_mult and all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert a.output_mult == b.output_mult and all(
+        torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters())
+    )

@@ -16,17 +16,32 @@ from tests.conftest import REPO, TINY, run_train
 
 pytestmark = pytest.mark.slow
 
-MUP = ["model.width=64", "model.mup.enabled=true", "model.mup.base_width=32", "model.mup.wd_width_exponent=0.5"]
+MUP = [
+    "model.width=64",
+    "model.mup.enabled=true",
+    "model.mup.base_width=32",
+    "model.mup.wd_width_exponent=0.5",
+]
 
 
 def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
-    """Parameter name -> (lr_mult, wd_mult, weight_decay) as stored in a checkpoint (no process group)."""
+    """Parameter name -> (lr_mult, wd_mult, weight_decay) as stored in a checkpoint.
+
+    Read without a process group."""
     metadata = dcp_io.read_metadata(ckpt / "model")
-    n = 1 + max(int(k.split(".")[2]) for k in metadata.state_dict_metadata if k.startswith("optim.param_groups."))
+    n = 1 + max(
+        int(k.split(".")[2])
+        for k in metadata.state_dict_metadata
+        if k.startswith("optim.param_groups.")
+    )
     fields = ("lr_mult", "wd_mult", "weight_decay", "params")
     state = {"optim": {"param_groups": [{f: None for f in fields} for _ in range(n)]}}
-    dcp.load(state, storage_reader=dcp_io.SafeFileSystemReader(str(ckpt / "model")),
-             planner=dcp_io.SafeLoadPlanner(), no_dist=True)
+    dcp.load(
+        state,
+        storage_reader=dcp_io.SafeFileSystemReader(str(ckpt / "model")),
+        planner=dcp_io.SafeLoadPlanner(),
+        no_dist=True,
+    )
     out = {}
     for group in state["optim"]["param_groups"]:
         for name in group["params"]:
@@ -49,16 +64,35 @@ def test_group_multipliers_survive_save_reshard_and_load(tmp_path):
     parameter's group keeps the muP lr/wd multipliers derived from its role."""
     common = [*TINY, *MUP, "checkpoint.keep_last=5"]
     ref = tmp_path / "ref"
-    run_train(2, [*common, "parallel.backend=fsdp2", "schedule.steps=3", "checkpoint.every_steps=3", f"run.dir={ref}"])
+    run_train(
+        2,
+        [
+            *common,
+            "parallel.backend=fsdp2",
+            "schedule.steps=3",
+            "checkpoint.every_steps=3",
+            f"run.dir={ref}",
+        ],
+    )
     expected = expected_groups()
     assert {m for m, _, _ in expected.values()} == {0.5, 1.0}  # hidden lr is 1/width_mult
     first = saved_groups(latest_complete(ref / "checkpoints"))
     assert first == expected
     for nproc, backend in ((0, "single"), (3, "fsdp2")):
         run_dir = tmp_path / f"resume_{nproc}"
-        shutil.copytree(ref / "checkpoints" / "step_00000003", run_dir / "checkpoints" / "step_00000003")
-        run_train(nproc, [*common, f"parallel.backend={backend}", "schedule.steps=5", "checkpoint.every_steps=5",
-                          f"run.dir={run_dir}"])
+        shutil.copytree(
+            ref / "checkpoints" / "step_00000003", run_dir / "checkpoints" / "step_00000003"
+        )
+        run_train(
+            nproc,
+            [
+                *common,
+                f"parallel.backend={backend}",
+                "schedule.steps=5",
+                "checkpoint.every_steps=5",
+                f"run.dir={run_dir}",
+            ],
+        )
         resaved = latest_complete(run_dir / "checkpoints")
         assert resaved.name == "step_00000005", (backend, nproc)
         assert saved_groups(resaved) == first, (backend, nproc)

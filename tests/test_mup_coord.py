@@ -1,4 +1,6 @@
-"""Coordinate check: muP keeps every layer width-stable, SP logits grow; FSDP2 and DeepSpeed give the same verdict."""
+"""Coordinate check: muP keeps every layer width-stable, SP logits grow.
+
+FSDP2 and DeepSpeed give the same verdict as a single process."""
 
 from __future__ import annotations
 
@@ -15,8 +17,17 @@ from tests.conftest import REPO, subprocess_env
 # Depth 2, 4 heads, 3 inits averaged, 4 steps at the recipe's lr 2e-3 (constant, no clipping).
 # Single-width runs fluctuate with the random init (few heads); averaged over 3 seeds the worst
 # muP |slope| over run seeds 0/100/200/300 was 0.049-0.095 while SP's logits slope was 0.56-0.70.
-OVERRIDES = ["data.format=memory", "data.name=digits", "data.num_workers=0", "model.depth=2", "model.num_heads=4", "model.mup.base_width=16", "data.global_batch_size=16",
-             "optim.lr=2e-3", "run.seed=0"]
+OVERRIDES = [
+    "data.format=memory",
+    "data.name=digits",
+    "data.num_workers=0",
+    "model.depth=2",
+    "model.num_heads=4",
+    "model.mup.base_width=16",
+    "data.global_batch_size=16",
+    "optim.lr=2e-3",
+    "run.seed=0",
+]
 WIDTHS, STEPS, SEEDS = [32, 64, 128], 4, 3
 
 
@@ -33,35 +44,57 @@ def test_slope_of_a_power_law():
 
 
 def test_mup_layers_are_width_stable_and_sp_logits_grow(single_process_records):
-    results = {(v.parametrization, v.layer): v for v in verdict(single_process_records, tolerance=0.1)}
+    results = {
+        (v.parametrization, v.layer): v for v in verdict(single_process_records, tolerance=0.1)
+    }
     layers = {layer for _, layer in results}
-    assert layers == {"patch_embed", "block0.attn", "block0.mlp", "block1.attn", "block1.mlp", "logits"}
+    assert layers == {
+        "patch_embed",
+        "block0.attn",
+        "block0.mlp",
+        "block1.attn",
+        "block1.mlp",
+        "logits",
+    }
     for layer in layers:
         assert results[("mup", layer)].ok, (layer, results[("mup", layer)].slope)
     assert results[("sp", "logits")].slope > 0.3
-    assert all(results[("sp", f"block{i}.{p}")].slope > 0.5 for i in (0, 1) for p in ("attn", "mlp"))
+    assert all(
+        results[("sp", f"block{i}.{p}")].slope > 0.5 for i in (0, 1) for p in ("attn", "mlp")
+    )
     steps = {r["step"] for r in single_process_records}
     assert steps == set(range(1, STEPS + 1))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", [["parallel.backend=fsdp2"],
-                                     ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=2"],
-                                     ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"]],
-                         ids=["fsdp2", "zero2", "zero3"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        ["parallel.backend=fsdp2"],
+        ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=2"],
+        ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"],
+    ],
+    ids=["fsdp2", "zero2", "zero3"],
+)
 def test_two_ranks_give_the_same_coord_check(single_process_records, tmp_path, backend):
     """The CLI under torchrun (FSDP2 DTensors; DeepSpeed's param groups, ZeRO-3 partitioned
     parameters): global means (all-reduced) equal the single-process ones, so the muP multipliers
     reached every group and the verdict is the same."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pretrain", "mup", "coord-check", "configs/vit_digits.yaml", *OVERRIDES, *backend,
-           "--widths", *map(str, WIDTHS), "--steps", str(STEPS), "--seeds", str(SEEDS), "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+           "--widths", *map(str, WIDTHS), "--steps", str(STEPS), "--seeds", str(SEEDS),
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "mup: every layer width-stable" in proc.stdout
     assert (tmp_path / "coord_check.png").stat().st_size > 10_000
     sharded = read_csv(tmp_path / "coord_check.csv")
-    key = lambda r: (r["parametrization"], r["width"], r["seed"], r["step"], r["layer"])  # noqa: E731
+
+    def key(r: dict) -> tuple:
+        return (r["parametrization"], r["width"], r["seed"], r["step"], r["layer"])
+
     single = {key(r): r["mean_abs"] for r in single_process_records}
     assert {key(r) for r in sharded} == set(single)
     for r in sharded:

@@ -13,11 +13,22 @@ from pretrain.mup.coord_check import run_coord_check, verdict
 from pretrain.optim import build_optimizer, set_lr
 from tests.conftest import REPO
 
-SMALL = ["model.depth=2", "model.num_heads=4", "data.global_batch_size=16", "parallel.backend=single"]
+SMALL = [
+    "model.depth=2",
+    "model.num_heads=4",
+    "data.global_batch_size=16",
+    "parallel.backend=single",
+]
 RECIPES = {
-    "vit": ("configs/vit_digits.yaml", ["data.format=memory", "data.name=digits", "data.num_workers=0"]),
+    "vit": (
+        "configs/vit_digits.yaml",
+        ["data.format=memory", "data.name=digits", "data.num_workers=0"],
+    ),
     "dit": ("configs/dit_digits.yaml", []),
-    "lm": ("configs/lm_bytes.yaml", ["data.format=memory", "data.name=synthetic_tokens", "data.seq_len=32"]),
+    "lm": (
+        "configs/lm_bytes.yaml",
+        ["data.format=memory", "data.name=synthetic_tokens", "data.seq_len=32"],
+    ),
 }
 
 
@@ -72,8 +83,13 @@ def test_dit_coord_check():
     including the conditioning pathway (timestep MLP, class table) and the output."""
     family_cfg("dit")  # skips when the family is not in this tree
     cfg = load_config(REPO / "configs/mup_dit_digits.yaml", ["run.seed=0"])
-    results = {(v.parametrization, v.layer): v for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 4, 3))}
-    assert all(v.ok for (p, _), v in results.items() if p == "mup"), {k: v.slope for k, v in results.items()}
+    results = {
+        (v.parametrization, v.layer): v
+        for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 4, 3))
+    }
+    assert all(v.ok for (p, _), v in results.items() if p == "mup"), {
+        k: v.slope for k, v in results.items()
+    }
     assert {"x_embed", "t_embed.mlp.0", "y_embed", "logits"} <= {layer for _, layer in results}
     assert results[("sp", "block1.mlp")].slope > 0.5
 
@@ -86,8 +102,20 @@ def test_lm_coord_check_on_text():
     direction across tokens, its Adam update adds up incoherently at widths 32-256 and muP's
     logits shrink (slope ≈ -0.4, also with zero_readout); on text the slope is ≈ -0.07.
     """
-    cfg = family_cfg("lm", "data.name=text", "data.seq_len=32", "model.lm.seq_len=32",
-                     "model.mup.base_width=32", "optim.lr=2e-3", "run.seed=0")
-    results = {(v.parametrization, v.layer): v for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 4, 3))}
-    assert all(v.ok for (p, _), v in results.items() if p == "mup"), {k: v.slope for k, v in results.items()}
+    cfg = family_cfg(
+        "lm",
+        "data.name=text",
+        "data.seq_len=32",
+        "model.lm.seq_len=32",
+        "model.mup.base_width=32",
+        "optim.lr=2e-3",
+        "run.seed=0",
+    )
+    results = {
+        (v.parametrization, v.layer): v
+        for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 4, 3))
+    }
+    assert all(v.ok for (p, _), v in results.items() if p == "mup"), {
+        k: v.slope for k, v in results.items()
+    }
     assert results[("sp", "logits")].slope > 0.5

@@ -42,7 +42,9 @@ def test_top_singular_values_gather_fsdp2_shards():
     try:
         sharded = apply_fsdp(model, env.world_size, "cpu", bf16=False, reshard_after_forward=True)
         assert hasattr(next(sharded.parameters()), "full_tensor")
-        assert top_singular_values(sharded, small_model().param_kinds()) == pytest.approx(expected, rel=1e-6)
+        assert top_singular_values(sharded, small_model().param_kinds()) == pytest.approx(
+            expected, rel=1e-6
+        )
     finally:
         dist.destroy_process_group()
         os.environ.clear()
@@ -58,8 +60,14 @@ def _probe(out: str) -> None:
     from tests.conftest import TINY
 
     results = {}
-    for backend in (["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"], ["parallel.backend=fsdp2"]):
-        cfg = load_config("configs/vit_digits.yaml", [*TINY, "model.mup.enabled=true", "model.mup.base_width=16", *backend])
+    for backend in (
+        ["parallel.backend=deepspeed", "parallel.deepspeed.zero_stage=3"],
+        ["parallel.backend=fsdp2"],
+    ):
+        cfg = load_config(
+            "configs/vit_digits.yaml",
+            [*TINY, "model.mup.enabled=true", "model.mup.base_width=16", *backend],
+        )
         engine = build(cfg, setup(cfg), seed=0)
         results[backend[-1]] = top_singular_values(engine.model, small_kinds(cfg))
     if dist.get_rank() == 0:
@@ -87,10 +95,15 @@ def test_top_singular_values_gather_zero3_and_fsdp2_at_two_ranks(tmp_path):
 
     out = tmp_path / "sv.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tests.test_mup_singular_values", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+           "-m", "tests.test_mup_singular_values", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "model.mup.enabled=true", "model.mup.base_width=16"])
+    cfg = load_config(
+        REPO / "configs/vit_digits.yaml",
+        [*TINY, "model.mup.enabled=true", "model.mup.base_width=16"],
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model)
     expected = top_singular_values(model, model.param_kinds())

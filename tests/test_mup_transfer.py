@@ -13,8 +13,19 @@ from tests.conftest import REPO, TINY
 
 
 def rows_from(curves: dict[tuple[str, int], list[float]], lrs: list[float]) -> list[dict]:
-    return [{"parametrization": p, "width": w, "lr": lr, "seed": 0, "steps": 10, "train_loss": loss, "val_loss": loss}
-            for (p, w), losses in curves.items() for lr, loss in zip(lrs, losses)]
+    return [
+        {
+            "parametrization": p,
+            "width": w,
+            "lr": lr,
+            "seed": 0,
+            "steps": 10,
+            "train_loss": loss,
+            "val_loss": loss,
+        }
+        for (p, w), losses in curves.items()
+        for lr, loss in zip(lrs, losses)
+    ]
 
 
 def test_lr_grid_is_geometric_and_inclusive():
@@ -24,8 +35,15 @@ def test_lr_grid_is_geometric_and_inclusive():
 
 def test_optimum_per_width_and_shift_in_grid_steps():
     lrs = [1e-3, 2e-3, 4e-3, 8e-3]
-    rows = rows_from({("mup", 32): [3, 2, 1, 2], ("mup", 256): [3, 2, 1.1, 1.2],
-                      ("sp", 32): [3, 2, 1, 2], ("sp", 256): [1, 2, float("nan"), float("nan")]}, lrs)
+    rows = rows_from(
+        {
+            ("mup", 32): [3, 2, 1, 2],
+            ("mup", 256): [3, 2, 1.1, 1.2],
+            ("sp", 32): [3, 2, 1, 2],
+            ("sp", 256): [1, 2, float("nan"), float("nan")],
+        },
+        lrs,
+    )
     best = optima(rows)
     assert best[("mup", 32)] == best[("mup", 256)] == 4e-3
     assert best[("sp", 256)] == 1e-3  # diverged (nan) runs never win
@@ -33,18 +51,27 @@ def test_optimum_per_width_and_shift_in_grid_steps():
 
 
 def test_transfer_appends_rows_and_resumes(tmp_path):
-    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", "model.mup.base_width=16"])
+    cfg = load_config(
+        REPO / "configs/vit_digits.yaml",
+        [*TINY, "parallel.backend=single", "model.mup.base_width=16"],
+    )
     csv_path = tmp_path / "transfer.csv"
-    rows = run_transfer(cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",))
+    rows = run_transfer(
+        cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",)
+    )
     assert [(r["width"], r["steps"]) for r in rows] == [(16, 2), (32, 2)]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
-    again = run_transfer(cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",))
+    again = run_transfer(
+        cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",)
+    )
     assert again == read_rows(csv_path) and len(again) == 2  # nothing retrained
 
 
 def test_mup_subcommands_are_registered():
     parser = build_parser(only="mup")
-    args = parser.parse_args(["mup", "coord-check", "configs/vit_digits.yaml", "model.depth=1", "--out", "x"])
+    args = parser.parse_args(
+        ["mup", "coord-check", "configs/vit_digits.yaml", "model.depth=1", "--out", "x"]
+    )
     assert args.func.__name__ == "coord_check" and args.widths == [64, 128, 256, 512, 1024]
     args = parser.parse_args(["mup", "transfer", "r.yaml", "--lrs", "1e-3", "2e-3", "--out", "y"])
     assert args.func.__name__ == "transfer" and args.lrs == [1e-3, 2e-3]

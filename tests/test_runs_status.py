@@ -39,7 +39,9 @@ def test_summaries(tmp_path: Path) -> None:
     assert find_runs(tmp_path / "a-done") == [tmp_path / "a-done"]
     rows = [summarize(run, {"123": "PENDING"}) for run in runs]
     assert [(r["state"], r["step"], r["last_loss"], r["restarts"]) for r in rows] == [
-        ("completed", 100, 2.5, 1), ("preempted", 40, 3.25, 0), ("queued", None, None, 0)]  # fmt: skip
+        ("completed", 100, 2.5, 1),
+        ("preempted", 40, 3.25, 0),
+        ("queued", None, None, 0)]  # fmt: skip
     assert rows[2]["job"] == "123" and rows[2]["slurm"] == "PENDING"
     table = format_table(rows).splitlines()
     assert table[0].split()[:4] == ["RUN", "STATE", "STEP", "LAST"]

@@ -40,7 +40,8 @@ SHAPES = candidate_shapes(64, 4, 2, widths=[16, 32, 48, 64, 96, 128], depths=[1,
 
 def test_plan_hits_budgets_and_brackets_the_target_ratio():
     runs = plan_isoflop([1e11, 1e12], 5, SHAPES, fake_stats, 32, base_steps=1000,
-                        base_warmup=50, tokens_per_param=20, min_steps=10, family="vit")  # fmt: skip
+                        base_warmup=50, tokens_per_param=20, min_steps=10,
+                        family="vit")  # fmt: skip
     assert len(runs) == 10 and len({r.name for r in runs}) == 10
     for r in runs:
         assert r.flops == pytest.approx(r.budget, rel=0.1)  # rounding to whole steps
@@ -93,7 +94,8 @@ def make_run(root: Path, name: str, params: int, loss: float, state: str = "comp
     (d / "config.yaml").write_text(yaml.safe_dump(
         {"model": {"family": "vit", "width": 32, "depth": 2}, "run": {"name": name}}))  # fmt: skip
     stats = {"params": params, "params_non_embedding": params - 10,
-             "flops_per_sample": 100 * params, "tokens_per_sample": 17, "flops_note": "test"}  # fmt: skip
+             "flops_per_sample": 100 * params, "tokens_per_sample": 17,
+             "flops_note": "test"}  # fmt: skip
     (d / "model_stats.json").write_text(json.dumps(stats))
     recs = []
     for step in range(10, steps + 1, 10):
@@ -156,9 +158,10 @@ def test_cli_collect_then_fit_writes_report_and_figures(tmp_path: Path, capsys):
     assert len(read_curves(tmp_path / "curves.csv")) == 8
     out = tmp_path / "fit"
     with pytest.raises(SystemExit) as e:
-        main(["scaling", "fit", str(tmp_path / "runs.csv"), "--curves", str(tmp_path / "curves.csv"),
-              "-o", str(out), "--boot", "30", "--jobs", "1", "--target", "1e21",
-              "--predict", "1e9,2e10", "--holdout-largest", "1", "--min-progress", "0"])  # fmt: skip
+        main(["scaling", "fit", str(tmp_path / "runs.csv"),
+              "--curves", str(tmp_path / "curves.csv"), "-o", str(out),
+              "--boot", "30", "--jobs", "1", "--target", "1e21", "--predict", "1e9,2e10",
+              "--holdout-largest", "1", "--min-progress", "0"])  # fmt: skip
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "approach 3" in text and "C=1e+21" in text

@@ -12,7 +12,9 @@ import torch
 TIME_SCALE = 1000.0
 
 
-def time_from_uniform(u: torch.Tensor, sampling: str, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+def time_from_uniform(
+    u: torch.Tensor, sampling: str, mean: float = 0.0, std: float = 1.0
+) -> torch.Tensor:
     """Training times in (0, 1) from uniform draws u: "uniform" keeps them; "logit_normal"
     maps them to sigmoid(N(mean, std)) (Esser et al. 2024), which favours intermediate noise."""
     if sampling == "uniform":

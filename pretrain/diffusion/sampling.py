@@ -14,7 +14,14 @@ from pretrain.diffusion.ddpm import DDPMSchedule
 from pretrain.diffusion.flow import TIME_SCALE
 
 
-def guided(model: nn.Module, x: torch.Tensor, time: torch.Tensor, labels: torch.Tensor, scale: float, null_label: int) -> torch.Tensor:
+def guided(
+    model: nn.Module,
+    x: torch.Tensor,
+    time: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    null_label: int,
+) -> torch.Tensor:
     if scale == 1.0:
         return model(x, time, labels).float()
     null = torch.full_like(labels, null_label)
@@ -24,7 +31,14 @@ def guided(model: nn.Module, x: torch.Tensor, time: torch.Tensor, labels: torch.
 
 
 @torch.no_grad()
-def euler_flow(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, steps: int, scale: float, null_label: int) -> torch.Tensor:
+def euler_flow(
+    model: nn.Module,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    scale: float,
+    null_label: int,
+) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data) with `steps` Euler steps.
     One step gives the closed form x0 = noise - v(noise, 1)."""
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -37,8 +51,17 @@ def euler_flow(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, step
 
 
 @torch.no_grad()
-def ddim(model: nn.Module, schedule: DDPMSchedule, noise: torch.Tensor, labels: torch.Tensor, steps: int, scale: float,
-         null_label: int, eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def ddim(
+    model: nn.Module,
+    schedule: DDPMSchedule,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    scale: float,
+    null_label: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021) over `steps` evenly spaced timesteps from T-1 down to 0.
 
     eta = 0: deterministic DDIM; eta = 1: ancestral DDPM sampling on the respaced chain. With one

@@ -11,8 +11,15 @@ from torch import nn
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, top_k: int = 1, temperature: float = 1.0,
-             stop_token: int | None = None, generator: torch.Generator | None = None) -> list[int]:
+def generate(
+    model: nn.Module,
+    prompt: list[int],
+    max_new_tokens: int,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    stop_token: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """The new tokens after `prompt`. top_k=1 (or temperature=0) is greedy; top_k=0 samples
     from the full distribution; sampling draws from `generator` (CPU) for reproducibility."""
     if not prompt:
@@ -22,7 +29,7 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, top_k: in
     ids = list(prompt)
     new: list[int] = []
     for _ in range(max_new_tokens):
-        context = torch.tensor(ids[-model.seq_len:], device=device)[None]
+        context = torch.tensor(ids[-model.seq_len :], device=device)[None]
         logits = model(context)[0, -1].float().cpu()
         if top_k == 1 or temperature == 0:
             token = int(logits.argmax())

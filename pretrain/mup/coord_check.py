@@ -33,7 +33,7 @@ _BLOCK_PART = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
 
 
 def coord_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Label -> module whose output is recorded: embeddings, blocks.i.attn/mlp, and the root (logits).
+    """Label -> module whose output is recorded: embeddings, blocks.i.attn/mlp, the root (logits).
 
     Embedding modules are the owners of parameters tagged `embedding` that are module weights
     (patch or token embedding); bare parameters (position embedding) have no module of their own.
@@ -59,12 +59,17 @@ class CoordRecorder:
     def __init__(self, model: nn.Module):
         self.layers = coord_layers(model)
         self.sums = {name: torch.zeros(2, dtype=torch.float64) for name in self.layers}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
+        self.handles = [
+            m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()
+        ]
 
     def _hook(self, name: str):
         def hook(module, args, output):
             out = output[0] if isinstance(output, tuple) else output
-            self.sums[name] += torch.tensor([out.detach().float().abs().sum().item(), out.numel()], dtype=torch.float64)
+            self.sums[name] += torch.tensor(
+                [out.detach().float().abs().sum().item(), out.numel()], dtype=torch.float64
+            )
+
         return hook
 
     def flush(self) -> dict[str, float]:
@@ -82,7 +87,8 @@ class CoordRecorder:
 
 def coord_config(cfg: TrainConfig) -> TrainConfig:
     """The recipe with what would confound width scaling removed: constant lr without warmup,
-    no gradient clipping (a global norm couples all layers), no recomputation (hooks would fire twice)."""
+    no gradient clipping (a global norm couples all layers), no recomputation (hooks would fire
+    twice)."""
     import copy
 
     out = copy.deepcopy(cfg)
@@ -93,9 +99,14 @@ def coord_config(cfg: TrainConfig) -> TrainConfig:
     return out
 
 
-def run_coord_check(cfg: TrainConfig, widths: list[int], steps: int, seeds: int = 1,
-                    parametrizations: tuple[str, ...] = ("sp", "mup")) -> list[dict]:
-    """Records {parametrization, width, seed, step, layer, mean_abs}; step 1 is the initial model."""
+def run_coord_check(
+    cfg: TrainConfig,
+    widths: list[int],
+    steps: int,
+    seeds: int = 1,
+    parametrizations: tuple[str, ...] = ("sp", "mup"),
+) -> list[dict]:
+    """Records {parametrization, width, seed, step, layer, mean_abs}; step 1: the initial model."""
     cfg = coord_config(cfg)
     env = setup(cfg)
     records = []
@@ -107,10 +118,20 @@ def run_coord_check(cfg: TrainConfig, widths: list[int], steps: int, seeds: int 
                 engine = build(vcfg, env, cfg.run.seed + seed)
                 recorder = CoordRecorder(engine.model)
 
-                def after(step: int, loss: float, recorder=recorder, width=width, seed=seed, param=param) -> None:
+                def after(
+                    step: int, loss: float, recorder=recorder, width=width, seed=seed, param=param
+                ) -> None:
                     for layer, value in recorder.flush().items():
-                        records.append({"parametrization": param, "width": width, "seed": seed,
-                                        "step": step + 1, "layer": layer, "mean_abs": value})
+                        records.append(
+                            {
+                                "parametrization": param,
+                                "width": width,
+                                "seed": seed,
+                                "step": step + 1,
+                                "layer": layer,
+                                "mean_abs": value,
+                            }
+                        )
 
                 train_steps(vcfg, env, engine, steps, after_step=after)
                 recorder.close()
@@ -128,7 +149,9 @@ def mean_over_seeds(records: list[dict]) -> dict[tuple[str, str, int, int], floa
     """(parametrization, layer, step, width) -> mean over seeds of mean |activation|."""
     acc: dict[tuple, list[float]] = {}
     for r in records:
-        acc.setdefault((r["parametrization"], r["layer"], r["step"], r["width"]), []).append(r["mean_abs"])
+        acc.setdefault((r["parametrization"], r["layer"], r["step"], r["width"]), []).append(
+            r["mean_abs"]
+        )
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
@@ -140,7 +163,9 @@ class LayerVerdict:
     ok: bool
 
 
-def verdict(records: list[dict], tolerance: float = 0.1, step: int | None = None) -> list[LayerVerdict]:
+def verdict(
+    records: list[dict], tolerance: float = 0.1, step: int | None = None
+) -> list[LayerVerdict]:
     """Per parametrization and layer: slope across widths at `step` (default: the last step)."""
     means = mean_over_seeds(records)
     step = step or max(r["step"] for r in records)
@@ -149,19 +174,28 @@ def verdict(records: list[dict], tolerance: float = 0.1, step: int | None = None
     layers = list(dict.fromkeys(r["layer"] for r in records))
     for param in params:
         for layer in layers:
-            pts = sorted((w, v) for (p, lay, s, w), v in means.items() if p == param and lay == layer and s == step)
+            pts = sorted(
+                (w, v)
+                for (p, lay, s, w), v in means.items()
+                if p == param and lay == layer and s == step
+            )
             k = slope([w for w, _ in pts], [v for _, v in pts])
             out.append(LayerVerdict(param, layer, k, abs(k) <= tolerance))
     return out
 
 
 def format_verdict(verdicts: list[LayerVerdict], tolerance: float) -> str:
-    lines = [f"slope of log mean|act| vs log width at the last step (|slope| <= {tolerance} is width-stable)"]
+    lines = [
+        "slope of log mean|act| vs log width at the last step "
+        f"(|slope| <= {tolerance} is width-stable)"
+    ]
     for v in verdicts:
-        lines.append(f"  {v.parametrization:4s} {v.layer:14s} {v.slope:+.3f}  {'ok' if v.ok else 'GROWS' if v.slope > 0 else 'SHRINKS'}")
+        mark = "ok" if v.ok else "GROWS" if v.slope > 0 else "SHRINKS"
+        lines.append(f"  {v.parametrization:4s} {v.layer:14s} {v.slope:+.3f}  {mark}")
     for param in dict.fromkeys(v.parametrization for v in verdicts):
         bad = [v.layer for v in verdicts if v.parametrization == param and not v.ok]
-        lines.append(f"{param}: " + ("every layer width-stable" if not bad else f"not width-stable: {', '.join(bad)}"))
+        status = f"not width-stable: {', '.join(bad)}" if bad else "every layer width-stable"
+        lines.append(f"{param}: {status}")
     return "\n".join(lines)
 
 
@@ -175,5 +209,14 @@ def write_csv(records: list[dict], path: Path) -> None:
 
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{"parametrization": r["parametrization"], "width": int(r["width"]), "seed": int(r["seed"]),
-                 "step": int(r["step"]), "layer": r["layer"], "mean_abs": float(r["mean_abs"])} for r in csv.DictReader(f)]
+        return [
+            {
+                "parametrization": r["parametrization"],
+                "width": int(r["width"]),
+                "seed": int(r["seed"]),
+                "step": int(r["step"]),
+                "layer": r["layer"],
+                "mean_abs": float(r["mean_abs"]),
+            }
+            for r in csv.DictReader(f)
+        ]

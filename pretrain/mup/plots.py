@@ -29,20 +29,38 @@ def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title
     params = list(dict.fromkeys(r["parametrization"] for r in records))
     layers = list(dict.fromkeys(r["layer"] for r in records))
     all_steps = sorted({r["step"] for r in records})
-    idx = sorted({round(i * (len(all_steps) - 1) / max(max_panels - 1, 1)) for i in range(max_panels)})
+    idx = sorted(
+        {round(i * (len(all_steps) - 1) / max(max_panels - 1, 1)) for i in range(max_panels)}
+    )
     steps = [all_steps[i] for i in idx]
-    fig, axes = plt.subplots(len(params), len(steps), figsize=(3.2 * len(steps), 2.9 * len(params)),
-                             squeeze=False, sharey="row")
+    fig, axes = plt.subplots(
+        len(params),
+        len(steps),
+        figsize=(3.2 * len(steps), 2.9 * len(params)),
+        squeeze=False,
+        sharey="row",
+    )
     cmap = plt.get_cmap("viridis")
     for i, param in enumerate(params):
         for j, step in enumerate(steps):
             ax = axes[i][j]
             for k, layer in enumerate(layers):
-                pts = sorted((w, v) for (p, lay, s, w), v in means.items() if p == param and lay == layer and s == step)
+                pts = sorted(
+                    (w, v)
+                    for (p, lay, s, w), v in means.items()
+                    if p == param and lay == layer and s == step
+                )
                 pts = [(w, v) for w, v in pts if v > 0]
                 if pts:
-                    ax.plot([w for w, _ in pts], [v for _, v in pts], "o-", ms=3, lw=1.2,
-                            color=cmap(k / max(len(layers) - 1, 1)), label=layer)
+                    ax.plot(
+                        [w for w, _ in pts],
+                        [v for _, v in pts],
+                        "o-",
+                        ms=3,
+                        lw=1.2,
+                        color=cmap(k / max(len(layers) - 1, 1)),
+                        label=layer,
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"{_label(param)}  step {step}", fontsize=9)
@@ -59,7 +77,9 @@ def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title
     plt.close(fig)
 
 
-def plot_transfer(rows: list[dict], path: Path, metric: str = "train_loss", title: str = "") -> None:
+def plot_transfer(
+    rows: list[dict], path: Path, metric: str = "train_loss", title: str = ""
+) -> None:
     """One panel per parametrization: loss vs LR, one curve per width, the optimum starred."""
     plt = _pyplot()
     data = curves(rows, metric)
@@ -68,18 +88,31 @@ def plot_transfer(rows: list[dict], path: Path, metric: str = "train_loss", titl
     widths = sorted({w for _, w in data})
     finite = [loss for pts in data.values() for _, loss in pts if math.isfinite(loss)]
     lo = min(finite) if finite else 0.0
-    floor_best = min((min((loss for _, loss in pts if math.isfinite(loss)), default=lo) for pts in data.values()), default=lo)
-    worst_best = max((min((loss for _, loss in pts if math.isfinite(loss)), default=lo) for pts in data.values()), default=lo)
+
+    def best_finite(pts: list[tuple[float, float]]) -> float:
+        return min((loss for _, loss in pts if math.isfinite(loss)), default=lo)
+
+    bests = [best_finite(pts) for pts in data.values()]
+    floor_best, worst_best = min(bests, default=lo), max(bests, default=lo)
     hi = worst_best + 1.5 * max(worst_best - floor_best, 0.1) + 0.3
-    fig, axes = plt.subplots(1, len(params), figsize=(5.2 * len(params), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(params), figsize=(5.2 * len(params), 3.8), squeeze=False, sharey=True
+    )
     cmap = plt.get_cmap("plasma")
     for i, param in enumerate(params):
         ax = axes[0][i]
         for k, width in enumerate(widths):
             pts = data.get((param, width), [])
             color = cmap(k / max(len(widths), 1))
-            ax.plot([lr for lr, _ in pts], [min(loss, hi) if math.isfinite(loss) else hi for _, loss in pts],
-                    "o-", ms=3, lw=1.3, color=color, label=f"width {width}")
+            ax.plot(
+                [lr for lr, _ in pts],
+                [min(loss, hi) if math.isfinite(loss) else hi for _, loss in pts],
+                "o-",
+                ms=3,
+                lw=1.3,
+                color=color,
+                label=f"width {width}",
+            )
             if (param, width) in best:
                 lr = best[(param, width)]
                 ax.plot([lr], [dict(pts)[lr]], "*", ms=13, color=color, markeredgecolor="black")

@@ -24,10 +24,16 @@ from pretrain.step import train_step
 PARAMETRIZATIONS = ("sp", "mup")
 
 
-def variant(cfg: TrainConfig, width: int, parametrization: str, lr: float | None = None) -> TrainConfig:
-    """`cfg` at another width, in SP or muP (muP keeps the recipe's base_width), optionally another lr."""
+def variant(
+    cfg: TrainConfig, width: int, parametrization: str, lr: float | None = None
+) -> TrainConfig:
+    """`cfg` at another width, in SP or muP, optionally with another lr.
+
+    muP keeps the recipe's base_width."""
     if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"parametrization {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}")
+        raise ValueError(
+            f"parametrization {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
+        )
     out = copy.deepcopy(cfg)
     out.model.width = width
     out.model.mup.enabled = parametrization == "mup"
@@ -47,13 +53,24 @@ def build(cfg: TrainConfig, env: DistEnv, seed: int) -> Engine:
     """Model (same seed on every rank) through the parametrization, wrapped by the engine."""
     torch.manual_seed(seed)
     family = get_family(cfg.model.family)
-    return build_engine(build_model(cfg.model), family.loss, env, parallel=cfg.parallel,
-                        optim=cfg.optim, model_cfg=cfg.model,
-                        global_batch_size=cfg.data.global_batch_size)
+    return build_engine(
+        build_model(cfg.model),
+        family.loss,
+        env,
+        parallel=cfg.parallel,
+        optim=cfg.optim,
+        model_cfg=cfg.model,
+        global_batch_size=cfg.data.global_batch_size,
+    )
 
 
-def train_steps(cfg: TrainConfig, env: DistEnv, engine: Engine, steps: int,
-                after_step: Callable[[int, float], None] | None = None) -> list[float]:
+def train_steps(
+    cfg: TrainConfig,
+    env: DistEnv,
+    engine: Engine,
+    steps: int,
+    after_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
     """`steps` optimizer steps on the recipe's data and schedule (the trainer's own step
     function); returns the mean loss per step.
 

@@ -32,17 +32,40 @@ def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [{"parametrization": r["parametrization"], "width": int(r["width"]), "lr": float(r["lr"]),
-                 "seed": int(r["seed"]), "steps": int(r["steps"]), "train_loss": float(r["train_loss"]),
-                 "val_loss": float(r["val_loss"])} for r in csv.DictReader(f)]
+        return [
+            {
+                "parametrization": r["parametrization"],
+                "width": int(r["width"]),
+                "lr": float(r["lr"]),
+                "seed": int(r["seed"]),
+                "steps": int(r["steps"]),
+                "train_loss": float(r["train_loss"]),
+                "val_loss": float(r["val_loss"]),
+            }
+            for r in csv.DictReader(f)
+        ]
 
 
 def _key(r: dict) -> tuple:
-    return (r["parametrization"], int(r["width"]), f"{float(r['lr']):.6g}", int(r["seed"]), int(r["steps"]))
+    return (
+        r["parametrization"],
+        int(r["width"]),
+        f"{float(r['lr']):.6g}",
+        int(r["seed"]),
+        int(r["steps"]),
+    )
 
 
-def run_transfer(cfg: TrainConfig, widths: list[int], lrs: list[float], steps: int, csv_path: Path | None,
-                 seeds: int = 1, parametrizations: tuple[str, ...] = ("sp", "mup"), tail: int = 0) -> list[dict]:
+def run_transfer(
+    cfg: TrainConfig,
+    widths: list[int],
+    lrs: list[float],
+    steps: int,
+    csv_path: Path | None,
+    seeds: int = 1,
+    parametrizations: tuple[str, ...] = ("sp", "mup"),
+    tail: int = 0,
+) -> list[dict]:
     """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows."""
     env = setup(cfg)
     tail = tail or max(steps // 10, 1)
@@ -56,7 +79,13 @@ def run_transfer(cfg: TrainConfig, widths: list[int], lrs: list[float], steps: i
         for width in widths:
             for lr in lrs:
                 for seed in range(seeds):
-                    row = {"parametrization": param, "width": width, "lr": lr, "seed": seed, "steps": steps}
+                    row = {
+                        "parametrization": param,
+                        "width": width,
+                        "lr": lr,
+                        "seed": seed,
+                        "steps": steps,
+                    }
                     if _key(row) in done:
                         continue
                     vcfg = variant(cfg, width, param, lr=lr)
@@ -80,7 +109,9 @@ def _val_loss(engine, cfg: TrainConfig, env) -> float:
     return evaluate(engine, build_loader(cfg.data, env.rank, env.world_size, "val"), 0)["loss"]
 
 
-def curves(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int], list[tuple[float, float]]]:
+def curves(
+    rows: list[dict], metric: str = "train_loss"
+) -> dict[tuple[str, int], list[tuple[float, float]]]:
     """(parametrization, width) -> [(lr, loss averaged over seeds; nan if any seed diverged)]."""
     acc: dict[tuple[str, int, float], list[float]] = {}
     for r in rows:
@@ -101,8 +132,12 @@ def optima(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int]
     return best
 
 
-def optimum_shift(rows: list[dict], factor: float = 2.0, metric: str = "train_loss") -> dict[str, float]:
-    """Per parametrization: largest minus smallest optimum, in grid steps (log_factor of the ratio)."""
+def optimum_shift(
+    rows: list[dict], factor: float = 2.0, metric: str = "train_loss"
+) -> dict[str, float]:
+    """Per parametrization: largest minus smallest optimum lr over the widths, in grid steps.
+
+    That is log_factor(largest / smallest)."""
     best = optima(rows, metric)
     out = {}
     for param in dict.fromkeys(p for p, _ in best):

@@ -3,7 +3,8 @@
 Both laws have the form  L = E + sum_k A_k * x_k^(-alpha_k).  Following Besiroglu et al. (2024)
 they are fit on log-loss with a log-sum-exp parametrization,
 
-    log L_hat = LSE(e, a_1 - alpha_1 log x_1, ..., a_m - alpha_m log x_m),   E = exp(e), A_k = exp(a_k),
+    log L_hat = LSE(e, a_1 - alpha_1 log x_1, ..., a_m - alpha_m log x_m),
+    E = exp(e),  A_k = exp(a_k),
 
 by minimising the Huber loss of r = log L_hat - log L with L-BFGS from the best points of a
 grid of initialisations. Fitting in log space weighs every run by its relative error; the Huber

@@ -7,7 +7,8 @@ parametrization, L-BFGS from the best points of their initialisation grid
 intervals from a bootstrap over runs. The compute-optimal allocation under C = k N D
 (k = 6: forward plus backward of a dense transformer, attention ignored) is closed-form:
 
-    N_opt = G (C/k)^(beta/(alpha+beta)),  D_opt = (C/k) / N_opt,  G = (alpha A / (beta B))^(1/(alpha+beta)).
+    N_opt = G (C/k)^(beta/(alpha+beta)),  D_opt = (C/k) / N_opt,
+    G = (alpha A / (beta B))^(1/(alpha+beta)).
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def plot_optimal_allocation(a: Analysis, path: Path) -> None:
                 if key in row:
                     est = row[key][f"{which}_opt"]
                     if not np.isnan(est.lo):
-                        ax.errorbar(row["C"] * dx, est.value, yerr=[[est.value - est.lo], [est.hi - est.value]],
+                        ax.errorbar(row["C"] * dx, est.value,
+                                    yerr=[[est.value - est.lo], [est.hi - est.value]],
                                     fmt="o", color=COLORS[key], ms=4, capsize=3)  # fmt: skip
         ax.axvspan(a.C.min(), a.C.max(), color="0.5", alpha=0.07, lw=0)
         ax.set_xscale("log")

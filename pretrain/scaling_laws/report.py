@@ -67,9 +67,10 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
         )
         lines += [
             "",
-            f"a = β/(α+β) and b = α/(α+β) are the exponents of N_opt and D_opt in C. Fit: {_q(p.quality)}. "
-            f"Held out: {_q(p.holdout_quality)}. L-BFGS from {p.n_starts} grid starts, "
-            f"converged: {p.converged}; failed resamples: {p.n_boot_failed}.",
+            "a = β/(α+β) and b = α/(α+β) are the exponents of N_opt and D_opt in C. "
+            f"Fit: {_q(p.quality)}. Held out: {_q(p.holdout_quality)}. "
+            f"L-BFGS from {p.n_starts} grid starts, converged: {p.converged}; "
+            f"failed resamples: {p.n_boot_failed}.",
             "",
         ]
     if a.isoflop:
@@ -84,7 +85,8 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
         for pr in f.profiles:
             used = "yes" if pr.usable else f"no: {pr.note}"
             lines.append(
-                f"| {pr.budget:.3g} | {pr.n_points} | {pr.N_opt:.3g} | {pr.D_opt:.3g} | {pr.L_opt:.4g} | {used} |"
+                f"| {pr.budget:.3g} | {pr.n_points} | {pr.N_opt:.3g} | {pr.D_opt:.3g} "
+                f"| {pr.L_opt:.4g} | {used} |"
             )
         lines += [
             "",

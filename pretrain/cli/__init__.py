@@ -13,15 +13,15 @@ import sys
 
 # name -> (module, one-line help). The module's register() builds the real parser.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("pretrain.train_cli", "train from a YAML recipe (with dotted overrides)"),
-    "launch": ("launch.local", "launch a recipe on this machine with torchrun"),
-    "data": ("data_pipeline.cli", "build and inspect sharded datasets"),
-    "slurm": ("launch.slurm_cli", "submit runs and sweeps to Slurm"),
-    "runs": ("launch.runs", "show the state of run directories"),
-    "ckpt": ("pretrain.checkpoint_cli", "inspect, convert and export checkpoints"),
-    "generate": ("pretrain.generate_cli", "generate text from a language-model checkpoint"),
-    "mup": ("pretrain.mup_cli", "muP coordinate checks and LR-transfer sweeps"),
-    "scaling": ("pretrain.scaling_laws.cli", "plan, collect and fit scaling-law studies"),
+    "train": ("pretrain.cli.train", "train from a YAML recipe (with dotted overrides)"),
+    "launch": ("pretrain.cli.launch", "launch a recipe on this machine with torchrun"),
+    "data": ("pretrain.cli.data", "build and inspect sharded datasets"),
+    "slurm": ("pretrain.cli.slurm", "submit runs and sweeps to Slurm"),
+    "runs": ("pretrain.cli.runs", "show the state of run directories"),
+    "ckpt": ("pretrain.cli.ckpt", "inspect, convert and export checkpoints"),
+    "generate": ("pretrain.cli.generate", "generate text from a language-model checkpoint"),
+    "mup": ("pretrain.cli.mup", "muP coordinate checks and LR-transfer sweeps"),
+    "scaling": ("pretrain.cli.scaling", "plan, collect and fit scaling-law studies"),
 }
 
 

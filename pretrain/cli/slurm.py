@@ -40,13 +40,15 @@ def _add_slurm_flags(parser: argparse.ArgumentParser) -> None:
     for flag, kind, metavar, help_text in _FLAGS:
         group.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
     group.add_argument("--sbatch", action="append", default=[], metavar="OPT[=VALUE]",
-                       help="extra sbatch option, e.g. --sbatch constraint=a100 (repeatable)")  # fmt: skip
+                       help="extra sbatch option, e.g. --sbatch constraint=a100 "
+                            "(repeatable)")  # fmt: skip
     group.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                        help="environment variable for the job (repeatable)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="print the sbatch script(s) instead of submitting")  # fmt: skip
     parser.add_argument("--force", action="store_true",
-                        help="submit even if a job of the same run directory is still active")  # fmt: skip
+                        help="submit even if a job of the same run directory is still "
+                             "active")  # fmt: skip
 
 
 def _pairs(items: list[str], flag: str, allow_bare: bool) -> dict[str, Any]:

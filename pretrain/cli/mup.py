@@ -14,9 +14,11 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  pretrain mup coord-check configs/mup_vit_digits.yaml --widths 32 64 128 256 512 --seeds 3 --out runs/coord
-  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/mup_dit_digits.yaml parallel.backend=fsdp2 --out runs/coord2
-  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \
+  pretrain mup coord-check configs/mup_vit_digits.yaml --widths 32 64 128 256 512 --seeds 3 \\
+      --out runs/coord
+  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/mup_dit_digits.yaml \\
+      parallel.backend=fsdp2 --out runs/coord2
+  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
       --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
 """
 
@@ -26,22 +28,38 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=1, help="independent inits (and data orders) averaged")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="independent inits (and data orders) averaged"
+    )
     p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"], choices=["sp", "mup"])
     p.add_argument("--out", type=Path, required=True, help="output directory (CSV, PNG, JSON)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("mup", help="muP coordinate checks and LR-transfer sweeps",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "mup",
+        help="muP coordinate checks and LR-transfer sweeps",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="mup_command", metavar="SUBCOMMAND")
-    cc = sub.add_parser("coord-check", help="mean |activation| per layer per step across widths, SP vs muP")
+    cc = sub.add_parser(
+        "coord-check", help="mean |activation| per layer per step across widths, SP vs muP"
+    )
     _common(cc)
-    cc.add_argument("--tolerance", type=float, default=0.1, help="max |slope| of log mean|act| vs log width")
+    cc.add_argument(
+        "--tolerance", type=float, default=0.1, help="max |slope| of log mean|act| vs log width"
+    )
     cc.set_defaults(func=coord_check)
     tr = sub.add_parser("transfer", help="LR sweep over widths, SP vs muP; optimum per width")
     _common(tr)
-    tr.add_argument("--lrs", type=float, nargs="+", help="explicit LR grid (else --lr-min..--lr-max by --lr-factor)")
+    tr.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        help="explicit LR grid (else --lr-min..--lr-max by --lr-factor)",
+    )
     tr.add_argument("--lr-min", type=float, default=1.25e-4)
     tr.add_argument("--lr-max", type=float, default=3.2e-2)
     tr.add_argument("--lr-factor", type=float, default=2.0)
@@ -74,17 +92,28 @@ def coord_check(args: argparse.Namespace) -> int:
     from pretrain.mup.plots import plot_coord_check
 
     try:
-        records = run_coord_check(cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations))
+        records = run_coord_check(
+            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations)
+        )
         if _is_main():
             args.out.mkdir(parents=True, exist_ok=True)
             write_csv(records, args.out / "coord_check.csv")
             results = verdict(records, args.tolerance)
-            plot_coord_check(records, args.out / "coord_check.png",
-                             title=f"{cfg.model.family}: coordinate check, base width {cfg.model.mup.base_width}")
-            summary = {f"{v.parametrization}/{v.layer}": {"slope": v.slope, "ok": v.ok} for v in results}
+            plot_coord_check(
+                records,
+                args.out / "coord_check.png",
+                title=f"{cfg.model.family}: coordinate check, "
+                f"base width {cfg.model.mup.base_width}",
+            )
+            summary = {
+                f"{v.parametrization}/{v.layer}": {"slope": v.slope, "ok": v.ok} for v in results
+            }
             (args.out / "verdict.json").write_text(json.dumps(summary, indent=2))
             print(format_verdict(results, args.tolerance))
-            print(f"wrote {args.out / 'coord_check.csv'}, {args.out / 'coord_check.png'}, {args.out / 'verdict.json'}")
+            print(
+                f"wrote {args.out / 'coord_check.csv'}, {args.out / 'coord_check.png'}, "
+                f"{args.out / 'verdict.json'}"
+            )
         barrier()  # no rank tears the group down while rank 0 still writes
     finally:
         shutdown()
@@ -102,18 +131,35 @@ def transfer(args: argparse.Namespace) -> int:
     lrs = args.lrs or lr_grid(args.lr_min, args.lr_max, args.lr_factor)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        rows = run_transfer(cfg, args.widths, lrs, args.steps, args.out / "transfer.csv", args.seeds,
-                            tuple(args.parametrizations))
+        rows = run_transfer(
+            cfg,
+            args.widths,
+            lrs,
+            args.steps,
+            args.out / "transfer.csv",
+            args.seeds,
+            tuple(args.parametrizations),
+        )
         rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps]
         if _is_main():
-            plot_transfer(rows, args.out / "transfer.png", args.metric,
-                          title=f"{cfg.model.family}: LR transfer, {args.steps} steps, base width {cfg.model.mup.base_width}")
+            plot_transfer(
+                rows,
+                args.out / "transfer.png",
+                args.metric,
+                title=f"{cfg.model.family}: LR transfer, {args.steps} steps, "
+                f"base width {cfg.model.mup.base_width}",
+            )
             best = optima(rows, args.metric)
-            summary = {"optimum_lr": {f"{p}/{w}": lr for (p, w), lr in best.items()},
-                       "shift_grid_steps": optimum_shift(rows, args.lr_factor, args.metric)}
+            summary = {
+                "optimum_lr": {f"{p}/{w}": lr for (p, w), lr in best.items()},
+                "shift_grid_steps": optimum_shift(rows, args.lr_factor, args.metric),
+            }
             (args.out / "transfer.json").write_text(json.dumps(summary, indent=2))
             print(format_report(rows, args.lr_factor, args.metric))
-            print(f"wrote {args.out / 'transfer.csv'}, {args.out / 'transfer.png'}, {args.out / 'transfer.json'}")
+            print(
+                f"wrote {args.out / 'transfer.csv'}, {args.out / 'transfer.png'}, "
+                f"{args.out / 'transfer.json'}"
+            )
         barrier()  # no rank tears the group down while rank 0 still writes
     finally:
         shutdown()
