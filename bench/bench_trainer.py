@@ -1,19 +1,21 @@
 """Trainer overhead: steps/s of the `pretrain` training loop vs a plain PyTorch loop.
 
 Same model, optimizer groups, global batch and number of processes, alternated in one process
-so machine noise hits both. Run:
+(plain first on even repeats, pretrain first on odd ones) so machine noise and warm caches hit
+both alike. Every trainer run gets a fresh run directory (metrics.jsonl is appended to, so a
+reused one would average in an earlier run's step times). Run:
     python bench/bench_trainer.py                                   # 1 process
     torchrun --standalone --nproc_per_node 2 bench/bench_trainer.py --backend fsdp2
 The plain loop draws batches by index from in-memory tensors; the trainer goes through its
-resumable loader, logging (JSONL + TensorBoard), signal agreement and LR schedule. Checkpoints
-and evaluation are off in both (they are benchmarked separately).
+resumable loader, logging (JSONL + TensorBoard), signal agreement and LR schedule. Both read
+the loss back at log steps only. Checkpoints and evaluation are off in both (they are
+benchmarked separately).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,7 +74,8 @@ def plain_loop(cfg, env) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss)  # the trainer reads the loss every step too
+        if (step + 1) % WARMUP == 0:
+            float(loss.detach())  # read back at log steps, as the trainer does
     return (cfg.schedule.steps - WARMUP) / (time.perf_counter() - t0)
 
 
@@ -94,11 +98,19 @@ def main() -> None:
     logging.disable(logging.INFO)
     plain, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        shared = tmp if env.world_size == 1 else os.environ.get("BENCH_DIR", "/tmp/bench_trainer")
+        root = [tmp]  # one fresh directory per invocation, rank 0's, shared by all ranks
+        if dist.is_initialized():
+            dist.broadcast_object_list(root, src=0)
         for rep in range(args.repeats):
-            cfg = bench_config(args.backend, args.steps, f"{shared}/rep{rep}")
-            plain.append(plain_loop(cfg, env))
-            ours.append(trainer_loop(cfg))
+            cfg = bench_config(args.backend, args.steps, f"{root[0]}/rep{rep}")
+            if rep % 2 == 0:
+                plain.append(plain_loop(cfg, env))
+                ours.append(trainer_loop(cfg))
+            else:
+                ours.append(trainer_loop(cfg))
+                plain.append(plain_loop(cfg, env))
+        if dist.is_initialized():
+            dist.barrier()  # rank 0 removes the directory only once every rank is done
     if env.is_main:
         result = {"backend": args.backend, "processes": env.world_size, "plain_steps_per_s": statistics.median(plain),
                   "pretrain_steps_per_s": statistics.median(ours), "ratio": statistics.median(ours) / statistics.median(plain),

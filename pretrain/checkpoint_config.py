@@ -12,3 +12,7 @@ class CheckpointConfig:
     resume: str = "auto"  # auto (latest complete in run dir) | none | path to a checkpoint
     async_save: bool = False  # overlap writing with training
     save_at_end: bool = True
+    # Ranks agree on stop/save requests (signals, RUN/SAVE_NOW), read the divergence guard and
+    # commit a finished async save at log steps, save steps and every this many steps: between
+    # those, a step costs no blocking collective or host sync. A signal is honoured within it.
+    agree_every_steps: int = 10

@@ -35,6 +35,22 @@ def checkpoint_wrapper(module: nn.Module) -> nn.Module:
     return wrap(module)
 
 
+# ---------------------------------------------------------------- optimizers
+
+
+def skip_update_where(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """The next `optimizer.step()` leaves parameters and state untouched where `skip` (a float
+    0-dim tensor on the parameters' device) is 1, decided on the device: no host sync.
+
+    This is the undocumented attribute protocol GradScaler uses with the fused Adam/AdamW
+    kernels (`found_inf`, `grad_scale`); only optimizers built with fused=True honour it.
+    """
+    if not optimizer.defaults.get("fused"):
+        raise ValueError("skipping an update on device needs a fused optimizer")
+    optimizer.grad_scale = None
+    optimizer.found_inf = skip
+
+
 # ---------------------------------------------------------------- torch.distributed.checkpoint
 
 

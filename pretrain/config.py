@@ -187,7 +187,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
     for text in overrides:
         set_dotted(data, *parse_override(text))
-    return config_from_dict(data)
+    return check_across_sections(config_from_dict(data))
+
+
+# in-memory datasets whose rows are data.seq_len tokens (sharded sets take it from the manifest;
+# the model's forward refuses a longer row there)
+MEMORY_TOKEN_DATASETS = ("synthetic_tokens", "text")
+
+
+def check_across_sections(cfg: TrainConfig) -> TrainConfig:
+    """Constraints between sections, each a one-line ConfigError at load."""
+    lm_context = cfg.model.lm.seq_len
+    memory_tokens = cfg.data.format == "memory" and cfg.data.name in MEMORY_TOKEN_DATASETS
+    if cfg.model.family == "lm" and memory_tokens and cfg.data.seq_len > lm_context:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than the LM's context "
+                          f"model.lm.seq_len={lm_context}: raise model.lm.seq_len or lower "
+                          "data.seq_len")
+    if cfg.checkpoint.agree_every_steps < 1:
+        raise ConfigError("checkpoint.agree_every_steps must be >= 1")
+    if cfg.run.collective_timeout_s <= 0:
+        raise ConfigError("run.collective_timeout_s must be > 0")
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -63,7 +63,10 @@ def resolve_parallel(parallel: ParallelConfig, dev: DeviceInfo) -> ParallelConfi
 
 
 def resolve_optim(optim: OptimConfig, dev: DeviceInfo) -> OptimConfig:
-    return dataclasses.replace(optim, fused=dev.type == "cuda") if optim.fused == "auto" else optim
+    """Fused AdamW on a GPU, and wherever the divergence guard skips updates on device."""
+    if optim.fused != "auto":
+        return optim
+    return dataclasses.replace(optim, fused=dev.type == "cuda" or optim.on_nonfinite == "skip")
 
 
 def resolve_auto(cfg, dev: DeviceInfo):

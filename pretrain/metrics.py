@@ -1,30 +1,62 @@
 """Metrics sinks on rank 0: JSONL in the run directory, TensorBoard, and a tqdm progress bar.
 
-Throughput and MFU are derived here from the model's own FLOPs accounting:
-MFU = flops_per_sample * samples/s / (peak FLOP/s per device * devices).
+Throughput and MFU come from the batches actually trained (their shape, not the model's
+configured length) and the model's own FLOPs accounting:
+MFU = training FLOPs/s / (peak FLOP/s of the dtype in use per device * devices).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
-# Dense bf16 peak FLOP/s per device (vendor datasheets, without sparsity).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+# Dense peak FLOP/s per device by matmul dtype (vendor datasheets, without sparsity):
+# (pattern on torch.cuda.get_device_name, {bf16, tf32, fp32}). First match wins, so the more
+# specific names come first ("H100 PCIe" before "H100", "A100" before "A10").
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    (r"H100.*PCIe", {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12}),
+    (r"H100.*NVL", {"bf16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    (r"H100|H200|GH200", {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),  # SXM
+    (r"A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),  # SXM and PCIe alike
+    (r"L40S", {"bf16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
+    (r"A10\b|A10G", {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
+]
 
 
-def device_peak_flops(device: torch.device, configured_tflops: float) -> float | None:
-    """Configured peak, else a known GPU's datasheet peak, else None (no MFU)."""
+def matmul_dtype(mixed_precision: str) -> str:
+    """The dtype the matmuls run in: bf16 under mixed precision, else fp32 as TF32 when torch
+    is allowed to use it."""
+    if mixed_precision == "bf16":
+        return "bf16"
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def peak_for(device_name: str, dtype: str) -> float | None:
+    """Datasheet peak of a device (by its CUDA name) for `dtype`; None for an unknown device."""
+    for pattern, peaks in PEAK_FLOPS:
+        if re.search(pattern, device_name):
+            return peaks[dtype]
+    return None
+
+
+def device_peak_flops(device: torch.device, configured_tflops: float,
+                      dtype: str = "bf16") -> float | None:
+    """Configured peak (logging.peak_tflops), else the device's datasheet peak for `dtype`,
+    else None (no MFU)."""
     if configured_tflops > 0:
         return configured_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_FLOPS.items():
-            if key in name:
-                return flops
+        return peak_for(torch.cuda.get_device_name(device), dtype)
     return None
+
+
+def sync_debug(on: bool) -> None:
+    """CUDA: warn on every host sync while `on` (torch.cuda.set_sync_debug_mode); else no-op."""
+    if torch.cuda.is_available():
+        torch.cuda.set_sync_debug_mode("warn" if on else "default")
 
 
 class MetricsLogger:

@@ -12,4 +12,7 @@ class LoggingConfig:
     eval_batches: int = 0  # 0 = the whole validation split
     tensorboard: bool = True
     progress_bar: bool = True
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device, else no MFU
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device and dtype, else no MFU
+    # CUDA: torch.cuda.set_sync_debug_mode("warn") between agreement points, so any host sync
+    # in a steady-state step prints a warning (bench/gpu_check.sh turns it on)
+    sync_debug: bool = False

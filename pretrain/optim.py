@@ -51,8 +51,9 @@ def build_optimizer(
     model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
 ) -> Optimizer:
     groups = param_groups(model, kinds, optim, model_cfg)
-    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                 fused=optim.fused is True or None)
+    # on_nonfinite=skip needs the fused kernel: it alone can skip an update on device
+    fused = optim.fused is True or optim.on_nonfinite == "skip"
+    return AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

@@ -16,3 +16,13 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
     fused: bool | Literal["auto"] = "auto"  # fused AdamW kernel (auto: on a GPU)
+    # Divergence guard: a non-finite loss or grad norm at a step either fails the run (nothing
+    # checkpointed after it, status failed naming the step) or skips that update (fused AdamW
+    # skips it on device) and counts it; more than max_consecutive_skips in a row fails.
+    on_nonfinite: Literal["fail", "skip"] = "fail"
+    max_consecutive_skips: int = 10
+
+    def __post_init__(self) -> None:
+        if self.on_nonfinite == "skip" and self.fused is False:
+            raise ValueError("optim.on_nonfinite=skip needs the fused AdamW kernel (it skips the "
+                             "update on device): drop optim.fused=false or use on_nonfinite=fail")

@@ -12,3 +12,4 @@ class RunConfig:
     dir: str = ""  # run directory; empty = runs/<name>
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    collective_timeout_s: float = 600.0  # a collective waiting longer fails naming rank, op, step

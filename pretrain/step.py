@@ -38,9 +38,14 @@ class DataExhausted(Exception):
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean over micro-batches and ranks
-    grad_norm: float  # before clipping
+    """What one step leaves behind. loss and grad_norm stay on the device (reading them is a
+    host sync): the loop reads them at log steps only."""
+
+    loss: torch.Tensor  # mean over micro-batches and ranks
+    grad_norm: torch.Tensor  # before clipping
+    finite: torch.Tensor  # bool, the divergence guard's input (the same on every rank)
     lr: float
+    shapes: list[dict[str, torch.Size]]  # this rank's micro-batches, for tokens/FLOPs accounting
 
 
 def train_step(engine: Engine, data: Iterator[dict], step: int, base_lr: float,
@@ -54,22 +59,26 @@ def train_step(engine: Engine, data: Iterator[dict], step: int, base_lr: float,
         micro_batches = [next(data) for _ in range(grad_accum)]
     except StopIteration:
         raise DataExhausted(step) from None
-    loss, grad_norm = engine.train_step(micro_batches)
-    return StepResult(loss, grad_norm, lr)
+    out = engine.train_step(micro_batches)
+    shapes = [{k: v.shape for k, v in b.items()} for b in micro_batches]
+    return StepResult(out.loss, out.grad_norm, out.finite, lr, shapes)
 
 
 def evaluate(engine: Engine, loader, max_batches: int) -> dict[str, float]:
-    """Loss (and accuracy where the family reports it) over the validation split, all ranks."""
+    """Loss (and accuracy where the family reports it) over the validation split, all ranks.
+
+    The sums stay on the compute device (one all-reduce there, one read at the end)."""
     sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
         for key, value in engine.eval_step(batch).items():
-            sums[key] = sums.get(key, 0) + value.cpu()
+            sums[key] = sums.get(key, 0) + value
     keys = sorted(sums)
     totals = {}
     if keys:
-        totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
+        stacked = torch.stack([sums[k].to(engine.env.device) for k in keys])
+        totals = dict(zip(keys, all_reduce_sum(stacked, "all_reduce(eval sums)").tolist()))
     count = max(totals.get("count", 0.0), 1.0)
     out = {"loss": totals.get("loss_sum", float("nan")) / count}
     if "correct" in totals:

@@ -10,19 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
 import torch
 
 from data_pipeline import build_loader
+from pretrain.agreement import Agreement, Diverged, DivergenceGuard, Requests
 from pretrain.checkpoint import Checkpointer, SavePolicy, seed_rank
 from pretrain.config import TrainConfig, save_config, to_dict
 from pretrain.device_defaults import apply_device_flags, describe_device, resolve_auto
-from pretrain.dist import DistEnv, all_reduce_max, barrier, init_distributed
+from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
-from pretrain.metrics import MetricsLogger, device_peak_flops
+from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
 from pretrain.run_dir import (
@@ -37,40 +37,6 @@ from pretrain.run_dir import (
 from pretrain.step import DataExhausted, evaluate, run_eval_extras, train_step
 
 log = logging.getLogger("pretrain")
-
-SAVE_REQUEST_FILE = "SAVE_NOW"  # touch RUN/SAVE_NOW to checkpoint at the next step
-
-
-class Requests:
-    """Stop/save requests from signals, agreed by all ranks at a step boundary.
-
-    SIGUSR1 / SIGTERM: checkpoint and stop (preemption, time limit). SIGUSR2 or the file
-    RUN/SAVE_NOW: checkpoint and continue. A flag set on any rank applies to all ranks, at the
-    same step, so no rank waits in a collective while another saves.
-    """
-
-    def __init__(self, run_dir: Path, env: DistEnv):
-        self.run_dir, self.env = run_dir, env
-        self.stop = self.save = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._on_stop)
-        signal.signal(signal.SIGUSR2, self._on_save)
-
-    def _on_stop(self, signum, frame) -> None:
-        self.stop = True
-
-    def _on_save(self, signum, frame) -> None:
-        self.save = True
-
-    def agree(self) -> tuple[bool, bool]:
-        request_file = self.run_dir / SAVE_REQUEST_FILE
-        if self.env.is_main and request_file.exists():
-            request_file.unlink(missing_ok=True)
-            self.save = True
-        flags = all_reduce_max(torch.tensor([float(self.stop), float(self.save)]))
-        self.save = False
-        return bool(flags[0]), bool(flags[1])
-
 
 def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
     run_dir = cfg.run_dir
@@ -103,7 +69,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig) -> dict:
-    env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single")
+    env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single",
+                           timeout_s=cfg.run.collective_timeout_s)
     cfg = resolve_auto(cfg, describe_device(env.device))  # GPU defaults; saved in config.yaml
     apply_device_flags(cfg.parallel)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
@@ -147,46 +114,81 @@ def _train(cfg: TrainConfig) -> dict:
     logger = MetricsLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar, cfg.schedule.steps, step)
     if step == 0:
         logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
-    requests = Requests(run_dir, env)
-    peak = device_peak_flops(env.device, cfg.logging.peak_tflops)
+    guard = DivergenceGuard(cfg.optim.on_nonfinite, cfg.optim.max_consecutive_skips, env.device)
+    agreement = Agreement(Requests(run_dir, env), guard, cfg.checkpoint.agree_every_steps,
+                          env.device)
+    peak = device_peak_flops(env.device, cfg.logging.peak_tflops,
+                             matmul_dtype(cfg.parallel.mixed_precision))
     gbs, accum = cfg.data.global_batch_size, cfg.optim.grad_accum
+    watch_syncs = cfg.logging.sync_debug and env.device.type == "cuda"
 
     def train_state() -> dict:
         return {"step": step, "samples": samples, "loader": train_loader.state_dict(),
                 "world_size": env.world_size, "backend": cfg.parallel.backend, "config": to_dict(cfg)}
 
+    def agree_or_fail(check, at_step: int):
+        try:
+            return check(at_step)
+        except Diverged as e:  # status names the step; train() marks the run failed
+            if env.is_main:
+                write_status(run_dir, step=e.step, error=str(e))
+            raise
+
     data_iter = iter(train_loader)
-    last = {"loss": float("nan")}
-    window_start, window_steps = time.perf_counter(), 0
+    result = None
+    last: dict[str, float] = {}
+    window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
     finished = True
     while step < cfg.schedule.steps:
+        note_step(step + 1)
+        sync_debug(watch_syncs)  # a steady-state step: any host sync in it warns
         try:
             result = train_step(engine, data_iter, step, cfg.optim.lr, cfg.schedule, accum)
         except DataExhausted:
             log.info("data budget exhausted at step %d", step)
             break
-        loss, grad_norm, lr = result.loss, result.grad_norm, result.lr
         step, samples, window_steps = step + 1, samples + gbs, window_steps + 1
-        last = {"loss": loss}
-        logger.progress(step, loss, lr)
+        guard.update(result.finite, step)
+        tokens, flops = map(sum, zip(*(family.cost_of(model, s) for s in result.shapes)))
+        window_tokens += tokens * env.world_size  # every rank trains a batch of the same shape
+        window_flops += flops * env.world_size
 
-        if step % cfg.logging.every_steps == 0 or step == cfg.schedule.steps:
+        log_due = step % cfg.logging.every_steps == 0 or step == cfg.schedule.steps
+        eval_due = val_loader is not None and (step % cfg.logging.eval_every_steps == 0
+                                               or step == cfg.schedule.steps)
+        forced = (log_due or save_policy.due(step, False, False) or step == cfg.schedule.steps
+                  or ckpt.pending is not None)
+        if not (eval_due or agreement.due(step, forced)):
+            continue
+        sync_debug(False)  # reading results back from here on is intended
+        if agreement.due(step, forced):
+            ckpt.poll()
+            agreed = agree_or_fail(agreement.agree, step)  # the same on every rank
+            loss, lr = float(result.loss), result.lr
+            last["loss"] = loss
+            logger.progress(step, loss, lr)
+        if log_due:
             elapsed = time.perf_counter() - window_start
             sps = window_steps * gbs / elapsed
-            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time": elapsed / window_steps,
-                      "samples_per_s": sps, "tokens_per_s": sps * stats["tokens_per_sample"], "samples": samples,
-                      "tokens": samples * stats["tokens_per_sample"], "flops": samples * stats["flops_per_sample"]}
+            per_sample_tokens = window_tokens / (window_steps * gbs)  # as the batches were shaped
+            per_sample_flops = window_flops / (window_steps * gbs)
+            record = {"loss": loss, "lr": lr, "grad_norm": float(result.grad_norm),
+                      "step_time": elapsed / window_steps, "samples_per_s": sps,
+                      "tokens_per_s": window_tokens / elapsed, "samples": samples,
+                      "tokens": samples * per_sample_tokens, "flops": samples * per_sample_flops}
+            if cfg.optim.on_nonfinite == "skip":
+                record["skipped_steps"] = agreed.skipped_steps
             record |= train_loader.metrics()  # data/epoch, data/bad_samples (on_bad_sample=skip)
             if peak:
-                record["mfu"] = sps * stats["flops_per_sample"] / (peak * env.world_size)
+                record["mfu"] = window_flops / elapsed / (peak * env.world_size)
             logger.log(step, "train", record)
             if cfg.model.mup.log_singular_values:  # a collective under FSDP2 / ZeRO-3: every rank calls it
                 logger.log(step, "sv", top_singular_values(engine.model, kinds))
             if env.is_main:
                 write_status(run_dir, step=step, last_loss=loss)
-            window_start, window_steps = time.perf_counter(), 0
+            window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
 
-        if val_loader is not None and (step % cfg.logging.eval_every_steps == 0 or step == cfg.schedule.steps):
+        if eval_due:
             results = evaluate(engine, val_loader, cfg.logging.eval_batches)
             results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
             if family.eval_summary is not None:  # e.g. perplexity from the mean loss
@@ -194,16 +196,20 @@ def _train(cfg: TrainConfig) -> dict:
             last.update({f"val_{k}": v for k, v in results.items()})
             logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
 
-        ckpt.poll()
-        stop, save_now = requests.agree()
-        if save_policy.due(step, stop, save_now):
+        if not agreement.due(step, forced):
+            continue
+        if save_policy.due(step, agreed.stop, agreed.save):
             ckpt.save(step, engine, train_state())
             save_policy.saved(step)
-        if stop:
+        if agreed.stop:
             log.info("stop requested: checkpointed step %d, exiting for requeue", step)
             finished = False
             break
 
+    sync_debug(False)
+    agree_or_fail(agreement.final_check, step)
+    last.pop("loss", None)
+    last = {"loss": float(result.loss) if result is not None else float("nan")} | last
     if finished and save_policy.due_at_end(step):
         ckpt.save(step, engine, train_state())
     ckpt.close()

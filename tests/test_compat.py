@@ -58,6 +58,24 @@ def test_checkpoint_wrapper_recomputes_with_equal_results() -> None:
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, plain.parameters()))
 
 
+def test_skip_update_where_leaves_parameters_and_state_untouched() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.ones(3)
+    compat.skip_update_where(opt, torch.tensor(0.0))
+    opt.step()
+    before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+    p.grad = torch.full((3,), float("nan"))
+    compat.skip_update_where(opt, torch.tensor(1.0))
+    opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())
+    compat.skip_update_where(opt, torch.tensor(0.0))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert not torch.equal(p.detach(), before[0]) and opt.state[p]["step"].item() == 2
+
+
 def test_dcp_shims(tmp_path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader

@@ -101,10 +101,14 @@ def test_checkpoint_from_two_ranks_resumes_on_one_and_three(tmp_path):
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-3), (backend, nproc, step)
 
 
-def test_sigterm_checkpoints_the_agreed_step_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("agree", [[], ["logging.every_steps=7", "checkpoint.agree_every_steps=5"]],
+                         ids=["every-step", "every-5-steps"])
+def test_sigterm_checkpoints_the_agreed_step_and_resume_is_exact(tmp_path, agree):
     """Preemption: SIGTERM to torchrun reaches every rank; they agree on a step, save, exit; the
-    resumed run ends bitwise-equal to an uninterrupted one."""
-    common = [*TINY, "schedule.steps=60", "checkpoint.every_steps=0", "parallel.backend=fsdp2"]
+    resumed run ends bitwise-equal to an uninterrupted one. Also when the ranks agree only at
+    log steps and every 5 steps (no per-step collective for the flags)."""
+    common = [*TINY, "schedule.steps=60", "checkpoint.every_steps=0", "parallel.backend=fsdp2",
+              *agree]
     run_train(2, [*common, f"run.dir={tmp_path / 'ref'}"])
     victim = tmp_path / "victim"
     proc = subprocess.Popen(

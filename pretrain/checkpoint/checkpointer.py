@@ -149,14 +149,15 @@ class Checkpointer:
         return False
 
     def poll(self) -> None:
-        """Commit a finished async save (call on every rank once per step).
+        """Commit a finished async save (call on every rank at the loop's agreement points).
 
-        Ranks agree first: one rank may see its write finished before another does.
+        Ranks agree first: one rank may see its write finished before another does. The flag
+        travels on the compute device, like every collective of the loop.
         """
         if self.pending is None:
             return
-        not_done = torch.tensor([0.0 if self.pending[0].done() else 1.0])
-        if all_reduce_max(not_done).item() == 0.0:
+        not_done = torch.tensor([0.0 if self.pending[0].done() else 1.0], device=self.env.device)
+        if all_reduce_max(not_done, "all_reduce(async save done)").item() == 0.0:
             self.wait()
 
     def close(self) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from pretrain import compat
 from pretrain.compat import checkpoint_wrapper
 from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
@@ -27,6 +29,15 @@ from pretrain.optim import build_optimizer, set_lr
 from pretrain.optim_config import OptimConfig
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One optimizer step's results, left on the device: the loop reads them at log steps."""
+
+    loss: torch.Tensor  # mean over micro-batches and ranks
+    grad_norm: torch.Tensor  # global, before clipping
+    finite: torch.Tensor  # bool: both finite (identical on every rank: both are global values)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -111,8 +122,12 @@ class Engine:
         """The batch on this engine's device (what the model's forward expects)."""
         return {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:
-        """Forward/backward over the micro-batches, clip, step. Returns (mean loss over ranks, grad norm)."""
+    def train_step(self, micro_batches: list[dict]) -> StepOutput:
+        """Forward/backward over the micro-batches, clip, step; nothing read back to the host.
+
+        The loss is reduced before the update so the divergence guard's flag (loss and grad
+        norm finite, the same on every rank) can skip it on device (optim.on_nonfinite=skip).
+        """
         self.model.train()
         n = len(micro_batches)
         loss_total = torch.zeros((), device=self.env.device)
@@ -122,22 +137,29 @@ class Engine:
                     loss, _ = self.loss_fn(self.model, self.to_device(batch))
                 (loss / n).backward()
             loss_total += loss.detach().float()
-        grad_norm = self.clip_and_step()
-        loss_mean = all_reduce_sum(loss_total / n) / self.env.world_size
-        return float(loss_mean), grad_norm
+        loss_mean = all_reduce_sum(loss_total / n, "all_reduce(loss)") / self.env.world_size
+        grad_norm = self.clip_grad_norm()
+        finite = torch.isfinite(loss_mean) & torch.isfinite(grad_norm)
+        self.optimizer_step(finite)
+        return StepOutput(loss_mean, grad_norm, finite)
 
-    def clip_and_step(self) -> float:
+    def clip_grad_norm(self) -> torch.Tensor:
+        """Clip to optim.grad_clip; returns the global norm before clipping, on device."""
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
+        return norm.float()
+
+    def optimizer_step(self, finite: torch.Tensor) -> None:
+        if self.optim_cfg.on_nonfinite == "skip":
+            compat.skip_update_where(self.optimizer, (~finite).float())
         if self._updates_held_by is not None:  # let an async checkpoint finish copying first
             self._updates_held_by.result()
             self._updates_held_by = None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from pretrain import compat
 from pretrain.dist import DistEnv, all_reduce_sum
-from pretrain.engines.base import Engine, LossFn
+from pretrain.engines.base import Engine, LossFn, StepOutput
 from pretrain.engines.config import ParallelConfig
 from pretrain.engines.deepspeed_config import ds_config
 from pretrain.models.config import ModelConfig
@@ -47,6 +47,9 @@ class DeepSpeedEngine(Engine):
         self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
         optim: OptimConfig, model_cfg: ModelConfig, global_batch_size: int,
     ):
+        if optim.on_nonfinite == "skip":
+            raise ValueError("optim.on_nonfinite=skip is not supported by parallel.backend="
+                             "deepspeed (DeepSpeed applies the update itself); use fail")
         self.env, self.loss_fn = env, loss_fn
         self.parallel, self.optim_cfg = parallel, optim
         kinds = self.prepare(model)
@@ -57,10 +60,11 @@ class DeepSpeedEngine(Engine):
             model=model, optimizer=optimizer, config=config, dist_init_required=False,
         )
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[float, float]:
+    def train_step(self, micro_batches: list[dict]) -> StepOutput:
         """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last micro-batch.
 
         Under bf16 DeepSpeed holds bf16 parameters; the base autocast casts fp32 inputs to match.
+        DeepSpeed applies the update itself, so the divergence guard can only fail the run here.
         """
         self.model.train()
         n = len(micro_batches)
@@ -72,6 +76,8 @@ class DeepSpeedEngine(Engine):
             self.model.step()
             loss_total += loss.detach().float()
         norm = self.model.get_global_grad_norm()
-        norm = float(norm.item() if isinstance(norm, torch.Tensor) else (norm if norm is not None else float("nan")))
-        loss_mean = all_reduce_sum(loss_total / n) / self.env.world_size
-        return float(loss_mean), norm
+        if not isinstance(norm, torch.Tensor):  # a float, or None before the first step
+            norm = torch.tensor(float("nan") if norm is None else norm)
+        norm = norm.to(self.env.device, torch.float32)
+        loss_mean = all_reduce_sum(loss_total / n, "all_reduce(loss)") / self.env.world_size
+        return StepOutput(loss_mean, norm, torch.isfinite(loss_mean) & torch.isfinite(norm))

@@ -18,7 +18,7 @@ from pretrain.models.attention_stats import attention_entropy
 from pretrain.models.blocks import unwrap
 from pretrain.models.config import ModelConfig
 from pretrain.models.dit import DiT, dit_eval_extras, dit_loss
-from pretrain.models.lm import DecoderLM, lm_loss
+from pretrain.models.lm import DecoderLM, lm_batch_cost, lm_loss
 from pretrain.models.materialize import InitPlan
 from pretrain.models.parametrization import set_forward_multipliers
 from pretrain.models.vit import ViT, vit_loss
@@ -33,10 +33,20 @@ EvalExtrasFn = Callable[[nn.Module, dict, int, "Path | None"], dict]
 class ModelFamily:
     build: Callable[[ModelConfig], nn.Module]
     loss: LossFn  # (model, batch) -> (mean loss, {"loss_sum", "count", ...} sums for eval)
-    tokens_per_sample: Callable[[nn.Module], int]  # for tokens/s and FLOPs accounting
+    tokens_per_sample: Callable[[nn.Module], int]  # as configured (model_stats.json)
     eval_extras: EvalExtrasFn | None = None  # runs on every rank (sharded forwards need all)
     # reduced validation metrics ({"loss", ...}) -> derived ones, e.g. perplexity
     eval_summary: Callable[[dict[str, float]], dict[str, float]] | None = None
+    # (model, {key: shape} of one batch) -> (tokens, training FLOPs) of that batch as shaped;
+    # None: batch size x the configured per-sample figures
+    batch_cost: Callable[[nn.Module, dict], tuple[int, int]] | None = None
+
+    def cost_of(self, model: nn.Module, shapes: dict) -> tuple[int, int]:
+        """(tokens, training FLOPs) of a batch with these tensor shapes, for tokens/s and MFU."""
+        if self.batch_cost is not None:
+            return self.batch_cost(model, shapes)
+        n = next(iter(shapes.values()))[0]
+        return n * self.tokens_per_sample(model), n * model.flops_per_sample()
 
 
 def with_eval_extras(loss: LossFn, samples: EvalExtrasFn | None = None) -> EvalExtrasFn:
@@ -69,7 +79,8 @@ register_family("vit", ModelFamily(build=ViT, loss=vit_loss, tokens_per_sample=l
 register_family("dit", ModelFamily(build=DiT, loss=dit_loss, tokens_per_sample=lambda m: m.num_patches,
                                    eval_extras=with_eval_extras(dit_loss, dit_eval_extras)))
 register_family("lm", ModelFamily(build=DecoderLM, loss=lm_loss, tokens_per_sample=lambda m: m.seq_len,
-                                  eval_extras=with_eval_extras(lm_loss), eval_summary=perplexity))
+                                  eval_extras=with_eval_extras(lm_loss), eval_summary=perplexity,
+                                  batch_cost=lm_batch_cost))
 
 
 def get_family(name: str) -> ModelFamily:

@@ -85,17 +85,24 @@ class DecoderLM(nn.Module):
     def embedding_param_names(self) -> set[str]:
         return {"tok_embed.weight"}
 
-    def flops_per_sample(self) -> int:
-        """Training FLOPs per sequence of lm.seq_len tokens: 3x the forward matmuls.
+    def flops_per_sample(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per sequence of `seq_len` (default lm.seq_len) tokens: 3x the forward
+        matmuls.
 
         Counted: every block's projections, MLP and both attention matmuls over all seq_len keys
         per query (the dense causal kernel's work, masked half included), and the readout.
         Not counted: the embedding lookup, norms, softmax, RoPE, SwiGLU/GELU, biases, adds.
         """
-        c, t = self.cfg, self.seq_len
+        c, t = self.cfg, seq_len or self.seq_len
         fwd = c.depth * block_matmul_flops(c, t, mlp=self.mlp_kind)
         fwd += 2 * t * c.width * self.vocab_size
         return 3 * fwd
+
+
+def lm_batch_cost(model: DecoderLM, shapes: dict) -> tuple[int, int]:
+    """(tokens, training FLOPs) of a [B, T] token batch: its own T, whatever lm.seq_len says."""
+    b, t = shapes["tokens"]
+    return b * t, b * model.flops_per_sample(t)
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -106,6 +113,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     valid = targets != IGNORE_INDEX
     loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     count = valid.sum()
-    correct = ((logits.argmax(-1) == targets) & valid).sum()
-    stats = {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
+    stats = {"loss_sum": loss_sum.detach(), "count": count}
+    if not torch.is_grad_enabled():  # evaluation; a training step never reads the accuracy
+        stats["correct"] = ((logits.argmax(-1) == targets) & valid).sum()
     return loss_sum / count.clamp(min=1), stats

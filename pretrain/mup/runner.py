@@ -80,7 +80,7 @@ def train_steps(
     loader = iter(build_loader(cfg.data, env.rank, env.world_size, "train", accum))
     losses = []
     for step in range(steps):
-        loss = train_step(engine, loader, step, cfg.optim.lr, cfg.schedule, accum).loss
+        loss = float(train_step(engine, loader, step, cfg.optim.lr, cfg.schedule, accum).loss)
         losses.append(loss)
         if after_step is not None:
             after_step(step, loss)
