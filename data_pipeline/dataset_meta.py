@@ -35,8 +35,10 @@ def token_meta(cfg: DataConfig, split: str = "train") -> dict:
     url = dataset_url(cfg, split)
     if cfg.format not in ("wds", "mds") or not url:
         return {}
+    from data_pipeline.shard_urls import split_shard_spec
     from data_pipeline.storage import ShardStore
 
-    raw = ShardStore(url, cfg.storage_options).read_small(MANIFEST_NAME)
+    root, _ = split_shard_spec(url, cfg.storage_options)
+    raw = ShardStore(root, cfg.storage_options).read_small(MANIFEST_NAME)
     meta = json.loads(raw).get("meta", {}) if raw is not None else {}
     return {k: meta[k] for k in TOKEN_KEYS if k in meta} | {"url": url}
