@@ -128,9 +128,12 @@ def save_tokenizer(tok: Any, out_dir: str) -> str:
 
 def read_documents(paths: Iterable[str], field: str = "text") -> Iterator[str]:
     """Documents of JSONL files (one JSON object per line, text in `field`), parquet files (a
-    `field` column, needs pyarrow) and plain text files (one document per file)."""
+    `field` column, needs pyarrow), plain text files (one document per file) and raw-text shard
+    sets written by other tools (see `shard_documents`)."""
     for path in paths:
-        if path.endswith((".jsonl", ".json")):
+        if is_shard_set(path):
+            yield from shard_documents(path, field)
+        elif path.endswith((".jsonl", ".json")):
             with open(path, encoding="utf-8") as f:
                 for line_no, line in enumerate(f, 1):
                     if not line.strip():
@@ -158,3 +161,45 @@ def _parquet_documents(path: str, field: str) -> Iterator[str]:
         raise ValueError(f"{path}: no {field!r} column (columns: {table.schema_arrow.names})")
     for batch in table.iter_batches(columns=[field]):
         yield from batch.column(0).to_pylist()
+
+
+def is_shard_set(path: str) -> bool:
+    """A directory or URL of shards (MDS index.json, tar files) or a shard pattern."""
+    from data_pipeline.shard_urls import is_shard_spec
+
+    if "://" in path or is_shard_spec(path):
+        return True
+    return os.path.isdir(path)
+
+
+def shard_documents(url: str, field: str = "text") -> Iterator[str]:
+    """The texts of a raw-text shard set in canonical order: MDS with a `field` str column (the
+    llm-foundry convention, streaming.MDSWriter), or WebDataset tars whose samples hold a `.txt`
+    member or a `.json` member with a `field` string (webdataset.TarWriter)."""
+    from data_pipeline.config import DataConfig
+    from data_pipeline.decode import decode_field
+    from data_pipeline.manifest import MDS_INDEX_NAME
+    from data_pipeline.shard_urls import split_shard_spec
+    from data_pipeline.source import ShardedSource
+    from data_pipeline.storage import ShardStore
+
+    root, _ = split_shard_spec(url)
+    fmt = "mds" if ShardStore(root).read_small(MDS_INDEX_NAME) is not None else "wds"
+    source = ShardedSource(url, fmt, DataConfig(format=fmt, verify_checksums="download"),
+                           shuffle=False)
+    for shard in range(len(source.manifest.shards)):
+        for index in range(source.manifest.shards[shard].samples):
+            name, key, raw = source.read_at(shard, index)
+            yield _text_of(raw, field, f"{url}: {name} sample {key!r}", decode_field)
+
+
+def _text_of(raw: dict, field: str, where: str, decode: Any) -> str:
+    for name in (field, "txt", "text"):
+        if name in raw:
+            return decode(*raw[name])
+    if "json" in raw:
+        value = decode(*raw["json"])
+        if isinstance(value, dict) and isinstance(value.get(field), str):
+            return value[field]
+    raise ValueError(f"{where}: no text among the fields {sorted(raw)} (a {field!r} column, a"
+                     f" .txt member, or a .json member with a {field!r} string)")

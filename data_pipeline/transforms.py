@@ -58,6 +58,10 @@ def detect_kind(field_names: list[str], cfg: DataConfig) -> str:
         return "tokens"
     if image_field(fields, cfg):
         return "images"
+    if fields.keys() & {"txt", "text", "json"}:
+        raise ValueError(f"the samples hold raw text (fields {sorted(field_names)}), not token"
+                         " ids: tokenize the set once with `pretrain data build text --src URL"
+                         " --tokenizer tokenizer.json` and train on its output")
     raise ValueError(f"cannot tell images from tokens by the fields {sorted(field_names)}; set "
                      "data.image_key/label_key or data.tokens_key")
 

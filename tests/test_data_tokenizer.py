@@ -182,3 +182,42 @@ def test_gpt2_recipe_trains_evaluates_bits_per_byte_and_generates(corpus, tmp_pa
         other = tmp_path / "other"
         save_tokenizer(train_bpe(help_topics()[:20], 400), str(other))
         generate_text(run_dir, "The", 4, tokenizer=str(other))
+
+
+def write_raw_text_sets(root, docs: list[str]) -> dict[str, str]:
+    """The same documents as other tools write them: an MDS `text: str` column
+    (streaming.MDSWriter, the llm-foundry convention), WebDataset `.txt` and `.json` members
+    (webdataset.TarWriter / ShardWriter)."""
+    import webdataset as wds
+
+    from data_pipeline._compat import import_streaming
+
+    streaming = import_streaming()
+    with streaming.MDSWriter(out=str(root / "mds"), columns={"text": "str"},
+                             size_limit=200_000) as out:
+        for d in docs:
+            out.write({"text": d})
+    for kind in ("txt", "json"):
+        (root / kind).mkdir()
+        with wds.ShardWriter(str(root / kind / "part-%04d.tar"), maxcount=25, verbose=0) as sink:
+            for i, d in enumerate(docs):
+                sink.write({"__key__": f"d{i:05d}", kind: d if kind == "txt" else {"text": d}})
+    return {k: str(root / k) for k in ("mds", "txt", "json")}
+
+
+def test_raw_text_shards_of_other_tools_tokenize_and_train_refuses_them(corpus, tmp_path):
+    _, tok_dir, docs = corpus
+    tok = load_tokenizer(str(tok_dir))
+    sets = write_raw_text_sets(tmp_path, docs)
+    from data_pipeline.tokenizer import read_documents
+
+    for kind, url in sets.items():
+        assert list(read_documents([url])) == docs, kind
+    glob = f"{sets['txt']}/part-{{0000..0003}}.tar"  # a shard pattern works as --src too
+    assert list(read_documents([glob])) == docs
+    built = build_tokenized_text([sets["mds"]], str(tmp_path / "ds"), "wds", tok, 64)
+    assert built["train"].meta["documents"] + built["val"].meta["documents"] == len(docs)
+    # training on the raw set directly is refused with the command that fixes it
+    cfg = DataConfig(format="wds", train_url=sets["txt"], global_batch_size=4)
+    with pytest.raises(ValueError, match="raw text.*pretrain data build text"):
+        build_loader(cfg, 0, 1)
