@@ -35,6 +35,11 @@ def token_meta(cfg: DataConfig, split: str = "train") -> dict:
     url = dataset_url(cfg, split)
     if cfg.format not in ("wds", "mds") or not url:
         return {}
+    if cfg.tokenizer:  # raw text, tokenized on the fly: the tokenizer says
+        from data_pipeline.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(cfg.tokenizer)
+        return {"kind": "tokens", **tok.token_meta(), "seq_len": cfg.seq_len, "url": url}
     from data_pipeline.shard_urls import split_shard_spec
     from data_pipeline.storage import ShardStore
 

@@ -19,38 +19,62 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class Packer:
-    """Rows of `seq_len + 1` ids out of documents, vectorised per batch of documents."""
+    """Rows of `seq_len + 1` ids out of documents. Fed documents wait in a buffer (with the
+    offsets where they start) until whole rows are taken, so the buffer is the exact state."""
 
     def __init__(self, seq_len: int, eos_id: int, dtype: np.dtype | type = np.int32):
         self.width, self.eos_id, self.dtype = seq_len + 1, eos_id, np.dtype(dtype)
-        self.carry = np.zeros(0, self.dtype)
-        self.carry_starts = np.zeros(0, np.int64)
+        self._parts: list[np.ndarray] = []
+        self._starts: list[int] = []
+        self._size = 0
+
+    @property
+    def ready(self) -> int:
+        """Whole rows in the buffer."""
+        return self._size // self.width
 
     def state_dict(self) -> dict:
-        return {"carry": self.carry.tolist(), "carry_starts": self.carry_starts.tolist()}
+        buf = self._buffer()
+        return {"carry": buf.tolist(), "carry_starts": list(self._starts)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.carry = np.asarray(state["carry"], self.dtype)
-        self.carry_starts = np.asarray(state["carry_starts"], np.int64)
+        carry = np.asarray(state["carry"], self.dtype)
+        self._parts, self._size = [carry], len(carry)
+        self._starts = [int(x) for x in state["carry_starts"]]
 
-    def add(self, docs: Iterable[Iterable[int]]) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the rows completed by `docs`: {"tokens": [seq_len + 1], "doc_starts": [k]}."""
-        parts, starts, offset = [self.carry], [self.carry_starts], len(self.carry)
+    def feed(self, docs: Iterable[Iterable[int]]) -> None:
         eos = np.asarray([self.eos_id], self.dtype)
         for doc in docs:
             ids = np.asarray(doc, self.dtype)
-            parts += [ids, eos]
-            starts.append(np.asarray([offset], np.int64))
-            offset += len(ids) + 1
-        flat, starts_all = np.concatenate(parts), np.concatenate(starts)
-        rows = len(flat) // self.width
-        bounds = np.searchsorted(starts_all, np.arange(rows + 1) * self.width)
+            self._starts.append(self._size)
+            self._parts += [ids, eos]
+            self._size += len(ids) + 1
+
+    def _buffer(self) -> np.ndarray:
+        if len(self._parts) != 1:
+            self._parts = [np.concatenate(self._parts) if self._parts
+                           else np.zeros(0, self.dtype)]
+        return self._parts[0]
+
+    def take(self, rows: int) -> list[dict[str, np.ndarray]]:
+        """The next `rows` rows (at most `ready`): {"tokens": [seq_len + 1], "doc_starts": [k]}."""
+        rows = min(rows, self.ready)
+        flat, starts = self._buffer(), np.asarray(self._starts, np.int64)
+        bounds = np.searchsorted(starts, np.arange(rows + 1) * self.width)
+        out = []
         for r in range(rows):
             begin = r * self.width
-            inner = starts_all[bounds[r]:bounds[r + 1]] - begin
+            inner = starts[bounds[r]:bounds[r + 1]] - begin
             if not inner.size or inner[0] != 0:
                 inner = np.concatenate([[0], inner])
-            yield {"tokens": flat[begin:begin + self.width].copy(),
-                   "doc_starts": inner.astype(np.int32)}
-        self.carry = flat[rows * self.width:].copy()
-        self.carry_starts = starts_all[bounds[rows]:] - rows * self.width
+            out.append({"tokens": flat[begin:begin + self.width].copy(),
+                        "doc_starts": inner.astype(np.int32)})
+        used = rows * self.width
+        self._parts, self._size = [flat[used:].copy()], len(flat) - used
+        self._starts = (starts[bounds[rows]:] - used).tolist()
+        return out
+
+    def add(self, docs: Iterable[Iterable[int]]) -> Iterator[dict[str, np.ndarray]]:
+        """Feed `docs` and yield every row they complete."""
+        self.feed(docs)
+        yield from self.take(self.ready)
