@@ -53,9 +53,24 @@ def build_loader(cfg: DataConfig, rank: int, world_size: int, split: str = "trai
     """The loader for one split on one rank (see the module docstring for the contract)."""
     if split not in ("train", "val"):
         raise ValueError(f"split={split!r}: choose train or val")
+    if cfg.tokenizer and cfg.format in ("wds", "mds"):
+        return _raw_text_loader(cfg, rank, world_size, split, grad_accum)
     source, workers = build_source(cfg, split)
     from data_pipeline.stream import SourceEvalLoader, SourceTrainLoader
 
     if split == "train":
         return SourceTrainLoader(source, cfg, rank, world_size, grad_accum, workers)
     return SourceEvalLoader(source, cfg, rank, world_size, workers)
+
+
+def _raw_text_loader(cfg: DataConfig, rank: int, world_size: int, split: str,
+                     grad_accum: int) -> TrainLoader | EvalLoader:
+    """Raw-text shards tokenized on the fly (`raw_text.py`); validation is packed once."""
+    from data_pipeline.raw_text import PackedRowsSource, RawTextTrainLoader, raw_text_eval_arrays
+
+    if split == "train":
+        return RawTextTrainLoader(cfg, rank, world_size, grad_accum)
+    from data_pipeline.stream import SourceEvalLoader
+
+    source = PackedRowsSource(raw_text_eval_arrays(cfg), cfg.seed, False, cfg.seq_len)
+    return SourceEvalLoader(source, cfg, rank, world_size, 0)

@@ -48,6 +48,9 @@ class DataConfig:
     image_key: str = ""
     label_key: str = ""
     tokens_key: str = ""
+    # raw-text shards (MDS text column, WDS .txt/.json) tokenized on the fly (raw_text.py)
+    tokenizer: str = ""  # tokenizer.json (or its directory); "" = shards hold token rows
+    text_field: str = "text"  # MDS column / JSON field holding the text
     image_mode: str = ""  # "" keeps the stored mode; L | RGB convert
     image_size: int = 0  # resize to a square of this side; 0 keeps the stored size
     image_mean: list[float] = field(default_factory=lambda: [0.5])

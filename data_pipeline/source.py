@@ -29,6 +29,7 @@ from data_pipeline.manifest import (
 )
 from data_pipeline.order import ShardedOrder
 from data_pipeline.safe_names import relative_name
+from data_pipeline.shard_urls import split_shard_spec
 from data_pipeline.shards import MdsShard, RawSample, TarShard
 from data_pipeline.storage import ShardStore
 
@@ -68,10 +69,12 @@ def _decompress(path: str, shard: ShardInfo, cache_dir: str, in_place: bool) -> 
     return dest
 
 
-def scan_wds_manifest(store: ShardStore) -> Manifest:
-    """Manifest of a directory of tar shards without one (foreign WebDataset data): every shard is
-    fetched and its samples counted. `pretrain data index` saves the result."""
-    names = sorted(os.path.basename(p) for p in store.fs.glob(f"{store.root}/*.tar"))
+def scan_wds_manifest(store: ShardStore, names: list[str] | None = None) -> Manifest:
+    """Manifest of a directory of tar shards without one (foreign WebDataset data), or of the
+    named shards: every shard is fetched and its samples counted. `pretrain data index` saves
+    the result."""
+    if names is None:
+        names = sorted(os.path.basename(p) for p in store.fs.glob(f"{store.root}/*.tar"))
     if not names:
         raise ShardNotFoundError(f"no {MANIFEST_NAME} and no *.tar shards under {store.url}")
     log.warning("%s has no %s; scanning %d shards to count samples", store.url, MANIFEST_NAME,
@@ -85,15 +88,29 @@ def scan_wds_manifest(store: ShardStore) -> Manifest:
     return Manifest(format="wds", shards=shards)
 
 
-def load_manifest(store: ShardStore, fmt: str) -> Manifest:
-    """The dataset's manifest (ours, MDS index.json, or a scan of foreign tar shards)."""
+def select_shards(manifest: Manifest, names: list[str], url: str) -> Manifest:
+    """The manifest of the named shards (a brace pattern, glob or list), in the order given."""
+    by_name = {s.name: s for s in manifest.shards}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ShardNotFoundError(f"{url}: {missing[0]} is not in the dataset's manifest"
+                                 f" ({len(missing)} of the {len(names)} shards named are missing)")
+    return Manifest(format=manifest.format, shards=[by_name[n] for n in names],
+                    meta=manifest.meta, columns=manifest.columns)
+
+
+def load_manifest(store: ShardStore, fmt: str, names: list[str] | None = None) -> Manifest:
+    """The dataset's manifest (ours, MDS index.json, or a scan of foreign tar shards); with
+    `names` (from a shard pattern), only those shards."""
     if fmt not in FORMATS:
         raise ValueError(f"data.format={fmt!r}: sharded formats are {FORMATS}")
     raw = store.read_small(MANIFEST_NAME)
     ours = Manifest.from_dict(json.loads(raw)) if raw is not None else None
     if ours is not None and ours.format != fmt:
         raise ValueError(f"{store.url} holds {ours.format} shards, but data.format={fmt!r}")
-    if fmt == "wds":
+    if fmt == "wds" and names is not None and ours is None:
+        manifest = scan_wds_manifest(store, names)
+    elif fmt == "wds":
         manifest = ours or scan_wds_manifest(store)
     else:
         index = store.read_small(MDS_INDEX_NAME)
@@ -103,6 +120,8 @@ def load_manifest(store: ShardStore, fmt: str) -> Manifest:
         if ours is not None:
             agree(ours, manifest)
             manifest.meta = ours.meta
+    if names is not None:
+        manifest = select_shards(manifest, names, store.url)
     if manifest.num_samples == 0:
         raise DataError(f"{store.url}: the dataset has no samples")
     for column, (encoding, _) in manifest.columns.items():
@@ -121,9 +140,10 @@ class ShardedSource:
         if not url:
             raise ValueError(f"data.format={fmt!r} needs a dataset URL (data.train_url / val_url)")
         self.url, self.fmt = url, fmt
-        self.store = ShardStore(url, cfg.storage_options, cfg.cache_dir, cfg.verify_checksums,
+        root, names = split_shard_spec(url, cfg.storage_options)  # brace patterns, globs, lists
+        self.store = ShardStore(root, cfg.storage_options, cfg.cache_dir, cfg.verify_checksums,
                                 int(cfg.cache_limit_mb * 2**20))
-        self.manifest = load_manifest(self.store, fmt)
+        self.manifest = load_manifest(self.store, fmt, names)
         self.order = ShardedOrder([s.samples for s in self.manifest.shards], cfg.seed,
                                   cfg.shuffle_window, shuffle)
         self.max_open = max_open or cfg.shuffle_window + 2

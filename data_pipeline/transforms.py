@@ -58,6 +58,10 @@ def detect_kind(field_names: list[str], cfg: DataConfig) -> str:
         return "tokens"
     if image_field(fields, cfg):
         return "images"
+    if fields.keys() & {"txt", "text", "json"}:
+        raise ValueError(f"the samples hold raw text (fields {sorted(field_names)}), not token"
+                         " ids: tokenize the set once with `pretrain data build text --src URL"
+                         " --tokenizer tokenizer.json` and train on its output")
     raise ValueError(f"cannot tell images from tokens by the fields {sorted(field_names)}; set "
                      "data.image_key/label_key or data.tokens_key")
 
@@ -139,13 +143,17 @@ class TokenRows:
         if len(seq) != self.seq_len + 1:
             raise BadSampleError(f"{where(shard, key)}: {len(seq)} token ids, expected seq_len + 1 ="
                                  f" {self.seq_len + 1}")
+        if starts is not None and starts.size and (starts.min() < 0 or starts.max() >= len(seq)):
+            raise BadSampleError(f"{where(shard, key)}: doc_starts out of range")
+        return self.row(seq, starts)
+
+    def row(self, seq: np.ndarray, starts: np.ndarray | None) -> dict[str, Any]:
+        """Inputs, shifted targets (+ position_ids / doc_ids) of one packed sequence."""
         row = {"tokens": seq[:-1], "targets": seq[1:].copy()}
         if self.mode != "none":
             flags = np.zeros(len(seq), np.int64)
             flags[0] = 1
             if starts is not None:
-                if starts.size and (starts.min() < 0 or starts.max() >= len(seq)):
-                    raise BadSampleError(f"{where(shard, key)}: doc_starts out of range")
                 flags[starts] = 1
             doc = np.cumsum(flags) - 1
             first = np.flatnonzero(flags)

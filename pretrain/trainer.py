@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 from data_pipeline import build_loader
+from data_pipeline.dataset_meta import token_meta
 from pretrain.agreement import Agreement, Diverged, DivergenceGuard, Requests
 from pretrain.checkpoint import Checkpointer, SavePolicy, seed_rank
 from pretrain.config import TrainConfig, save_config, to_dict
 from pretrain.device_defaults import apply_device_flags, describe_device, resolve_auto
 from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
+from pretrain.lm_vocab import bits_per_byte, resolve_vocab
 from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
@@ -76,6 +78,8 @@ def _train(cfg: TrainConfig) -> dict:
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     family = get_family(cfg.model.family)
+    resolve_vocab(cfg.model, cfg.data)  # model.lm.vocab_size from the dataset manifest, or checked
+    val_meta = token_meta(cfg.data, "val") if cfg.model.family == "lm" else {}
     model = build_model(cfg.model, meta=True)  # the engine allocates it (sharded, on device)
     kinds = model.param_kinds()  # canonical names -> muP role, taken before any wrapping
     stats = {
@@ -193,6 +197,7 @@ def _train(cfg: TrainConfig) -> dict:
             results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
             if family.eval_summary is not None:  # e.g. perplexity from the mean loss
                 results |= family.eval_summary(results)
+            results |= bits_per_byte(results, val_meta)  # LM: comparable across tokenizers
             last.update({f"val_{k}": v for k, v in results.items()})
             logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
 

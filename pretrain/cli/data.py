@@ -41,11 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--images", required=True, help=".npy uint8 [N,H,W] or [N,H,W,C]")
     p.add_argument("--labels", required=True, help=".npy integer [N]")
-    p = kinds.add_parser("text", help="JSONL documents, byte-level tokens packed into sequences")
+    p = kinds.add_parser("text", help="documents tokenized (bytes, or --tokenizer) and packed")
     _common(p)
-    p.add_argument("--src", required=True, help="JSONL file, one document per line")
+    p.add_argument("--src", required=True, nargs="+",
+                   help="JSONL (one document per line), parquet (a text column, needs pyarrow)"
+                   " or plain text files (one document each); byte-level: one JSONL file")
     p.add_argument("--field", default="text", help="JSON field holding the text (default text)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    p.add_argument("--tokenizer", default="",
+                   help="tokenizer.json (or its directory) from `data tokenizer train` or any HF"
+                   " tokenizers model; default: byte-level (vocab 257)")
+    p.add_argument("--workers", type=int, default=1, help="tokenizing processes (default 1)")
+    p.add_argument("--eos-token", default="", help="end-of-document token of --tokenizer"
+                   " (default: found by common names such as <|endoftext|>, </s>)")
     p = kinds.add_parser("synthetic-images", help="random RGB images (tests, benchmarks)")
     _common(p)
     p.add_argument("--num", type=int, default=10000)
@@ -54,6 +62,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--num-docs", type=int, default=2000)
     p.add_argument("--seq-len", type=int, default=256)
+
+    tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok_sub = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+    train = tok_sub.add_parser(
+        "train", help="learn a byte-level BPE from the corpus itself (nothing downloaded)",
+        description="Write OUT/tokenizer.json (HF tokenizers format) with the special tokens"
+        " <|endoftext|> (id 0, end of document) and <|pad|> (id 1).")
+    train.add_argument("--src", required=True, nargs="+",
+                       help="JSONL / parquet / plain text files, as for `data build text`")
+    train.add_argument("--field", default="text", help="JSON field / column holding the text")
+    train.add_argument("--vocab-size", type=int, required=True,
+                       help="ids in the vocabulary, special tokens included (e.g. 32768)")
+    train.add_argument("--out", required=True, help="directory for tokenizer.json")
 
     inspect = sub.add_parser("inspect", help="summarise a shard directory (local or fsspec URL)",
                              description="Print the manifest summary and the first samples.")
@@ -79,6 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(func=lambda args: build.print_help() or 2)
     for name, parser in kinds.choices.items():
         parser.set_defaults(func=_build, source=name)
+    tokenizer.set_defaults(func=lambda args: tokenizer.print_help() or 2)
+    train.set_defaults(func=_train_tokenizer)
     inspect.set_defaults(func=_inspect)
     index.set_defaults(func=_index)
 
@@ -94,8 +117,12 @@ def _build(args: argparse.Namespace) -> int:
         samples, meta = sources.image_folder(args.src, vf, args.size, args.mode)
     elif args.source == "numpy":
         samples, meta = sources.numpy_arrays(args.images, args.labels, vf)
+    elif args.source == "text" and args.tokenizer:
+        return _build_tokenized(args)
     elif args.source == "text":
-        samples, meta = sources.jsonl_text(args.src, args.seq_len, vf, args.field)
+        if len(args.src) != 1:
+            raise SystemExit("byte-level text takes one JSONL --src file (or pass --tokenizer)")
+        samples, meta = sources.jsonl_text(args.src[0], args.seq_len, vf, args.field)
     elif args.source == "synthetic-images":
         samples, meta = sources.synthetic_images(args.num, args.size, val_fraction=vf)
     else:
@@ -103,6 +130,29 @@ def _build(args: argparse.Namespace) -> int:
     manifests = write_splits(samples, args.out, args.format, args.shard_samples, meta)
     for split, m in manifests.items():
         print(f"{args.out}/{split}: {m.num_samples} samples in {len(m.shards)} {args.format} shards")
+    return 0
+
+
+def _build_tokenized(args: argparse.Namespace) -> int:
+    from data_pipeline.text_build import build_tokenized_text
+    from data_pipeline.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer, args.eos_token)
+    manifests = build_tokenized_text(args.src, args.out, args.format, tok, args.seq_len,
+                                     args.workers, args.shard_samples, args.val_fraction,
+                                     args.field)
+    for split, m in manifests.items():
+        print(f"{args.out}/{split}: {m.num_samples} sequences in {len(m.shards)} {args.format}"
+              f" shards (vocab {tok.vocab_size}, {m.meta['dtype']})")
+    return 0
+
+
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    from data_pipeline.tokenizer import read_documents, save_tokenizer, train_bpe
+
+    tok = train_bpe(read_documents(args.src, args.field), args.vocab_size)
+    path = save_tokenizer(tok, args.out)
+    print(f"{path}: byte-level BPE, {tok.get_vocab_size()} ids (<|endoftext|> = 0, <|pad|> = 1)")
     return 0
 
 

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=1, help="1 = greedy; 0 = sample from all tokens")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--tokenizer", default="",
+                   help="tokenizer.json of the run's data (a BPE run); default: byte-level, or"
+                   " the tokenizer.json next to the run's data.train_url when there is one")
     p.set_defaults(func=run)
 
 
@@ -58,24 +61,57 @@ def load_lm(checkpoint: Path):
     return model.eval(), cfg
 
 
-def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int = 1, temperature: float = 1.0,
-                  seed: int = 0) -> str:
-    """The continuation of `prompt` (bytes decoded as UTF-8, invalid sequences replaced)."""
+def run_tokenizer(cfg, given: str):
+    """The BPE tokenizer of a run (given, or OUT/tokenizer.json of its dataset), checked against
+    the dataset manifest and the model; None for byte-level runs."""
+    import os
+
+    from data_pipeline.dataset_meta import dataset_url, token_meta
+    from data_pipeline.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    meta = token_meta(cfg.data) if cfg.data.format in ("wds", "mds") else {}
+    path = given
+    if not path and meta.get("tokenizer") == "bpe":
+        path = os.path.join(os.path.dirname(dataset_url(cfg.data, "train").rstrip("/")),
+                            TOKENIZER_FILE)
+    if not path:
+        return None
+    tok = load_tokenizer(path)
+    want = meta.get("tokenizer_sha256")
+    if want and want != tok.sha256:
+        raise ValueError(f"tokenizer {tok.path} (sha256 {tok.sha256[:12]}, vocab {tok.vocab_size})"
+                         f" is not the one of the run's data {meta['url']} (sha256 {want[:12]},"
+                         f" vocab {meta.get('vocab_size')})")
+    if tok.vocab_size > cfg.model.lm.vocab_size:
+        raise ValueError(f"tokenizer {tok.path} has vocab_size {tok.vocab_size}, more than the"
+                         f" model's model.lm.vocab_size={cfg.model.lm.vocab_size}")
+    return tok
+
+
+def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int = 1,
+                  temperature: float = 1.0, seed: int = 0, tokenizer: str = "") -> str:
+    """The continuation of `prompt` (bytes decoded as UTF-8, invalid sequences replaced; or
+    decoded by the run's BPE tokenizer, stopping at its end-of-document token)."""
     import torch
 
     from data_pipeline.text_memory import EOS
     from pretrain.models.lm_generate import generate
 
-    model, _ = load_lm(resolve_checkpoint(checkpoint))
-    new = generate(model, list(prompt.encode("utf-8")), max_new_tokens, top_k, temperature, stop_token=EOS,
+    model, cfg = load_lm(resolve_checkpoint(checkpoint))
+    tok = run_tokenizer(cfg, tokenizer)
+    ids, stop = (list(prompt.encode("utf-8")), EOS) if tok is None else (tok.encode(prompt),
+                                                                          tok.eos_id)
+    new = generate(model, ids, max_new_tokens, top_k, temperature, stop_token=stop,
                    generator=torch.Generator().manual_seed(seed))
+    if tok is not None:
+        return tok.decode(new)
     return bytes(new).decode("utf-8", errors="replace")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         text = generate_text(Path(args.checkpoint), args.prompt, args.max_new_tokens, args.top_k,
-                             args.temperature, args.seed)
+                             args.temperature, args.seed, args.tokenizer)
     except (FileNotFoundError, ValueError) as e:
         print(f"pretrain generate: error: {e}", file=sys.stderr)
         return 2
