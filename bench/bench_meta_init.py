@@ -34,10 +34,10 @@ def peak_rss_mb() -> float:
 def worker(meta: bool, width: int, depth: int) -> None:
     from pretrain.dist import init_distributed, shutdown
     from pretrain.engines import build_engine
-    from pretrain.engines.config import ParallelConfig
     from pretrain.models import build_model, count_params, get_family
     from pretrain.models.config import ModelConfig
     from pretrain.optim_config import OptimConfig
+    from pretrain.parallel_config import ParallelConfig
 
     env = init_distributed("cpu", need_group=True)
     def engine_for(cfg: ModelConfig):

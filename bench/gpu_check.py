@@ -33,11 +33,11 @@ import torch  # noqa: E402
 
 from pretrain.dist import DistEnv  # noqa: E402
 from pretrain.engines import build_engine  # noqa: E402
-from pretrain.engines.config import ParallelConfig  # noqa: E402
 from pretrain.metrics import device_peak_flops  # noqa: E402
 from pretrain.models import build_model, count_params, get_family  # noqa: E402
 from pretrain.models.config import ModelConfig  # noqa: E402
 from pretrain.optim_config import OptimConfig  # noqa: E402
+from pretrain.parallel_config import ParallelConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

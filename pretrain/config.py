@@ -1,7 +1,7 @@
 """Typed configuration: TrainConfig assembled from leaf sections, YAML recipes, dotted overrides.
 
 Each section is a dataclass next to what it configures (`optim` in pretrain/optim_config.py,
-`parallel` in pretrain/engines/config.py, `slurm` in launch/slurm_config.py, ...); those modules
+`parallel` in pretrain/parallel_config.py, `slurm` in launch/slurm_config.py, ...); those modules
 import no other project module, so this one depends on no engine, launcher or trainer code.
 A recipe is YAML whose nested keys mirror the sections. `load_config` starts from the defaults,
 merges the recipe, then the `key.sub=value` overrides (pretrain/overrides.py, the one parser),
@@ -25,12 +25,12 @@ import yaml
 from data_pipeline.config import DataConfig
 from launch.slurm_config import SlurmConfig
 from pretrain.checkpoint_config import CheckpointConfig
-from pretrain.engines.config import DeepSpeedConfig, ParallelConfig
 from pretrain.metrics_config import LoggingConfig
 from pretrain.models.config import ModelConfig, ViTConfig
 from pretrain.models.mup_config import MupConfig
 from pretrain.optim_config import OptimConfig
 from pretrain.overrides import ConfigError, merge, parse_override, set_dotted
+from pretrain.parallel_config import DeepSpeedConfig, ParallelConfig
 from pretrain.run_config import RunConfig
 from pretrain.schedule_config import ScheduleConfig
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from launch.slurm_config import LOADER_WORKERS_PER_GPU
-from pretrain.engines.config import ParallelConfig
 from pretrain.optim_config import OptimConfig
+from pretrain.parallel_config import ParallelConfig
 
 
 @dataclass(frozen=True)

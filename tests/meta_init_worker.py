@@ -13,10 +13,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from pretrain.dist import init_distributed, shutdown
 from pretrain.engines import build_engine
-from pretrain.engines.config import ParallelConfig
 from pretrain.models import build_model, get_family
 from pretrain.models.config import ModelConfig
 from pretrain.optim_config import OptimConfig
+from pretrain.parallel_config import ParallelConfig
 
 OPTIONS = {"sigma_reparam": True, "qk_norm": True, "norm": "rmsnorm", "norm_placement": "peri"}
 

@@ -13,12 +13,12 @@ from torch import nn
 
 from pretrain.dist import DistEnv
 from pretrain.engines import build_engine
-from pretrain.engines.config import ParallelConfig
 from pretrain.models import build_model, get_family
 from pretrain.models.config import ModelConfig
 from pretrain.models.materialize import InitPlan, on_meta
 from pretrain.models.parametrization import initial_value
 from pretrain.optim_config import OptimConfig
+from pretrain.parallel_config import ParallelConfig
 from tests.conftest import REPO, subprocess_env
 
 FAMILIES = ("vit", "dit", "lm")

@@ -10,9 +10,9 @@ if TYPE_CHECKING:  # pretrain.config imports engines.config: keep this package l
 
     from pretrain.dist import DistEnv
     from pretrain.engines.base import Engine, LossFn
-    from pretrain.engines.config import ParallelConfig
     from pretrain.models.config import ModelConfig
     from pretrain.optim_config import OptimConfig
+    from pretrain.parallel_config import ParallelConfig
 
 ENGINES = {
     "single": ("pretrain.engines.base", "Engine"),

@@ -22,11 +22,11 @@ from pretrain import compat
 from pretrain.compat import checkpoint_wrapper
 from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
-from pretrain.engines.config import ParallelConfig
 from pretrain.models.config import ModelConfig
 from pretrain.models.materialize import InitPlan, on_meta
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.optim_config import OptimConfig
+from pretrain.parallel_config import ParallelConfig
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 

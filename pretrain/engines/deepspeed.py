@@ -18,11 +18,11 @@ from torch import nn
 from pretrain import compat
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.base import Engine, LossFn, StepOutput
-from pretrain.engines.config import ParallelConfig
 from pretrain.engines.deepspeed_config import ds_config
 from pretrain.models.config import ModelConfig
 from pretrain.optim import build_optimizer
 from pretrain.optim_config import OptimConfig
+from pretrain.parallel_config import ParallelConfig
 
 
 def import_deepspeed(shm_comm: bool):

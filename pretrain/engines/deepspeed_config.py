@@ -2,14 +2,14 @@
 
 Everything the rest of the config already says (batch sizes, accumulation, clipping, bf16) is
 translated here, so a recipe switches backend with one key; `parallel.deepspeed.extra` is merged
-last, for DeepSpeed knobs not modelled in `DeepSpeedConfig` (pretrain/engines/config.py).
+last, for DeepSpeed knobs not modelled in `DeepSpeedConfig` (pretrain/parallel_config.py).
 """
 
 from __future__ import annotations
 
-from pretrain.engines.config import ParallelConfig
 from pretrain.optim_config import OptimConfig
 from pretrain.overrides import merge
+from pretrain.parallel_config import ParallelConfig
 
 
 def ds_config(
