@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,19 @@ from data_pipeline.manifest import (
     manifest_from_mds_index,
 )
 from data_pipeline.storage import sha256_file
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """An image file stored as its own bytes (a JPEG kept without re-encoding). MDS writes it
+    through streaming's `jpeg` encoding, which copies the bytes of a file-backed JPEG."""
+
+    path: str
+    ext: str  # WebDataset extension / MDS encoding: jpg
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
 
 
 def _png(image: Any) -> bytes:
@@ -63,7 +77,9 @@ class WdsWriter:
     def write(self, sample: dict[str, Any]) -> None:
         fields: dict[str, bytes] = {}
         for name, value in sample.items():
-            if name == "image":
+            if name == "image" and isinstance(value, EncodedFile):
+                fields[value.ext] = value.read()
+            elif name == "image":
                 fields["png"] = _png(value)
             elif name == "label":
                 fields["cls"] = str(int(value)).encode()
@@ -116,7 +132,9 @@ class MdsWriter:
     def _columns_for(self, sample: dict[str, Any]) -> dict[str, str]:
         columns = {}
         for name, value in sample.items():
-            if name == "image":
+            if name == "image" and isinstance(value, EncodedFile):
+                columns[name] = "jpeg"
+            elif name == "image":
                 columns[name] = "png"
             elif name == "label":
                 columns[name] = "int"
@@ -142,12 +160,15 @@ class MdsWriter:
         for name, value in sample.items():
             if name == "image" and isinstance(value, np.ndarray):
                 value = Image.fromarray(value)
+            elif name == "image" and isinstance(value, EncodedFile):
+                value = Image.open(value.path)  # file-backed: streaming copies its bytes
+            elif name == "image" and self._columns.get(name) == "jpeg":
+                raise ValueError("an MDS jpeg column takes JPEG files only (no re-encoding)")
             row[name] = value
         self._writer.write(row)
 
     def _size_limit(self, sample: dict[str, Any]) -> int:
-        approx = sum(len(_png(v)) if k == "image" else (v.nbytes if isinstance(v, np.ndarray) else 16)
-                     for k, v in sample.items()) + 8
+        approx = sum(_approx_bytes(k, v) for k, v in sample.items()) + 8
         return int(min(self.max_bytes, max(1024, approx * self.samples_per_shard)))
 
     def finish(self) -> Manifest:
@@ -159,6 +180,14 @@ class MdsWriter:
         manifest.meta = self.meta
         _write_json(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
         return manifest
+
+
+def _approx_bytes(name: str, value: Any) -> int:
+    if isinstance(value, EncodedFile):
+        return os.path.getsize(value.path)
+    if name == "image":
+        return len(_png(value))
+    return value.nbytes if isinstance(value, np.ndarray) else 16
 
 
 def _write_json(path: str, text: str) -> None:
