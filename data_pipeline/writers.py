@@ -8,6 +8,7 @@ are written with tarfile (deterministic headers); MDS shards with mosaicml-strea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -60,14 +61,14 @@ class WdsWriter:
     """Tar shards `shard-NNNNNN.tar` of at most `samples_per_shard` samples / `max_bytes` bytes."""
 
     def __init__(self, out_dir: str, samples_per_shard: int = 1000, max_bytes: int = 256 * 2**20,
-                 meta: dict | None = None):
+                 meta: dict | None = None, first_key: int = 0):
         self.out_dir, self.samples_per_shard, self.max_bytes = out_dir, samples_per_shard, max_bytes
         self.meta = dict(meta or {})
         os.makedirs(out_dir, exist_ok=True)
         self.shards: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
         self._count = 0
-        self._total = 0
+        self._total = first_key  # sample keys number the samples of the whole split
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -163,9 +164,19 @@ class MdsWriter:
             elif name == "image" and isinstance(value, EncodedFile):
                 value = Image.open(value.path)  # file-backed: streaming copies its bytes
             elif name == "image" and self._columns.get(name) == "jpeg":
-                raise ValueError("an MDS jpeg column takes JPEG files only (no re-encoding)")
+                value = self._as_jpeg_file(value)
             row[name] = value
         self._writer.write(row)
+
+    def _as_jpeg_file(self, image: Any) -> Image.Image:
+        """An image that could not be kept as its file (another mode, or not a JPEG) in a jpeg
+        column: encoded once at quality 95 into a scratch file streaming copies the bytes of."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        scratch = os.path.join(self.out_dir, ".scratch.jpg")
+        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+            scratch, format="JPEG", quality=95)
+        return Image.open(scratch)
 
     def _size_limit(self, sample: dict[str, Any]) -> int:
         approx = sum(_approx_bytes(k, v) for k, v in sample.items()) + 8
@@ -175,6 +186,8 @@ class MdsWriter:
         if self._writer is None:
             raise ValueError("no samples were written")
         self._writer.finish()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.out_dir, ".scratch.jpg"))
         with open(os.path.join(self.out_dir, MDS_INDEX_NAME)) as f:
             manifest = manifest_from_mds_index(json.load(f))
         manifest.meta = self.meta
