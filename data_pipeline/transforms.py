@@ -95,8 +95,8 @@ class ImageRows:
         std = np.asarray(cfg.image_std, np.float32)
         if mean.size not in (1, channels) or std.size not in (1, channels):
             raise ValueError(f"data.image_mean/std need 1 or {channels} values")
-        self.scale = (1.0 / (255.0 * std)).reshape(-1, 1, 1)
-        self.shift = (mean / std).reshape(-1, 1, 1)
+        self.scale = (1.0 / (255.0 * std)).reshape(-1, 1, 1).astype(np.float32)
+        self.shift = (mean / std).reshape(-1, 1, 1).astype(np.float32)
         self.policy = parse_policy(cfg.auto_augment)
         self.crop = train and cfg.random_resized_crop
         self.center_crop = not train and cfg.eval_crop_fraction > 0
@@ -160,8 +160,11 @@ class ImageRows:
             if cfg.color_jitter > 0:
                 rng = sample_rng(cfg.seed, epoch, sample_id, TAG_JITTER)
                 image = color_jitter(_as_pil(image, cfg), cfg.color_jitter, rng)
-        arr = image_array(image, cfg)
-        return (arr.astype(np.float32) * self.scale - self.shift).astype(np.float32)
+        # contiguous CHW first: float ops on the transposed HWC view ran ~15x slower
+        arr = np.ascontiguousarray(image_array(image, cfg)).astype(np.float32)
+        arr *= self.scale
+        arr -= self.shift
+        return arr
 
     def pad(self) -> dict[str, Any]:
         return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
