@@ -157,3 +157,18 @@ def test_mixing_refuses_a_partner_on_another_rank():
     with pytest.raises(ValueError, match="micro-batch even"):
         mix_batch(images, np.zeros(3, np.int64), np.arange(3), np.arange(3),
                   np.zeros(3, np.int64), 0, mix)
+
+
+def test_vit_loss_on_smoothed_soft_labels_equals_torch_label_smoothing():
+    import torch
+    import torch.nn.functional as F
+
+    from pretrain.models.vit import vit_loss
+
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 4, 2, IGNORE_INDEX, 1, 3])
+    soft = torch.from_numpy(smoothed_one_hot(labels.numpy(), 5, 0.1))
+    batch = {"image": logits, "label": labels, "soft_label": soft}
+    loss, stats = vit_loss(lambda x: x, batch)
+    reference = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=0.1)
+    assert torch.allclose(loss, reference, atol=1e-6) and int(stats["count"]) == 5
