@@ -151,6 +151,8 @@ class ImageRows:
             image = self._resized_box(image, box)
         elif self.center_crop:
             image = self._resized_box(image, center_crop_box(*image.size, cfg.eval_crop_fraction))
+        elif cfg.image_size and cfg.jpeg_draft and getattr(image, "format", None) == "JPEG":
+            image = self._resized_box(image, (0, 0, *image.size))  # the plain resize, drafted
         if self.train:
             if cfg.random_flip and sample_rng(cfg.seed, epoch, sample_id, TAG_FLIP).random() < 0.5:
                 image = _as_pil(image, cfg).transpose(Image.FLIP_LEFT_RIGHT)
