@@ -26,6 +26,18 @@ TAG_CROP, TAG_FLIP, TAG_POLICY, TAG_JITTER = 1, 3, 4, 5
 Box = tuple[float, float, float, float]  # left, upper, right, lower in source pixels
 
 
+AUGMENT_KEYS = ("random_resized_crop", "crop_scale", "crop_ratio", "eval_crop_fraction",
+                "auto_augment", "color_jitter", "mixup_alpha", "cutmix_alpha",
+                "label_smoothing")
+
+
+def augment_keys_set(cfg: object) -> list[str]:
+    """The data.* augmentation keys a recipe moved off their defaults (for refusing them where
+    they would be ignored: in-memory sources, NaViT packing)."""
+    defaults = type(cfg)()
+    return [f"data.{k}" for k in AUGMENT_KEYS if getattr(cfg, k) != getattr(defaults, k)]
+
+
 def sample_rng(seed: int, epoch: int, sample_id: int, tag: int) -> np.random.Generator:
     """The generator of one transform of one sample in one epoch."""
     return np.random.Generator(np.random.PCG64([seed, epoch, sample_id, tag]))

@@ -172,3 +172,10 @@ def test_vit_loss_on_smoothed_soft_labels_equals_torch_label_smoothing():
     loss, stats = vit_loss(lambda x: x, batch)
     reference = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=0.1)
     assert torch.allclose(loss, reference, atol=1e-6) and int(stats["count"]) == 5
+
+
+def test_augmentation_keys_where_they_would_be_ignored_are_refused():
+    from data_pipeline import DataConfig, build_loader
+
+    with pytest.raises(ValueError, match=r"^data.mixup_alpha applies to wds/mds image shards"):
+        build_loader(DataConfig(format="memory", name="digits", mixup_alpha=0.8), 0, 1)
