@@ -1,5 +1,5 @@
-"""`pretrain data build images`: an ImageNet-style folder (one subfolder per class) -> WDS or MDS
-shards, one shard per task over K worker processes, resumable shard by shard.
+"""`pretrain data build images`: an ImageNet-style folder (one subfolder per class) or a list
+file (`path label` lines) -> WDS or MDS shards, one shard per task over K worker processes, resumable shard by shard.
 
 The shard a file lands in is fixed by the sorted file list (shard i of a split holds its files
 i*S .. i*S+S-1), so the output does not depend on K. JPEGs are stored as their own bytes (no
@@ -24,6 +24,26 @@ from data_pipeline.sources import IMAGE_SUFFIXES, folder_image
 from data_pipeline.writers import MdsWriter, WdsWriter, _write_json
 
 Task = tuple[str, int, list[tuple[str, int]], int]  # split, shard index, (path, label)s, 1st key
+
+
+def list_file(path: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """A list file: one `IMAGE_PATH LABEL` per line (the label after the last whitespace, paths
+    relative to the list's folder); '#' lines and blank lines are skipped."""
+    base = os.path.dirname(os.path.abspath(path))
+    files = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise ValueError(f"{path}:{number}: expected 'IMAGE_PATH LABEL', got {line[:80]!r}")
+            files.append((os.path.join(base, parts[0]), int(parts[1])))
+    if not files:
+        raise ValueError(f"{path}: no images listed")
+    classes = [str(c) for c in range(max(label for _, label in files) + 1)]
+    return classes, files
 
 
 def list_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -118,12 +138,13 @@ def _finished(record: str, fingerprint: str, split_dir: str) -> list[dict] | Non
 def build_image_folder(src: str, out: str, fmt: str, shard_samples: int = 1000,
                        val_fraction: float = 0.2, size: int = 0, mode: str = "RGB",
                        workers: int = 1) -> dict[str, Manifest]:
-    """Write OUT/train and OUT/val from an image folder; returns their manifests."""
+    """Write OUT/train and OUT/val from an image folder or a list file; returns their
+    manifests."""
     if fmt not in ("wds", "mds"):
         raise ValueError(f"format {fmt!r}: choose wds or mds")
     if shard_samples < 1:
         raise ValueError(f"--shard-samples {shard_samples}: need at least 1")
-    classes, files = list_folder(src)
+    classes, files = list_file(src) if os.path.isfile(src) else list_folder(src)
     is_val = held_out(len(files), val_fraction)
     tasks: list[Task] = []
     for split, want in (("train", False), ("val", True)):

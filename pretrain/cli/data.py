@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          " --size resizes; one shard per task over --workers processes; a"
                          " rerun after a crash keeps the shards already finished.")
     _common(p)
-    p.add_argument("--src", required=True, help="root folder: SRC/<class>/<image files>")
+    p.add_argument("--src", required=True, help="root folder SRC/<class>/<image files>, or a"
+                   " list file of 'IMAGE_PATH LABEL' lines (paths relative to it)")
     p.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (default: keep)")
     p.add_argument("--mode", default="RGB", help="PIL mode to convert to (default RGB)")
     p.add_argument("--workers", type=int, default=1, help="shard-writing processes (default 1)")
