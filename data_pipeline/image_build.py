@@ -1,5 +1,6 @@
 """`pretrain data build images`: an ImageNet-style folder (one subfolder per class) or a list
-file (`path label` lines) -> WDS or MDS shards, one shard per task over K worker processes, resumable shard by shard.
+file (`path label` lines) -> WDS or MDS shards, one shard per task over K worker processes,
+resumable shard by shard.
 
 The shard a file lands in is fixed by the sorted file list (shard i of a split holds its files
 i*S .. i*S+S-1), so the output does not depend on K. JPEGs are stored as their own bytes (no
@@ -54,7 +55,8 @@ def list_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not classes:
         raise ValueError(f"{root}: no class subfolders")
     files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_SUFFIXES)]
+             for f in sorted(os.listdir(os.path.join(root, c)))
+             if f.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise ValueError(f"{root}: no image files in its class subfolders")
     return classes, files
