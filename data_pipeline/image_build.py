@@ -21,7 +21,7 @@ from multiprocessing import get_context
 
 from data_pipeline.manifest import MANIFEST_NAME, MDS_INDEX_NAME, Manifest, ShardInfo
 from data_pipeline.order import held_out
-from data_pipeline.sources import IMAGE_SUFFIXES, folder_image
+from data_pipeline.sources import folder_image, list_folder
 from data_pipeline.writers import MdsWriter, WdsWriter, _write_json
 
 Task = tuple[str, int, list[tuple[str, int]], int]  # split, shard index, (path, label)s, 1st key
@@ -44,21 +44,6 @@ def list_file(path: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not files:
         raise ValueError(f"{path}: no images listed")
     classes = [str(c) for c in range(max(label for _, label in files) + 1)]
-    return classes, files
-
-
-def list_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names (sorted subfolders) and (path, label) of every image file, sorted."""
-    if not os.path.isdir(root):
-        raise ValueError(f"{root}: not a folder")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise ValueError(f"{root}: no class subfolders")
-    files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c)))
-             if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not files:
-        raise ValueError(f"{root}: no image files in its class subfolders")
     return classes, files
 
 
