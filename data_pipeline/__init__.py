@@ -33,6 +33,13 @@ def build_source(cfg: DataConfig, split: str) -> tuple[BatchSource, int]:
     """The batch source of one split and the DataLoader workers it wants (in-memory sources build
     batches by indexing arrays: workers would only add copies)."""
     # imported here: `pretrain data --help` should not load torch
+    if cfg.format == "memory" or cfg.patch_pack:
+        from data_pipeline.augment import augment_keys_set
+
+        ignored = augment_keys_set(cfg)
+        if ignored:
+            raise ValueError(f"{ignored[0]} applies to wds/mds image shards without"
+                             " data.patch_pack; this recipe would ignore it")
     if cfg.format == "memory" and cfg.name == "text":
         from data_pipeline.text_memory import TextSource
 

@@ -56,6 +56,20 @@ class DataConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5])
     random_flip: bool = False  # horizontal flip (train), seeded by (seed, epoch, sample id)
+    # --- image augmentation (data_pipeline/augment.py, mixup.py); draws keyed by sample id ---
+    random_resized_crop: bool = False  # train: crop of crop_scale area, crop_ratio aspect -> size
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    eval_crop_fraction: float = 0.0  # eval: center crop of this share of the short side; 0 = off
+    auto_augment: str = ""  # "" | 3aug (DeiT III) | rand-m9-n2-mstd0.5 (RandAugment, timm spelling)
+    color_jitter: float = 0.0  # brightness/contrast/saturation factor ~ U(1-x, 1+x)
+    jpeg_draft: bool = True  # decode JPEGs at 1/2..1/8 scale when the crop keeps >= image_size px
+    mixup_alpha: float = 0.0  # Beta(a, a) mixing weight of neighbouring pairs; 0 = off
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0  # share of pairs mixed
+    mix_switch_prob: float = 0.5  # with both on: share of mixed pairs that use cutmix
+    label_smoothing: float = 0.0  # any of these three adds "soft_label" [B, classes] to batches
+    num_classes: int = 0  # classes of the soft labels; 0 = the manifest's num_classes
     packing_boundaries: str = "none"  # none | position_ids | doc_ids (packed token documents)
     # NaViT patch packing of variable-resolution images (see data_pipeline/navit.py)
     patch_pack: bool = False

@@ -90,6 +90,18 @@ def _pil(data: bytes) -> Image.Image:
     return Image.frombytes(mode, (width, height), data[12 + mode_len:])
 
 
+def is_image_encoding(encoding: str) -> bool:
+    """An encoded image file (WebDataset extension or MDS jpeg/png/... column)."""
+    enc = encoding.lower()
+    return enc.split(":")[0] in IMAGE_EXTS or enc.rsplit(".", 1)[-1] in IMAGE_EXTS
+
+
+def open_image(data: bytes) -> Image.Image:
+    """An encoded image opened but not decoded yet: its size is known from the header, and a
+    JPEG can still be told to decode at reduced scale (`Image.draft`)."""
+    return Image.open(io.BytesIO(data))
+
+
 def decode_field(encoding: str, data: bytes) -> Any:
     """Decode one field. `encoding` is an MDS encoding or a WebDataset extension (e.g. `cls`,
     `tokens.npy`: the last dotted part decides)."""
@@ -106,7 +118,7 @@ def decode_field(encoding: str, data: bytes) -> Any:
     if base == "pil":
         return _pil(data)
     if last in IMAGE_EXTS or base == "jpeg_array":
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data)
         image.load()
         return image
     if last == "npy":

@@ -12,6 +12,7 @@ import torch
 from data_pipeline.config import DataConfig
 from data_pipeline.decode import decode_field
 from data_pipeline.errors import ChecksumError, DataError, ShardNotFoundError
+from data_pipeline.mixup import mix_batch, mix_config
 from data_pipeline.order import Mixture
 from data_pipeline.source import ShardedSource
 from data_pipeline.transforms import (
@@ -71,6 +72,8 @@ class ShardedBatches:
         self.rows = make_rows(cfg, self.sources[0], train=train)
         self.num_samples = sum(s.num_samples for s in self.sources)
         self.tokens_per_sample = self.rows.seq_len if isinstance(self.rows, TokenRows) else 0
+        classes = int(self.sources[0].manifest.meta.get("num_classes", 0))
+        self.mix = mix_config(cfg, classes) if train and isinstance(self.rows, ImageRows) else None
 
     @property
     def meta(self) -> dict:
@@ -109,7 +112,13 @@ class ShardedBatches:
                 log.warning("skipping bad sample (data.on_bad_sample=skip): %s", e)
                 continue
             sample_ids[valid[j]] = gids[j]
-        batch = {k: torch.from_numpy(v) for k, v in self.rows.collate(rows).items()}
+        arrays = self.rows.collate(rows)
+        if self.mix is not None:
+            all_epochs = np.zeros(len(pos), np.int64)
+            all_epochs[valid] = epochs
+            arrays["soft_label"] = mix_batch(arrays["image"], arrays["label"], pos, sample_ids,
+                                             all_epochs, self.seed, self.mix)
+        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
         batch["sample_id"] = torch.from_numpy(sample_ids)
         return batch
 

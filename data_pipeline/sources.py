@@ -17,6 +17,7 @@ from PIL import Image
 
 from data_pipeline.order import held_out
 from data_pipeline.text import VOCAB_SIZE, pack_documents
+from data_pipeline.writers import EncodedFile
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".gif", ".tif", ".tiff")
 
@@ -64,27 +65,50 @@ def numpy_arrays(images_path: str, labels_path: str, val_fraction: float) -> tup
 
 def image_folder(root: str, val_fraction: float, size: int = 0, mode: str = "RGB"
                  ) -> tuple[Iterator, dict]:
-    """root/<class>/<image>: classes sorted by name -> labels 0..K-1."""
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise ValueError(f"{root}: no class subfolders")
-    files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_SUFFIXES)]
+    """root/<class>/<image>: classes sorted by name -> labels 0..K-1. JPEG files already in
+    `mode` are kept as their bytes (no re-encode, no quality loss) unless `size` asks for a
+    resize; anything else is decoded, converted and stored as PNG."""
+    classes, files = list_folder(root)
     is_val = held_out(len(files), val_fraction)
 
     def gen() -> Iterator[tuple[str, dict[str, Any]]]:
         for i, (path, label) in enumerate(files):
-            try:
-                image = Image.open(path).convert(mode)
-            except Exception as e:
-                raise ValueError(f"{path}: cannot read image: {e}") from e
-            if size:
-                image = image.resize((size, size), Image.BILINEAR)
-            yield ("val" if is_val[i] else "train"), {"image": image, "label": label}
+            yield ("val" if is_val[i] else "train"), {"image": folder_image(path, size, mode),
+                                                      "label": label}
 
     meta = {"kind": "images", "name": os.path.basename(root.rstrip("/")), "classes": classes,
             "num_classes": len(classes)}
     return gen(), meta
+
+
+def list_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted subfolders) and (path, label) of every image file, sorted."""
+    if not os.path.isdir(root):
+        raise ValueError(f"{root}: not a folder")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{root}: no class subfolders")
+    files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
+             for f in sorted(os.listdir(os.path.join(root, c)))
+             if f.lower().endswith(IMAGE_SUFFIXES)]
+    if not files:
+        raise ValueError(f"{root}: no image files in its class subfolders")
+    return classes, files
+
+
+def folder_image(path: str, size: int, mode: str) -> Image.Image | EncodedFile:
+    """One file of an image folder: the file itself when it is a JPEG in `mode` and no resize is
+    asked (kept byte for byte), else the decoded, converted (and resized) image."""
+    try:
+        with Image.open(path) as opened:
+            if opened.format == "JPEG" and opened.mode == mode and not size:
+                return EncodedFile(path, "jpg")
+            image = opened.convert(mode)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read image: {e}") from e
+    if size:
+        image = image.resize((size, size), Image.BILINEAR)
+    return image
 
 
 def _split_docs(docs: Iterator[str], val_fraction: float) -> tuple[list[str], list[str]]:

@@ -8,11 +8,13 @@ are written with tarfile (deterministic headers); MDS shards with mosaicml-strea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,19 @@ from data_pipeline.manifest import (
     manifest_from_mds_index,
 )
 from data_pipeline.storage import sha256_file
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """An image file stored as its own bytes (a JPEG kept without re-encoding). MDS writes it
+    through streaming's `jpeg` encoding, which copies the bytes of a file-backed JPEG."""
+
+    path: str
+    ext: str  # WebDataset extension / MDS encoding: jpg
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
 
 
 def _png(image: Any) -> bytes:
@@ -46,14 +61,14 @@ class WdsWriter:
     """Tar shards `shard-NNNNNN.tar` of at most `samples_per_shard` samples / `max_bytes` bytes."""
 
     def __init__(self, out_dir: str, samples_per_shard: int = 1000, max_bytes: int = 256 * 2**20,
-                 meta: dict | None = None):
+                 meta: dict | None = None, first_key: int = 0):
         self.out_dir, self.samples_per_shard, self.max_bytes = out_dir, samples_per_shard, max_bytes
         self.meta = dict(meta or {})
         os.makedirs(out_dir, exist_ok=True)
         self.shards: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
         self._count = 0
-        self._total = 0
+        self._total = first_key  # sample keys number the samples of the whole split
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -63,7 +78,9 @@ class WdsWriter:
     def write(self, sample: dict[str, Any]) -> None:
         fields: dict[str, bytes] = {}
         for name, value in sample.items():
-            if name == "image":
+            if name == "image" and isinstance(value, EncodedFile):
+                fields[value.ext] = value.read()
+            elif name == "image":
                 fields["png"] = _png(value)
             elif name == "label":
                 fields["cls"] = str(int(value)).encode()
@@ -116,7 +133,9 @@ class MdsWriter:
     def _columns_for(self, sample: dict[str, Any]) -> dict[str, str]:
         columns = {}
         for name, value in sample.items():
-            if name == "image":
+            if name == "image" and isinstance(value, EncodedFile):
+                columns[name] = "jpeg"
+            elif name == "image":
                 columns[name] = "png"
             elif name == "label":
                 columns[name] = "int"
@@ -142,23 +161,46 @@ class MdsWriter:
         for name, value in sample.items():
             if name == "image" and isinstance(value, np.ndarray):
                 value = Image.fromarray(value)
+            elif name == "image" and isinstance(value, EncodedFile):
+                value = Image.open(value.path)  # file-backed: streaming copies its bytes
+            elif name == "image" and self._columns.get(name) == "jpeg":
+                value = self._as_jpeg_file(value)
             row[name] = value
         self._writer.write(row)
 
+    def _as_jpeg_file(self, image: Any) -> Image.Image:
+        """An image that could not be kept as its file (another mode, or not a JPEG) in a jpeg
+        column: encoded once at quality 95 into a scratch file streaming copies the bytes of."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        scratch = os.path.join(self.out_dir, ".scratch.jpg")
+        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+            scratch, format="JPEG", quality=95)
+        return Image.open(scratch)
+
     def _size_limit(self, sample: dict[str, Any]) -> int:
-        approx = sum(len(_png(v)) if k == "image" else (v.nbytes if isinstance(v, np.ndarray) else 16)
-                     for k, v in sample.items()) + 8
+        approx = sum(_approx_bytes(k, v) for k, v in sample.items()) + 8
         return int(min(self.max_bytes, max(1024, approx * self.samples_per_shard)))
 
     def finish(self) -> Manifest:
         if self._writer is None:
             raise ValueError("no samples were written")
         self._writer.finish()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.out_dir, ".scratch.jpg"))
         with open(os.path.join(self.out_dir, MDS_INDEX_NAME)) as f:
             manifest = manifest_from_mds_index(json.load(f))
         manifest.meta = self.meta
         _write_json(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
         return manifest
+
+
+def _approx_bytes(name: str, value: Any) -> int:
+    if isinstance(value, EncodedFile):
+        return os.path.getsize(value.path)
+    if name == "image":
+        return len(_png(value))
+    return value.nbytes if isinstance(value, np.ndarray) else 16
 
 
 def _write_json(path: str, text: str) -> None:

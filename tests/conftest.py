@@ -48,11 +48,12 @@ def train_cmd(
 
 
 def run_train(
-    nproc: int, overrides: list[str], timeout: float = 300
+    nproc: int, overrides: list[str], timeout: float = 300,
+    recipe: str = "configs/vit_digits.yaml",
 ) -> subprocess.CompletedProcess:
     """nproc=0: plain single process; else torchrun. Fails the test with the output on error."""
     proc = subprocess.run(
-        train_cmd(nproc, overrides),
+        train_cmd(nproc, overrides, recipe),
         cwd=REPO,
         env=subprocess_env(),
         capture_output=True,

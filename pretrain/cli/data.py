@@ -32,11 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = kinds.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)")
     _common(p)
-    p = kinds.add_parser("images", help="an image folder with one subfolder per class")
+    p = kinds.add_parser("images", help="an image folder with one subfolder per class",
+                         description="JPEGs are stored as their own bytes (no re-encode) unless"
+                         " --size resizes; one shard per task over --workers processes; a"
+                         " rerun after a crash keeps the shards already finished.")
     _common(p)
-    p.add_argument("--src", required=True, help="root folder: SRC/<class>/<image files>")
+    p.add_argument("--src", required=True, help="root folder SRC/<class>/<image files>, or a"
+                   " list file of 'IMAGE_PATH LABEL' lines (paths relative to it)")
     p.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (default: keep)")
     p.add_argument("--mode", default="RGB", help="PIL mode to convert to (default RGB)")
+    p.add_argument("--workers", type=int, default=1, help="shard-writing processes (default 1)")
     p = kinds.add_parser("numpy", help="uint8 image array and label array (.npy, no pickle)")
     _common(p)
     p.add_argument("--images", required=True, help=".npy uint8 [N,H,W] or [N,H,W,C]")
@@ -114,7 +119,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.source == "digits":
         samples, meta = sources.digits(vf)
     elif args.source == "images":
-        samples, meta = sources.image_folder(args.src, vf, args.size, args.mode)
+        return _build_images(args)
     elif args.source == "numpy":
         samples, meta = sources.numpy_arrays(args.images, args.labels, vf)
     elif args.source == "text" and args.tokenizer:
@@ -130,6 +135,17 @@ def _build(args: argparse.Namespace) -> int:
     manifests = write_splits(samples, args.out, args.format, args.shard_samples, meta)
     for split, m in manifests.items():
         print(f"{args.out}/{split}: {m.num_samples} samples in {len(m.shards)} {args.format} shards")
+    return 0
+
+
+def _build_images(args: argparse.Namespace) -> int:
+    from data_pipeline.image_build import build_image_folder
+
+    manifests = build_image_folder(args.src, args.out, args.format, args.shard_samples,
+                                   args.val_fraction, args.size, args.mode, args.workers)
+    for split, m in manifests.items():
+        print(f"{args.out}/{split}: {m.num_samples} images in {len(m.shards)} {args.format}"
+              f" shards ({m.meta['num_classes']} classes)")
     return 0
 
 

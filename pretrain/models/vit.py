@@ -74,11 +74,17 @@ class ViT(nn.Module):
 
 
 def vit_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean cross-entropy over valid labels, plus sums for evaluation (loss, correct, count)."""
+    """Mean cross-entropy over valid labels, plus sums for evaluation (loss, correct, count).
+    With "soft_label" in the batch (mixup/cutmix/label smoothing), against those soft targets;
+    accuracy still counts the sample's own label."""
     logits = model(batch["image"])
     labels = batch["label"]
     valid = labels != -100
-    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    if "soft_label" in batch:
+        per_row = -(batch["soft_label"] * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+        loss_sum = (per_row * valid).sum()
+    else:
+        loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
     count = valid.sum()
     correct = ((logits.argmax(-1) == labels) & valid).sum()
     stats = {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
