@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pretrain.config imports engines.config: keep this package light
+if TYPE_CHECKING:  # type names only: importing a backend must not pull in the others
     from torch import nn
 
     from pretrain.dist import DistEnv
