@@ -98,9 +98,13 @@ class RawTextTrainLoader:
         chunks = DocumentChunks(self.source, self.tok, self.cfg.text_field, start)
         if self.cfg.loader_workers == 0:
             return iter(chunks)
+        # its own generator: a DataLoader iterator otherwise draws its base seed from the global
+        # RNG, which a resumed run (its iterator starts after the RNG is restored) would not
+        # match (dropout masks would differ from an uninterrupted run's)
         return iter(torch.utils.data.DataLoader(
             chunks, batch_size=None, num_workers=self.cfg.loader_workers, collate_fn=_identity,
-            prefetch_factor=self.cfg.prefetch_factor, multiprocessing_context="spawn"))
+            prefetch_factor=self.cfg.prefetch_factor, multiprocessing_context="spawn",
+            generator=torch.Generator().manual_seed(self.cfg.seed)))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         packer = Packer(self.cfg.seq_len, self.tok.eos_id, np.int64)
