@@ -6,15 +6,22 @@ the byte-level build does). Workers tokenize chunks of documents in order (`Pool
 shards do not depend on K. Ids are stored as uint16 when the vocabulary fits, else uint32. The
 manifest's meta holds the vocabulary size, special ids, tokenizer sha256 and bytes per token
 of the split (for bits per byte); the tokenizer itself is copied to OUT/tokenizer.json.
+
+A build is resumable: every finished shard is journaled with the position after it
+(`build_journal.py`); running the same command after a crash keeps the shards that still hash
+to their recorded sha256 and continues after them, with the same bytes an uninterrupted build
+writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
 from multiprocessing import get_context
 
+from data_pipeline.build_journal import BuildJournal
 from data_pipeline.manifest import Manifest
 from data_pipeline.order import held_out
 from data_pipeline.packing import Packer, token_dtype
@@ -52,10 +59,52 @@ def tokenized(docs: list[str], tok: TextTokenizer, workers: int) -> Iterator[lis
         yield from pool.imap(_encode_chunk, _chunks(docs, CHUNK_DOCS), chunksize=1)
 
 
+def documents_digest(docs: list[str]) -> tuple[str, int]:
+    """(sha256 over the documents, their UTF-8 bytes): what a resumed build must see again."""
+    digest, size = hashlib.sha256(), 0
+    for doc in docs:
+        data = doc.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        size += len(data)
+    return digest.hexdigest(), size
+
+
+def build_split(docs: list[str], writer: WdsWriter | MdsWriter, tok: TextTokenizer,
+                seq_len: int, workers: int, settings: dict) -> Manifest:
+    """Tokenize, pack and write one split, shard by shard through a `BuildJournal`: after a
+    crash the finished shards are kept (verified by their sha256) and the build continues at
+    the document and packer carry-over journaled with the last of them."""
+    journal = BuildJournal(writer, settings)
+    position = journal.resume() or {"docs": 0, "tokens": 0, "carry": [], "carry_starts": []}
+    packer = Packer(seq_len, tok.eos_id, token_dtype(tok.vocab_size))
+    packer.load_state_dict(position)
+    done, tokens, in_shard = int(position["docs"]), int(position["tokens"]), 0
+    per_shard = writer.samples_per_shard
+    for chunk in tokenized(docs[done:], tok, workers):
+        for ids in chunk:  # one document at a time: a shard ends at an exact position
+            packer.feed([ids])
+            done, tokens = done + 1, tokens + len(ids) + 1
+            while packer.ready:
+                rows = packer.take(min(packer.ready, per_shard - in_shard))
+                for row in rows:
+                    writer.write(row)
+                in_shard += len(rows)
+                if in_shard == per_shard:
+                    journal.shard_done({"docs": done, "tokens": tokens,
+                                        **packer.state_dict()})
+                    in_shard = 0
+    journal.shard_done({"docs": done, "tokens": tokens, **packer.state_dict()})
+    writer.meta.update(documents=len(docs), text_bytes=settings["text_bytes"],
+                       text_tokens=tokens, bytes_per_token=settings["text_bytes"] / max(tokens, 1))
+    return writer.finish()
+
+
 def build_tokenized_text(src: list[str], out: str, fmt: str, tok: TextTokenizer, seq_len: int,
                          workers: int = 1, shard_samples: int = 1000, val_fraction: float = 0.2,
                          field: str = "text") -> dict[str, Manifest]:
-    """Write OUT/train and OUT/val shards of packed rows; returns their manifests."""
+    """Write OUT/train and OUT/val shards of packed rows; returns their manifests. Running it
+    again after a crash continues the build (`build_split`)."""
     docs = list(read_documents(src, field))
     is_val = held_out(len(docs), val_fraction)
     dtype = token_dtype(tok.vocab_size)
@@ -70,15 +119,9 @@ def build_tokenized_text(src: list[str], out: str, fmt: str, tok: TextTokenizer,
                 **tok.token_meta(), "dtype": dtype.name}
         path = os.path.join(out, split)
         writer = (WdsWriter if fmt == "wds" else MdsWriter)(path, shard_samples, meta=meta)
-        packer = Packer(seq_len, tok.eos_id, dtype)
-        tokens = 0
-        for ids in tokenized(part, tok, workers):
-            tokens += sum(len(x) + 1 for x in ids)
-            for row in packer.add(ids):
-                writer.write(row)
-        text_bytes = sum(len(d.encode("utf-8")) for d in part)
-        writer.meta.update(documents=len(part), text_bytes=text_bytes, text_tokens=tokens,
-                           bytes_per_token=text_bytes / max(tokens, 1))
-        manifests[split] = writer.finish()
+        digest, text_bytes = documents_digest(part)
+        settings = {"documents_sha256": digest, "documents": len(part), "text_bytes": text_bytes,
+                    "tokenizer_sha256": tok.sha256, "seq_len": seq_len, "format": fmt,
+                    "shard_samples": shard_samples}
+        manifests[split] = build_split(part, writer, tok, seq_len, workers, settings)
     return manifests
-
