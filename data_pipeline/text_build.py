@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from multiprocessing import get_context
+from typing import Any
 
 from data_pipeline.build_journal import BuildJournal
 from data_pipeline.manifest import Manifest
@@ -48,15 +49,33 @@ def _chunks(docs: list[str], size: int) -> Iterator[list[str]]:
         yield docs[i:i + size]
 
 
-def tokenized(docs: list[str], tok: TextTokenizer, workers: int) -> Iterator[list[list[int]]]:
-    """Token ids of `docs`, chunk by chunk in document order, encoded by `workers` processes
-    (0 or 1: in this process, with the tokenizer's own threads)."""
-    if workers <= 1:
-        for chunk in _chunks(docs, CHUNK_DOCS):
-            yield tok.encode_batch(chunk)
-        return
-    with get_context("spawn").Pool(workers, _init_worker, (tok,)) as pool:
-        yield from pool.imap(_encode_chunk, _chunks(docs, CHUNK_DOCS), chunksize=1)
+class Encoder:
+    """Token ids of documents, chunk by chunk in document order, by `workers` spawned processes
+    started once per build, at the first documents to encode (0 or 1: in this process, with the
+    tokenizer's own threads). Use as a context manager: leaving it stops the processes."""
+
+    def __init__(self, tok: TextTokenizer, workers: int):
+        self.tok, self.workers = tok, workers
+        self._pool: Any = None
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def __call__(self, docs: list[str]) -> Iterator[list[list[int]]]:
+        chunks = _chunks(docs, CHUNK_DOCS)
+        if self.workers <= 1:
+            for chunk in chunks:
+                yield self.tok.encode_batch(chunk)
+            return
+        if self._pool is None and docs:
+            self._pool = get_context("spawn").Pool(self.workers, _init_worker, (self.tok,))
+        if docs:
+            yield from self._pool.imap(_encode_chunk, chunks, chunksize=1)
 
 
 def documents_digest(docs: list[str]) -> tuple[str, int]:
@@ -71,7 +90,7 @@ def documents_digest(docs: list[str]) -> tuple[str, int]:
 
 
 def build_split(docs: list[str], writer: WdsWriter | MdsWriter, tok: TextTokenizer,
-                seq_len: int, workers: int, settings: dict) -> Manifest:
+                seq_len: int, encode: Encoder, settings: dict) -> Manifest:
     """Tokenize, pack and write one split, shard by shard through a `BuildJournal`: after a
     crash the finished shards are kept (verified by their sha256) and the build continues at
     the document and packer carry-over journaled with the last of them."""
@@ -81,7 +100,7 @@ def build_split(docs: list[str], writer: WdsWriter | MdsWriter, tok: TextTokeniz
     packer.load_state_dict(position)
     done, tokens, in_shard = int(position["docs"]), int(position["tokens"]), 0
     per_shard = writer.samples_per_shard
-    for chunk in tokenized(docs[done:], tok, workers):
+    for chunk in encode(docs[done:]):
         for ids in chunk:  # one document at a time: a shard ends at an exact position
             packer.feed([ids])
             done, tokens = done + 1, tokens + len(ids) + 1
@@ -107,21 +126,28 @@ def build_tokenized_text(src: list[str], out: str, fmt: str, tok: TextTokenizer,
     again after a crash continues the build (`build_split`)."""
     docs = list(read_documents(src, field))
     is_val = held_out(len(docs), val_fraction)
-    dtype = token_dtype(tok.vocab_size)
     os.makedirs(out, exist_ok=True)
     shutil.copyfile(tok.path, os.path.join(out, TOKENIZER_FILE))
     manifests = {}
-    for split, want in (("train", False), ("val", True)):
-        part = [d for d, v in zip(docs, is_val) if v == want]
-        if not part:
-            continue
-        meta = {"kind": "tokens", "name": os.path.basename(src[0]), "seq_len": seq_len,
-                **tok.token_meta(), "dtype": dtype.name}
-        path = os.path.join(out, split)
-        writer = (WdsWriter if fmt == "wds" else MdsWriter)(path, shard_samples, meta=meta)
-        digest, text_bytes = documents_digest(part)
-        settings = {"documents_sha256": digest, "documents": len(part), "text_bytes": text_bytes,
-                    "tokenizer_sha256": tok.sha256, "seq_len": seq_len, "format": fmt,
-                    "shard_samples": shard_samples}
-        manifests[split] = build_split(part, writer, tok, seq_len, workers, settings)
+    with Encoder(tok, workers) as encode:
+        for split, want in (("train", False), ("val", True)):
+            if part := [d for d, v in zip(docs, is_val) if v == want]:
+                manifests[split] = _build_split_of(part, split, src, out, fmt, tok, seq_len,
+                                                   shard_samples, encode)
     return manifests
+
+
+def _build_split_of(part: list[str], split: str, src: list[str], out: str, fmt: str,
+                    tok: TextTokenizer, seq_len: int, shard_samples: int,
+                    encode: Encoder) -> Manifest:
+    """OUT/<split>: the writer, the manifest meta and the journal settings of one split."""
+    dtype = token_dtype(tok.vocab_size)
+    meta = {"kind": "tokens", "name": os.path.basename(src[0]), "seq_len": seq_len,
+            **tok.token_meta(), "dtype": dtype.name}
+    writer = (WdsWriter if fmt == "wds" else MdsWriter)(os.path.join(out, split), shard_samples,
+                                                        meta=meta)
+    digest, text_bytes = documents_digest(part)
+    settings = {"documents_sha256": digest, "documents": len(part), "text_bytes": text_bytes,
+                "tokenizer_sha256": tok.sha256, "seq_len": seq_len, "format": fmt,
+                "shard_samples": shard_samples}
+    return build_split(part, writer, tok, seq_len, encode, settings)
