@@ -87,6 +87,11 @@ class RawTextTrainLoader:
         self.state = {"rows": 0, "docs": 0, "carry": [], "carry_starts": []}
 
     @property
+    def consumed(self) -> int:
+        """Sequences handed out by all ranks (`contract.TrainLoader`'s position)."""
+        return self.state["rows"]
+
+    @property
     def num_documents(self) -> int:
         return self.source.num_samples
 

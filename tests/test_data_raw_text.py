@@ -185,3 +185,16 @@ def test_training_resumes_on_another_world_size_at_the_same_sequence(raw, tmp_pa
     assert sorted(got) == list(range(7, 13))
     for step, loss in got.items():
         assert loss == pytest.approx(ref_losses[step], rel=1e-4), step
+
+
+def test_raw_text_loader_serves_the_train_contract(raw):
+    """The trainer may rely on `contract.TrainLoader` (consumed, stop, metrics) here too: the
+    budget ends the stream at whole steps and `consumed` counts the sequences of all ranks."""
+    from data_pipeline.contract import TrainLoader
+
+    loaders = [build_loader(cfg_for(raw, "mds", budget_samples=3 * MICRO + 5), r, 2)
+               for r in range(2)]
+    assert all(isinstance(loader, TrainLoader) for loader in loaders)
+    for loader in loaders:
+        assert len(list(loader)) == 3 and loader.consumed == 3 * MICRO
+        assert 0 < loader.metrics()["data/epoch"] < 1
