@@ -198,3 +198,21 @@ def test_raw_text_loader_serves_the_train_contract(raw):
     for loader in loaders:
         assert len(list(loader)) == 3 and loader.consumed == 3 * MICRO
         assert 0 < loader.metrics()["data/epoch"] < 1
+
+
+def test_a_document_without_text_is_one_clear_error_from_a_worker(raw, tmp_path):
+    """A sample with no text, met by a tokenizing worker: the error the trainer sees is the
+    worker's own (naming shard and sample), not DataLoader's re-wrapped traceback."""
+    import webdataset as wds
+
+    _, tok, _, docs = raw
+    (tmp_path / "bad").mkdir()
+    with wds.TarWriter(str(tmp_path / "bad" / "part-0000.tar")) as sink:
+        for i, d in enumerate(docs[:20]):
+            sink.write({"__key__": f"d{i:05d}", "txt": d} if i != 7 else
+                       {"__key__": f"d{i:05d}", "cls": b"3"})
+    cfg = DataConfig(format="wds", train_url=str(tmp_path / "bad"), tokenizer=tok, seq_len=SEQ,
+                     global_batch_size=MICRO, num_workers=1, shuffle=False)
+    with pytest.raises(ValueError) as err:
+        steps(build_loader(cfg, 0, 1), 50)
+    assert str(err.value).startswith("part-0000.tar sample 'd00007': no text among the fields")
