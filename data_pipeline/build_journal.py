@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from data_pipeline.errors import DataError
 from data_pipeline.manifest import ShardInfo
 from data_pipeline.safe_names import inside
 from data_pipeline.storage import sha256_file
@@ -56,8 +58,9 @@ def _intact(out_dir: str, shard: ShardInfo) -> bool:
 class BuildJournal:
     """The record of one split's build (see the module docstring)."""
 
-    def __init__(self, writer: ResumableWriter, settings: dict[str, Any]):
-        self.writer = writer
+    def __init__(self, writer: ResumableWriter, settings: dict[str, Any],
+                 position_ok: Callable[[dict], bool]):
+        self.writer, self.position_ok = writer, position_ok
         self.settings = {"version": JOURNAL_VERSION, **settings}
         self.path = os.path.join(writer.out_dir, JOURNAL_NAME)
 
@@ -94,7 +97,10 @@ class BuildJournal:
         for entry in self._entries():
             try:
                 shards = [self.writer.shard_of(r) for r in entry["records"]]
-            except (ValueError, TypeError, KeyError):
+                if not self.position_ok(entry["position"]):
+                    raise ValueError("position out of range")
+            except (ValueError, TypeError, KeyError, AttributeError, DataError):
+                log.warning("%s: a malformed entry; rebuilding from it", self.path)
                 break
             # the files the writer would write next, under the names it would give them
             expected = self.writer.shard_names(len(records), len(shards))

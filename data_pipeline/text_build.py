@@ -89,12 +89,26 @@ def documents_digest(docs: list[str]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _position_ok(position: dict, documents: int, vocab_size: int) -> bool:
+    """A journaled position this build could have reached (the journal is not trusted)."""
+    docs, tokens = position.get("docs"), position.get("tokens")
+    carry, starts = position.get("carry"), position.get("carry_starts")
+    if not (type(docs) is int and type(tokens) is int and 0 <= docs <= documents
+            and tokens >= 0 and isinstance(carry, list) and isinstance(starts, list)):
+        return False
+    return (len(carry) <= tokens
+            and all(type(t) is int and 0 <= t < vocab_size for t in carry)
+            and all(type(i) is int and 0 <= i < len(carry) for i in starts)
+            and starts == sorted(starts))
+
+
 def build_split(docs: list[str], writer: WdsWriter | MdsWriter, tok: TextTokenizer,
                 seq_len: int, encode: Encoder, settings: dict) -> Manifest:
     """Tokenize, pack and write one split, shard by shard through a `BuildJournal`: after a
     crash the finished shards are kept (verified by their sha256) and the build continues at
     the document and packer carry-over journaled with the last of them."""
-    journal = BuildJournal(writer, settings)
+    journal = BuildJournal(writer, settings,
+                           lambda p: _position_ok(p, len(docs), tok.vocab_size))
     position = journal.resume() or {"docs": 0, "tokens": 0, "carry": [], "carry_starts": []}
     packer = Packer(seq_len, tok.eos_id, token_dtype(tok.vocab_size))
     packer.load_state_dict(position)

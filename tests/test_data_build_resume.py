@@ -103,3 +103,27 @@ def test_killed_build_continues_without_redoing_finished_shards(corpus, tmp_path
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert stamps(out / "train", names) == finished
+
+
+def test_a_journal_is_not_trusted(corpus, tmp_path):  # noqa: F811
+    """Entries whose position is impossible, torn lines, or a journal of other settings: the
+    build keeps only what precedes them and still writes the shards of an uninterrupted build."""
+    src, tok_dir, _ = corpus
+    tok = load_tokenizer(str(tok_dir))
+    ref = build_tokenized_text([str(src)], str(tmp_path / "ref"), "wds", tok, SEQ,
+                               shard_samples=PER_SHARD)
+    out = tmp_path / "out"
+    build_tokenized_text([str(src)], str(out), "wds", tok, SEQ, shard_samples=PER_SHARD)
+    journal = out / "train" / JOURNAL_NAME
+    lines = journal.read_text().splitlines()
+    kept = stamps(out / "train", journaled(out / "train")[:2])
+    bad = json.loads(lines[3])
+    bad["position"]["docs"] = 10**9  # past the end of the documents
+    journal.write_text("\n".join([*lines[:3], json.dumps(bad), *lines[4:]]) + "\n{torn")
+    redone = build_tokenized_text([str(src)], str(out), "wds", tok, SEQ, shard_samples=PER_SHARD)
+    assert stamps(out / "train", list(kept)) == kept
+    assert len(journal.read_text().splitlines()) == len(lines)  # rebuilt from the bad entry
+    (out / "val" / JOURNAL_NAME).write_text(json.dumps({"version": 0}) + "\n")  # other settings
+    redone = build_tokenized_text([str(src)], str(out), "wds", tok, SEQ, shard_samples=PER_SHARD)
+    for split, manifest in ref.items():
+        assert [s.sha256 for s in redone[split].shards] == [s.sha256 for s in manifest.shards]
