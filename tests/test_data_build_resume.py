@@ -68,7 +68,8 @@ def stamps(split_dir, names: list[str]) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["wds", "mds"])
-def test_killed_build_continues_without_redoing_finished_shards(corpus, tmp_path, fmt):  # noqa: F811
+def test_killed_build_continues_without_redoing_finished_shards(
+        corpus, tmp_path, fmt):  # noqa: F811
     src, tok_dir, _ = corpus
     ref = build_tokenized_text([str(src)], str(tmp_path / "ref"), fmt,
                                load_tokenizer(str(tok_dir)), SEQ, shard_samples=PER_SHARD)
