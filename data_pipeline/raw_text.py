@@ -22,6 +22,7 @@ at any world size whose ranks divide the micro-batch, neither repeating nor skip
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,7 @@ from data_pipeline.memory import MemorySource
 from data_pipeline.order import rank_slice
 from data_pipeline.packing import Packer
 from data_pipeline.source import ShardedSource
-from data_pipeline.stream import budget_samples
+from data_pipeline.stream import WorkerError, budget_samples, pin_batches, unwrap, worker_stream
 from data_pipeline.tokenizer import TextTokenizer, _text_of, load_tokenizer
 from data_pipeline.transforms import TokenRows
 
@@ -58,14 +59,19 @@ class DocumentChunks(torch.utils.data.IterableDataset):
             texts.append(_text_of(raw, self.field, f"{name} sample {key!r}", decode_field))
         return first, [np.asarray(x, np.int64) for x in self.tok.encode_batch(texts)]
 
-    def __iter__(self) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def __iter__(self) -> Iterator[tuple[int, list[np.ndarray]] | WorkerError]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if info is not None:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism
         j = worker
         while True:
-            yield self.chunk(self.start + j * CHUNK_DOCS)
+            try:
+                chunk = self.chunk(self.start + j * CHUNK_DOCS)
+            except Exception as e:  # handed over as a value, like `stream.BatchStream`
+                yield WorkerError(e, traceback.format_exc())
+                return
+            yield chunk
             j += workers
 
 
@@ -84,7 +90,13 @@ class RawTextTrainLoader:
         self.micro_global = cfg.global_batch_size // grad_accum
         rank_slice(0, self.micro_global, rank, world_size)  # checks that the ranks divide it
         self.stop = budget_samples(cfg, cfg.seq_len)
+        self.pin = pin_batches(cfg)
         self.state = {"rows": 0, "docs": 0, "carry": [], "carry_starts": []}
+
+    @property
+    def consumed(self) -> int:
+        """Sequences handed out by all ranks (`contract.TrainLoader`'s position)."""
+        return self.state["rows"]
 
     @property
     def num_documents(self) -> int:
@@ -97,10 +109,9 @@ class RawTextTrainLoader:
     def _chunks(self, start: int) -> Iterator[tuple[int, list[np.ndarray]]]:
         chunks = DocumentChunks(self.source, self.tok, self.cfg.text_field, start)
         if self.cfg.loader_workers == 0:
-            return iter(chunks)
-        return iter(torch.utils.data.DataLoader(
-            chunks, batch_size=None, num_workers=self.cfg.loader_workers, collate_fn=_identity,
-            prefetch_factor=self.cfg.prefetch_factor, multiprocessing_context="spawn"))
+            return map(unwrap, chunks)
+        # spawned: a forked copy of a tokenizer that has used its threads can deadlock
+        return worker_stream(chunks, self.cfg, self.cfg.loader_workers, _identity, "spawn")
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         packer = Packer(self.cfg.seq_len, self.tok.eos_id, np.int64)
@@ -121,6 +132,8 @@ class RawTextTrainLoader:
                                        for r in rows[mine.start:mine.stop]])
             out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
             out["sample_id"] = torch.arange(first_row + mine.start, first_row + mine.stop)
+            if self.pin:  # packed here, after the workers: pinned here too
+                out = {k: v.pin_memory() for k, v in out.items()}
             yield out
 
     def metrics(self) -> dict[str, float]:

@@ -47,7 +47,7 @@ class WorkerError:
         self.exc, self.trace = exc, trace
 
 
-def _unwrap(batch: Batch | WorkerError) -> Batch:
+def unwrap(batch: Batch | WorkerError) -> Batch:
     if isinstance(batch, WorkerError):
         if hasattr(batch.exc, "add_note"):
             batch.exc.add_note(f"raised in a data loader worker:\n{batch.trace}")
@@ -74,27 +74,43 @@ class BatchStream(IterableDataset):
                 batch = self.source.batch(self.plan.positions(k), upcoming)
             except Exception as e:
                 # Handed over as a value: a worker that raises makes DataLoader shutdown wait ~5 s
-                # per worker; the main process re-raises it (`_unwrap`).
+                # per worker; the main process re-raises it (`unwrap`).
                 yield WorkerError(e, traceback.format_exc())
                 return
             yield batch
             k += workers
 
 
-def _batches(plan: TrainPlan | EvalPlan, source: BatchSource, cfg: DataConfig,
-             num_workers: int) -> Iterator[Batch]:
+def worker_stream(dataset: IterableDataset, cfg: DataConfig, num_workers: int,
+                  collate: Any = None, context: str | None = None) -> Iterator[Any]:
+    """The items of `dataset` through DataLoader workers: the one place a loader builds one.
+    Items are handed over as built (batch_size None; `collate`, if given, replaces the
+    numpy-to-tensor conversion); a `WorkerError` item is re-raised in this process."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = cfg.prefetch_factor
-    pin = cfg.pin_memory and torch.cuda.is_available()
+        kwargs["multiprocessing_context"] = context
+    if collate is not None:
+        kwargs["collate_fn"] = collate
     # Every new DataLoader iterator draws a base seed; from the global RNG unless it has its own
     # generator. The draw would shift the training RNG (DiT noise, dropout) by one per iterator,
     # so a resumed run, which starts its iterator after the RNG is restored, would diverge. The
     # batches themselves do not depend on the seed (every draw is a function of sample ids).
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(BatchStream(plan, source), batch_size=None, num_workers=num_workers,
-                        pin_memory=pin, generator=generator, **kwargs)
-    return map(_unwrap, loader)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                        pin_memory=pin_batches(cfg) and collate is None, generator=generator,
+                        **kwargs)
+    return map(unwrap, loader)
+
+
+def pin_batches(cfg: DataConfig) -> bool:
+    """data.pin_memory (auto/true) on a machine with CUDA: page-locked batches."""
+    return bool(cfg.pin_memory) and torch.cuda.is_available()
+
+
+def _batches(plan: TrainPlan | EvalPlan, source: BatchSource, cfg: DataConfig,
+             num_workers: int) -> Iterator[Batch]:
+    return worker_stream(BatchStream(plan, source), cfg, num_workers)
 
 
 def _bad_rows(batch: Batch) -> int:

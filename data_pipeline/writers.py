@@ -4,6 +4,11 @@ A sample is a dict of logical fields: images {"image": PIL image or uint8 array,
 token sequences {"tokens": int array of seq_len + 1, "doc_starts": int array}. WebDataset shards
 are written with tarfile (deterministic headers); MDS shards with mosaicml-streaming's MDSWriter
 (sha256 hashes on). The manifest records samples, bytes and sha256 of every shard.
+
+Both writers close a shard when it holds `samples_per_shard` samples (or on `end_shard()`), and
+a closed shard is final: `records()` describes the finished shards as JSON, and a new writer
+given them (`resume`) continues after them, which is what a resumed build (`build_journal.py`)
+needs.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,7 @@ from data_pipeline.manifest import (
     MDS_INDEX_NAME,
     Manifest,
     ShardInfo,
+    check_shards,
     manifest_from_mds_index,
 )
 from data_pipeline.storage import sha256_file
@@ -68,7 +75,8 @@ class WdsWriter:
         self.shards: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
         self._count = 0
-        self._total = first_key  # sample keys number the samples of the whole split
+        self._first_key = self._total = first_key  # keys number the samples of the whole split
+        self._reported = 0  # shards already handed out by end_shard
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -111,6 +119,32 @@ class WdsWriter:
         info.samples, info.bytes, info.sha256 = self._count, os.path.getsize(path), sha256_file(path)
         self._tar, self._count = None, 0
 
+    def end_shard(self) -> list[dict]:
+        """Close the open shard now (the next sample starts another); the records of the shards
+        closed since the last call (more than one only when max_bytes cut one)."""
+        if self._tar is not None:
+            self._close_shard()
+        closed = [asdict(s) for s in self.shards[self._reported:]]
+        self._reported = len(self.shards)
+        return closed
+
+    @staticmethod
+    def shard_of(record: dict) -> ShardInfo:
+        """The stored file a record describes (name, bytes, sha256), checked like a manifest's."""
+        shard = ShardInfo(**record)
+        check_shards([shard], "build journal")
+        return shard
+
+    def shard_names(self, first: int, count: int) -> list[str]:
+        """Names this writer gives shards first, first + 1, ..."""
+        return [f"shard-{i:06d}.tar" for i in range(first, first + count)]
+
+    def resume(self, records: list[dict]) -> None:
+        """Continue after these finished shards (records of an earlier writer, verified)."""
+        self.shards = [self.shard_of(r) for r in records]
+        self._total = self._first_key + sum(s.samples for s in self.shards)
+        self._reported = len(self.shards)
+
     def finish(self) -> Manifest:
         if self._tar is not None:
             self._close_shard()
@@ -120,14 +154,21 @@ class WdsWriter:
 
 
 class MdsWriter:
-    """MDS shards through streaming's MDSWriter; columns follow the logical fields."""
+    """MDS shards `shard.NNNNN.mds` of `samples_per_shard` samples (fewer when `max_bytes` cuts
+    first), columns following the logical fields. Each shard is written by its own streaming
+    MDSWriter in OUT/.writing and renamed into place, so a closed shard is final (streaming's
+    writer cuts by bytes only and cannot continue a set); index.json lists them all."""
 
     def __init__(self, out_dir: str, samples_per_shard: int = 1000, max_bytes: int = 256 * 2**20,
                  meta: dict | None = None, compression: str | None = None):
         self.out_dir, self.meta = out_dir, dict(meta or {})
         self.max_bytes, self.compression = max_bytes, compression
         self.samples_per_shard = samples_per_shard
+        os.makedirs(out_dir, exist_ok=True)
+        self.entries: list[dict] = []  # streaming's index entries of the finished shards
+        self._scratch = os.path.join(out_dir, ".writing")
         self._writer = None
+        self._count = 0
         self._columns: dict[str, str] = {}
 
     def _columns_for(self, sample: dict[str, Any]) -> dict[str, str]:
@@ -148,15 +189,15 @@ class MdsWriter:
         return columns
 
     def write(self, sample: dict[str, Any]) -> None:
+        if self._writer is not None and self._count >= self.samples_per_shard:
+            self.end_shard()
         if self._writer is None:
             from data_pipeline._compat import import_streaming
 
-            streaming = import_streaming()
-            self._columns = self._columns_for(sample)
-            # MDSWriter cuts shards by bytes only; a per-sample size bound gives ~samples_per_shard.
-            self._writer = streaming.MDSWriter(
-                out=self.out_dir, columns=self._columns, compression=self.compression,
-                hashes=["sha256"], size_limit=self._size_limit(sample), exist_ok=True)
+            self._columns = self._columns or self._columns_for(sample)
+            self._writer = import_streaming().MDSWriter(
+                out=self._scratch, columns=self._columns, compression=self.compression,
+                hashes=["sha256"], size_limit=self.max_bytes, exist_ok=True)
         row = {}
         for name, value in sample.items():
             if name == "image" and isinstance(value, np.ndarray):
@@ -167,6 +208,7 @@ class MdsWriter:
                 value = self._as_jpeg_file(value)
             row[name] = value
         self._writer.write(row)
+        self._count += 1
 
     def _as_jpeg_file(self, image: Any) -> Image.Image:
         """An image that could not be kept as its file (another mode, or not a JPEG) in a jpeg
@@ -178,29 +220,67 @@ class MdsWriter:
             scratch, format="JPEG", quality=95)
         return Image.open(scratch)
 
-    def _size_limit(self, sample: dict[str, Any]) -> int:
-        approx = sum(_approx_bytes(k, v) for k, v in sample.items()) + 8
-        return int(min(self.max_bytes, max(1024, approx * self.samples_per_shard)))
+    def end_shard(self) -> list[dict]:
+        """Close the open shard now; the index entries of the file(s) it became (more than one
+        only when max_bytes cut it), renamed to follow the finished ones."""
+        if self._writer is None:
+            return []
+        self._writer.finish()
+        with open(os.path.join(self._scratch, MDS_INDEX_NAME)) as f:
+            written = json.load(f)["shards"]
+        for entry in written:
+            number = f"{len(self.entries):05d}"
+            for part in ("raw_data", "zip_data"):
+                info = entry.get(part)
+                if not info:
+                    continue
+                prefix, _, rest = info["basename"].split(".", 2)
+                name = f"{prefix}.{number}.{rest}"
+                scratch_file = os.path.join(self._scratch, info["basename"])
+                if os.path.exists(scratch_file):  # compressed: only the zip file is stored
+                    os.replace(scratch_file, os.path.join(self.out_dir, name))
+                info["basename"] = name
+            self.entries.append(entry)
+        shutil.rmtree(self._scratch)
+        self._writer, self._count = None, 0
+        return written
+
+    @staticmethod
+    def shard_of(record: dict) -> ShardInfo:
+        """The stored file an index entry describes, checked like streaming's index."""
+        return manifest_from_mds_index({"version": 2, "shards": [record]}).shards[0]
+
+    def shard_names(self, first: int, count: int) -> list[str]:
+        """Names of the stored files of shards first, first + 1, ... (compressed: the zip)."""
+        ext = ""
+        if self.compression:
+            from data_pipeline._compat import import_streaming
+
+            compression = import_streaming().base.compression
+            ext = f".{compression.get_compression_extension(self.compression)}"
+        return [f"shard.{i:05d}.mds{ext}" for i in range(first, first + count)]
+
+    def resume(self, records: list[dict]) -> None:
+        """Continue after these finished shards (index entries of an earlier writer, verified)."""
+        for record in records:
+            self.shard_of(record)
+        self.entries = list(records)
+        if records:  # the shards to come keep the columns (streaming lists them sorted)
+            first = records[0]
+            self._columns = dict(zip(first["column_names"], first["column_encodings"]))
 
     def finish(self) -> Manifest:
-        if self._writer is None:
+        self.end_shard()
+        if not self.entries:
             raise ValueError("no samples were written")
-        self._writer.finish()
+        index = {"version": 2, "shards": self.entries}
+        manifest = manifest_from_mds_index(index)
+        _write_json(os.path.join(self.out_dir, MDS_INDEX_NAME), json.dumps(index, sort_keys=True))
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.out_dir, ".scratch.jpg"))
-        with open(os.path.join(self.out_dir, MDS_INDEX_NAME)) as f:
-            manifest = manifest_from_mds_index(json.load(f))
         manifest.meta = self.meta
         _write_json(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
         return manifest
-
-
-def _approx_bytes(name: str, value: Any) -> int:
-    if isinstance(value, EncodedFile):
-        return os.path.getsize(value.path)
-    if name == "image":
-        return len(_png(value))
-    return value.nbytes if isinstance(value, np.ndarray) else 16
 
 
 def _write_json(path: str, text: str) -> None:

@@ -98,3 +98,121 @@ def test_validation_packs_every_token_once(raw):
     # every id is a target once, except the first of each row (rows of seq_len + 1 ids)
     assert int((targets != -100).sum()) == total - rows
 
+
+
+def raw_train_args(raw, kind: str, run_dir, workers: int, *extra: str) -> list[str]:
+    """A tiny LM on the raw-text set, tokenized on the fly; dropout on, so a shifted RNG (one
+    more draw after resuming) would show in the weights."""
+    sets, tok, _, _ = raw
+    return ["model.width=32", "model.depth=2", "model.num_heads=2", "model.lm.seq_len=32",
+            "model.dropout=0.1", f"data.format={'mds' if kind == 'mds' else 'wds'}",
+            f"data.train_url={sets[kind]}", f"data.tokenizer={tok}", "data.seq_len=32",
+            "data.global_batch_size=8", f"data.num_workers={workers}", "data.val_url=",
+            "optim.grad_accum=2", "schedule.steps=24", "schedule.warmup_steps=2",
+            "checkpoint.every_steps=3", "checkpoint.keep_last=2", "logging.every_steps=1",
+            "logging.eval_every_steps=0", "logging.progress_bar=false",
+            "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
+
+
+def train_raw(raw, kind: str, run_dir, nproc: int, workers: int, *extra: str):
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env, train_cmd
+
+    args = raw_train_args(raw, kind, run_dir, workers,
+                          f"parallel.backend={'fsdp2' if nproc else 'single'}", *extra)
+    proc = subprocess.run(train_cmd(nproc, args, "configs/lm_gpt2_small.yaml"), cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mds", "txt"])
+def test_training_resumes_bitwise_after_sigkill(raw, kind, tmp_path):
+    """A run with a tokenizing worker, SIGKILLed at a random step, resumed from its last
+    checkpoint: the final weights equal an uninterrupted run's, bit for bit."""
+    import random
+
+    from pretrain.checkpoint import latest_complete, read_model_tensors
+    from tests.conftest import kill_run_at_step, train_cmd
+
+    train_raw(raw, kind, tmp_path / "ref", 0, 1)
+    victim = tmp_path / "victim"
+    seed = random.randrange(1 << 30)
+    kill_step = random.Random(seed).randint(4, 20)
+    args = raw_train_args(raw, kind, victim, 1, "parallel.backend=single")
+    killed_at = kill_run_at_step(train_cmd(0, args, "configs/lm_gpt2_small.yaml"), victim,
+                                 kill_step)
+    proc = train_raw(raw, kind, victim, 0, 1)
+    assert "resumed from" in proc.stderr, f"killed at {killed_at}: did not resume"
+    ref = read_model_tensors(latest_complete(tmp_path / "ref" / "checkpoints"))
+    got = read_model_tensors(latest_complete(victim / "checkpoints"))
+    assert ref.keys() == got.keys()
+    differ = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differ, f"killed at step {killed_at} (seed {seed}): {differ[:5]} differ"
+
+
+@pytest.mark.slow
+def test_training_resumes_on_another_world_size_at_the_same_sequence(raw, tmp_path):
+    """2 ranks (a tokenizing worker each) checkpoint at step 6; 1 rank without workers resumes
+    there. It reads the same token sequences: the losses follow the 2-rank run's, and after step
+    12 both hold the same position (sequence rows, documents, packer carry-over)."""
+    import shutil
+
+    from pretrain.checkpoint import read_train_state
+    from pretrain.run_dir import read_metrics
+
+    common = ["model.dropout=0.0", "schedule.steps=12", "checkpoint.every_steps=6",
+              "checkpoint.keep_last=3"]
+    ref = tmp_path / "ref"
+    train_raw(raw, "txt", ref, 2, 1, *common)
+    resumed = tmp_path / "resumed"
+    step6 = "checkpoints/step_00000006"
+    shutil.copytree(ref / step6, resumed / step6)
+    proc = train_raw(raw, "txt", resumed, 0, 0, *common)
+    assert "resumed from" in proc.stderr
+    at6 = read_train_state(ref / step6)["loader"]
+    assert at6["rows"] == 6 * 8  # sequences handed out by both ranks together
+    end = "checkpoints/step_00000012"
+    ref_end, got_end = (read_train_state(d / end)["loader"] for d in (ref, resumed))
+    assert got_end == ref_end and ref_end["rows"] == 12 * 8
+
+    def losses(run_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+
+    ref_losses, got = losses(ref), losses(resumed)
+    assert sorted(got) == list(range(7, 13))
+    for step, loss in got.items():
+        assert loss == pytest.approx(ref_losses[step], rel=1e-4), step
+
+
+def test_raw_text_loader_serves_the_train_contract(raw):
+    """The trainer may rely on `contract.TrainLoader` (consumed, stop, metrics) here too: the
+    budget ends the stream at whole steps and `consumed` counts the sequences of all ranks."""
+    from data_pipeline.contract import TrainLoader
+
+    loaders = [build_loader(cfg_for(raw, "mds", budget_samples=3 * MICRO + 5), r, 2)
+               for r in range(2)]
+    assert all(isinstance(loader, TrainLoader) for loader in loaders)
+    for loader in loaders:
+        assert len(list(loader)) == 3 and loader.consumed == 3 * MICRO
+        assert 0 < loader.metrics()["data/epoch"] < 1
+
+
+def test_a_document_without_text_is_one_clear_error_from_a_worker(raw, tmp_path):
+    """A sample with no text, met by a tokenizing worker: the error the trainer sees is the
+    worker's own (naming shard and sample), not DataLoader's re-wrapped traceback."""
+    import webdataset as wds
+
+    _, tok, _, docs = raw
+    (tmp_path / "bad").mkdir()
+    with wds.TarWriter(str(tmp_path / "bad" / "part-0000.tar")) as sink:
+        for i, d in enumerate(docs[:20]):
+            sink.write({"__key__": f"d{i:05d}", "txt": d} if i != 7 else
+                       {"__key__": f"d{i:05d}", "cls": b"3"})
+    cfg = DataConfig(format="wds", train_url=str(tmp_path / "bad"), tokenizer=tok, seq_len=SEQ,
+                     global_batch_size=MICRO, num_workers=1, shuffle=False)
+    with pytest.raises(ValueError) as err:
+        steps(build_loader(cfg, 0, 1), 50)
+    assert str(err.value).startswith("part-0000.tar sample 'd00007': no text among the fields")

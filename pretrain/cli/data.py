@@ -13,7 +13,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("wds", "mds"), required=True, help=FORMAT_HELP)
     p.add_argument("--out", required=True, help="output directory; train/ and val/ are made in it")
     p.add_argument("--shard-samples", type=int, default=1000,
-                   help="samples per shard (MDS cuts by bytes: approximately) (default 1000)")
+                   help="samples per shard (default 1000)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of samples (documents for text) held out in val/ (default 0.2)")
 
