@@ -1,5 +1,5 @@
-"""`pretrain scaling {plan,run,collect,fit,study}`: argument parsing only; the work is in the
-modules named in each handler."""
+"""`pretrain scaling {plan,run,collect,fit,fit-curves,study}`: argument parsing only; the work
+is in the modules named in each handler."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ Toy study on CPU (digits ViT, 3 budgets x 4 sizes, a few minutes):
 Outputs in --out: sweep.yaml (+ .plan.csv), runs/, runs.csv, curves.csv, fits.json, report.md,
 loss_vs_compute.png, isoflop.png, optimal_allocation.png. Re-running skips completed runs.
 Refit with other options: pretrain scaling fit OUT/runs.csv --curves OUT/curves.csv -o OUT/fit2
+"""
+
+CURVES_EPILOG = """\
+Example: fit on two schedules, predict the third and a schedule never trained:
+  pretrain scaling collect RUN_COSINE RUN_CONSTANT RUN_WSD -o runs.csv --curves curves.csv
+  pretrain scaling fit-curves runs.csv --curves curves.csv --holdout wsd-run \\
+      --predict wsd:steps=4000,warmup_steps=20,decay_fraction=0.1,lr=3e-3 -o curve_fit/
 """
 
 
@@ -189,6 +196,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_fit_args(pf)
     pf.set_defaults(func=cmd_fit)
 
+    pk = sub.add_parser("fit-curves", help="fit loss-curve laws across LR schedules, predict",
+                        description="Fit the LR-annealing law (Tissue et al. 2024) and the "
+                        "multi-power law (Luo et al. 2025) to the training curves of runs "
+                        "under different LR schedules (one law per model size), with "
+                        "bootstrap intervals over runs; score held-out runs and predict the "
+                        "final loss of schedules never trained. Writes curve_fits.json, "
+                        "curve_fits.png and curve_report.md.",
+                        epilog=CURVES_EPILOG, formatter_class=raw)  # fmt: skip
+    pk.add_argument("runs", help="runs.csv from `collect` (with the schedule columns)")
+    pk.add_argument("--curves", required=True, help="curves.csv from `collect` (step, loss)")
+    pk.add_argument("-o", "--out", default="curve_fit", help="output directory")
+    pk.add_argument("--law", nargs="+", default=["lr_annealing", "multi_power"],
+                    choices=["lr_annealing", "multi_power"], help="laws to fit (default both)")
+    pk.add_argument("--holdout", nargs="*", default=[], metavar="RUN",
+                    help="runs scored but not fitted (their final-loss error is reported)")
+    pk.add_argument("--predict", nargs="*", default=[], metavar="SCHEDULE",
+                    help="schedules to predict, e.g. wsd:steps=2000,decay_fraction=0.1,lr=1e-3")
+    pk.add_argument("--lam", type=float, default=0.999,
+                    help="LR-annealing law: momentum of LR drops (default 0.999)")
+    pk.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    pk.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pk.add_argument("--delta", type=float, default=1e-3,
+                    help="Huber threshold on relative residuals (default 1e-3)")
+    pk.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    pk.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pk.set_defaults(func=cmd_fit_curves)
+
     ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
                         description="End-to-end toy study: plan an IsoFLOP grid, train every "
                         "run on this machine, collect, fit all approaches, plot and report.",
@@ -328,6 +362,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fail(args, e)
     print("\n".join(summary(a)))
     print(f"wrote {args.out}/report.md, fits.json and figures")
+    return 0
+
+
+def cmd_fit_curves(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.bootstrap import default_jobs
+    from pretrain.scaling_laws.curve_study import CurveOptions, fit_curves_and_report, summary
+    from pretrain.scaling_laws.schedule_curves import parse_schedule, scheduled_curves
+    from pretrain.scaling_laws.table import read_runs
+
+    try:
+        opts = CurveOptions(
+            laws=list(dict.fromkeys(args.law)), holdout=list(args.holdout),
+            predict=[parse_schedule(t) for t in args.predict], lam=args.lam, delta=args.delta,
+            n_boot=args.boot, level=args.level, seed=args.seed,
+            n_jobs=args.jobs or default_jobs(),
+        )  # fmt: skip
+        curves = scheduled_curves(read_runs(args.runs), args.curves)
+        sizes = fit_curves_and_report(curves, opts, Path(args.out))
+    except (ScalingDataError, TypeError) as e:  # TypeError: a bad ScheduleConfig value
+        return _fail(args, e)
+    print("\n".join(summary(sizes, opts)))
+    print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png")
     return 0
 
 
