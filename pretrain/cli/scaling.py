@@ -159,6 +159,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pp.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
     pp.set_defaults(func=cmd_plan)
 
+    pb = sub.add_parser("plan-branches", help="plan WSD runs branched from shared stable runs",
+                        description="Per model shape: one stable run (constant LR, a checkpoint "
+                        "at every decay start) and, for each decay start S, a short WSD decay "
+                        "branch resumed from the stable run's checkpoint at S (the WSD run of "
+                        "S + round(ratio*S) steps, at a fraction of its cost). Writes a sweep "
+                        "whose branches resume from ROOT/NAME-stable/checkpoints; run it in "
+                        "order with `pretrain scaling run SWEEP` and the same --root.")  # fmt: skip
+    pb.add_argument("--base", required=True, help="base YAML recipe every run starts from")
+    pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
+                    help="steps at which a branch starts decaying (the stable run's length is "
+                    "the largest)")  # fmt: skip
+    pb.add_argument("--decay-ratio", type=float, default=0.25,
+                    help="decay steps as a fraction of the decay start (default 0.25)")
+    pb.add_argument("--family", choices=["vit", "dit", "lm"],
+                    help="model family (default: the recipe's model.family)")
+    pb.add_argument("--widths", type=int, nargs="+", help="widths (default: the recipe's)")
+    pb.add_argument("--depths", type=int, nargs="+", help="depths (default: the recipe's)")
+    pb.add_argument("--evals", type=int, default=10, help="evaluations per run (default 10)")
+    pb.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
+    pb.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every run (repeatable)")
+    pb.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
+    pb.set_defaults(func=cmd_plan_branches)
+
     pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
                         description="Train every run of a sweep file in sequence in this "
                         "process (single backend, no checkpoints); completed runs are skipped.")  # fmt: skip
@@ -295,6 +319,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}")
     print(f"next: pretrain slurm sweep {args.output}   (or locally: pretrain scaling run "
           f"{args.output}); runs go to runs/{Path(args.output).stem}/NAME")  # fmt: skip
+    return 0
+
+
+def cmd_plan_branches(args: argparse.Namespace) -> int:
+    from launch.sweep import sweep_root
+    from pretrain.config import load_config
+    from pretrain.scaling_laws.branch_plan import branched_cost, plan_branched_wsd
+    from pretrain.scaling_laws.plan import (
+        candidate_shapes,
+        model_stats_fn,
+        parse_sets,
+        write_sweep,
+    )  # fmt: skip
+
+    try:
+        extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
+        cfg = load_config(args.base, extra)
+        m = cfg.model
+        shapes = candidate_shapes(m.width, m.num_heads, m.depth, args.widths or [m.width],
+                                  args.depths)  # fmt: skip
+        runs = plan_branched_wsd(
+            shapes, args.decay_starts, model_stats_fn(args.base, extra),
+            cfg.data.global_batch_size, sweep_root(args.output, args.root),
+            decay_ratio=args.decay_ratio, warmup_steps=cfg.schedule.warmup_steps,
+            evals_per_run=args.evals, family=m.family,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError
+        return _fail(args, e)
+    fixed = parse_sets(extra)
+    for r in runs:
+        r.overrides = {**fixed, **r.overrides}
+    sidecar = write_sweep(args.output, args.base, runs)
+    for r in runs:
+        print(f"{r.name:<32} {r.params:>9d} params {r.steps:>7d} steps")
+    spent, alone = branched_cost(runs)
+    print(f"compute: {spent:.3g} FLOPs branched vs {alone:.3g} for the same WSD runs trained "
+          f"alone ({alone / spent:.2f}x less)")  # fmt: skip
+    print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
+          f"pretrain scaling run {args.output}" + (f" --root {args.root}" if args.root else ""))
     return 0
 
 
