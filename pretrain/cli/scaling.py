@@ -247,6 +247,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     pk.set_defaults(func=cmd_fit_curves)
 
+    pv = sub.add_parser("compare", help="compare two studies by their compute frontiers",
+                        description="Fit L(C) = E + A*C^-alpha to the Pareto frontier of each "
+                        "study's final losses (bootstrap included); report where the frontiers "
+                        "cross and, at each --target compute, the probability that A beats B. "
+                        "Writes compare.json and compare.png.")  # fmt: skip
+    pv.add_argument("study_a", metavar="STUDY_A", help="runs.csv, or a directory holding one")
+    pv.add_argument("study_b", metavar="STUDY_B", help="runs.csv, or a directory holding one")
+    pv.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the paths)")
+    pv.add_argument("--target", type=float, nargs="*", default=[], metavar="FLOPS",
+                    help="computes at which to give P(A beats B)")
+    pv.add_argument("-o", "--out", default="scaling_compare", help="output directory")
+    pv.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    pv.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pv.add_argument("--delta", type=float, default=1e-3,
+                    help="Huber threshold on log-loss residuals (default 1e-3)")
+    pv.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    pv.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pv.set_defaults(func=cmd_compare)
+
     ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
                         description="End-to-end toy study: plan an IsoFLOP grid, train every "
                         "run on this machine, collect, fit all approaches, plot and report.",
@@ -447,6 +466,39 @@ def cmd_fit_curves(args: argparse.Namespace) -> int:
         return _fail(args, e)
     print("\n".join(summary(sizes, opts)))
     print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from pretrain.scaling_laws.bootstrap import default_jobs
+    from pretrain.scaling_laws.compare import (
+        compare_studies,
+        fit_study,
+        plot_comparison,
+        summary,
+    )  # fmt: skip
+    from pretrain.scaling_laws.study import _jsonable
+    from pretrain.scaling_laws.table import read_runs
+
+    paths = [Path(p) / "runs.csv" if Path(p).is_dir() else Path(p)
+             for p in (args.study_a, args.study_b)]  # fmt: skip
+    names = args.names or [args.study_a, args.study_b]
+    kwargs = dict(delta=args.delta, n_boot=args.boot, level=args.level, n_jobs=args.jobs
+                  or default_jobs())  # fmt: skip
+    try:
+        a, b = (fit_study(n, read_runs(p), seed=args.seed + i, **kwargs)
+                for i, (n, p) in enumerate(zip(names, paths)))  # fmt: skip
+        comp = compare_studies(a, b, list(args.target))
+    except ScalingDataError as e:
+        return _fail(args, e)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(_jsonable(comp.as_dict()), indent=2) + "\n")
+    plot_comparison(comp, out / "compare.png")
+    print("\n".join(summary(comp)))
+    print(f"wrote {out}/compare.json and compare.png")
     return 0
 
 

@@ -21,6 +21,7 @@ stays fast):
     curve_fit.py    fitting them to curves of runs under different schedules (bootstrap over runs)
     curve_study.py  `fit-curves`: one fit per law and model size, predictions, figure, report
     schedule_curves.py  runs' LR sequences from their schedule columns (pretrain.schedule.lr_at)
+    compare.py      two studies by their compute frontiers: crossing, P(A beats B) at a compute
     branch_plan.py  branched WSD plans: decay branches resumed from one stable-phase checkpoint
     plan.py         IsoFLOP grid from a base recipe's shapes and FLOPs accounting; writes sweep
                     files (launch/sweep.py reads them, for `scaling run` and `slurm sweep`)
@@ -29,5 +30,5 @@ stays fast):
     table.py        the runs.csv / curves.csv formats
     study.py        plan -> run -> collect -> fit -> plot -> report
     synthetic.py    studies drawn from a known law (tests, benchmark)
-    cli.py          `pretrain scaling {plan,plan-branches,run,collect,fit,fit-curves,study}`
+    cli.py          `pretrain scaling {plan,plan-branches,run,collect,fit,fit-curves,compare,study}`
 """
