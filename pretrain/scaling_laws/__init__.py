@@ -16,6 +16,7 @@ stays fast):
     quality.py      goodness of fit and estimates with intervals
     analysis.py     runs every applicable fit, predictions and warnings
     plots.py        loss vs compute, IsoFLOP profiles, N_opt/D_opt vs compute (PNG, Agg)
+    diagnostics.py  residuals by budget and size, leave-one-budget-out error (in the report)
     report.py       the Markdown report
     curve_laws.py   loss-curve laws under an LR schedule: LR-annealing law, multi-power law
     curve_fit.py    fitting them to curves of runs under different schedules (bootstrap over runs)
