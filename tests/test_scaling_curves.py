@@ -121,3 +121,18 @@ def test_cli_fit_curves_names_a_run_without_a_schedule(tmp_path: Path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run 'cosine1' has no 'schedule' column" in err[0]
+
+
+def test_momentum_is_picked_by_the_fit_on_fitted_runs_only():
+    """Short runs whose drops act within ~50 steps (lam 0.98): lam=None finds it from the
+    fitted runs, and the held-out WSD final loss is then within 1 %."""
+    truth = LRAnnealingLaw(L0=2.0, A=3.0, alpha=0.45, C=2e-3, lam=0.98)
+    short = [t.replace("steps=3000", "steps=400").replace("steps=2000", "steps=400")
+             .replace("steps=2500", "steps=400").replace("warmup_steps=50", "warmup_steps=20")
+             for t in (CONSTANT, COSINE, WSD)]  # fmt: skip
+    got = curves(truth, short, noise=0.001)
+    fit = fit_curve_law(got, "lr_annealing", lam=None, holdout=np.array([False, False, True]))
+    assert fit.law.lam == 0.98
+    assert abs(next(r for r in fit.runs if r["held_out"])["rel_error"]) < 0.01
+    fixed = fit_curve_law(got, "lr_annealing", lam=0.999, holdout=np.array([False, False, True]))
+    assert fixed.objective > fit.objective

@@ -237,8 +237,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="runs scored but not fitted (their final-loss error is reported)")
     pk.add_argument("--predict", nargs="*", default=[], metavar="SCHEDULE",
                     help="schedules to predict, e.g. wsd:steps=2000,decay_fraction=0.1,lr=1e-3")
-    pk.add_argument("--lam", type=float, default=0.999,
-                    help="LR-annealing law: momentum of LR drops (default 0.999)")
+    pk.add_argument("--lam", default="0.999",
+                    help="LR-annealing law: momentum of LR drops, or 'fit' to pick it by the "
+                    "fit objective (default 0.999, for runs of thousands of steps)")
+    pk.add_argument("--min-step", type=int, default=0,
+                    help="leave out evaluations before this step (the early transient)")
     pk.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
     pk.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     pk.add_argument("--delta", type=float, default=1e-3,
@@ -447,6 +450,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lam(text: str) -> float | None:
+    if text == "fit":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ScalingDataError(f"--lam {text!r}: expected a number in [0, 1) or 'fit'") from None
+
+
 def cmd_fit_curves(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.bootstrap import default_jobs
     from pretrain.scaling_laws.curve_study import CurveOptions, fit_curves_and_report, summary
@@ -456,7 +468,8 @@ def cmd_fit_curves(args: argparse.Namespace) -> int:
     try:
         opts = CurveOptions(
             laws=list(dict.fromkeys(args.law)), holdout=list(args.holdout),
-            predict=[parse_schedule(t) for t in args.predict], lam=args.lam, delta=args.delta,
+            predict=[parse_schedule(t) for t in args.predict], lam=_lam(args.lam),
+            min_step=args.min_step, delta=args.delta,
             n_boot=args.boot, level=args.level, seed=args.seed,
             n_jobs=args.jobs or default_jobs(),
         )  # fmt: skip

@@ -30,6 +30,9 @@ from pretrain.scaling_laws.schedule_curves import Schedule, ScheduledCurve
 from pretrain.scaling_laws.validate import ScalingDataError, huber_delta
 
 _FLOOR = 1e-9  # predictions are clamped here before logs are taken for quality figures
+# momenta tried when the LR-annealing law's lam is fitted: a drop's effect builds up over about
+# 1/(1 - lam) steps (10 to 1000), which should be a small part of the runs
+LAM_GRID = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
 
 
 @dataclass
@@ -173,7 +176,7 @@ def fit_curve_law(
     curves: list[ScheduledCurve],
     law: str = LRAnnealingLaw.NAME,
     *,
-    lam: float = 0.999,
+    lam: float | None = 0.999,
     delta: float = 1e-3,
     holdout: np.ndarray | None = None,
     n_boot: int = 0,
@@ -182,10 +185,14 @@ def fit_curve_law(
     n_jobs: int = 1,
     top_k: int = 3,
 ) -> CurveLawFit:
-    """Fit `law` to the curves not in `holdout` (boolean mask over curves); score the rest."""
+    """Fit `law` to the curves not in `holdout` (boolean mask over curves); score the rest.
+
+    lam: the LR-annealing law's momentum; None picks it from LAM_GRID by the fit objective on
+    the fitted runs (never the held-out ones), then keeps it fixed in the bootstrap.
+    """
     if law not in LAWS:
         raise ScalingDataError(f"curve law {law!r} is not one of {', '.join(LAWS)}")
-    if not 0.0 <= lam < 1.0:
+    if lam is not None and not 0.0 <= lam < 1.0:
         raise ScalingDataError(f"annealing momentum lam must be in [0, 1), got {lam}")
     huber_delta(delta)
     cls = LAWS[law]
@@ -197,22 +204,26 @@ def fit_curve_law(
                                f"{len(cls.PARAM_NAMES) + 2} evaluations, got {int(train.sum())} "
                                f"runs and {n_points}")  # fmt: skip
     lr_ref = max(float(c.schedule.lrs().max()) for c, t in zip(curves, train) if t)
-    feats = [cls.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), lam) for c in curves]
     ys = [c.loss for c in curves]
 
-    def problem(mask: np.ndarray) -> CurveProblem:
+    def problem(feats: list, mask: np.ndarray) -> CurveProblem:
         idx = np.flatnonzero(mask)
         return CurveProblem(cls, [feats[i] for i in idx], [ys[i] for i in idx],
                             np.ones(len(idx)), delta)  # fmt: skip
 
-    prob = problem(train)
-    best = minimize_from(grid_starts(prob, top_k), prob)
+    tried = []
+    lams = [lam] if lam is not None or cls is not LRAnnealingLaw else LAM_GRID
+    for m in lams:
+        feats = [cls.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m) for c in curves]
+        prob = problem(feats, train)
+        tried.append((minimize_from(grid_starts(prob, top_k), prob), m, feats, prob))
+    best, lam, feats, prob = min(tried, key=lambda t: t[0].objective)
     boot, failed = np.empty((0, len(best.theta))), 0
     if n_boot > 0:
         boot, failed = replicates(_Refit(prob, best.theta), len(prob.y), n_boot, seed, n_jobs)
-    hfit = HuberFit(best, _quality(prob, best.theta), _quality(problem(holdout), best.theta),
-                    boot, failed)  # fmt: skip
-    fit = FITS[law].of(hfit, lambda t: cls.from_theta(t, lam), delta, level, lr_ref=lr_ref)
+    hfit = HuberFit(best, _quality(prob, best.theta),
+                    _quality(problem(feats, holdout), best.theta), boot, failed)  # fmt: skip
+    fit = FITS[law].of(hfit, lambda t, m=lam: cls.from_theta(t, m), delta, level, lr_ref=lr_ref)
     for c, f, held in zip(curves, feats, holdout):
         pred = float(cls.predict_jac(best.theta, f)[0][-1])
         final = fit.predict_final(c.schedule) if c.steps[-1] == c.schedule.cfg.steps else None

@@ -8,7 +8,7 @@ different sizes get separate laws: the curve laws describe one model under many 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ class CurveOptions:
     laws: list[str]
     holdout: list[str] = field(default_factory=list)  # run names scored, not fitted
     predict: list[Schedule] = field(default_factory=list)  # schedules never trained
-    lam: float = 0.999
+    lam: float | None = 0.999  # None: chosen by the fit objective (curve_fit.LAM_GRID)
+    min_step: int = 0  # evaluations before this step are left out (the early transient)
     delta: float = 1e-3
     n_boot: int = 200
     level: float = 0.95
@@ -48,11 +49,19 @@ class SizeFits:
                 for s in schedules for law, fit in self.fits.items()]  # fmt: skip
 
 
+def _from_step(c: ScheduledCurve, min_step: int) -> ScheduledCurve:
+    keep = c.steps >= min_step
+    if not keep.any():
+        raise ScalingDataError(f"run {c.name!r} has no evaluation at or after step {min_step}")
+    return replace(c, steps=c.steps[keep], loss=c.loss[keep])
+
+
 def fit_sizes(curves: list[ScheduledCurve], opts: CurveOptions) -> list[SizeFits]:
     """Group curves by model size and fit every law to each group (held-out runs scored)."""
     unknown = sorted(set(opts.holdout) - {c.name for c in curves})
     if unknown:
         raise ScalingDataError(f"--holdout {', '.join(unknown)}: no curve of that run")
+    curves = [_from_step(c, opts.min_step) for c in curves]
     out = []
     for params in sorted({c.params for c in curves}):
         group = [c for c in curves if c.params == params]
@@ -106,11 +115,12 @@ def plot_curve_fits(sizes: list[SizeFits], predict: list[Schedule], path: Path) 
 def render(sizes: list[SizeFits], opts: CurveOptions) -> str:
     lines = ["# Loss-curve laws under LR schedules", "",
              f"Bootstrap: {opts.n_boot} resamples of runs, {opts.level:.0%} percentile intervals; "
-             f"Huber δ = {opts.delta:g} on relative residuals; LR-annealing momentum "
-             f"λ = {opts.lam:g}.", ""]  # fmt: skip
+             f"Huber δ = {opts.delta:g} on relative residuals; evaluations from step "
+             f"{opts.min_step}.", ""]  # fmt: skip
     for size in sizes:
         for law, fit in size.fits.items():
-            lines += [f"## {law}, N = {size.params:.3g}", "", f"`{fit.FORMULA}`", "",
+            lam = f", λ = {fit.law.lam:g}" if law == "lr_annealing" else ""
+            lines += [f"## {law}, N = {size.params:.3g}{lam}", "", f"`{fit.FORMULA}`", "",
                       "| parameter | estimate | low | high |", "|---|---|---|---|"]  # fmt: skip
             lines += [f"| {k} | {v.value:.4g} | {v.lo:.4g} | {v.hi:.4g} |"
                       for k, v in fit.params.items()]  # fmt: skip
@@ -119,6 +129,9 @@ def render(sizes: list[SizeFits], opts: CurveOptions) -> str:
             lines += [f"| {r['name']} | {r['schedule']} | {'held out' if r['held_out'] else 'fit'}"
                       f" | {r['last_step']} | {r['observed']:.4f} | {r['predicted']:.4f} | "
                       f"{r['rel_error']:+.2%} |" for r in fit.runs]  # fmt: skip
+            if (~size.holdout).sum() < 3 and opts.n_boot:
+                lines.append("With 2 fitted runs every usable bootstrap resample draws both "
+                             "once: the intervals are the estimate (fit 3 or more runs).")
             lines.append("")
         preds = size.predictions(opts.predict)
         if preds:
