@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from pretrain.checkpoint import read_model_tensors, step_dir_name
+from pretrain.cli import main
 from pretrain.run_dir import read_metrics
+from pretrain.scaling_laws import synthetic as S
 from pretrain.scaling_laws.branch_plan import branch_length, branched_cost, plan_branched_wsd
 from pretrain.scaling_laws.collect import collect
 from pretrain.scaling_laws.plan import Shape, model_stats_fn
+from pretrain.scaling_laws.schedule_curves import scheduled_curves
+from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, read_runs, write_csv
 from pretrain.scaling_laws.validate import ScalingDataError
 from tests.conftest import TINY, run_train
 
@@ -86,3 +90,25 @@ def test_branch_first_step_is_bitwise_the_unbranched_run_and_collect_attributes_
     assert rows[early.name]["schedule"] == "wsd" and rows[early.name]["schedule_steps"] == 6
     assert rows[stable.name]["schedule"] == "constant" and rows[stable.name]["branch_of"] == ""
     assert late.overrides["checkpoint.resume"].endswith(step_dir_name(6))
+    assert rows[stable.name]["role"] == "stable" and rows[early.name]["role"] == "branch"
+
+    # the curve laws read the branch as the WSD run it stands for, evaluated from step 5 on
+    write_csv(tmp_path / "runs.csv", got.runs, RUN_COLUMNS)
+    write_csv(tmp_path / "curves.csv", got.curves, CURVE_COLUMNS)
+    by_name = {c.name: c for c in scheduled_curves(read_runs(tmp_path / "runs.csv"),
+                                                   tmp_path / "curves.csv")}  # fmt: skip
+    assert by_name[early.name].steps.tolist() == [5, 6]
+    lrs, stable_lrs = by_name[early.name].schedule.lrs(), by_name[stable.name].schedule.lrs()
+    assert len(lrs) == 6 and lrs[:4].tolist() == stable_lrs[:4].tolist() and lrs[5] < lrs[3]
+
+
+def test_fit_leaves_out_the_stable_runs_of_branches(tmp_path: Path, capsys):
+    rows = S.as_rows(S.isoflop_runs(budgets=(1e18, 3e18, 1e19), points=4))
+    rows[0]["role"], rows[1]["role"] = "stable", "branch"
+    write_csv(tmp_path / "runs.csv", rows, RUN_COLUMNS)
+    with pytest.raises(SystemExit) as e:
+        main(["scaling", "fit", str(tmp_path / "runs.csv"), "-o", str(tmp_path / "fit"),
+              "--boot", "0", "--jobs", "1"])  # fmt: skip
+    assert e.value.code == 0
+    assert "left out 1 stable-phase run(s) of branched WSD runs: syn000" in capsys.readouterr().out
+    assert "11 runs" in (tmp_path / "fit" / "report.md").read_text()

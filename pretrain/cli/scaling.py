@@ -436,10 +436,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.study import fit_and_report, summary
-    from pretrain.scaling_laws.table import read_curves, read_runs
+    from pretrain.scaling_laws.table import RunTable, read_curves, read_runs
 
     try:
         table = read_runs(args.runs)
+        stable = [r for r in table.rows if r.get("role") == "stable"]
+        if stable:  # a branched WSD plan: the unannealed stable runs are not finished runs
+            table = RunTable([r for r in table.rows if r.get("role") != "stable"])
+            print(f"left out {len(stable)} stable-phase run(s) of branched WSD runs: "
+                  f"{', '.join(r['name'] for r in stable)}")  # fmt: skip
         curves = read_curves(args.curves) if args.curves else None
         note = next((r.get("flops_note", "") for r in table.rows if r.get("flops_note")), "")
         a = fit_and_report(table, curves, _options(args), Path(args.out), note)

@@ -118,6 +118,17 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
     return row, curve
 
 
+def _mark_roles(rows: list[dict]) -> None:
+    """role = "stable" for a run another collected run branched from, "branch" for that run:
+    `fit` leaves stable runs out (an unannealed run; its branches stand for it)."""
+    for row in rows:
+        row["role"] = "branch" if row.get("branch_of") else ""
+    for row in rows:
+        source = Path(row["run_dir"]).resolve()
+        if any(source in Path(r["branch_of"]).resolve().parents for r in rows if r["branch_of"]):
+            row["role"] = "stable"
+
+
 def collect(
     run_dirs: list[str | Path], smooth: int = 1, include_incomplete: bool = False
 ) -> Collected:
@@ -140,6 +151,7 @@ def collect(
             out.skipped.append((str(d), f"{type(e).__name__}: {e}"))
             continue
         pairs.append((row, curve))
+    _mark_roles([row for row, _ in pairs])
     names = [row["name"] for row, _ in pairs]
     for row, curve in pairs:
         if names.count(row["name"]) > 1:  # two runs with one run.name: add the directory

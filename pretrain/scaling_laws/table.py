@@ -28,7 +28,7 @@ RUN_COLUMNS = REQUIRED + [
     # the LR schedule (pretrain/schedule.py) the run trained under, for the curve laws
     "lr", "schedule", "schedule_steps", "warmup_steps", "min_lr_ratio", "decay_fraction",
     # a branched WSD run: the stable run it resumed from and the step its decay starts
-    "branch_of", "decay_start",
+    "branch_of", "decay_start", "role",
 ]  # fmt: skip
 CURVE_COLUMNS = ["name", "params", "flops", "tokens", "loss"]
 
