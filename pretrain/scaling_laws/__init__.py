@@ -20,7 +20,8 @@ stays fast):
     report.py       the Markdown report
     curve_laws.py   loss-curve laws under an LR schedule: LR-annealing law, multi-power law
     curve_fit.py    fitting them to curves of runs under different schedules (bootstrap over runs)
-    curve_study.py  `fit-curves`: one fit per law and model size, predictions, figure, report
+    curve_study.py  `fit-curves`: one fit per law and model size, predictions, report
+    curve_plots.py  its figure: observed vs fitted/predicted curves
     schedule_curves.py  runs' LR sequences from their schedule columns (pretrain.schedule.lr_at)
     compare.py      two studies by their compute frontiers: crossing, P(A beats B) at a compute
     branch_plan.py  branched WSD plans: decay branches resumed from one stable-phase checkpoint
