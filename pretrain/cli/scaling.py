@@ -378,8 +378,12 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
     spent, alone = branched_cost(runs)
     print(f"compute: {spent:.3g} FLOPs branched vs {alone:.3g} for the same WSD runs trained "
           f"alone ({alone / spent:.2f}x less)")  # fmt: skip
+    root = f" --root {args.root}" if args.root else ""
     print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
-          f"pretrain scaling run {args.output}" + (f" --root {args.root}" if args.root else ""))
+          f"pretrain scaling run {args.output}{root}")
+    stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
+    print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "
+          f"submit the branches with --only NAME for each")  # fmt: skip
     return 0
 
 
