@@ -1,5 +1,5 @@
-"""`pretrain scaling {plan,run,collect,fit,study}`: argument parsing only; the work is in the
-modules named in each handler."""
+"""`pretrain scaling {plan,run,collect,fit,fit-curves,study}`: argument parsing only; the work
+is in the modules named in each handler."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ Toy study on CPU (digits ViT, 3 budgets x 4 sizes, a few minutes):
 Outputs in --out: sweep.yaml (+ .plan.csv), runs/, runs.csv, curves.csv, fits.json, report.md,
 loss_vs_compute.png, isoflop.png, optimal_allocation.png. Re-running skips completed runs.
 Refit with other options: pretrain scaling fit OUT/runs.csv --curves OUT/curves.csv -o OUT/fit2
+"""
+
+CURVES_EPILOG = """\
+Example: fit on two schedules, predict the third and a schedule never trained:
+  pretrain scaling collect RUN_COSINE RUN_CONSTANT RUN_WSD -o runs.csv --curves curves.csv
+  pretrain scaling fit-curves runs.csv --curves curves.csv --holdout wsd-run \\
+      --predict wsd:steps=4000,warmup_steps=20,decay_fraction=0.1,lr=3e-3 -o curve_fit/
 """
 
 
@@ -152,6 +159,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pp.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
     pp.set_defaults(func=cmd_plan)
 
+    pb = sub.add_parser("plan-branches", help="plan WSD runs branched from shared stable runs",
+                        description="Per model shape: one stable run (constant LR, a checkpoint "
+                        "at every decay start) and, for each decay start S, a short WSD decay "
+                        "branch resumed from the stable run's checkpoint at S (the WSD run of "
+                        "S + round(ratio*S) steps, at a fraction of its cost). Writes a sweep "
+                        "whose branches resume from ROOT/NAME-stable/checkpoints; run it in "
+                        "order with `pretrain scaling run SWEEP` and the same --root.")  # fmt: skip
+    pb.add_argument("--base", required=True, help="base YAML recipe every run starts from")
+    pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
+                    help="steps at which a branch starts decaying (the stable run's length is "
+                    "the largest)")  # fmt: skip
+    pb.add_argument("--decay-ratio", type=float, default=0.25,
+                    help="decay steps as a fraction of the decay start (default 0.25)")
+    pb.add_argument("--family", choices=["vit", "dit", "lm"],
+                    help="model family (default: the recipe's model.family)")
+    pb.add_argument("--widths", type=int, nargs="+", help="widths (default: the recipe's)")
+    pb.add_argument("--depths", type=int, nargs="+", help="depths (default: the recipe's)")
+    pb.add_argument("--evals", type=int, default=10, help="evaluations per run (default 10)")
+    pb.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
+    pb.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every run (repeatable)")
+    pb.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
+    pb.set_defaults(func=cmd_plan_branches)
+
     pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
                         description="Train every run of a sweep file in sequence in this "
                         "process (single backend, no checkpoints); completed runs are skipped.")  # fmt: skip
@@ -188,6 +219,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pf.add_argument("-o", "--out", default="scaling_fit", help="output directory")
     _add_fit_args(pf)
     pf.set_defaults(func=cmd_fit)
+
+    pk = sub.add_parser("fit-curves", help="fit loss-curve laws across LR schedules, predict",
+                        description="Fit the LR-annealing law (Tissue et al. 2024) and the "
+                        "multi-power law (Luo et al. 2025) to the training curves of runs "
+                        "under different LR schedules (one law per model size), with "
+                        "bootstrap intervals over runs; score held-out runs and predict the "
+                        "final loss of schedules never trained. Writes curve_fits.json, "
+                        "curve_fits.png and curve_report.md.",
+                        epilog=CURVES_EPILOG, formatter_class=raw)  # fmt: skip
+    pk.add_argument("runs", help="runs.csv from `collect` (with the schedule columns)")
+    pk.add_argument("--curves", required=True, help="curves.csv from `collect` (step, loss)")
+    pk.add_argument("-o", "--out", default="curve_fit", help="output directory")
+    pk.add_argument("--law", nargs="+", default=["lr_annealing", "multi_power"],
+                    choices=["lr_annealing", "multi_power"], help="laws to fit (default both)")
+    pk.add_argument("--holdout", nargs="*", default=[], metavar="RUN",
+                    help="runs scored but not fitted (their final-loss error is reported)")
+    pk.add_argument("--predict", nargs="*", default=[], metavar="SCHEDULE",
+                    help="schedules to predict, e.g. wsd:steps=2000,decay_fraction=0.1,lr=1e-3")
+    pk.add_argument("--lam", default="0.999",
+                    help="LR-annealing law: momentum of LR drops, or 'fit' to pick it by the "
+                    "fit objective (default 0.999, for runs of thousands of steps)")
+    pk.add_argument("--min-step", type=int, default=0,
+                    help="leave out evaluations before this step (the early transient)")
+    pk.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    pk.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pk.add_argument("--delta", type=float, default=1e-3,
+                    help="Huber threshold on relative residuals (default 1e-3)")
+    pk.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    pk.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pk.set_defaults(func=cmd_fit_curves)
+
+    pv = sub.add_parser("compare", help="compare two studies by their compute frontiers",
+                        description="Fit L(C) = E + A*C^-alpha to the Pareto frontier of each "
+                        "study's final losses (bootstrap included); report where the frontiers "
+                        "cross and, at each --target compute, the probability that A beats B. "
+                        "Writes compare.json and compare.png.")  # fmt: skip
+    pv.add_argument("study_a", metavar="STUDY_A", help="runs.csv, or a directory holding one")
+    pv.add_argument("study_b", metavar="STUDY_B", help="runs.csv, or a directory holding one")
+    pv.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the paths)")
+    pv.add_argument("--target", type=float, nargs="*", default=[], metavar="FLOPS",
+                    help="computes at which to give P(A beats B)")
+    pv.add_argument("-o", "--out", default="scaling_compare", help="output directory")
+    pv.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    pv.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pv.add_argument("--delta", type=float, default=1e-3,
+                    help="Huber threshold on log-loss residuals (default 1e-3)")
+    pv.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    pv.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pv.set_defaults(func=cmd_compare)
 
     ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
                         description="End-to-end toy study: plan an IsoFLOP grid, train every "
@@ -264,6 +344,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_branches(args: argparse.Namespace) -> int:
+    from launch.sweep import sweep_root
+    from pretrain.config import load_config
+    from pretrain.scaling_laws.branch_plan import branched_cost, plan_branched_wsd
+    from pretrain.scaling_laws.plan import (
+        candidate_shapes,
+        model_stats_fn,
+        parse_sets,
+        write_sweep,
+    )  # fmt: skip
+
+    try:
+        extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
+        cfg = load_config(args.base, extra)
+        m = cfg.model
+        shapes = candidate_shapes(m.width, m.num_heads, m.depth, args.widths or [m.width],
+                                  args.depths)  # fmt: skip
+        runs = plan_branched_wsd(
+            shapes, args.decay_starts, model_stats_fn(args.base, extra),
+            cfg.data.global_batch_size, sweep_root(args.output, args.root),
+            decay_ratio=args.decay_ratio, warmup_steps=cfg.schedule.warmup_steps,
+            evals_per_run=args.evals, family=m.family,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError
+        return _fail(args, e)
+    fixed = parse_sets(extra)
+    for r in runs:
+        r.overrides = {**fixed, **r.overrides}
+    sidecar = write_sweep(args.output, args.base, runs)
+    for r in runs:
+        print(f"{r.name:<32} {r.params:>9d} params {r.steps:>7d} steps")
+    spent, alone = branched_cost(runs)
+    print(f"compute: {spent:.3g} FLOPs branched vs {alone:.3g} for the same WSD runs trained "
+          f"alone ({alone / spent:.2f}x less)")  # fmt: skip
+    root = f" --root {args.root}" if args.root else ""
+    print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
+          f"pretrain scaling run {args.output}{root}")
+    stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
+    print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "
+          f"submit the branches with --only NAME for each")  # fmt: skip
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from launch.sweep import sweep_root
     from pretrain.scaling_laws.plan import read_sweep
@@ -317,10 +440,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.study import fit_and_report, summary
-    from pretrain.scaling_laws.table import read_curves, read_runs
+    from pretrain.scaling_laws.table import RunTable, read_curves, read_runs
 
     try:
         table = read_runs(args.runs)
+        stable = [r for r in table.rows if r.get("role") == "stable"]
+        if stable:  # a branched WSD plan: the unannealed stable runs are not finished runs
+            table = RunTable([r for r in table.rows if r.get("role") != "stable"])
+            print(f"left out {len(stable)} stable-phase run(s) of branched WSD runs: "
+                  f"{', '.join(r['name'] for r in stable)}")  # fmt: skip
         curves = read_curves(args.curves) if args.curves else None
         note = next((r.get("flops_note", "") for r in table.rows if r.get("flops_note")), "")
         a = fit_and_report(table, curves, _options(args), Path(args.out), note)
@@ -328,6 +456,71 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fail(args, e)
     print("\n".join(summary(a)))
     print(f"wrote {args.out}/report.md, fits.json and figures")
+    return 0
+
+
+def _lam(text: str) -> float | None:
+    if text == "fit":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ScalingDataError(f"--lam {text!r}: expected a number in [0, 1) or 'fit'") from None
+
+
+def cmd_fit_curves(args: argparse.Namespace) -> int:
+    from pretrain.scaling_laws.bootstrap import default_jobs
+    from pretrain.scaling_laws.curve_study import CurveOptions, fit_curves_and_report, summary
+    from pretrain.scaling_laws.schedule_curves import parse_schedule, scheduled_curves
+    from pretrain.scaling_laws.table import read_runs
+
+    try:
+        opts = CurveOptions(
+            laws=list(dict.fromkeys(args.law)), holdout=list(args.holdout),
+            predict=[parse_schedule(t) for t in args.predict], lam=_lam(args.lam),
+            min_step=args.min_step, delta=args.delta,
+            n_boot=args.boot, level=args.level, seed=args.seed,
+            n_jobs=args.jobs or default_jobs(),
+        )  # fmt: skip
+        curves = scheduled_curves(read_runs(args.runs), args.curves)
+        sizes = fit_curves_and_report(curves, opts, Path(args.out))
+    except (ScalingDataError, TypeError) as e:  # TypeError: a bad ScheduleConfig value
+        return _fail(args, e)
+    print("\n".join(summary(sizes, opts)))
+    print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from pretrain.scaling_laws.bootstrap import default_jobs
+    from pretrain.scaling_laws.compare import (
+        compare_studies,
+        fit_study,
+        plot_comparison,
+        summary,
+    )  # fmt: skip
+    from pretrain.scaling_laws.study import _jsonable
+    from pretrain.scaling_laws.table import read_runs
+
+    paths = [Path(p) / "runs.csv" if Path(p).is_dir() else Path(p)
+             for p in (args.study_a, args.study_b)]  # fmt: skip
+    names = args.names or [args.study_a, args.study_b]
+    kwargs = dict(delta=args.delta, n_boot=args.boot, level=args.level, n_jobs=args.jobs
+                  or default_jobs())  # fmt: skip
+    try:
+        a, b = (fit_study(n, read_runs(p), seed=args.seed + i, **kwargs)
+                for i, (n, p) in enumerate(zip(names, paths)))  # fmt: skip
+        comp = compare_studies(a, b, list(args.target))
+    except ScalingDataError as e:
+        return _fail(args, e)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(_jsonable(comp.as_dict()), indent=2) + "\n")
+    plot_comparison(comp, out / "compare.png")
+    print("\n".join(summary(comp)))
+    print(f"wrote {out}/compare.json and compare.png")
     return 0
 
 

@@ -16,7 +16,15 @@ stays fast):
     quality.py      goodness of fit and estimates with intervals
     analysis.py     runs every applicable fit, predictions and warnings
     plots.py        loss vs compute, IsoFLOP profiles, N_opt/D_opt vs compute (PNG, Agg)
+    diagnostics.py  residuals by budget and size, leave-one-budget-out error (in the report)
     report.py       the Markdown report
+    curve_laws.py   loss-curve laws under an LR schedule: LR-annealing law, multi-power law
+    curve_fit.py    fitting them to curves of runs under different schedules (bootstrap over runs)
+    curve_study.py  `fit-curves`: one fit per law and model size, predictions, report
+    curve_plots.py  its figure: observed vs fitted/predicted curves
+    schedule_curves.py  runs' LR sequences from their schedule columns (pretrain.schedule.lr_at)
+    compare.py      two studies by their compute frontiers: crossing, P(A beats B) at a compute
+    branch_plan.py  branched WSD plans: decay branches resumed from one stable-phase checkpoint
     plan.py         IsoFLOP grid from a base recipe's shapes and FLOPs accounting; writes sweep
                     files (launch/sweep.py reads them, for `scaling run` and `slurm sweep`)
     runner.py       run a sweep locally, one run after another
@@ -24,5 +32,5 @@ stays fast):
     table.py        the runs.csv / curves.csv formats
     study.py        plan -> run -> collect -> fit -> plot -> report
     synthetic.py    studies drawn from a known law (tests, benchmark)
-    cli.py          `pretrain scaling {plan,run,collect,fit,study}`
+    cli.py          `pretrain scaling {plan,plan-branches,run,collect,fit,fit-curves,compare,study}`
 """

@@ -6,6 +6,9 @@ RUN/status.json (see pretrain/run_dir.py). The final loss is the mean of the las
 validation evaluations (`loss_source` says "val[k]"); a run without validation records falls
 back to the mean of its last `smooth` training records ("train[k]"), which is noisier and says
 so. Runs that are not completed are skipped with a reason unless `include_incomplete`.
+Each row also records the run's LR schedule (optim.lr and the `schedule` section), which the
+curve laws read, and for a WSD run the step its decay starts; a run resumed from another run's
+checkpoint (`checkpoint.resume=PATH`: a decay branch of a stable run) names it in `branch_of`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,23 @@ def _final_loss(records: list[dict], smooth: int) -> tuple[float, str, dict]:
     raise ScalingDataError("metrics.jsonl has no loss records")
 
 
+def _schedule_columns(cfg: dict) -> dict:
+    """The LR schedule (as `pretrain.schedule.lr_at` reads it) and where a branch came from."""
+    sched = get_dotted(cfg, "schedule", {}) or {}
+    out = {
+        "lr": get_dotted(cfg, "optim.lr", ""), "schedule": sched.get("name", ""),
+        "schedule_steps": sched.get("steps", ""), "warmup_steps": sched.get("warmup_steps", ""),
+        "min_lr_ratio": sched.get("min_lr_ratio", ""),
+        "decay_fraction": sched.get("decay_fraction", ""),
+    }  # fmt: skip
+    if sched.get("name") == "wsd" and sched.get("steps"):
+        steps = int(sched["steps"])  # the decay length exactly as pretrain/schedule.py rounds it
+        out["decay_start"] = steps - max(int(round(steps * float(sched["decay_fraction"]))), 1)
+    resume = str(get_dotted(cfg, "checkpoint.resume", "auto"))
+    out["branch_of"] = "" if resume in ("auto", "none") else resume
+    return out
+
+
 def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
     """One run's row for runs.csv and its rows for curves.csv."""
     stats_path = run_dir / "model_stats.json"
@@ -86,6 +106,7 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
         "status": read_status(run_dir).get("state", ""),
         "run_dir": str(run_dir),
         "flops_note": stats.get("flops_note", ""),
+        **_schedule_columns(cfg),
     }
     split = source.split("[")[0]
     curve = [
@@ -95,6 +116,17 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
         if r.get("split") == split and r.get("flops") and r.get("loss") is not None
     ]  # fmt: skip
     return row, curve
+
+
+def _mark_roles(rows: list[dict]) -> None:
+    """role = "stable" for a run another collected run branched from, "branch" for that run:
+    `fit` leaves stable runs out (an unannealed run; its branches stand for it)."""
+    for row in rows:
+        row["role"] = "branch" if row.get("branch_of") else ""
+    for row in rows:
+        source = Path(row["run_dir"]).resolve()
+        if any(source in Path(r["branch_of"]).resolve().parents for r in rows if r["branch_of"]):
+            row["role"] = "stable"
 
 
 def collect(
@@ -119,6 +151,7 @@ def collect(
             out.skipped.append((str(d), f"{type(e).__name__}: {e}"))
             continue
         pairs.append((row, curve))
+    _mark_roles([row for row, _ in pairs])
     names = [row["name"] for row, _ in pairs]
     for row, curve in pairs:
         if names.count(row["name"]) > 1:  # two runs with one run.name: add the directory

@@ -3,6 +3,7 @@ held-out error, and compute-optimal predictions, with the FLOPs accounting state
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def _table_head(level: float) -> list[str]:
     return [f"| parameter | estimate | {pct} low | {pct} high |", "|---|---|---|---|"]
 
 
-def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
+def render(a: Analysis, figures: list[Path], flops_note: str = "",
+           diagnostics: Sequence[str] = ()) -> str:  # fmt: skip
     o = a.options
     lines = [
         "# Scaling-law study",
@@ -138,5 +140,6 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "") -> str:
         lines.append("")
     if a.skipped:
         lines += ["## Not fitted", ""] + [f"- {k}: {v}" for k, v in a.skipped.items()] + [""]
+    lines += list(diagnostics)  # diagnostics.render: residual groups, leave-one-budget-out
     lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pretrain.scaling_laws.analysis import Analysis, Options, analyze
 from pretrain.scaling_laws.collect import collect
+from pretrain.scaling_laws.diagnostics import diagnose
+from pretrain.scaling_laws.diagnostics import render as render_diagnostics
 from pretrain.scaling_laws.envelope import Curve
 from pretrain.scaling_laws.plan import (
     candidate_shapes,
@@ -47,9 +49,11 @@ def fit_and_report(
     """Fit every approach, then write fits.json, the figures and report.md into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     a = analyze(table, curves, opts)
-    (out_dir / "fits.json").write_text(json.dumps(_jsonable(a.as_dict()), indent=2) + "\n")
+    diag = diagnose(a)
+    doc = {**a.as_dict(), "diagnostics": diag.as_dict()}
+    (out_dir / "fits.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
     figures = plot_all(a, out_dir)
-    (out_dir / "report.md").write_text(render(a, figures, flops_note))
+    (out_dir / "report.md").write_text(render(a, figures, flops_note, render_diagnostics(diag)))
     return a
 
 

@@ -95,3 +95,47 @@ def curve_rows(curves: list[Curve]) -> list[dict]:
         for c in curves
         for f, t, loss in zip(c.flops, c.tokens, c.loss)
     ]
+
+
+def scheduled_curves(
+    law,
+    schedules: list,
+    evals: int = 40,
+    noise: float = 0.0,
+    seed: int = 0,
+    params: float = 1e6,
+) -> list:
+    """One curve per `Schedule`, drawn from a curve law (curve_laws.py) with LRs in units of
+    the largest LR among `schedules`; `evals` evenly spaced evaluations ending at the last step,
+    each with log-normal noise of sd `noise`."""
+    from pretrain.scaling_laws.curve_laws import CurveData
+    from pretrain.scaling_laws.schedule_curves import ScheduledCurve
+
+    rng = np.random.default_rng(seed)
+    lr_ref = max(s.lrs().max() for s in schedules)
+    out = []
+    for i, s in enumerate(schedules):
+        steps = np.unique(np.linspace(s.cfg.steps / evals, s.cfg.steps, evals).round()).astype(int)
+        loss = law.loss(CurveData(steps, s.lrs() / lr_ref))
+        loss = loss * np.exp(rng.normal(0.0, noise, len(steps)))
+        out.append(ScheduledCurve(f"{s.cfg.name}{i}", params, steps, loss, s))
+    return out
+
+
+def scheduled_rows(curves: list) -> tuple[list[dict], list[dict]]:
+    """runs.csv rows (with the schedule columns `collect` writes) and curves.csv rows (with
+    step) for `ScheduledCurve`s, as if `collect` had read them from run directories."""
+    runs, points = [], []
+    for c in curves:
+        s = c.schedule.cfg
+        runs.append({
+            "name": c.name, "params": c.params, "tokens": int(c.steps[-1]),
+            "flops": 6.0 * c.params * c.steps[-1], "loss": float(c.loss[-1]),
+            "lr": c.schedule.lr, "schedule": s.name, "schedule_steps": s.steps,
+            "warmup_steps": s.warmup_steps, "min_lr_ratio": s.min_lr_ratio,
+            "decay_fraction": s.decay_fraction,
+        })  # fmt: skip
+        points += [{"name": c.name, "params": c.params, "flops": 6.0 * c.params * step,
+                    "tokens": int(step), "loss": float(loss), "step": int(step)}
+                   for step, loss in zip(c.steps, c.loss)]  # fmt: skip
+    return runs, points

@@ -5,7 +5,8 @@ other framework's logs.
 runs.csv columns (the first five are required by `fit`):
     name, params, tokens, flops, loss,
     params_non_embedding, samples, loss_source, family, width, depth, steps, status, run_dir
-curves.csv columns: name, params, flops, tokens, loss  (cumulative flops/tokens per evaluation)
+curves.csv columns: name, params, flops, tokens, loss  (cumulative flops/tokens per evaluation),
+    and step (completed optimizer steps; the curve laws need it)
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ REQUIRED = ["name", "params", "tokens", "flops", "loss"]
 RUN_COLUMNS = REQUIRED + [
     "params_non_embedding", "samples", "loss_source", "family", "width", "depth", "steps",
     "status", "run_dir",
+    # the LR schedule (pretrain/schedule.py) the run trained under, for the curve laws
+    "lr", "schedule", "schedule_steps", "warmup_steps", "min_lr_ratio", "decay_fraction",
+    # a branched WSD run: the stable run it resumed from and the step its decay starts
+    "branch_of", "decay_start", "role",
 ]  # fmt: skip
 CURVE_COLUMNS = ["name", "params", "flops", "tokens", "loss"]
 
@@ -99,3 +104,20 @@ def read_curves(path: str | Path) -> list[Curve]:
         curves.append(Curve(name, float(rows[0]["params"]), arr["flops"], arr["tokens"],
                             arr["loss"]))  # fmt: skip
     return curves
+
+
+def read_step_curves(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """curves.csv as {run: (steps, losses)} sorted by step (a repeated step keeps the last)."""
+    by_run: dict[str, dict[int, float]] = {}
+    for r in _read_csv(path, ["name", "step", "loss"]):
+        try:
+            step, loss = int(float(r["step"])), float(r["loss"])
+        except ValueError:
+            raise ScalingDataError(
+                f"{path}: run {r['name']!r} has step {r['step']!r}, loss {r['loss']!r}"
+            ) from None
+        by_run.setdefault(r["name"], {})[step] = loss
+    return {
+        name: (np.array(sorted(d), dtype=np.int64), np.array([d[k] for k in sorted(d)]))
+        for name, d in by_run.items()
+    }
