@@ -12,7 +12,7 @@ import torch
 
 from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError, check_compatible
 from pretrain.checkpoint.convert.sources import open_source
-from pretrain.interop import hf_lm
+from pretrain.interop import hf_lm, hf_vit
 from pretrain.interop.folder import (
     DEFAULT_SHARD_BYTES,
     FolderReader,
@@ -44,6 +44,8 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                                     "tie_word_embeddings": False, "attention_bias": False,
                                     "mlp_bias": False},
                           tied=("lm_head.weight", "embed_out.weight")),
+    ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
+                           defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
 }
 FORMATS = ("hf", "diffusers")
 

@@ -64,11 +64,13 @@ def architecture(m: ModelConfig) -> str:
                         "layernorm+gelu: GPT-NeoX)")
 
 
-def _query_mult(m: ModelConfig) -> float:
-    """Our attention-logit scale over transformers' 1/sqrt(head_dim) (1 in SP)."""
+def query_mult(m: ModelConfig) -> float:
+    """Our attention-logit scale over transformers' 1/sqrt(head_dim): exactly 1 in SP (no
+    arithmetic on the weights), muP's sqrt(base_head_dim / head_dim) otherwise."""
+    if not m.mup.enabled:
+        return 1.0
     head_dim = m.width // m.num_heads
-    s = attention_scale(head_dim, m) * math.sqrt(head_dim)
-    return s
+    return attention_scale(head_dim, m) * math.sqrt(head_dim)
 
 
 def config_json(m: ModelConfig, special: dict[str, int | None]) -> dict:
@@ -117,7 +119,7 @@ def pieces(m: ModelConfig) -> list[Piece]:
     if arch == "GPTNeoXForCausalLM":
         return _neox_pieces(m)
     d, h = m.width, swiglu_hidden(m)
-    qm = _query_mult(m)
+    qm = query_mult(m)
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
@@ -153,7 +155,7 @@ def _neox_qkv_rows(m: ModelConfig) -> torch.Tensor:
 
 
 def _neox_pieces(m: ModelConfig) -> list[Piece]:
-    if _query_mult(m) != 1.0:
+    if query_mult(m) != 1.0:
         raise ExportRefused("model.mup.enabled: GPT-NeoX fuses q with k and v, so muP's "
                             "attention scale cannot be folded into the query rows alone")
     perm = _neox_qkv_rows(m)
