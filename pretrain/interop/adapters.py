@@ -12,7 +12,7 @@ import torch
 
 from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError, check_compatible
 from pretrain.checkpoint.convert.sources import open_source
-from pretrain.interop import hf_lm, hf_vit
+from pretrain.interop import diffusers_dit, hf_lm, hf_vit
 from pretrain.interop.folder import (
     DEFAULT_SHARD_BYTES,
     FolderReader,
@@ -46,6 +46,9 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                           tied=("lm_head.weight", "embed_out.weight")),
     ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
                            defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
+    ("dit", "diffusers"): Adapter(diffusers_dit.config_json, diffusers_dit.pieces,
+                                  diffusers_dit.MATH_KEYS, defaults=diffusers_dit.DEFAULTS,
+                                  weights="diffusion_pytorch_model"),
 }
 FORMATS = ("hf", "diffusers")
 
@@ -89,7 +92,8 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
     m = checkpoint_config(checkpoint).model
     adapter = adapter_for(m.family, fmt)
     config = adapter.config_json(m, special_ids(tokenizer))
-    config["torch_dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    if "torch_dtype" in config:  # transformers records it; diffusers has no such key
+        config["torch_dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
     table = adapter.pieces(m)
     ours = _param_shapes(m)
     source = open_source(checkpoint)

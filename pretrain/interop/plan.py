@@ -39,12 +39,14 @@ Rows = slice | torch.Tensor | None  # which rows of our tensor a piece holds (No
 
 @dataclass(frozen=True)
 class Piece:
-    """Their tensor `theirs` = our tensor `ours`[rows] * mult, reshaped to `shape`.
+    """Their tensor `theirs` = our tensor `ours`[rows][:, cols] * mult, reshaped to `shape`.
 
     One table of pieces per family serves both directions: export computes each of theirs from
-    ours, import assembles each of ours from its pieces (dividing the multiplier back out).
-    `mult` is a forward multiplier folded into the weights (e.g. muP's readout multiplier); at
-    1.0 no arithmetic is done, so an unfolded tensor round-trips bit for bit.
+    ours, import assembles each of ours from its pieces (dividing the multiplier back out,
+    inverting the column permutation). `mult` is a forward multiplier folded into the weights
+    (e.g. muP's readout multiplier); at 1.0 no arithmetic is done, so an unfolded tensor
+    round-trips bit for bit. Several full pieces of one of ours are replicas (a table the
+    other layout keeps once per block): import takes the first and requires the rest equal.
     """
 
     ours: str
@@ -52,10 +54,12 @@ class Piece:
     rows: Rows = None
     mult: float = 1.0
     shape: tuple[int, ...] | None = None
+    cols: torch.Tensor | None = None  # a permutation of dim 1
 
 
-def _take(t: torch.Tensor, rows: Rows) -> torch.Tensor:
-    return t if rows is None else t[rows]
+def _take(t: torch.Tensor, p: Piece) -> torch.Tensor:
+    t = t if p.rows is None else t[p.rows]
+    return t if p.cols is None else t[:, p.cols]
 
 
 def scaled(t: torch.Tensor, mult: float) -> torch.Tensor:
@@ -70,14 +74,20 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
     """Their tensors, in table order, each computed from one of ours."""
     out = []
     for p in pieces:
-        taken = _take(torch.empty(ours[p.ours], device="meta"), p.rows)
+        taken = _take(torch.empty(ours[p.ours], device="meta"), p)
         shape = p.shape or tuple(taken.shape)
 
         def make(read: Read, p: Piece = p, shape: tuple[int, ...] = shape) -> torch.Tensor:
-            return scaled(_take(read(p.ours), p.rows), p.mult).reshape(shape)
+            return scaled(_take(read(p.ours), p), p.mult).reshape(shape)
 
         out.append(Entry(p.theirs, shape, make))
     return out
+
+
+def _untake(theirs: torch.Tensor, p: Piece, region: torch.Size) -> torch.Tensor:
+    """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape."""
+    value = unscaled(theirs, p.mult).reshape(region)
+    return value if p.cols is None else value[:, torch.argsort(p.cols)]
 
 
 def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> list[Entry]:
@@ -93,13 +103,17 @@ def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
         group = by_ours[name]
 
         def make(read: Read, group: list[Piece] = group, shape: tuple[int, ...] = shape):
-            if len(group) == 1 and group[0].rows is None:
-                p = group[0]
-                return unscaled(read(p.theirs), p.mult).reshape(shape)
+            if all(p.rows is None for p in group):  # the whole tensor, maybe replicated
+                first = _untake(read(group[0].theirs), group[0], torch.Size(shape))
+                for p in group[1:]:
+                    if not torch.equal(_untake(read(p.theirs), p, torch.Size(shape)), first):
+                        raise CheckpointFormatError(
+                            f"{p.theirs} differs from {group[0].theirs}: the model keeps one "
+                            f"{group[0].ours} for all blocks")
+                return first
             t = torch.empty(shape, dtype=torch.float32)
             for p in group:
-                piece = read(p.theirs).to(torch.float32)
-                t[p.rows] = unscaled(piece, p.mult).reshape(t[p.rows].shape)
+                t[p.rows] = _untake(read(p.theirs).to(torch.float32), p, t[p.rows].shape)
             return t
 
         out.append(Entry(name, tuple(shape), make))
