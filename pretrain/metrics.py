@@ -64,8 +64,9 @@ def sync_debug(on: bool) -> None:
 class MetricsLogger:
     """Writes every record to metrics.jsonl and TensorBoard; no-ops on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool, total_steps: int, start_step: int,
-                 wandb: WandbConfig | None = None, run_config: dict | None = None):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool,
+                 total_steps: int, start_step: int, wandb: WandbConfig | None = None,
+                 run_config: dict | None = None):
         self.enabled = enabled
         self.jsonl = self.tb = self.bar = self.wandb = None
         if not enabled:
