@@ -170,3 +170,53 @@ def test_cli_exports_a_run_with_its_tokenizer_and_imports_it_with_checks(tmp_pat
     assert code == 2 and "rope_theta=10000.0" in err and "500000" in err, err
     assert cli_main(["ckpt", "import", str(out), str(tmp_path / "next/checkpoints"),
                      "--config", *recipe]) == 0
+    result = train(load_config(recipe[0], [*recipe[1:], "schedule.steps=2"]))  # continues
+    assert result["step"] == 2 and (tmp_path / "next/checkpoints/step_00000002").is_dir()
+
+    shard = sorted(out.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    code = cli_main(["ckpt", "import", str(out), str(tmp_path / "again/checkpoints"),
+                     "--config", *recipe])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and shard.name in err and len(err.splitlines()) == 1, err
+
+
+def test_bf16_export_loads_in_bf16(trained, tmp_path):
+    variant, ckpt = trained
+    if variant != "llama":
+        pytest.skip("one architecture is enough for the dtype")
+    folder = export_folder(ckpt, tmp_path / "bf16", "hf", dtype=torch.bfloat16)
+    hf = transformers().AutoModelForCausalLM.from_pretrained(folder, torch_dtype="auto",
+                                                             local_files_only=True)
+    original = read_model_tensors(ckpt)["tok_embed.weight"]
+    assert hf.dtype == torch.bfloat16
+    assert torch.equal(hf.model.embed_tokens.weight.data, original.bfloat16())
+
+
+def test_a_model_saved_by_transformers_imports_and_computes_the_same_logits(tmp_path):
+    """Continued pretraining from the ecosystem: a LlamaForCausalLM made and saved by
+    transformers itself (random weights, norm gains too) imports into a run whose model then
+    computes transformers' logits."""
+    from pretrain.models import build_model
+
+    lib = transformers()
+    cfg = cfg_for(tmp_path / "run", "llama")
+    m = cfg.model
+    hf_cfg = lib.LlamaConfig(vocab_size=256, hidden_size=m.width, intermediate_size=176,
+                             num_hidden_layers=m.depth, num_attention_heads=m.num_heads,
+                             num_key_value_heads=m.num_heads, rms_norm_eps=1e-5,
+                             max_position_embeddings=48, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf = lib.LlamaForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    hf.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    ckpt = import_folder(tmp_path / "saved", tmp_path / "run/checkpoints", cfg, "hf")
+    ours = build_model(m)
+    ours.load_state_dict(read_model_tensors(ckpt))
+    tokens = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (hf(tokens).logits - ours.eval()(tokens)).abs().max().item()
+    assert diff <= 1e-5, diff

@@ -25,6 +25,10 @@ examples:
   pretrain ckpt export SRC model.safetensors --dtype bf16
   pretrain ckpt import model.safetensors runs/d/checkpoints --config configs/vit_digits.yaml [key=value ...]
       (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
+  pretrain ckpt export runs/lm_bytes hf_out --format hf
+      (a transformers folder: AutoModelForCausalLM.from_pretrained("hf_out"); the tokenizer too)
+  pretrain ckpt import hf_out runs/e/checkpoints --config configs/lm_bytes.yaml
+      (a transformers / diffusers folder: config fields, names and shapes checked first)
 """
 
 
