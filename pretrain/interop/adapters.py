@@ -64,12 +64,46 @@ def adapter_for(family: str, fmt: str) -> Adapter:
     return ADAPTERS[(family, fmt)]
 
 
-def _param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+def _meta_model(m: ModelConfig) -> torch.nn.Module:
     from pretrain.models import get_family
 
     with torch.device("meta"):
-        model = get_family(m.family).build(m)
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+        return get_family(m.family).build(m)
+
+
+def _param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in _meta_model(m).named_parameters()}
+
+
+def _saved_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of this model holds: parameters and persistent buffers."""
+    return {n: tuple(t.shape) for n, t in _meta_model(m).state_dict().items()}
+
+
+def _effective_weights(m: ModelConfig, read: Callable[[str], torch.Tensor]):
+    """`read`, except that a σReparam linear's weight reads as the weight its forward uses,
+    W * gamma / sigma(W) with sigma from the saved power-iteration vector u, computed by the
+    module's own `effective_weight` (so the folded weight is bit-identical to the one used)."""
+    from pretrain.models.blocks import SigmaReparamLinear
+
+    sigma = {f"{n}.weight": (n, mod) for n, mod in _meta_model(m).named_modules()
+             if isinstance(mod, SigmaReparamLinear)}
+    if not sigma:
+        return read
+
+    def folded(name: str) -> torch.Tensor:
+        if name not in sigma:
+            return read(name)
+        prefix, meta = sigma[name]
+        with torch.device("meta"):
+            linear = SigmaReparamLinear(meta.in_features, meta.out_features, bias=False)
+        linear.weight = torch.nn.Parameter(read(name), requires_grad=False)
+        linear.gamma = torch.nn.Parameter(read(f"{prefix}.gamma"), requires_grad=False)
+        linear.u = read(f"{prefix}.u")
+        with torch.no_grad():
+            return linear.effective_weight()
+
+    return folded
 
 
 def checkpoint_config(checkpoint: Path) -> Any:
@@ -97,9 +131,10 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
     table = adapter.pieces(m)
     ours = _param_shapes(m)
     source = open_source(checkpoint)
-    check_compatible({n: i.shape for n, i in source.params.items()}, ours, str(checkpoint))
-    plan = PlanSource(export_entries(table, ours), lambda name: source.read(name), dtype,
-                      meta={"format": fmt})
+    check_compatible({n: i.shape for n, i in source.params.items()}, _saved_shapes(m),
+                     str(checkpoint))
+    read = _effective_weights(m, lambda name: source.read(name))
+    plan = PlanSource(export_entries(table, ours), read, dtype, meta={"format": fmt})
 
     def fill(partial: Path) -> None:
         write_json(partial / "config.json", config)
@@ -134,6 +169,9 @@ def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:
 
     src = Path(src)
     m = cfg.model
+    if m.sigma_reparam:
+        raise ExportRefused("model.sigma_reparam: an imported weight cannot be split back into "
+                            "σReparam's W, gamma and u (import into a model without it)")
     adapter = adapter_for(m.family, fmt)
     _check_config(read_config(src), adapter.config_json(m, {}), adapter, src)
     table = adapter.pieces(m)

@@ -13,10 +13,10 @@ The same network, written differently in three places, each converted exactly:
   column) here: a row permutation.
 
 Folded when exact: muP's attention scale into the query rows and bias, the readout multiplier
-into proj_out_2. Refused, naming the option: model.dit.time_freq_shift=0 (diffusers embeds
-timesteps at 10000^(-i/127), the original DiT at 10000^(-i/128); train with
-model.dit.time_freq_shift=1 to export), SwiGLU, mlp_ratio != 4, RMSNorm, Peri-LN, qk_norm,
-σReparam, model.bias=false.
+into proj_out_2, σReparam into each weight (export only). Refused, naming the option:
+model.dit.time_freq_shift=0 (diffusers embeds timesteps at 10000^(-i/127), the original DiT
+at 10000^(-i/128); train with model.dit.time_freq_shift=1 to export), SwiGLU,
+mlp_ratio != 4, RMSNorm, Peri-LN, qk_norm, model.bias=false.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ def check_expressible(m: ModelConfig) -> None:
         (m.norm_placement != "pre", f"model.norm_placement={m.norm_placement}: diffusers' DiT "
                                     "has no sublayer output norms"),
         (m.qk_norm, "model.qk_norm: diffusers' DiT block has no query/key norms"),
-        (m.sigma_reparam, "model.sigma_reparam: export folds nothing yet for σReparam"),
         (not m.bias, "model.bias=false: diffusers' DiT attention output and MLP have biases"),
     ]
     for refused, why in refusals:

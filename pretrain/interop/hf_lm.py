@@ -13,8 +13,9 @@ into this convention; our weights are in it already). GPT-NeoX fuses q, k, v per
 ([head, (q|k|v), head_dim] rows) where ours are [(q|k|v), head, head_dim]: a row permutation.
 
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
-1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), and muP's readout
-multiplier into an untied lm_head. Refused, naming the option: Peri-LN, σReparam, a bias on
+1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), muP's readout
+multiplier into an untied lm_head, σReparam's gamma/sigma(W) into each weight (adapters.py;
+export only). Refused, naming the option: Peri-LN, a bias on
 the untied readout, a readout multiplier with tied embeddings, GELU with RMSNorm, SwiGLU with
 LayerNorm, qk_norm with LayerNorm or biases, GPT-NeoX without biases.
 """
@@ -40,8 +41,6 @@ def architecture(m: ModelConfig) -> str:
     if m.norm_placement != "pre":
         raise ExportRefused(f"model.norm_placement={m.norm_placement} (Peri-LN normalises each "
                             "sublayer's output): no transformers decoder has that block")
-    if m.sigma_reparam:
-        raise ExportRefused("model.sigma_reparam=true: export folds nothing yet for σReparam")
     mlp = "swiglu" if m.mlp == "auto" else m.mlp
     if not m.lm.tie_embeddings and m.bias:
         raise ExportRefused("model.bias=true puts a bias on the untied readout (head.bias); "

@@ -6,9 +6,10 @@ The class token, position table (class position first), pre-norm blocks with Lay
 exact-erf GELU, final LayerNorm and the class-token readout are ViT's own.
 
 Folded when exact: muP's attention scale into the query rows and bias; muP's readout
-multiplier into the classifier weight and bias. Refused, naming the option: mean pooling
-(ViTForImageClassification reads the class token), RMSNorm, SwiGLU, Peri-LN, qk_norm,
-σReparam, and model.bias=false (ViT's attention output and MLP layers always have biases).
+multiplier into the classifier weight and bias; σReparam into each weight (export only).
+Refused, naming the option: mean pooling (ViTForImageClassification reads the class token),
+RMSNorm, SwiGLU, Peri-LN, qk_norm, and model.bias=false (ViT's attention output and MLP
+layers always have biases).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def check_expressible(m: ModelConfig) -> None:
         (m.mlp not in ("auto", "gelu"), f"model.mlp={m.mlp}: HF ViT's MLP is GELU"),
         (m.norm_placement != "pre", f"model.norm_placement={m.norm_placement}: HF ViT is pre-norm"),
         (m.qk_norm, "model.qk_norm: HF ViT has no query/key norms"),
-        (m.sigma_reparam, "model.sigma_reparam: export folds nothing yet for σReparam"),
         (not m.bias, "model.bias=false: HF ViT's attention output and MLP layers have biases"),
     ]
     for refused, why in refusals:
