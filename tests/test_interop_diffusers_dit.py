@@ -95,3 +95,28 @@ def test_inexpressible_dit_options_are_refused_by_name(override, named):
     cfg = load_config(RECIPE, [*BASE, override])
     with pytest.raises(ExportRefused, match=named.replace(".", r"\.")):
         check_expressible(cfg.model)
+
+
+def test_cli_exports_and_imports_a_diffusers_folder(checkpoint, tmp_path, capsys):
+    variant, cfg, ckpt = checkpoint
+    if variant != "sp":
+        pytest.skip("the CLI path is the same for every variant")
+    from pretrain.cli import main
+
+    out = tmp_path / "dit"
+    with pytest.raises(SystemExit) as done:
+        main(["ckpt", "export", str(ckpt), str(out), "--format", "diffusers"])
+    assert done.value.code == 0
+    assert (out / "diffusion_pytorch_model.safetensors.index.json").exists()
+    recipe = [str(RECIPE), *BASE, f"run.dir={tmp_path / 'next'}"]
+    with pytest.raises(SystemExit) as done:
+        main(["ckpt", "import", str(out), str(tmp_path / "next/checkpoints"), "--config", *recipe,
+              "model.dit.time_freq_shift=0"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and "model.dit.time_freq_shift=0" in err, err
+    with pytest.raises(SystemExit) as done:
+        main(["ckpt", "import", str(out), str(tmp_path / "next/checkpoints"), "--config", *recipe])
+    assert done.value.code == 0
+    original, back = read_model_tensors(ckpt), read_model_tensors(tmp_path / "next/checkpoints/"
+                                                                  "step_00000000")
+    assert all(torch.equal(original[k], back[k]) for k in original)

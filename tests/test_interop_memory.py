@@ -62,8 +62,11 @@ def test_hf_export_of_a_1gb_checkpoint_stays_under_the_bound(tmp_path):
     bound = 3 * made["largest"] + 500 * 2**20
     assert made["total"] >= 2**30 and made["total"] > 2 * bound
     export = _run("export", str(ckpt), str(tmp_path / "hf"))
-    assert export["peak_rss"] < bound, (f"peak RSS {export['peak_rss'] / 2**20:.0f} MiB >= "
-                                        f"{bound / 2**20:.0f} MiB")
+    figures = (f"checkpoint {made['total'] / 2**20:.0f} MiB, largest tensor "
+               f"{made['largest'] / 2**20:.0f} MiB, export peak RSS "
+               f"{export['peak_rss'] / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB")
+    print(figures)
+    assert export["peak_rss"] < bound, figures
     from safetensors import safe_open
 
     index = json.loads((tmp_path / "hf/model.safetensors.index.json").read_text())
