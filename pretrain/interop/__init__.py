@@ -3,6 +3,7 @@ model folder, through one small adapter per (family, format).
 
     hf_lm.py      lm  -> LlamaForCausalLM / Qwen3ForCausalLM / GPTNeoXForCausalLM   (--format hf)
     hf_vit.py     vit -> ViTForImageClassification                                  (--format hf)
+    diffusers_dit.py  dit -> DiTTransformer2DModel                           (--format diffusers)
     plan.py       the tensor table both directions read (split, fuse, permute, fold a multiplier)
     folder.py     config.json + sharded safetensors + index, written aside then renamed; reader
     adapters.py   which adapter serves (family, format), config checks on import
@@ -16,7 +17,6 @@ checkpoint with fresh optimizer state, exactly as `ckpt import` of a .safetensor
 """
 
 from pretrain.interop.adapters import (
-    FORMATS,
     checkpoint_config,
     export_folder,
     folder_format,
@@ -24,5 +24,4 @@ from pretrain.interop.adapters import (
 )
 from pretrain.interop.plan import ExportRefused
 
-__all__ = ["FORMATS", "ExportRefused", "checkpoint_config", "export_folder", "folder_format",
-           "import_folder"]
+__all__ = ["ExportRefused", "checkpoint_config", "export_folder", "folder_format", "import_folder"]

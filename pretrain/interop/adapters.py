@@ -42,7 +42,8 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
     ("lm", "hf"): Adapter(hf_lm.config_json, hf_lm.pieces, hf_lm.MATH_KEYS,
                           defaults={"rope_theta": 10000.0, "rope_scaling": None,
                                     "tie_word_embeddings": False, "attention_bias": False,
-                                    "mlp_bias": False},
+                                    "mlp_bias": False, "rms_norm_eps": 1e-6,
+                                    "use_parallel_residual": True, "rotary_pct": 0.25},
                           tied=("lm_head.weight", "embed_out.weight")),
     ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
                            defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
@@ -50,13 +51,6 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                                   diffusers_dit.MATH_KEYS, defaults=diffusers_dit.DEFAULTS,
                                   weights="diffusion_pytorch_model"),
 }
-FORMATS = ("hf", "diffusers")
-
-
-def register_adapter(family: str, fmt: str, adapter: Adapter) -> None:
-    ADAPTERS[(family, fmt)] = adapter
-
-
 def adapter_for(family: str, fmt: str) -> Adapter:
     if (family, fmt) not in ADAPTERS:
         known = ", ".join(f"{f} --format {t}" for f, t in sorted(ADAPTERS))
