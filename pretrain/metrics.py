@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from pretrain.metrics_config import WandbConfig
+
 # Dense peak FLOP/s per device by matmul dtype (vendor datasheets, without sparsity):
 # (pattern on torch.cuda.get_device_name, {bf16, tf32, fp32}). First match wins, so the more
 # specific names come first ("H100 PCIe" before "H100", "A100" before "A10").
@@ -62,11 +64,17 @@ def sync_debug(on: bool) -> None:
 class MetricsLogger:
     """Writes every record to metrics.jsonl and TensorBoard; no-ops on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool, total_steps: int, start_step: int):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool,
+                 total_steps: int, start_step: int, wandb: WandbConfig | None = None,
+                 run_config: dict | None = None):
         self.enabled = enabled
-        self.jsonl = self.tb = self.bar = None
+        self.jsonl = self.tb = self.bar = self.wandb = None
         if not enabled:
             return
+        if wandb is not None and wandb.project:
+            from pretrain.metrics_wandb import WandbSink
+
+            self.wandb = WandbSink(wandb, run_dir, run_config or {}, run_dir.name)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -86,11 +94,15 @@ class MetricsLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("step",):
                     self.tb.add_scalar(f"{split}/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, split, values)
 
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
         """A uint8 [3, H, W] image to TensorBoard."""
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, image, step)
+        if self.enabled and self.wandb is not None:
+            self.wandb.image(tag, image, step)
 
     def text(self, tag: str, text: str) -> None:
         if self.enabled and self.tb is not None:
@@ -105,6 +117,8 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.wandb is not None:
+            self.wandb.close()
         if self.tb is not None:
             self.tb.close()
         if self.jsonl is not None:

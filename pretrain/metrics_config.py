@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases sink (pretrain/metrics_wandb.py; `pip install '.[wandb]'`), off while
+    `project` is empty. offline writes RUN/wandb/ for a later `wandb sync`."""
+
+    project: str = ""
+    entity: str = ""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    init_timeout_s: float = 60.0  # online: give up on the service after this, log offline
 
 
 @dataclass
@@ -16,3 +28,4 @@ class LoggingConfig:
     # CUDA: torch.cuda.set_sync_debug_mode("warn") between agreement points, so any host sync
     # in a steady-state step prints a warning (bench/gpu_check.sh turns it on)
     sync_debug: bool = False
+    wandb: WandbConfig = field(default_factory=WandbConfig)

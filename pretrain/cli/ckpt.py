@@ -25,6 +25,10 @@ examples:
   pretrain ckpt export SRC model.safetensors --dtype bf16
   pretrain ckpt import model.safetensors runs/d/checkpoints --config configs/vit_digits.yaml [key=value ...]
       (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
+  pretrain ckpt export runs/lm_bytes hf_out --format hf
+      (a transformers folder: AutoModelForCausalLM.from_pretrained("hf_out"); the tokenizer too)
+  pretrain ckpt import hf_out runs/e/checkpoints --config configs/lm_bytes.yaml
+      (a transformers / diffusers folder: config fields, names and shapes checked first)
 """
 
 
@@ -53,13 +57,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("dst", type=Path)
     s.set_defaults(func=run_reshard)
 
-    s = sub.add_parser("export", help="consolidated weights to one .safetensors file")
-    s.add_argument("src", type=Path)
+    s = sub.add_parser("export", help="weights to one .safetensors file, or a transformers "
+                       "(--format hf) / diffusers (--format diffusers) model folder")
+    s.add_argument("src", type=Path, help="checkpoint, or run directory (its latest checkpoint)")
     s.add_argument("out", type=Path)
     s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument("--format", choices=["safetensors", "hf", "diffusers"], default="safetensors",
+                   help="hf: LM -> Llama/Qwen3/GPT-NeoX, ViT -> ViTForImageClassification; "
+                   "diffusers: DiT -> DiTTransformer2DModel")
+    s.add_argument("--tokenizer", default="", help="LM: tokenizer.json to ship (default: the "
+                   "run's, from data.tokenizer or its dataset)")
+    s.add_argument("--max-shard-mb", type=int, default=5120, help="folder formats: shard size")
     s.set_defaults(func=run_export)
 
-    s = sub.add_parser("import", help="a .safetensors file -> a step-0 checkpoint to start a run from")
+    s = sub.add_parser("import", help="a .safetensors file or a transformers/diffusers folder -> "
+                       "a step-0 checkpoint to start a run from")
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
     s.add_argument("--config", required=True, nargs="+", metavar="RECIPE [key=value ...]",
@@ -78,9 +90,10 @@ def _errors() -> tuple[type[BaseException], ...]:
     from pretrain.checkpoint import CheckpointError
     from pretrain.checkpoint.convert import CheckpointFormatError, CheckpointMismatchError
     from pretrain.config import ConfigError
+    from pretrain.interop import ExportRefused
 
     return (CheckpointError, CheckpointMismatchError, CheckpointFormatError, ConfigError, FileNotFoundError,
-            FileExistsError, pickle.UnpicklingError)
+            FileExistsError, pickle.UnpicklingError, ExportRefused)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -153,11 +166,34 @@ def run_export(args: argparse.Namespace) -> int:
 
     from pretrain.checkpoint.convert import export_safetensors
 
+    if args.format != "safetensors":
+        return run_export_folder(args)
     try:
         out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     except _errors() as e:
         return _fail(e)
     print(f"wrote {out} ({args.dtype})")
+    return 0
+
+
+def run_export_folder(args: argparse.Namespace) -> int:
+    """--format hf / diffusers: a model folder another library loads with from_pretrained."""
+    import torch
+
+    from pretrain.cli.generate import resolve_checkpoint, run_tokenizer
+    from pretrain.interop import checkpoint_config, export_folder
+
+    try:
+        ckpt = resolve_checkpoint(args.src)
+        cfg = checkpoint_config(ckpt)
+        tok = None
+        if cfg.model.family == "lm":
+            tok = run_tokenizer(cfg, args.tokenizer or cfg.data.tokenizer)
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        out = export_folder(ckpt, args.out, args.format, dtype, tok, args.max_shard_mb * 2**20)
+    except (*_errors(), ValueError) as e:
+        return _fail(e)
+    print(f"wrote {out} ({args.format}, {args.dtype}, from {ckpt})")
     return 0
 
 
@@ -167,7 +203,12 @@ def run_import(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config[0], args.config[1:])
-        out = import_safetensors(args.src, args.dst, cfg)
+        if args.src.is_dir():  # a transformers / diffusers model folder
+            from pretrain.interop import folder_format, import_folder
+
+            out = import_folder(args.src, args.dst, cfg, folder_format(args.src))
+        else:
+            out = import_safetensors(args.src, args.dst, cfg)
     except _errors() as e:
         return _fail(e)
     print(f"wrote {out}; start a run from it with checkpoint.resume={out}")

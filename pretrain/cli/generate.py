@@ -52,11 +52,13 @@ def load_lm(checkpoint: Path):
     from pretrain.checkpoint import TRAIN_STATE, read_model_tensors
     from pretrain.config import config_from_dict
     from pretrain.models import get_family
+    from pretrain.models.parametrization import set_forward_multipliers
 
     cfg = config_from_dict(json.loads((checkpoint / TRAIN_STATE).read_text())["config"])
     if cfg.model.family != "lm":
         raise ValueError(f"{checkpoint} holds a model.family={cfg.model.family!r} model, not an lm")
     model = get_family("lm").build(cfg.model)
+    set_forward_multipliers(model, cfg.model)  # muP's readout multiplier and attention scale
     model.load_state_dict(read_model_tensors(checkpoint), strict=True)
     return model.eval(), cfg
 

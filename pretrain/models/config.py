@@ -35,6 +35,9 @@ class DiTConfig:
     sampler: Literal["auto", "euler", "ddim", "ddpm"] = "auto"  # auto: euler (flow), ddim (ddpm)
     sample_steps: int = 50
     guidance_scale: float = 2.0  # classifier-free guidance weight w (1 = conditional only)
+    # timestep frequencies 10000^(-i / (128 - shift)): 0 as the original DiT, 1 as diffusers'
+    # DiTTransformer2DModel (only then can `ckpt export --format diffusers` express the model)
+    time_freq_shift: Literal[0, 1] = 0
     samples_per_class: int = 8  # eval grid: one row per class
 
 

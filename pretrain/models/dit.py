@@ -38,10 +38,13 @@ from pretrain.models.parametrization import param_roles
 FREQ_DIM = 256  # sinusoidal timestep features fed to the timestep MLP
 
 
-def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
-    """[B] float times -> [B, dim] (cos, sin) features at geometrically spaced frequencies."""
+def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0,
+                         shift: int = 0) -> torch.Tensor:
+    """[B] float times -> [B, dim] (cos, sin) features at geometrically spaced frequencies
+    max_period^(-i / (dim/2 - shift)) (model.dit.time_freq_shift)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * steps / (half - shift))
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -65,12 +68,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, freq_shift: int = 0):
         super().__init__()
+        self.freq_shift = freq_shift
         self.mlp = nn.Sequential(nn.Linear(FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_frequencies(t).to(self.mlp[0].weight.dtype))
+        features = timestep_frequencies(t, shift=self.freq_shift)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class DiTBlock(nn.Module):
@@ -125,7 +130,7 @@ class DiT(nn.Module):
         self.mlp_kind = resolve_mlp(cfg, "gelu")
         self.x_embed = nn.Linear(self.patch_dim, cfg.width)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.width, self.grid)[None], persistent=False)
-        self.t_embed = TimestepEmbedder(cfg.width)
+        self.t_embed = TimestepEmbedder(cfg.width, d.time_freq_shift)
         self.y_embed = nn.Embedding(d.num_classes + 1, cfg.width)  # + the null label
         self.blocks = nn.ModuleList(DiTBlock(cfg, self.mlp_kind) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg, self.patch_dim)

@@ -161,13 +161,20 @@ def _model_layout(cfg) -> tuple[dict[str, TensorInfo], list[dict]]:
 def import_safetensors(src: Path, dst: Path, cfg) -> Path:
     """A step-0 DCP checkpoint holding `src`'s weights for the model of `cfg`, to start a run
     from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first."""
-    from data_pipeline import build_loader
     from pretrain.checkpoint.convert.sources import SafetensorsSource
+
+    return import_weights(SafetensorsSource(Path(src)), dst, cfg, str(src))
+
+
+def import_weights(weights: Source, dst: Path, cfg, origin: str) -> Path:
+    """`import_safetensors` for any weights-only Source (e.g. a transformers folder read
+    through its adapter); `origin` names it in errors and in train_state.json."""
+    from data_pipeline import build_loader
     from pretrain.config import to_dict
 
-    weights = SafetensorsSource(Path(src))
     infos, groups = _model_layout(cfg)
-    check_compatible({n: i.shape for n, i in weights.params.items()}, {n: i.shape for n, i in infos.items()}, str(src))
+    check_compatible({n: i.shape for n, i in weights.params.items()},
+                     {n: i.shape for n, i in infos.items()}, origin)
     weights.params = type(weights.params)((n, infos[n]) for n in infos)  # model order, fp32 like training
     loader = build_loader(cfg.data, 0, 1, "train", cfg.optim.grad_accum)
     dst = destination(dst, 0)
@@ -175,7 +182,7 @@ def import_safetensors(src: Path, dst: Path, cfg) -> Path:
     try:
         write_dcp(FreshOptimizer(weights, groups), partial / "model")
         state = {"step": 0, "samples": 0, "loader": loader.state_dict(), "world_size": 1, "backend": "fsdp2",
-                 "config": to_dict(cfg), "imported_from": str(src)}
+                 "config": to_dict(cfg), "imported_from": origin}
         write_json_atomic(partial / TRAIN_STATE, state)
         commit(partial, dst, 0)
     except BaseException:

@@ -1,0 +1,178 @@
+"""Which adapter serves a (family, format), and the two operations every adapter supports:
+export a checkpoint to a model folder, import a model folder into a step-0 checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError, check_compatible
+from pretrain.checkpoint.convert.sources import open_source
+from pretrain.interop import diffusers_dit, hf_lm, hf_vit
+from pretrain.interop.folder import (
+    DEFAULT_SHARD_BYTES,
+    FolderReader,
+    read_config,
+    write_folder,
+    write_json,
+    write_weights,
+)
+from pretrain.interop.plan import ExportRefused, Piece, PlanSource, export_entries, import_entries
+from pretrain.interop.tokenizer import special_ids, write_tokenizer
+from pretrain.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One foreign layout of one model family."""
+
+    config_json: Callable[[ModelConfig, dict], dict]  # (model cfg, special token ids) -> config
+    pieces: Callable[[ModelConfig], list[Piece]]  # our tensors <-> theirs
+    math_keys: tuple[str, ...]  # config fields an imported folder must match
+    defaults: dict[str, Any] = field(default_factory=dict)  # the library's value of a missing key
+    weights: str = "model"  # file prefix: model(-0000i-of-0000n).safetensors
+    tied: tuple[str, ...] = ()  # their tensors a folder may carry for tied embeddings
+
+
+ADAPTERS: dict[tuple[str, str], Adapter] = {
+    ("lm", "hf"): Adapter(hf_lm.config_json, hf_lm.pieces, hf_lm.MATH_KEYS,
+                          defaults={"rope_theta": 10000.0, "rope_scaling": None,
+                                    "tie_word_embeddings": False, "attention_bias": False,
+                                    "mlp_bias": False, "rms_norm_eps": 1e-6,
+                                    "use_parallel_residual": True, "rotary_pct": 0.25},
+                          tied=("lm_head.weight", "embed_out.weight")),
+    ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
+                           defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
+    ("dit", "diffusers"): Adapter(diffusers_dit.config_json, diffusers_dit.pieces,
+                                  diffusers_dit.MATH_KEYS, defaults=diffusers_dit.DEFAULTS,
+                                  weights="diffusion_pytorch_model"),
+}
+def adapter_for(family: str, fmt: str) -> Adapter:
+    if (family, fmt) not in ADAPTERS:
+        known = ", ".join(f"{f} --format {t}" for f, t in sorted(ADAPTERS))
+        raise ExportRefused(f"no --format {fmt} adapter for model.family={family!r} ({known})")
+    return ADAPTERS[(family, fmt)]
+
+
+def _meta_model(m: ModelConfig) -> torch.nn.Module:
+    from pretrain.models import get_family
+
+    with torch.device("meta"):
+        return get_family(m.family).build(m)
+
+
+def _param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in _meta_model(m).named_parameters()}
+
+
+def _saved_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of this model holds: parameters and persistent buffers."""
+    return {n: tuple(t.shape) for n, t in _meta_model(m).state_dict().items()}
+
+
+def _effective_weights(m: ModelConfig, read: Callable[[str], torch.Tensor]):
+    """`read`, except that a σReparam linear's weight reads as the weight its forward uses,
+    W * gamma / sigma(W) with sigma from the saved power-iteration vector u, computed by the
+    module's own `effective_weight` (so the folded weight is bit-identical to the one used)."""
+    from pretrain.models.blocks import SigmaReparamLinear
+
+    sigma = {f"{n}.weight": (n, mod) for n, mod in _meta_model(m).named_modules()
+             if isinstance(mod, SigmaReparamLinear)}
+    if not sigma:
+        return read
+
+    def folded(name: str) -> torch.Tensor:
+        if name not in sigma:
+            return read(name)
+        prefix, meta = sigma[name]
+        with torch.device("meta"):
+            linear = SigmaReparamLinear(meta.in_features, meta.out_features, bias=False)
+        linear.weight = torch.nn.Parameter(read(name), requires_grad=False)
+        linear.gamma = torch.nn.Parameter(read(f"{prefix}.gamma"), requires_grad=False)
+        linear.u = read(f"{prefix}.u")
+        with torch.no_grad():
+            return linear.effective_weight()
+
+    return folded
+
+
+def checkpoint_config(checkpoint: Path) -> Any:
+    """The run config a committed checkpoint was written with."""
+    from pretrain.checkpoint.commit import read_train_state, require_complete
+    from pretrain.config import config_from_dict
+
+    require_complete(Path(checkpoint))
+    return config_from_dict(read_train_state(Path(checkpoint))["config"])
+
+
+def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = torch.float32,
+                  tokenizer: Any | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The model folder of checkpoint `checkpoint` at `out`, for the model its config names.
+
+    Refuses (ExportRefused, naming the option) a model the format cannot express exactly;
+    checks the checkpoint's tensors against the configured model before writing anything.
+    """
+    m = checkpoint_config(checkpoint).model
+    adapter = adapter_for(m.family, fmt)
+    config = adapter.config_json(m, special_ids(tokenizer))
+    if "torch_dtype" in config:  # transformers records it; diffusers has no such key
+        config["torch_dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    table = adapter.pieces(m)
+    ours = _param_shapes(m)
+    source = open_source(checkpoint)
+    check_compatible({n: i.shape for n, i in source.params.items()}, _saved_shapes(m),
+                     str(checkpoint))
+    read = _effective_weights(m, lambda name: source.read(name))
+    plan = PlanSource(export_entries(table, ours), read, dtype, meta={"format": fmt})
+
+    def fill(partial: Path) -> None:
+        write_json(partial / "config.json", config)
+        write_weights(plan, partial, adapter.weights, max_shard_bytes, progress)
+        if tokenizer is not None:
+            write_tokenizer(tokenizer, partial, m.lm.seq_len)
+
+    return write_folder(out, fill)
+
+
+def _check_config(found: dict, expected: dict, adapter: Adapter, folder: Path) -> None:
+    """Every field that changes the math must agree (a missing one takes the library default)."""
+    for key in adapter.math_keys:
+        if key not in expected:
+            continue
+        value = found.get(key, adapter.defaults.get(key, expected[key]))
+        if value != expected[key]:
+            raise CheckpointMismatchError(
+                f"{folder / 'config.json'}: {key}={value!r}, but the configured model needs "
+                f"{key}={expected[key]!r}")
+
+
+def folder_format(folder: Path) -> str:
+    """"diffusers" for a diffusers model folder (its config names a `_class_name`), else "hf"."""
+    return "diffusers" if "_class_name" in read_config(folder) else "hf"
+
+
+def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:
+    """A step-0 checkpoint of `src`'s weights for the model of `cfg` (config fields, tensor
+    names and shapes checked first); continue pretraining with checkpoint.resume=<result>."""
+    from pretrain.checkpoint.convert.operations import import_weights
+
+    src = Path(src)
+    m = cfg.model
+    if m.sigma_reparam:
+        raise ExportRefused("model.sigma_reparam: an imported weight cannot be split back into "
+                            "σReparam's W, gamma and u (import into a model without it)")
+    adapter = adapter_for(m.family, fmt)
+    _check_config(read_config(src), adapter.config_json(m, {}), adapter, src)
+    table = adapter.pieces(m)
+    ours = _param_shapes(m)
+    reader = FolderReader(src, adapter.weights)
+    theirs = {e.name: e.shape for e in export_entries(table, ours)}
+    found = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
+    check_compatible(found, theirs, str(src))
+    plan = PlanSource(import_entries(table, ours), reader.read, meta={"format": fmt})
+    return import_weights(plan, dst, cfg, str(src))
