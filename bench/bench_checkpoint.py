@@ -57,18 +57,28 @@ def torch_save_fsync(state: dict, path: Path, writeback: bool = False) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
-    cfg = load_config(None, [f"model.width={args.width}", f"model.depth={args.depth}", "model.num_heads=8"])
+    cfg = load_config(
+        None, [f"model.width={args.width}", f"model.depth={args.depth}", "model.num_heads=8"]
+    )
     env = init_distributed("cpu")
     model = build_model(cfg.model)
-    engine = build_engine(model, get_family("vit").loss, env, parallel=cfg.parallel,
-                          optim=cfg.optim, model_cfg=cfg.model,
-                          global_batch_size=cfg.data.global_batch_size)
+    engine = build_engine(
+        model,
+        get_family("vit").loss,
+        env,
+        parallel=cfg.parallel,
+        optim=cfg.optim,
+        model_cfg=cfg.model,
+        global_batch_size=cfg.data.global_batch_size,
+    )
     batch = {"image": torch.randn(4, 1, 8, 8), "label": torch.randint(0, 10, (4,))}
     engine.train_step([batch])  # materialise the optimizer state
     state = engine.state_dict()
@@ -93,7 +103,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(dir=args.dir))
     try:
         for rep in range(args.repeats):
-            for kind in kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]:  # rotate: none always first
+            for kind in (
+                kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]
+            ):  # rotate: none always first
                 run_dir = root / f"{kind}{rep}"
                 run_dir.mkdir()
                 os.sync()  # the previous save's write-back must not land in this one's timing
@@ -107,16 +119,24 @@ def main() -> None:
     # Saves of one round ran back to back and share the disk's mood; the median of per-round
     # ratios is the figure least moved by the stalls that hit single saves on a shared VM.
     per_round = statistics.median(t / o for t, o in zip(seconds["torch"], seconds["ours"]))
-    print(json.dumps({
-        "state_MB": round(nbytes / 1e6, 1), "repeats": args.repeats, "MB_per_s": mb_per_s,
-        "ours_vs_torch_save": round(median["torch"] / median["ours"], 3),
-        "ours_vs_torch_save_per_round": round(per_round, 3),
-        "ours_vs_dcp_stock": round(median["dcp_stock"] / median["ours"], 3),
-        "sync_save_s": round(median["ours"], 3), "async_blocked_s": round(median["async"], 3),
-        "async_blocked_fraction": round(median["async"] / median["ours"], 3),
-        "load_s": round(load_s, 3), "verify_s": round(verify_s, 3),
-        "verify_fraction_of_load": round(verify_s / load_s, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "state_MB": round(nbytes / 1e6, 1),
+                "repeats": args.repeats,
+                "MB_per_s": mb_per_s,
+                "ours_vs_torch_save": round(median["torch"] / median["ours"], 3),
+                "ours_vs_torch_save_per_round": round(per_round, 3),
+                "ours_vs_dcp_stock": round(median["dcp_stock"] / median["ours"], 3),
+                "sync_save_s": round(median["ours"], 3),
+                "async_blocked_s": round(median["async"], 3),
+                "async_blocked_fraction": round(median["async"] / median["ours"], 3),
+                "load_s": round(load_s, 3),
+                "verify_s": round(verify_s, 3),
+                "verify_fraction_of_load": round(verify_s / load_s, 3),
+            }
+        )
+    )
 
 
 def measure_load(engine, env, run_dir: Path, repeats: int) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""The manifest of a sharded dataset: shards in canonical order, samples per shard, bytes, checksums.
+"""The manifest of a sharded dataset: shards in canonical order, samples per shard, bytes and
+checksums.
 
 Canonical sample id = (samples in earlier shards) + index within the shard. The global order
 (`order.py`) permutes these ids; everything else addresses samples by them.
@@ -62,8 +63,12 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
         shards = [ShardInfo(**s) for s in data["shards"]]
-        manifest = cls(format=data["format"], shards=shards, meta=data.get("meta", {}),
-                       columns=data.get("columns", {}))
+        manifest = cls(
+            format=data["format"],
+            shards=shards,
+            meta=data.get("meta", {}),
+            columns=data.get("columns", {}),
+        )
         check_shards(manifest.shards, MANIFEST_NAME)
         return manifest
 
@@ -80,7 +85,8 @@ def check_shards(shards: list[ShardInfo], source: str) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
             raise CorruptShardError(
                 f"{where(shard.name)}: {source} says {count!r} samples; a shard's sample count"
-                " must be a positive integer")
+                " must be a positive integer"
+            )
         if isinstance(shard.bytes, bool) or not isinstance(shard.bytes, int) or shard.bytes < -1:
             raise CorruptShardError(f"{where(shard.name)}: {source} says {shard.bytes!r} bytes")
         if not isinstance(shard.hashes, dict):
@@ -95,20 +101,29 @@ def manifest_from_mds_index(index: dict) -> Manifest:
     for entry in index["shards"]:
         if entry.get("format") != "mds":
             raise ValueError(f"shard format {entry.get('format')!r} is not mds")
-        cols = {n: [e, s] for n, e, s in zip(entry["column_names"], entry["column_encodings"],
-                                              entry["column_sizes"])}
+        cols = {
+            n: [e, s]
+            for n, e, s in zip(
+                entry["column_names"], entry["column_encodings"], entry["column_sizes"]
+            )
+        }
         if columns and cols != columns:
             raise ValueError("MDS shards disagree on their columns")
         columns = cols
         raw, zipped = entry["raw_data"], entry.get("zip_data")
         stored = zipped or raw
         hashes = dict(stored.get("hashes") or {})
-        shards.append(ShardInfo(
-            name=stored["basename"], samples=entry["samples"], bytes=int(stored["bytes"]),
-            sha256=hashes.pop("sha256", ""),
-            compression=(entry.get("compression") or "") if zipped else "",
-            raw_name=raw["basename"], hashes=hashes,
-        ))
+        shards.append(
+            ShardInfo(
+                name=stored["basename"],
+                samples=entry["samples"],
+                bytes=int(stored["bytes"]),
+                sha256=hashes.pop("sha256", ""),
+                compression=(entry.get("compression") or "") if zipped else "",
+                raw_name=raw["basename"],
+                hashes=hashes,
+            )
+        )
     check_shards(shards, MDS_INDEX_NAME)
     return Manifest(format="mds", shards=shards, columns=columns)
 
@@ -125,4 +140,5 @@ def agree(ours: Manifest, index: Manifest) -> None:
             if a != b and a not in ("", -1) and b not in ("", -1):
                 raise CorruptShardError(
                     f"{where(mine.name)}: {MANIFEST_NAME} says {what} {a!r}, {MDS_INDEX_NAME}"
-                    f" says {b!r}")
+                    f" says {b!r}"
+                )

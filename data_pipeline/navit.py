@@ -76,10 +76,14 @@ class PatchPackRows:
                 image = image.convert(self.cfg.image_mode)
             label = int(decode_field(*raw[lbl_key]))
         except Exception as e:
-            raise BadSampleError(f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
+            raise BadSampleError(
+                f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}"
+            ) from e
         if len(image.getbands()) != self.channels:
-            raise BadSampleError(f"{where(shard, key)}: {len(image.getbands())} channels, expected"
-                                 f" {self.channels} (set data.image_mode)")
+            raise BadSampleError(
+                f"{where(shard, key)}: {len(image.getbands())} channels, expected"
+                f" {self.channels} (set data.image_mode)"
+            )
         return {"image": image, "label": label}
 
     def pad(self) -> dict[str, Any]:
@@ -97,14 +101,16 @@ class PatchPackRows:
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if len(rows) % self.k:
-            raise ValueError(f"micro-batch of {len(rows)} images does not split into sequences of"
-                             f" data.pack_images={self.k}")
+            raise ValueError(
+                f"micro-batch of {len(rows)} images does not split into sequences of"
+                f" data.pack_images={self.k}"
+            )
         n_seq, dim = len(rows) // self.k, self.channels * self.p * self.p
         patches = np.zeros((n_seq, self.s, dim), np.float32)
         pos = np.zeros((n_seq, self.s, 2), np.int64)
         ids = np.full((n_seq, self.s), -1, np.int64)
         for q in range(n_seq):
-            group = rows[q * self.k:(q + 1) * self.k]
+            group = rows[q * self.k : (q + 1) * self.k]
             sizes = [(r["image"].height, r["image"].width) for r in group if r["image"] is not None]
             scale = fit_scale(sizes, self.p, self.s) if sizes else 1.0
             at = 0
@@ -113,13 +119,17 @@ class PatchPackRows:
                     continue
                 gr, gc = patch_grid(row["image"].height, row["image"].width, self.p, scale)
                 n = gr * gc
-                patches[q, at:at + n] = self._patches(row["image"], gr, gc)
-                pos[q, at:at + n, 0] = np.repeat(np.arange(gr), gc)
-                pos[q, at:at + n, 1] = np.tile(np.arange(gc), gr)
-                ids[q, at:at + n] = slot
+                patches[q, at : at + n] = self._patches(row["image"], gr, gc)
+                pos[q, at : at + n, 0] = np.repeat(np.arange(gr), gc)
+                pos[q, at : at + n, 1] = np.tile(np.arange(gc), gr)
+                ids[q, at : at + n] = slot
                 at += n
-        return {"patches": patches, "patch_pos": pos, "image_ids": ids,
-                "label": np.asarray([r["label"] for r in rows], np.int64)}
+        return {
+            "patches": patches,
+            "patch_pos": pos,
+            "image_ids": ids,
+            "label": np.asarray([r["label"] for r in rows], np.int64),
+        }
 
 
 def attention_mask(image_ids: np.ndarray) -> np.ndarray:

@@ -48,7 +48,9 @@ def held_out(num_samples: int, val_fraction: float) -> np.ndarray:
 def rank_slice(global_start: int, global_batch: int, rank: int, world_size: int) -> range:
     """Global stream positions owned by `rank` within the batch starting at `global_start`."""
     if global_batch % world_size:
-        raise ValueError(f"batch of {global_batch} samples does not split across {world_size} ranks")
+        raise ValueError(
+            f"batch of {global_batch} samples does not split across {world_size} ranks"
+        )
     per_rank = global_batch // world_size
     start = global_start + rank * per_rank
     return range(start, start + per_rank)
@@ -89,23 +91,34 @@ def _rng(*key: int) -> np.random.Generator:
 class _Epoch:
     """The shard-aware permutation of one epoch, with windows materialised lazily."""
 
-    def __init__(self, sizes: np.ndarray, offsets: np.ndarray, seed: int, epoch: int,
-                 window: int, shuffle: bool):
+    def __init__(
+        self,
+        sizes: np.ndarray,
+        offsets: np.ndarray,
+        seed: int,
+        epoch: int,
+        window: int,
+        shuffle: bool,
+    ):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.offsets = offsets
         num_shards = len(sizes)
-        self.shard_perm = _rng(seed, epoch, 0).permutation(num_shards) if shuffle else np.arange(num_shards)
+        self.shard_perm = (
+            _rng(seed, epoch, 0).permutation(num_shards) if shuffle else np.arange(num_shards)
+        )
         self.window = max(1, window)
         starts = np.arange(0, num_shards, self.window)
         perm_sizes = sizes[self.shard_perm]
-        self.window_ends = np.cumsum(np.add.reduceat(perm_sizes, starts)) if num_shards else np.zeros(0, np.int64)
+        self.window_ends = (
+            np.cumsum(np.add.reduceat(perm_sizes, starts)) if num_shards else np.zeros(0, np.int64)
+        )
         self._cache: dict[int, np.ndarray] = {}
 
     def _window_ids(self, w: int) -> np.ndarray:
         """Canonical sample ids of window `w`, in their shuffled order."""
         ids = self._cache.get(w)
         if ids is None:
-            shards = self.shard_perm[w * self.window:(w + 1) * self.window]
+            shards = self.shard_perm[w * self.window : (w + 1) * self.window]
             ids = np.concatenate([np.arange(self.offsets[s], self.offsets[s + 1]) for s in shards])
             if self.shuffle:
                 ids = ids[_rng(self.seed, self.epoch, 1, w).permutation(len(ids))]

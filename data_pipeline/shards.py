@@ -63,8 +63,8 @@ class TarShard:
         self._scan(path)
         if expected_samples is not None and expected_samples != len(self.keys):
             raise CorruptShardError(
-                f"{where(name)}: holds {len(self.keys)} samples, the manifest says {expected_samples}"
-                " (truncated or replaced?)"
+                f"{where(name)}: holds {len(self.keys)} samples, the manifest says "
+                f"{expected_samples} (truncated or replaced?)"
             )
 
     def _scan(self, path: str) -> None:
@@ -72,13 +72,15 @@ class TarShard:
             members = scan_tar(path, self.check_headers)
         except (TarFormatError, tarfile.TarError) as e:
             offset = f" at byte {e.offset}" if isinstance(e, TarFormatError) else ""
-            raise CorruptShardError(f"{where(self.name)}: not a readable tar file{offset}: {e}"
-                                    " (truncated or corrupt shard)") from e
+            raise CorruptShardError(
+                f"{where(self.name)}: not a readable tar file{offset}: {e}"
+                " (truncated or corrupt shard)"
+            ) from e
         for member, offset, size in members:
             dot = member.find(".", member.rfind("/") + 1)
             if dot <= member.rfind("/") + 1 or dot == len(member) - 1:
                 continue  # no key or no extension: not part of a sample (webdataset skips these)
-            key, ext = member[:dot], member[dot + 1:]
+            key, ext = member[:dot], member[dot + 1 :]
             if not self.keys or self.keys[-1] != key:
                 self.keys.append(key)
                 self.members.append({})
@@ -86,8 +88,10 @@ class TarShard:
             self.members[-1][ext] = (offset, size)
             self.spans[-1][1] = offset + size
         # field slices relative to the span, computed once instead of per read
-        self.fields = [[(ext, off - span[0], off - span[0] + size) for ext, (off, size) in m.items()]
-                       for m, span in zip(self.members, self.spans)]
+        self.fields = [
+            [(ext, off - span[0], off - span[0] + size) for ext, (off, size) in m.items()]
+            for m, span in zip(self.members, self.spans)
+        ]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -124,8 +128,8 @@ class MdsShard:
         self.offsets = np.frombuffer(self.file.read(4, 4 * (n + 1)), np.uint32).astype(np.int64)
         if np.any(np.diff(self.offsets) < 0) or self.offsets[-1] > self.file.size:
             raise CorruptShardError(
-                f"{where(name)}: sample offsets end at byte {int(self.offsets[-1])} but the file has"
-                f" {self.file.size} (truncated or corrupt)"
+                f"{where(name)}: sample offsets end at byte {int(self.offsets[-1])} but the file "
+                f"has {self.file.size} (truncated or corrupt)"
             )
 
     def __len__(self) -> int:
@@ -142,11 +146,12 @@ class MdsShard:
         out, pos = {}, head
         for name, enc, size in zip(self.names, self.encodings, self.sizes):
             size = next(var_sizes) if size is None else size
-            out[name] = (enc, data[pos:pos + size])
+            out[name] = (enc, data[pos : pos + size])
             pos += size
         if pos != len(data):
             raise CorruptShardError(
-                f"{where(self.name, str(index))}: columns take {pos} bytes, the sample has {len(data)}"
+                f"{where(self.name, str(index))}: columns take {pos} bytes, the sample has "
+                f"{len(data)}"
             )
         return out
 

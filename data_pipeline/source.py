@@ -170,7 +170,9 @@ class ShardedSource:
         if cached is None:
             try:
                 cached = self._open_shard(shard)
-            except DataError as e:  # remembered so that a skip policy does not re-open it per sample
+            except (
+                DataError
+            ) as e:  # remembered so that a skip policy does not re-open it per sample
                 cached = e
             self._open[shard] = cached
             while len(self._open) > self.max_open:
@@ -191,11 +193,17 @@ class ShardedSource:
                 # evict it between the fetch and that read
                 path = self.store.local_path(info)
                 if self.fmt == "wds":
-                    return TarShard(path, info.name, expected_samples=info.samples,
-                                    check_headers=not self.store.verified(info))
+                    return TarShard(
+                        path,
+                        info.name,
+                        expected_samples=info.samples,
+                        check_headers=not self.store.verified(info),
+                    )
                 if info.compression:
                     path = _decompress(path, info, self.store.cache_dir, self.store.local)
-                return MdsShard(path, info.name, self.manifest.columns, expected_samples=info.samples)
+                return MdsShard(
+                    path, info.name, self.manifest.columns, expected_samples=info.samples
+                )
             except (ShardNotFoundError, FileNotFoundError):
                 # a cached copy evicted by another process between fetch and open: fetch again
                 if self.store.local or attempt == 2:

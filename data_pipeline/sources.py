@@ -55,16 +55,23 @@ def numpy_arrays(images_path: str, labels_path: str, val_fraction: float) -> tup
     images = np.load(images_path, allow_pickle=False, mmap_mode="r")
     labels = np.load(labels_path, allow_pickle=False)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-        raise ValueError(f"{images_path}: need uint8 [N,H,W(,C)] images matching {len(labels)} labels,"
-                         f" got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"{images_path}: need uint8 [N,H,W(,C)] images matching {len(labels)} labels,"
+            f" got {images.dtype} {images.shape}"
+        )
     c = 1 if images.ndim == 3 else images.shape[3]
-    meta = {"kind": "images", "name": os.path.basename(images_path),
-            "num_classes": int(labels.max()) + 1, "image_shape": [c, *images.shape[1:3]]}
+    meta = {
+        "kind": "images",
+        "name": os.path.basename(images_path),
+        "num_classes": int(labels.max()) + 1,
+        "image_shape": [c, *images.shape[1:3]],
+    }
     return image_samples(np.asarray(images), labels, val_fraction), meta
 
 
-def image_folder(root: str, val_fraction: float, size: int = 0, mode: str = "RGB"
-                 ) -> tuple[Iterator, dict]:
+def image_folder(
+    root: str, val_fraction: float, size: int = 0, mode: str = "RGB"
+) -> tuple[Iterator, dict]:
     """root/<class>/<image>: classes sorted by name -> labels 0..K-1. JPEG files already in
     `mode` are kept as their bytes (no re-encode, no quality loss) unless `size` asks for a
     resize; anything else is decoded, converted and stored as PNG."""
@@ -73,11 +80,17 @@ def image_folder(root: str, val_fraction: float, size: int = 0, mode: str = "RGB
 
     def gen() -> Iterator[tuple[str, dict[str, Any]]]:
         for i, (path, label) in enumerate(files):
-            yield ("val" if is_val[i] else "train"), {"image": folder_image(path, size, mode),
-                                                      "label": label}
+            yield (
+                ("val" if is_val[i] else "train"),
+                {"image": folder_image(path, size, mode), "label": label},
+            )
 
-    meta = {"kind": "images", "name": os.path.basename(root.rstrip("/")), "classes": classes,
-            "num_classes": len(classes)}
+    meta = {
+        "kind": "images",
+        "name": os.path.basename(root.rstrip("/")),
+        "classes": classes,
+        "num_classes": len(classes),
+    }
     return gen(), meta
 
 
@@ -88,9 +101,12 @@ def list_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise ValueError(f"{root}: no class subfolders")
-    files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c)))
-             if f.lower().endswith(IMAGE_SUFFIXES)]
+    files = [
+        (os.path.join(root, c, f), label)
+        for label, c in enumerate(classes)
+        for f in sorted(os.listdir(os.path.join(root, c)))
+        if f.lower().endswith(IMAGE_SUFFIXES)
+    ]
     if not files:
         raise ValueError(f"{root}: no image files in its class subfolders")
     return classes, files
@@ -117,8 +133,9 @@ def _split_docs(docs: Iterator[str], val_fraction: float) -> tuple[list[str], li
     return [d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v]
 
 
-def packed_text(docs: Iterator[str], seq_len: int, val_fraction: float, name: str
-                ) -> tuple[Iterator, dict]:
+def packed_text(
+    docs: Iterator[str], seq_len: int, val_fraction: float, name: str
+) -> tuple[Iterator, dict]:
     """Documents split by document (not by sequence), tokenized to bytes and packed."""
     train, val = _split_docs(docs, val_fraction)
 
@@ -127,13 +144,20 @@ def packed_text(docs: Iterator[str], seq_len: int, val_fraction: float, name: st
             for seq in pack_documents(part, seq_len):
                 yield split, seq
 
-    meta = {"kind": "tokens", "name": name, "seq_len": seq_len, "tokenizer": "bytes",
-            "vocab_size": VOCAB_SIZE, "eos_id": 256}
+    meta = {
+        "kind": "tokens",
+        "name": name,
+        "seq_len": seq_len,
+        "tokenizer": "bytes",
+        "vocab_size": VOCAB_SIZE,
+        "eos_id": 256,
+    }
     return gen(), meta
 
 
-def jsonl_text(path: str, seq_len: int, val_fraction: float, field: str = "text"
-               ) -> tuple[Iterator, dict]:
+def jsonl_text(
+    path: str, seq_len: int, val_fraction: float, field: str = "text"
+) -> tuple[Iterator, dict]:
     def docs() -> Iterator[str]:
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, 1):
@@ -142,14 +166,16 @@ def jsonl_text(path: str, seq_len: int, val_fraction: float, field: str = "text"
                 try:
                     yield json.loads(line)[field]
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{line_no}: not a JSON object with a {field!r} string"
-                                     f" ({e})") from e
+                    raise ValueError(
+                        f"{path}:{line_no}: not a JSON object with a {field!r} string ({e})"
+                    ) from e
 
     return packed_text(docs(), seq_len, val_fraction, os.path.basename(path))
 
 
-def synthetic_text(num_docs: int, seq_len: int, val_fraction: float = 0.0, seed: int = 0
-                   ) -> tuple[Iterator, dict]:
+def synthetic_text(
+    num_docs: int, seq_len: int, val_fraction: float = 0.0, seed: int = 0
+) -> tuple[Iterator, dict]:
     rng = np.random.Generator(np.random.PCG64(seed))
     words = ["alpha", "beta", "gamma", "delta", "data", "shard", "token", "loader", "order", "seed"]
     docs = (" ".join(rng.choice(words, int(rng.integers(5, 80)))) for _ in range(num_docs))

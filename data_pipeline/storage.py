@@ -162,7 +162,8 @@ class ShardStore:
             if shard.name in self._pending or os.path.exists(self._cache_path(shard)):
                 return
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.prefetch_threads, thread_name_prefix="prefetch")
+                self._pool = ThreadPoolExecutor(self.prefetch_threads,
+                                                thread_name_prefix="prefetch")
             self._pending[shard.name] = self._pool.submit(self._fetch, shard)
 
     def content_key(self, shard: ShardInfo) -> str:
@@ -191,7 +192,8 @@ class ShardStore:
             if digest != str(declared[algo]).lower():
                 raise ChecksumError(
                     f"{where(shard.name)}: {algo} {digest} does not match the manifest's"
-                    f" {declared[algo]} ({path})")
+                    f" {declared[algo]} ({path})"
+                )
         if actual:
             self._verified[shard.name] = tuple(sorted(actual))
 

@@ -62,7 +62,9 @@ def _first_bad_checksum(buf: mmap.mmap, headers: list[int], stored: list[int]) -
     arr = np.frombuffer(buf, np.uint8)
     starts = np.asarray(headers, np.int64)
     blocks = arr[starts[:, None] + np.arange(BLOCK)]
-    actual = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    actual = (
+        blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    )
     bad = np.flatnonzero(actual != np.asarray(stored, np.int64))
     return int(starts[bad[0]]) if len(bad) else None
 
@@ -73,14 +75,15 @@ def _verify_checksums(buf: mmap.mmap, headers: list[int], stored: list[int]) -> 
         raise TarFormatError("header checksum mismatch", offset)
 
 
-def _scan_fast(buf: mmap.mmap | bytes, size: int, headers: list[int], stored: list[int]
-               ) -> Iterator[tuple[str, int, int]]:
+def _scan_fast(
+    buf: mmap.mmap | bytes, size: int, headers: list[int], stored: list[int]
+) -> Iterator[tuple[str, int, int]]:
     """Members, recording each header's offset and stored checksum for `_verify_checksums`."""
     pos = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     while pos + BLOCK <= size:
-        header = buf[pos:pos + BLOCK]
+        header = buf[pos : pos + BLOCK]
         if header == _ZERO:
             return  # end-of-archive marker
         headers.append(pos)
@@ -97,7 +100,7 @@ def _scan_fast(buf: mmap.mmap | bytes, size: int, headers: list[int], stored: li
         if data + length > size:
             raise TarFormatError(f"member data ends at byte {data + length}", pos)
         if kind in (b"L", b"x", b"g"):
-            payload = bytes(buf[data:data + length])
+            payload = bytes(buf[data : data + length])
             if kind == b"L":
                 long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
             elif kind == b"x":

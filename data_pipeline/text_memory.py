@@ -81,13 +81,20 @@ def pack_documents(docs: list[bytes], seq_len: int) -> dict[str, np.ndarray]:
     row_pos = pos_a[idx[:, :-1]]
     position_ids = np.where(doc_ids == 0, row_pos - row_pos[:, :1], row_pos)
     targets = np.where(window_doc[:, 1:] == window_doc[:, :-1], window[:, 1:], IGNORE_INDEX)
-    return {"tokens": window[:, :-1], "targets": targets, "position_ids": position_ids, "doc_ids": doc_ids}
+    return {
+        "tokens": window[:, :-1],
+        "targets": targets,
+        "position_ids": position_ids,
+        "doc_ids": doc_ids,
+    }
 
 
 def text_arrays(cfg: DataConfig, split: str) -> tuple[dict[str, np.ndarray], str]:
     """The packed rows of one split and the corpus fingerprint."""
     docs = load_documents()
-    return pack_documents(split_documents(docs, split, cfg.val_fraction), cfg.seq_len), fingerprint(docs)
+    return pack_documents(split_documents(docs, split, cfg.val_fraction), cfg.seq_len), fingerprint(
+        docs
+    )
 
 
 class TextSource(MemorySource):
@@ -102,8 +109,10 @@ class TextSource(MemorySource):
         return {**super().identity(), "fingerprint": self.fingerprint}
 
     def mismatch_hint(self) -> str:
-        return (f" (this text corpus has {self.num_samples} rows, fingerprint {self.fingerprint}:"
-                " a different Python version or data.seq_len / data.val_fraction)")
+        return (
+            f" (this text corpus has {self.num_samples} rows, fingerprint {self.fingerprint}:"
+            " a different Python version or data.seq_len / data.val_fraction)"
+        )
 
     def to_batch(self, idx: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
         batch = {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][idx])) for k in KEYS}

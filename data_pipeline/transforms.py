@@ -124,10 +124,13 @@ class ImageRows:
         except BadSampleError:
             raise
         except Exception as e:
-            raise BadSampleError(f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
+            raise BadSampleError(
+                f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
         if arr.shape != self.shape:
-            raise BadSampleError(f"{where(shard, key)}: image shape {arr.shape}, expected {self.shape}"
-                                 " (set data.image_size / data.image_mode to make them uniform)")
+            raise BadSampleError(
+                f"{where(shard, key)}: image shape {arr.shape}, expected {self.shape}"
+                " (set data.image_size / data.image_mode to make them uniform)"
+            )
         return {"image": arr, "label": label}
 
     def _resized_box(self, image: Image.Image, box: Box) -> Image.Image:
@@ -146,8 +149,9 @@ class ImageRows:
             image = Image.fromarray(image)
         if self.crop:
             rng = sample_rng(cfg.seed, epoch, sample_id, TAG_CROP)
-            box = random_resized_crop_box(*image.size, tuple(cfg.crop_scale),
-                                          tuple(cfg.crop_ratio), rng)
+            box = random_resized_crop_box(
+                *image.size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), rng
+            )
             image = self._resized_box(image, box)
         elif self.center_crop:
             image = self._resized_box(image, center_crop_box(*image.size, cfg.eval_crop_fraction))
@@ -172,8 +176,10 @@ class ImageRows:
         return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {"image": np.stack([r["image"] for r in rows]),
-                "label": np.asarray([r["label"] for r in rows], np.int64)}
+        return {
+            "image": np.stack([r["image"] for r in rows]),
+            "label": np.asarray([r["label"] for r in rows], np.int64),
+        }
 
 
 def _as_pil(image: Image.Image, cfg: DataConfig) -> Image.Image:
@@ -192,26 +198,36 @@ class TokenRows:
 
     def __init__(self, cfg: DataConfig, seq_len: int):
         if cfg.packing_boundaries not in BOUNDARY_MODES:
-            raise ValueError(f"data.packing_boundaries={cfg.packing_boundaries!r}: choose one of"
-                             f" {BOUNDARY_MODES}")
+            raise ValueError(
+                f"data.packing_boundaries={cfg.packing_boundaries!r}: choose one of"
+                f" {BOUNDARY_MODES}"
+            )
         self.cfg, self.seq_len = cfg, seq_len
         self.mode = cfg.packing_boundaries
 
-    def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
-                 epoch: int) -> dict[str, Any]:
+    def __call__(
+        self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int, epoch: int
+    ) -> dict[str, Any]:
         tok_key = pick(raw, self.cfg.tokens_key, TOKEN_KEYS)
         if tok_key is None:
             raise BadSampleError(f"{where(shard, key)}: no tokens field among {sorted(raw)}")
         try:
             seq = np.asarray(decode_field(*raw[tok_key])).astype(np.int64).reshape(-1)
             doc_key = pick(raw, "", DOC_KEYS)
-            starts = (np.asarray(decode_field(*raw[doc_key])).astype(np.int64).reshape(-1)
-                      if doc_key and self.mode != "none" else None)
+            starts = (
+                np.asarray(decode_field(*raw[doc_key])).astype(np.int64).reshape(-1)
+                if doc_key and self.mode != "none"
+                else None
+            )
         except Exception as e:
-            raise BadSampleError(f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}") from e
+            raise BadSampleError(
+                f"{where(shard, key)}: cannot decode: {type(e).__name__}: {e}"
+            ) from e
         if len(seq) != self.seq_len + 1:
-            raise BadSampleError(f"{where(shard, key)}: {len(seq)} token ids, expected seq_len + 1 ="
-                                 f" {self.seq_len + 1}")
+            raise BadSampleError(
+                f"{where(shard, key)}: {len(seq)} token ids, expected seq_len + 1 ="
+                f" {self.seq_len + 1}"
+            )
         if starts is not None and starts.size and (starts.min() < 0 or starts.max() >= len(seq)):
             raise BadSampleError(f"{where(shard, key)}: doc_starts out of range")
         return self.row(seq, starts)
@@ -234,8 +250,10 @@ class TokenRows:
         return row
 
     def pad(self) -> dict[str, Any]:
-        row = {"tokens": np.zeros(self.seq_len, np.int64),
-               "targets": np.full(self.seq_len, IGNORE_INDEX, np.int64)}
+        row = {
+            "tokens": np.zeros(self.seq_len, np.int64),
+            "targets": np.full(self.seq_len, IGNORE_INDEX, np.int64),
+        }
         if self.mode != "none":
             row["position_ids"] = np.arange(self.seq_len, dtype=np.int64)
             if self.mode == "doc_ids":

@@ -104,7 +104,8 @@ class WdsWriter:
             self._close_shard()
         if self._tar is None:
             name = f"shard-{len(self.shards):06d}.tar"
-            self._tar = tarfile.open(os.path.join(self.out_dir, name), "w", format=tarfile.USTAR_FORMAT)
+            self._tar = tarfile.open(os.path.join(self.out_dir, name), "w",
+                                     format=tarfile.USTAR_FORMAT)
             self.shards.append(ShardInfo(name=name, samples=0))
         key = f"{self._total:09d}"
         for ext, data in fields.items():
@@ -116,7 +117,11 @@ class WdsWriter:
         self._tar.close()
         info = self.shards[-1]
         path = os.path.join(self.out_dir, info.name)
-        info.samples, info.bytes, info.sha256 = self._count, os.path.getsize(path), sha256_file(path)
+        info.samples, info.bytes, info.sha256 = (
+            self._count,
+            os.path.getsize(path),
+            sha256_file(path),
+        )
         self._tar, self._count = None, 0
 
     def end_shard(self) -> list[dict]:
@@ -124,7 +129,7 @@ class WdsWriter:
         closed since the last call (more than one only when max_bytes cut one)."""
         if self._tar is not None:
             self._close_shard()
-        closed = [asdict(s) for s in self.shards[self._reported:]]
+        closed = [asdict(s) for s in self.shards[self._reported :]]
         self._reported = len(self.shards)
         return closed
 
@@ -159,8 +164,14 @@ class MdsWriter:
     MDSWriter in OUT/.writing and renamed into place, so a closed shard is final (streaming's
     writer cuts by bytes only and cannot continue a set); index.json lists them all."""
 
-    def __init__(self, out_dir: str, samples_per_shard: int = 1000, max_bytes: int = 256 * 2**20,
-                 meta: dict | None = None, compression: str | None = None):
+    def __init__(
+        self,
+        out_dir: str,
+        samples_per_shard: int = 1000,
+        max_bytes: int = 256 * 2**20,
+        meta: dict | None = None,
+        compression: str | None = None,
+    ):
         self.out_dir, self.meta = out_dir, dict(meta or {})
         self.max_bytes, self.compression = max_bytes, compression
         self.samples_per_shard = samples_per_shard
@@ -196,8 +207,13 @@ class MdsWriter:
 
             self._columns = self._columns or self._columns_for(sample)
             self._writer = import_streaming().MDSWriter(
-                out=self._scratch, columns=self._columns, compression=self.compression,
-                hashes=["sha256"], size_limit=self.max_bytes, exist_ok=True)
+                out=self._scratch,
+                columns=self._columns,
+                compression=self.compression,
+                hashes=["sha256"],
+                size_limit=self.max_bytes,
+                exist_ok=True,
+            )
         row = {}
         for name, value in sample.items():
             if name == "image" and isinstance(value, np.ndarray):
@@ -217,7 +233,8 @@ class MdsWriter:
             image = Image.fromarray(image)
         scratch = os.path.join(self.out_dir, ".scratch.jpg")
         image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
-            scratch, format="JPEG", quality=95)
+            scratch, format="JPEG", quality=95
+        )
         return Image.open(scratch)
 
     def end_shard(self) -> list[dict]:
@@ -290,9 +307,14 @@ def _write_json(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_dataset(samples: Iterable[dict[str, Any]], out_dir: str, fmt: str,
-                  samples_per_shard: int = 1000, meta: dict | None = None,
-                  max_bytes: int = 256 * 2**20) -> Manifest:
+def write_dataset(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str,
+    fmt: str,
+    samples_per_shard: int = 1000,
+    meta: dict | None = None,
+    max_bytes: int = 256 * 2**20,
+) -> Manifest:
     """Write samples (logical fields) into `out_dir` as `fmt` (wds | mds) shards."""
     if fmt == "wds":
         writer: WdsWriter | MdsWriter = WdsWriter(out_dir, samples_per_shard, max_bytes, meta)
@@ -305,9 +327,14 @@ def write_dataset(samples: Iterable[dict[str, Any]], out_dir: str, fmt: str,
     return writer.finish()
 
 
-def write_splits(samples: Iterable[tuple[str, dict[str, Any]]], out_dir: str, fmt: str,
-                 samples_per_shard: int = 1000, meta: dict | None = None,
-                 max_bytes: int = 256 * 2**20) -> dict[str, Manifest]:
+def write_splits(
+    samples: Iterable[tuple[str, dict[str, Any]]],
+    out_dir: str,
+    fmt: str,
+    samples_per_shard: int = 1000,
+    meta: dict | None = None,
+    max_bytes: int = 256 * 2**20,
+) -> dict[str, Manifest]:
     """Write (split, sample) pairs into out_dir/<split>/ datasets; returns their manifests."""
     writers: dict[str, WdsWriter | MdsWriter] = {}
     for split, sample in samples:

@@ -44,10 +44,17 @@ def test_kernel_accepts_the_writeback_hint_on_this_file_system(tmp_path):
 def test_checkpoint_loads_with_torchs_stock_reader(tmp_path):
     """The writer only changes how bytes reach the disk, not the format: a checkpoint it wrote
     loads through torch's unmodified FileSystemReader."""
-    state = {"w": torch.randn(300, 700), "b": torch.arange(10), "nested": {"x": torch.ones(3, dtype=torch.bfloat16)}}
+    state = {
+        "w": torch.randn(300, 700),
+        "b": torch.arange(10),
+        "nested": {"x": torch.ones(3, dtype=torch.bfloat16)},
+    }
     dcp_io.save(state, tmp_path / "ckpt")
-    target = {"w": torch.zeros(300, 700), "b": torch.zeros(10, dtype=torch.long),
-              "nested": {"x": torch.zeros(3, dtype=torch.bfloat16)}}
+    target = {
+        "w": torch.zeros(300, 700),
+        "b": torch.zeros(10, dtype=torch.long),
+        "nested": {"x": torch.zeros(3, dtype=torch.bfloat16)},
+    }
     dcp.load(target, storage_reader=FileSystemReader(str(tmp_path / "ckpt")))
     assert torch.equal(target["w"], state["w"]) and torch.equal(target["b"], state["b"])
     assert torch.equal(target["nested"]["x"], state["nested"]["x"])

@@ -46,7 +46,8 @@ def test_unknown_key_names_it_and_the_closest(override, message):
         ("schedule.steps=2.5", "config key 'schedule.steps' expects int, got 2.5 (float)"),
         (
             "parallel.backend=fsdp",
-            "config key 'parallel.backend' expects one of 'single', 'ddp', 'fsdp2', 'deepspeed', got 'fsdp' (str)",
+            "config key 'parallel.backend' expects one of 'single', 'ddp', 'fsdp2', 'deepspeed', "
+            "got 'fsdp' (str)",
         ),
         ("checkpoint.async_save=3", "config key 'checkpoint.async_save' expects bool, got 3 (int)"),
         ("optim.betas=0.9", "config key 'optim.betas' expects list[float], got 0.9 (float)"),
@@ -151,7 +152,9 @@ def test_config_assembles_sections_only():
                           capture_output=True, text=True, check=True)  # fmt: skip
     loaded = set(proc.stdout.split())
     assert {m for m in loaded if m.startswith(("launch", "pretrain.engines"))} == {
-        "launch", "launch.slurm_config"}
+        "launch",
+        "launch.slurm_config",
+    }
     assert "pretrain.parallel_config" in loaded
     assert not loaded & {"pretrain.trainer", "pretrain.checkpoint", "pretrain.optim"}
 

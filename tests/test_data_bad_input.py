@@ -97,7 +97,9 @@ def test_missing_shard_is_named(copy, fmt):
 
 def png(seed: int) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(out, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(
+        out, "PNG"
+    )
     return out.getvalue()
 
 
@@ -110,7 +112,9 @@ def test_undecodable_sample_names_shard_and_key_and_skip_counts(tmp_path):
         epoch(str(tmp_path), "wds")
     batches, loader = epoch(str(tmp_path), "wds", on_bad_sample="skip")
     ids = np.concatenate([b["sample_id"].numpy() for b in batches])
-    assert (ids == -1).sum() == 1 and sorted(ids[ids >= 0].tolist()) == [i for i in range(N) if i != 13]
+    assert (ids == -1).sum() == 1 and sorted(ids[ids >= 0].tolist()) == [
+        i for i in range(N) if i != 13
+    ]
     labels = np.concatenate([b["label"].numpy() for b in batches])
     assert labels[ids == -1].tolist() == [-100]
     assert loader.metrics()["data/bad_samples"] == 1

@@ -45,7 +45,9 @@ def test_webdataset_shardwriter_shards(tmp_path):
     pix, labels = images(50)
     with wds.ShardWriter(str(tmp_path / "part-%04d.tar"), maxcount=12, verbose=0) as sink:
         for i in range(50):
-            sink.write({"__key__": f"s{i:05d}", "png": Image.fromarray(pix[i]), "cls": int(labels[i])})
+            sink.write(
+                {"__key__": f"s{i:05d}", "png": Image.fromarray(pix[i]), "cls": int(labels[i])}
+            )
     cfg = DataConfig(format="wds", train_url=str(tmp_path), global_batch_size=10, num_workers=2)
     got = read_epoch(cfg, 50)  # no manifest: the shards are scanned
     assert sorted(got) == list(range(50))
@@ -66,13 +68,27 @@ def test_streaming_mdswriter_shards(tmp_path, compression):
     streaming = import_streaming()
     pix, labels = images(40, seed=1)
     columns = {"picture": "png", "target": "int", "extra": "ndarray", "note": "json"}
-    with streaming.MDSWriter(out=str(tmp_path), columns=columns, size_limit=2000,
-                             compression=compression) as out:
+    with streaming.MDSWriter(
+        out=str(tmp_path), columns=columns, size_limit=2000, compression=compression
+    ) as out:
         for i in range(40):
-            out.write({"picture": Image.fromarray(pix[i]), "target": int(labels[i]),
-                       "extra": np.arange(i + 1, dtype=np.int16), "note": {"i": i}})
-    cfg = DataConfig(format="mds", train_url=str(tmp_path), global_batch_size=8, num_workers=2,
-                     image_key="picture", label_key="target", cache_dir=str(tmp_path / "cache"))
+            out.write(
+                {
+                    "picture": Image.fromarray(pix[i]),
+                    "target": int(labels[i]),
+                    "extra": np.arange(i + 1, dtype=np.int16),
+                    "note": {"i": i},
+                }
+            )
+    cfg = DataConfig(
+        format="mds",
+        train_url=str(tmp_path),
+        global_batch_size=8,
+        num_workers=2,
+        image_key="picture",
+        label_key="target",
+        cache_dir=str(tmp_path / "cache"),
+    )
     got = read_epoch(cfg, 40)
     assert sorted(got) == list(range(40))
     for sid, (img, label) in got.items():
@@ -84,13 +100,28 @@ def test_mds_dynamic_ndarray_and_scalars_decode(tmp_path):
     from data_pipeline.source import ShardedSource
 
     streaming = import_streaming()
-    columns = {"a": "ndarray", "b": "ndarray:float32", "c": "ndarray:uint8:2,3", "d": "float64",
-               "e": "str_int", "f": "str", "g": "pil"}
+    columns = {
+        "a": "ndarray",
+        "b": "ndarray:float32",
+        "c": "ndarray:uint8:2,3",
+        "d": "float64",
+        "e": "str_int",
+        "f": "str",
+        "g": "pil",
+    }
     rng = np.random.default_rng(0)
-    rows = [{"a": rng.integers(-9, 9, (i + 1, 2)).astype(np.int64), "b": rng.random(i + 2, np.float32),
-             "c": rng.integers(0, 255, (2, 3), dtype=np.uint8), "d": float(i) / 3, "e": i * 7,
-             "f": f"doc {i}", "g": Image.fromarray(rng.integers(0, 255, (3, 4), dtype=np.uint8))}
-            for i in range(5)]
+    rows = [
+        {
+            "a": rng.integers(-9, 9, (i + 1, 2)).astype(np.int64),
+            "b": rng.random(i + 2, np.float32),
+            "c": rng.integers(0, 255, (2, 3), dtype=np.uint8),
+            "d": float(i) / 3,
+            "e": i * 7,
+            "f": f"doc {i}",
+            "g": Image.fromarray(rng.integers(0, 255, (3, 4), dtype=np.uint8)),
+        }
+        for i in range(5)
+    ]
     with streaming.MDSWriter(out=str(tmp_path), columns=columns) as out:
         for row in rows:
             out.write(row)

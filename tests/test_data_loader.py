@@ -45,15 +45,16 @@ def take(loader, n: int) -> list[np.ndarray]:
 
 def global_stream(cfg: DataConfig, world: int, steps: int, states: list | None = None,
                   grad_accum: int = 1) -> np.ndarray:
-    """Sample ids of `steps` optimizer steps, ranks interleaved the way the global batch is split."""
+    """Sample ids of `steps` optimizer steps, ranks interleaved as the global batch is split."""
     per_rank = []
     for rank in range(world):
         loader = build_loader(cfg, rank, world, "train", grad_accum)
         if states is not None:
             loader.load_state_dict(json.loads(json.dumps(states[rank])))
         per_rank.append(take(loader, steps * grad_accum))
-    rows = [np.concatenate([per_rank[r][k] for r in range(world)])
-            for k in range(steps * grad_accum)]
+    rows = [
+        np.concatenate([per_rank[r][k] for r in range(world)]) for k in range(steps * grad_accum)
+    ]
     return np.concatenate(rows)
 
 
@@ -74,7 +75,7 @@ def test_epoch_covers_every_sample_once_same_order_any_world_size(datasets, fmt)
     assert sorted(epoch.tolist()) == list(range(n))
     # the next epoch starts a new permutation of the same ids
     assert set(streams[1][n:].tolist()) <= set(range(n))
-    assert not np.array_equal(epoch[: GLOBAL_BATCH], np.arange(GLOBAL_BATCH))
+    assert not np.array_equal(epoch[:GLOBAL_BATCH], np.arange(GLOBAL_BATCH))
 
 
 @pytest.mark.parametrize("fmt", ["wds", "mds"])
@@ -115,7 +116,9 @@ def test_elastic_resume_neither_repeats_nor_skips(datasets, fmt, new_world):
     remaining = n // GLOBAL_BATCH - steps_before
     after = global_stream(cfg, new_world, remaining, states=[state] * new_world)
     seen = np.concatenate([before, after])
-    assert sorted(seen.tolist()) == list(range(remaining * GLOBAL_BATCH + steps_before * GLOBAL_BATCH))
+    assert sorted(seen.tolist()) == list(
+        range(remaining * GLOBAL_BATCH + steps_before * GLOBAL_BATCH)
+    )
     assert len(set(seen.tolist())) == len(seen)
 
 
@@ -124,7 +127,8 @@ def test_state_from_another_dataset_is_refused(datasets):
     state = loader.state_dict()
     with pytest.raises(ValueError, match="num_samples"):
         build_loader(cfg_for(datasets["wds"], "wds"), 0, 1).load_state_dict(
-            {**state, "num_samples": [5]})
+            {**state, "num_samples": [5]}
+        )
     with pytest.raises(ValueError, match="seed"):
         loader.load_state_dict({**state, "seed": 99})
 

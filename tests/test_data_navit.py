@@ -19,8 +19,10 @@ N, P, K, S = 36, 4, 3, 40
 def varres(tmp_path_factory):
     root = tmp_path_factory.mktemp("varres")
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (int(rng.integers(4, 30)), int(rng.integers(4, 30)), 3), np.uint8)
-              for _ in range(N)]
+    images = [
+        rng.integers(0, 255, (int(rng.integers(4, 30)), int(rng.integers(4, 30)), 3), np.uint8)
+        for _ in range(N)
+    ]
     writer = WdsWriter(str(root), samples_per_shard=10)
     for i, img in enumerate(images):
         writer.write({"image": img, "label": i % 7})
@@ -29,8 +31,17 @@ def varres(tmp_path_factory):
 
 
 def cfg(root: str, **kw) -> DataConfig:
-    return DataConfig(format="wds", train_url=root, global_batch_size=12, num_workers=2,
-                      patch_pack=True, patch_size=P, pack_images=K, pack_max_patches=S, **kw)
+    return DataConfig(
+        format="wds",
+        train_url=root,
+        global_batch_size=12,
+        num_workers=2,
+        patch_pack=True,
+        patch_size=P,
+        pack_images=K,
+        pack_max_patches=S,
+        **kw,
+    )
 
 
 def test_fit_scale_fits():
@@ -51,7 +62,7 @@ def test_packed_batches_reconstruct_images_and_cover_epoch(varres):
             assert b["label"].shape == b["sample_id"].shape == (6,)
             for q in range(2):
                 ids = b["image_ids"][q].numpy()
-                slots = b["sample_id"][q * K:(q + 1) * K].tolist()
+                slots = b["sample_id"][q * K : (q + 1) * K].tolist()
                 sizes = [images[s].shape[:2] for s in slots]
                 scale = fit_scale(sizes, P, S)
                 for slot, sid in enumerate(slots):
@@ -66,7 +77,7 @@ def test_packed_batches_reconstruct_images_and_cover_epoch(varres):
                         patches = b["patches"][q][mine].numpy().reshape(gr, gc, 3, P, P)
                         pixels = patches.transpose(0, 3, 1, 4, 2).reshape(gr * P, gc * P, 3)
                         np.testing.assert_allclose(pixels, images[sid] / 127.5 - 1, atol=1e-5)
-                assert np.all(ids[(ids >= 0).sum():] == -1)  # padding at the end
+                assert np.all(ids[(ids >= 0).sum() :] == -1)  # padding at the end
             seen.extend(b["sample_id"].tolist())
     assert sorted(seen) == list(range(N))
 

@@ -84,14 +84,19 @@ def test_http_second_epoch_reads_from_cache(local_data, tmp_path, fmt):
     shard_gets = {p: c for p, c in counts.items() if p.endswith((".tar", ".mds"))}
     with open(f"{local_data}/{fmt}/train/manifest.json") as f:
         num_shards = len(json.load(f)["shards"])
-    assert len(shard_gets) == num_shards and set(shard_gets.values()) == {1}, shard_gets  # once each
+    assert len(shard_gets) == num_shards and set(shard_gets.values()) == {1}, (
+        shard_gets
+    )  # once each
 
 
 @pytest.fixture(scope="module")
 def moto_s3():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -103,8 +108,11 @@ def moto_s3():
                 proc.kill()
                 pytest.fail("moto server did not start")
             time.sleep(0.3)
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield endpoint, proc
@@ -130,24 +138,49 @@ def test_s3_stream_cache_and_eviction(local_data, tmp_path, moto_s3, capsys):
     # mds with a cache smaller than the dataset: evictions re-download, the epoch stays exact
     shards = [f for f in os.listdir(f"{local_data}/mds/train") if f.endswith(".mds")]
     biggest = max(os.path.getsize(f"{local_data}/mds/train/{f}") for f in shards)
-    small = DataConfig(format="mds", train_url="s3://pretrain-data/mds/train", storage_options=opts,
-                       global_batch_size=BATCH, num_workers=2, cache_dir=str(tmp_path / "small"),
-                       cache_limit_mb=2.5 * biggest / 2**20, shuffle_window=1)
+    small = DataConfig(
+        format="mds",
+        train_url="s3://pretrain-data/mds/train",
+        storage_options=opts,
+        global_batch_size=BATCH,
+        num_workers=2,
+        cache_dir=str(tmp_path / "small"),
+        cache_limit_mb=2.5 * biggest / 2**20,
+        shuffle_window=1,
+    )
     first, second = read_epochs(small, 2)
     assert sorted(first.tolist()) == list(range(N)) == sorted(second.tolist())
-    resident = [f for _, _, files in os.walk(tmp_path / "small") for f in files if f.endswith(".mds")]
+    resident = [
+        f for _, _, files in os.walk(tmp_path / "small") for f in files if f.endswith(".mds")
+    ]
     assert 0 < len(resident) <= 3 < len(shards)
 
     from pretrain.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main(["data", "inspect", "s3://pretrain-data/wds/train", "--verify", "--option",
-              f"client_kwargs.endpoint_url={endpoint}", "--cache-dir", str(tmp_path / "inspect")])
+        main(
+            [
+                "data",
+                "inspect",
+                "s3://pretrain-data/wds/train",
+                "--verify",
+                "--option",
+                f"client_kwargs.endpoint_url={endpoint}",
+                "--cache-dir",
+                str(tmp_path / "inspect"),
+            ]
+        )
     assert done.value.code == 0
     assert f"{N} samples" in capsys.readouterr().out
 
-    cfg = DataConfig(format="wds", train_url="s3://pretrain-data/wds/train", storage_options=opts,
-                     global_batch_size=BATCH, num_workers=2, cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        format="wds",
+        train_url="s3://pretrain-data/wds/train",
+        storage_options=opts,
+        global_batch_size=BATCH,
+        num_workers=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
     def stop_server():
         proc.kill()
@@ -171,8 +204,9 @@ def test_cache_limit_evicts_least_recently_used(local_data, tmp_path):
     from data_pipeline.source import load_manifest
     from data_pipeline.storage import ShardStore
 
-    store = ShardStore("memory://evict/train", cache_dir=str(tmp_path / "c"),
-                       cache_limit_bytes=int(2.5 * shard))
+    store = ShardStore(
+        "memory://evict/train", cache_dir=str(tmp_path / "c"), cache_limit_bytes=int(2.5 * shard)
+    )
     manifest = load_manifest(store, "wds")
     for info in manifest.shards:
         path = store.local_path(info)
@@ -191,7 +225,12 @@ def test_file_and_memory_urls(local_data, tmp_path):
         with open(f"{local_data}/mds/train/{name}", "rb") as f:
             mem.pipe(f"/urls/train/{name}", f.read())
     for url in (f"file://{local_data}/mds/train", "memory://urls/train"):
-        cfg = DataConfig(format="mds", train_url=url, global_batch_size=BATCH, num_workers=2,
-                         cache_dir=str(tmp_path / "cache"))
+        cfg = DataConfig(
+            format="mds",
+            train_url=url,
+            global_batch_size=BATCH,
+            num_workers=2,
+            cache_dir=str(tmp_path / "cache"),
+        )
         (epoch,) = read_epochs(cfg, 1)
         assert sorted(epoch.tolist()) == list(range(N)), url

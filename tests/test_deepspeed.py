@@ -35,7 +35,13 @@ pytestmark = pytest.mark.slow
 
 STEPS = 16
 # Two micro-batches per step: DeepSpeed's own accumulation against the trainer's no-sync one.
-COMMON = [*TINY, f"schedule.steps={STEPS}", "optim.grad_accum=2", "checkpoint.every_steps=4", "checkpoint.keep_last=5"]
+COMMON = [
+    *TINY,
+    f"schedule.steps={STEPS}",
+    "optim.grad_accum=2",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_last=5",
+]
 
 
 def zero(stage: int) -> list[str]:
@@ -44,13 +50,24 @@ def zero(stage: int) -> list[str]:
 
 def run_together(jobs: list[tuple[int, list[str]]], timeout: float = 400) -> list[str]:
     """Start every (nproc, overrides) run at once; fail with the output of any that fails."""
-    procs = [subprocess.Popen(train_cmd(n, o), cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n, o in jobs]
+    procs = [
+        subprocess.Popen(
+            train_cmd(n, o),
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, o in jobs
+    ]
     outputs = []
     for proc, (n, o) in zip(procs, jobs):
         out, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
-            pytest.fail(f"run {n} ranks {o[-3:]} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-6000:]}")
+            pytest.fail(
+                f"run {n} ranks {o[-3:]} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-6000:]}"
+            )
         outputs.append(err)
     return outputs
 
@@ -71,7 +88,11 @@ def resumed_step(stderr: str) -> int:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """FSDP2 and ZeRO-1/2/3, 2 ranks each, same data and seed, checkpoints every 4 steps."""
     root = tmp_path_factory.mktemp("ds")
-    dirs = {"fsdp2": root / "fsdp2", **{f"zero{s}": root / f"zero{s}" for s in (1, 2, 3)}, "bf16": root / "bf16"}
+    dirs = {
+        "fsdp2": root / "fsdp2",
+        **{f"zero{s}": root / f"zero{s}" for s in (1, 2, 3)},
+        "bf16": root / "bf16",
+    }
     jobs = [(2, [*COMMON, "parallel.backend=fsdp2", f"run.dir={dirs['fsdp2']}"])]
     jobs += [(2, [*COMMON, *zero(s), f"run.dir={dirs[f'zero{s}']}"]) for s in (1, 2, 3)]
     jobs += [(2, [*COMMON, *zero(2), "parallel.mixed_precision=bf16", f"run.dir={dirs['bf16']}"])]
@@ -85,8 +106,14 @@ def test_zero_stage_follows_fsdp2_trajectory(runs, stage):
     assert sorted(ds) == sorted(ref) == list(range(1, STEPS + 1))
     for step in ref:  # fp32 on both sides; only reduction order differs
         assert ds[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), (stage, step)
-    norms = {r["step"]: r["grad_norm"] for r in read_metrics(runs[f"zero{stage}"]) if r["split"] == "train"}
-    ref_norms = {r["step"]: r["grad_norm"] for r in read_metrics(runs["fsdp2"]) if r["split"] == "train"}
+    norms = {
+        r["step"]: r["grad_norm"]
+        for r in read_metrics(runs[f"zero{stage}"])
+        if r["split"] == "train"
+    }
+    ref_norms = {
+        r["step"]: r["grad_norm"] for r in read_metrics(runs["fsdp2"]) if r["split"] == "train"
+    }
     assert all(norms[s] == pytest.approx(ref_norms[s], rel=1e-3) for s in ref_norms)
 
 
@@ -113,7 +140,9 @@ def test_deepspeed_checkpoint_carries_the_training_state(runs):
         assert state["step"] == 8 and state["backend"] == "deepspeed" and state["world_size"] == 2
         assert state["loader"] and (ckpt / "rng/rank_00001.safetensors").exists()
         source = open_source(ckpt)
-        assert isinstance(source, DeepSpeedSource) and source.stage == stage and source.world_size == 2
+        assert (
+            isinstance(source, DeepSpeedSource) and source.stage == stage and source.world_size == 2
+        )
         if stage < 3:  # ZeRO-1/2 also store the full module: the assembled fp32 master equals it
             module = safe_torch_load(ckpt / "model/mp_rank_00_model_states.pt")["module"]
             assert all(torch.equal(source.read(n), module[n]) for n in source.params)
@@ -135,7 +164,12 @@ def test_exact_resume_after_sigkill(runs, tmp_path, stage):
     ref, resumed = open_source(runs[f"zero{stage}"] / final), open_source(victim / final)
     for name in ref.params:
         for kind in KINDS:
-            assert torch.equal(ref.read(name, kind), resumed.read(name, kind)), (seed, killed_at, name, kind)
+            assert torch.equal(ref.read(name, kind), resumed.read(name, kind)), (
+                seed,
+                killed_at,
+                name,
+                kind,
+            )
     assert losses(victim)[STEPS] == losses(runs[f"zero{stage}"])[STEPS]
 
 
@@ -145,12 +179,18 @@ def test_round_trips_between_deepspeed_and_fsdp2_continue_the_loss(runs, tmp_pat
     to_fsdp2, to_zero3 = tmp_path / "to_fsdp2", tmp_path / "to_zero3"
     convert(runs["zero2"] / "checkpoints/step_00000008", to_fsdp2 / "checkpoints", "dcp")
     convert(runs["fsdp2"] / "checkpoints/step_00000008", to_zero3 / "checkpoints", "deepspeed")
-    errs = run_together([(3, [*COMMON, "parallel.backend=fsdp2", f"run.dir={to_fsdp2}"]),
-                         (0, [*COMMON, *zero(3), f"run.dir={to_zero3}"])])
+    errs = run_together(
+        [
+            (3, [*COMMON, "parallel.backend=fsdp2", f"run.dir={to_fsdp2}"]),
+            (0, [*COMMON, *zero(3), f"run.dir={to_zero3}"]),
+        ]
+    )
     for err, run_dir, original in zip(errs, (to_fsdp2, to_zero3), (runs["zero2"], runs["fsdp2"])):
         assert resumed_step(err) == 8
         got, want = losses(run_dir), losses(original)
-        assert sorted(got) == list(range(9, STEPS + 1)), "must continue from step 9, not from scratch"
+        assert sorted(got) == list(range(9, STEPS + 1)), (
+            "must continue from step 9, not from scratch"
+        )
         for step in got:
             assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (run_dir.name, step)
 
@@ -174,12 +214,22 @@ def test_fsdp2_engine_refuses_a_deepspeed_checkpoint_with_the_convert_command(ru
     from pretrain.engines.base import Engine
     from pretrain.models import build_model, get_family
 
-    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={tmp_path}"])
+    cfg = load_config(
+        REPO / "configs/vit_digits.yaml", [*TINY, "parallel.backend=single", f"run.dir={tmp_path}"]
+    )
     env = DistEnv(0, 1, 0, torch.device("cpu"))
-    engine = Engine(build_model(cfg.model), get_family("vit").loss, env, parallel=cfg.parallel,
-                    optim=cfg.optim, model_cfg=cfg.model,
-                    global_batch_size=cfg.data.global_batch_size)
-    with pytest.raises(CheckpointError, match="written by DeepSpeed.*pretrain ckpt convert .* --to dcp"):
+    engine = Engine(
+        build_model(cfg.model),
+        get_family("vit").loss,
+        env,
+        parallel=cfg.parallel,
+        optim=cfg.optim,
+        model_cfg=cfg.model,
+        global_batch_size=cfg.data.global_batch_size,
+    )
+    with pytest.raises(
+        CheckpointError, match="written by DeepSpeed.*pretrain ckpt convert .* --to dcp"
+    ):
         load_engine_state(engine, runs["zero2"] / "checkpoints/step_00000008/model")
 
 
@@ -198,6 +248,14 @@ def test_missing_or_unsafe_zero_shard_is_reported(runs, tmp_path):
 
     torch.save({"optimizer_state_dict": Exploit()}, shard)
     with pytest.raises(UnsafeCheckpointError, match="posix.system|os.system"):
-        check_loadable(ckpt / "model", 3, 2, {n: i.shape for n, i in open_source(runs["zero3"] / "checkpoints/step_00000008").params.items()})
+        check_loadable(
+            ckpt / "model",
+            3,
+            2,
+            {
+                n: i.shape
+                for n, i in open_source(runs["zero3"] / "checkpoints/step_00000008").params.items()
+            },
+        )
     assert not Path("/tmp/pretrain_ds_pwned").exists()
     shard.write_bytes(saved)

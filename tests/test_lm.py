@@ -22,7 +22,13 @@ from pretrain.models import build_model
 from pretrain.models.lm import lm_loss
 from pretrain.models.lm_generate import generate
 
-SMALL = ["model.family=lm", "model.width=32", "model.depth=2", "model.num_heads=2", "model.lm.seq_len=24"]
+SMALL = [
+    "model.family=lm",
+    "model.width=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.lm.seq_len=24",
+]
 
 
 def lm(*overrides: str, seed: int = 0):
@@ -31,10 +37,19 @@ def lm(*overrides: str, seed: int = 0):
     return model.eval()
 
 
-@pytest.mark.parametrize("overrides", [
-    (), ("model.lm.tie_embeddings=true", "model.bias=false", "model.mlp=gelu"),
-    ("model.norm=rmsnorm", "model.norm_placement=peri", "model.qk_norm=true", "model.sigma_reparam=true"),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("model.lm.tie_embeddings=true", "model.bias=false", "model.mlp=gelu"),
+        (
+            "model.norm=rmsnorm",
+            "model.norm_placement=peri",
+            "model.qk_norm=true",
+            "model.sigma_reparam=true",
+        ),
+    ],
+)
 def test_forward_backward_shapes_and_dtypes(overrides):
     model = lm(*overrides).train()
     tokens = torch.randint(0, 256, (3, 24))
@@ -103,8 +118,11 @@ def test_greedy_generation_follows_the_argmax_chain():
     with torch.no_grad():
         for _ in range(6):
             ids.append(int(model(torch.tensor(ids[-24:])[None])[0, -1].argmax()))
-    assert out == ids[len(prompt):]
-    g1, g2 = (generate(model, prompt, 8, top_k=5, generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    assert out == ids[len(prompt) :]
+    g1, g2 = (
+        generate(model, prompt, 8, top_k=5, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    )
     assert g1 == g2 and len(g1) <= 8
 
 
@@ -112,7 +130,13 @@ def test_greedy_generation_follows_the_argmax_chain():
 
 
 def text_cfg(**kw) -> DataConfig:
-    return DataConfig(format="memory", name="text", seq_len=kw.pop("seq_len", 32), global_batch_size=kw.pop("gbs", 8), **kw)
+    return DataConfig(
+        format="memory",
+        name="text",
+        seq_len=kw.pop("seq_len", 32),
+        global_batch_size=kw.pop("gbs", 8),
+        **kw,
+    )
 
 
 def test_packed_rows_respect_document_boundaries():
@@ -122,7 +146,9 @@ def test_packed_rows_respect_document_boundaries():
     valid = a["targets"] != IGNORE_INDEX
     # A target is ignored exactly where an EOS ends a document inside the row's window.
     assert np.array_equal(~valid, a["tokens"] == EOS)
-    np.testing.assert_array_equal(a["targets"][:-1, -1][valid[:-1, -1]], a["tokens"][1:, 0][valid[:-1, -1]])
+    np.testing.assert_array_equal(
+        a["targets"][:-1, -1][valid[:-1, -1]], a["tokens"][1:, 0][valid[:-1, -1]]
+    )
     starts = np.diff(a["doc_ids"], axis=1) == 1
     assert np.all(a["position_ids"][:, 1:][starts] == 0) and np.all(a["position_ids"][:, 0] == 0)
     assert np.all(np.diff(a["doc_ids"], axis=1) >= 0)

@@ -16,7 +16,11 @@ from pretrain.models.blocks import RMSNorm, SigmaReparamLinear
 
 def build(*overrides: str, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(load_config(None, ["model.width=32", "model.depth=2", "model.num_heads=2", *overrides]).model)
+    return build_model(
+        load_config(
+            None, ["model.width=32", "model.depth=2", "model.num_heads=2", *overrides]
+        ).model
+    )
 
 
 def spectral_norm(w: torch.Tensor) -> float:
@@ -54,7 +58,9 @@ def test_sigma_reparam_tracks_sigma_while_training():
         ratio = spectral_norm(layer.effective_weight()) / layer.gamma.item()
         assert 1 - 1e-5 <= ratio < 1.25
         layer.power_iteration(300)
-        assert spectral_norm(layer.effective_weight()) == pytest.approx(layer.gamma.item(), rel=1e-3)
+        assert spectral_norm(layer.effective_weight()) == pytest.approx(
+            layer.gamma.item(), rel=1e-3
+        )
     # Eval forwards leave the power-iteration state alone.
     u = [layer.u.clone() for layer in layers]
     model.eval()
@@ -70,7 +76,11 @@ def test_pre_ln_converted_to_pre_rmsnorm_gives_the_same_logits(family):
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
     model.eval()
-    x = torch.randint(0, 256, (3, 16)) if family == "lm" else torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    x = (
+        torch.randint(0, 256, (3, 16))
+        if family == "lm"
+        else torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    )
     with torch.no_grad():
         before = model(x)
         converted = pre_ln_to_pre_rmsnorm(model)
@@ -123,7 +133,12 @@ def test_attention_entropy_reports_the_lowest_head():
     model = build("model.family=vit").eval()
     with torch.no_grad():
         model.blocks[0].attn.qkv.weight[:16].mul_(40)  # head 0's queries: peaked attention
-    out = get_family("vit").eval_extras(model, {"image": torch.randn(4, 1, 8, 8), "label": torch.zeros(4, dtype=torch.long)}, 0, None)
+    out = get_family("vit").eval_extras(
+        model,
+        {"image": torch.randn(4, 1, 8, 8), "label": torch.zeros(4, dtype=torch.long)},
+        0,
+        None,
+    )
     assert out == {}  # off unless model.attn_entropy
     out = attention_entropy(model, lambda: model(torch.randn(4, 1, 8, 8)))
     assert out["attn_entropy/layer0_min_head"] < out["attn_entropy/layer0_mean"] <= math.log(17)
@@ -131,8 +146,17 @@ def test_attention_entropy_reports_the_lowest_head():
 
 @pytest.mark.parametrize("family", ["vit", "dit", "lm"])
 def test_every_parameter_has_a_role_and_stats_match_the_built_model(family):
-    cfg = load_config(None, [f"model.family={family}", "model.width=32", "model.depth=2", "model.num_heads=2",
-                             "model.sigma_reparam=true", "model.norm_placement=peri"]).model
+    cfg = load_config(
+        None,
+        [
+            f"model.family={family}",
+            "model.width=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "model.sigma_reparam=true",
+            "model.norm_placement=peri",
+        ],
+    ).model
     model = build_model(cfg)
     kinds = model.param_kinds()
     assert set(kinds) == {n for n, _ in model.named_parameters()}
@@ -140,7 +164,9 @@ def test_every_parameter_has_a_role_and_stats_match_the_built_model(family):
     assert "readout" in kinds.values() or cfg.lm.tie_embeddings
     stats = model_stats(cfg)
     assert stats["params"] == sum(p.numel() for p in model.parameters())
-    embedding = sum(p.numel() for n, p in model.named_parameters() if n in model.embedding_param_names())
+    embedding = sum(
+        p.numel() for n, p in model.named_parameters() if n in model.embedding_param_names()
+    )
     assert stats["params_non_embedding"] == stats["params"] - embedding > 0
     assert stats["flops_per_sample"] == model.flops_per_sample() > 0
     assert model.output_mult == 1.0
@@ -153,14 +179,25 @@ def test_sigma_reparam_power_iteration_runs_once_under_activation_checkpointing(
     from pretrain.engines.base import apply_activation_checkpointing
 
     plain = build("model.family=lm", "model.sigma_reparam=true", "model.lm.seq_len=16").train()
-    checkpointed = build("model.family=lm", "model.sigma_reparam=true", "model.lm.seq_len=16").train()
+    checkpointed = build(
+        "model.family=lm", "model.sigma_reparam=true", "model.lm.seq_len=16"
+    ).train()
     apply_activation_checkpointing(checkpointed)
     tokens = torch.randint(0, 256, (2, 16))
     for model in (plain, checkpointed):
         model(tokens).square().mean().backward()
     u_plain = {n: b for n, b in plain.named_buffers() if n.endswith(".u")}
-    u_ckpt = {n.replace("_checkpoint_wrapped_module.", ""): b for n, b in checkpointed.named_buffers() if n.endswith(".u")}
-    assert u_plain.keys() == u_ckpt.keys() and all(torch.equal(u_plain[n], u_ckpt[n]) for n in u_plain)
-    grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in checkpointed.named_parameters()}
+    u_ckpt = {
+        n.replace("_checkpoint_wrapped_module.", ""): b
+        for n, b in checkpointed.named_buffers()
+        if n.endswith(".u")
+    }
+    assert u_plain.keys() == u_ckpt.keys() and all(
+        torch.equal(u_plain[n], u_ckpt[n]) for n in u_plain
+    )
+    grads = {
+        n.replace("_checkpoint_wrapped_module.", ""): p.grad
+        for n, p in checkpointed.named_parameters()
+    }
     for n, p in plain.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)

@@ -150,8 +150,8 @@ def train_jobs(slurm, tmp_path_factory) -> dict[str, tuple[str, Path, int]]:
     usr1_at = status_step(run_dir)
     job, run_dir = jobs["term"]
     ckpts = run_dir / "checkpoints"
-    wait_until(lambda: latest_complete(ckpts, warn=False) is not None, "term: a periodic checkpoint",
-               run_dir, 400)  # fmt: skip
+    wait_until(lambda: latest_complete(ckpts, warn=False) is not None,
+               "term: a periodic checkpoint", run_dir, 400)  # fmt: skip
     periodic = int(latest_complete(ckpts, warn=False).name[len("step_") :])
     subprocess.run(["scontrol", "requeue", job], check=True)
     return {"reference": (*jobs["reference"], 0), "usr1": (*jobs["usr1"], usr1_at),
@@ -212,9 +212,10 @@ def test_sweep_of_three_runs(slurm, tmp_path: Path) -> None:
               "--env", "OMP_NUM_THREADS=1", "--time", "10")  # fmt: skip
     jobs = re.findall(r"submitted job (\d+)", out)
     assert len(jobs) == 3, out
-    again = subprocess.run([sys.executable, "-m", "pretrain", "slurm", "sweep", str(sweep), "--root",
-                            str(root), "--only", "lr0.001"], cwd=REPO, capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    again = subprocess.run([sys.executable, "-m", "pretrain", "slurm", "sweep", str(sweep),
+                            "--root", str(root), "--only", "lr0.001"], cwd=REPO,
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert again.returncode != 0 and "still active" in again.stderr  # one job per run dir
     names = ["lr0.001", "lr0.002", "lr0.004"]
     for job, name in zip(jobs, names):

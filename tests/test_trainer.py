@@ -25,7 +25,9 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     run_inprocess(tmp_path / "accum", "schedule.steps=4", "optim.grad_accum=3")
     assert losses(tmp_path / "accum") == pytest.approx(losses(tmp_path / "full"), rel=1e-5)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "accum")
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # Adam amplifies float noise in ~0 grads
+    assert all(
+        torch.allclose(a[k], b[k], atol=1e-5) for k in a
+    )  # Adam amplifies float noise in ~0 grads
 
 
 def test_activation_checkpointing_recomputes_exactly(tmp_path):
@@ -45,8 +47,13 @@ def test_compiled_blocks_follow_eager(tmp_path):
 
 def test_metrics_eval_tensorboard_and_mfu(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_inprocess(run_dir, "schedule.steps=4", "logging.eval_every_steps=2", "logging.tensorboard=true",
-                           "logging.peak_tflops=1.0")
+    result = run_inprocess(
+        run_dir,
+        "schedule.steps=4",
+        "logging.eval_every_steps=2",
+        "logging.tensorboard=true",
+        "logging.peak_tflops=1.0",
+    )
     train = [r for r in read_metrics(run_dir) if r["split"] == "train"]
     val = [r for r in read_metrics(run_dir) if r["split"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 3, 4] and [r["step"] for r in val] == [2, 4]
@@ -54,14 +61,24 @@ def test_metrics_eval_tensorboard_and_mfu(tmp_path):
     last = train[-1]
     assert last["samples"] == 4 * 12 and last["flops"] == 4 * 12 * stats["flops_per_sample"]
     assert last["mfu"] == pytest.approx(last["samples_per_s"] * stats["flops_per_sample"] / 1e12)
-    assert 0.0 <= val[-1]["accuracy"] <= 1.0 and result["val_loss"] == pytest.approx(val[-1]["loss"])
+    assert 0.0 <= val[-1]["accuracy"] <= 1.0 and result["val_loss"] == pytest.approx(
+        val[-1]["loss"]
+    )
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/mfu", "val/loss", "val/accuracy"} <= tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "train/mfu",
+        "val/loss",
+        "val/accuracy",
+    } <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
 
 
@@ -76,4 +93,6 @@ def test_singular_value_logging_matches_the_saved_weights(tmp_path):
     logged = {k: v for k, v in sv[-1].items() if k != "step" and k != "split"}
     assert logged, "no singular values were logged"
     for name, value in logged.items():
-        assert value == pytest.approx(torch.linalg.matrix_norm(matrices[name], ord=2).item(), rel=1e-4), name
+        assert value == pytest.approx(
+            torch.linalg.matrix_norm(matrices[name], ord=2).item(), rel=1e-4
+        ), name

@@ -42,7 +42,9 @@ def make_safe_checkpoint_engine(config_params):
 def install_safe_checkpoint_engine(ds_engine) -> None:
     """Route the DeepSpeed engine's checkpoint file I/O through `SafeCheckpointEngine`."""
     if type(ds_engine.checkpoint_engine).__name__ != "SafeCheckpointEngine":
-        ds_engine.checkpoint_engine = make_safe_checkpoint_engine(compat.deepspeed_engine_config(ds_engine))
+        ds_engine.checkpoint_engine = make_safe_checkpoint_engine(
+            compat.deepspeed_engine_config(ds_engine)
+        )
 
 
 def preflight(path: Path) -> None:
@@ -51,13 +53,15 @@ def preflight(path: Path) -> None:
         safe_torch_load(f, mmap=True)
 
 
-def check_loadable(path: Path, zero_stage: int, world_size: int,
-                   expected: dict[str, tuple[int, ...]]) -> bool:
+def check_loadable(
+    path: Path, zero_stage: int, world_size: int, expected: dict[str, tuple[int, ...]]
+) -> bool:
     """Validate `path` for a ZeRO-`zero_stage` run on `world_size` ranks; True if universal."""
     if (path / ".metadata").exists():
         raise CheckpointFormatError(
             f"{path} is a DCP (FSDP2/DDP) checkpoint; convert it for DeepSpeed first: "
-            f"pretrain ckpt convert {path.parent} NEW_DIR --to deepspeed")
+            f"pretrain ckpt convert {path.parent} NEW_DIR --to deepspeed"
+        )
     source = open_source(path)
     check_compatible({n: i.shape for n, i in source.params.items()}, expected, str(path))
     if isinstance(source, UniversalSource):
@@ -70,15 +74,18 @@ def check_loadable(path: Path, zero_stage: int, world_size: int,
             f"{path} was written by ZeRO-{source.stage} on {source.world_size} ranks; this run is "
             f"ZeRO-{zero_stage} on {world_size}. DeepSpeed cannot repartition it on load: run "
             f"`pretrain ckpt reshard {path.parent} NEW_DIR` and resume from NEW_DIR "
-            f"(checkpoint.resume=NEW_DIR)")
+            f"(checkpoint.resume=NEW_DIR)"
+        )
     preflight(path)
     return False
 
 
 def expected_shapes(ds_engine) -> dict[str, tuple[int, ...]]:
     """Canonical parameter names and full shapes (ZeRO-3 keeps the full shape in ds_shape)."""
-    return {canonical_name(n): tuple(getattr(p, "ds_shape", p.shape))
-            for n, p in ds_engine.module.named_parameters()}
+    return {
+        canonical_name(n): tuple(getattr(p, "ds_shape", p.shape))
+        for n, p in ds_engine.module.named_parameters()
+    }
 
 
 def save_deepspeed(ds_engine, path: Path) -> None:
@@ -98,7 +105,10 @@ def load_deepspeed(ds_engine, path: Path, world_size: int) -> None:
     # loader copies group 0's onto every group, which would lose per-group weight decay.
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     load_path, _ = ds_engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_lr_scheduler_states=False, load_module_strict=True,
+        str(path.parent),
+        tag=path.name,
+        load_lr_scheduler_states=False,
+        load_module_strict=True,
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")

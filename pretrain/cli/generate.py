@@ -17,8 +17,10 @@ end-of-document byte (0) or after --max-new-tokens bytes.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "generate", help="generate text from a byte-level LM checkpoint",
-        description="Generate text from a decoder LM checkpoint (byte-level vocabulary).", epilog=EPILOG,
+        "generate",
+        help="generate text from a byte-level LM checkpoint",
+        description="Generate text from a decoder LM checkpoint (byte-level vocabulary).",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="run directory or checkpoint directory (step_XXXXXXXX)")
@@ -27,9 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=1, help="1 = greedy; 0 = sample from all tokens")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--tokenizer", default="",
-                   help="tokenizer.json of the run's data (a BPE run); default: byte-level, or"
-                   " the tokenizer.json next to the run's data.train_url when there is one")
+    p.add_argument(
+        "--tokenizer",
+        default="",
+        help="tokenizer.json of the run's data (a BPE run); default: byte-level, or"
+        " the tokenizer.json next to the run's data.train_url when there is one",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,7 +46,9 @@ def resolve_checkpoint(path: Path) -> Path:
         return path
     found = latest_complete(path / "checkpoints") if (path / "checkpoints").is_dir() else None
     if found is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with a complete checkpoint")
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint nor a run directory with a complete checkpoint"
+        )
     return found
 
 
@@ -74,24 +81,36 @@ def run_tokenizer(cfg, given: str):
     meta = token_meta(cfg.data) if cfg.data.format in ("wds", "mds") else {}
     path = given
     if not path and meta.get("tokenizer") == "bpe":
-        path = os.path.join(os.path.dirname(dataset_url(cfg.data, "train").rstrip("/")),
-                            TOKENIZER_FILE)
+        path = os.path.join(
+            os.path.dirname(dataset_url(cfg.data, "train").rstrip("/")), TOKENIZER_FILE
+        )
     if not path:
         return None
     tok = load_tokenizer(path)
     want = meta.get("tokenizer_sha256")
     if want and want != tok.sha256:
-        raise ValueError(f"tokenizer {tok.path} (sha256 {tok.sha256[:12]}, vocab {tok.vocab_size})"
-                         f" is not the one of the run's data {meta['url']} (sha256 {want[:12]},"
-                         f" vocab {meta.get('vocab_size')})")
+        raise ValueError(
+            f"tokenizer {tok.path} (sha256 {tok.sha256[:12]}, vocab {tok.vocab_size})"
+            f" is not the one of the run's data {meta['url']} (sha256 {want[:12]},"
+            f" vocab {meta.get('vocab_size')})"
+        )
     if tok.vocab_size > cfg.model.lm.vocab_size:
-        raise ValueError(f"tokenizer {tok.path} has vocab_size {tok.vocab_size}, more than the"
-                         f" model's model.lm.vocab_size={cfg.model.lm.vocab_size}")
+        raise ValueError(
+            f"tokenizer {tok.path} has vocab_size {tok.vocab_size}, more than the"
+            f" model's model.lm.vocab_size={cfg.model.lm.vocab_size}"
+        )
     return tok
 
 
-def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int = 1,
-                  temperature: float = 1.0, seed: int = 0, tokenizer: str = "") -> str:
+def generate_text(
+    checkpoint: Path,
+    prompt: str,
+    max_new_tokens: int,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    tokenizer: str = "",
+) -> str:
     """The continuation of `prompt` (bytes decoded as UTF-8, invalid sequences replaced; or
     decoded by the run's BPE tokenizer, stopping at its end-of-document token)."""
     import torch
@@ -101,10 +120,18 @@ def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int
 
     model, cfg = load_lm(resolve_checkpoint(checkpoint))
     tok = run_tokenizer(cfg, tokenizer)
-    ids, stop = (list(prompt.encode("utf-8")), EOS) if tok is None else (tok.encode(prompt),
-                                                                          tok.eos_id)
-    new = generate(model, ids, max_new_tokens, top_k, temperature, stop_token=stop,
-                   generator=torch.Generator().manual_seed(seed))
+    ids, stop = (
+        (list(prompt.encode("utf-8")), EOS) if tok is None else (tok.encode(prompt), tok.eos_id)
+    )
+    new = generate(
+        model,
+        ids,
+        max_new_tokens,
+        top_k,
+        temperature,
+        stop_token=stop,
+        generator=torch.Generator().manual_seed(seed),
+    )
     if tok is not None:
         return tok.decode(new)
     return bytes(new).decode("utf-8", errors="replace")
@@ -112,8 +139,15 @@ def generate_text(checkpoint: Path, prompt: str, max_new_tokens: int, top_k: int
 
 def run(args: argparse.Namespace) -> int:
     try:
-        text = generate_text(Path(args.checkpoint), args.prompt, args.max_new_tokens, args.top_k,
-                             args.temperature, args.seed, args.tokenizer)
+        text = generate_text(
+            Path(args.checkpoint),
+            args.prompt,
+            args.max_new_tokens,
+            args.top_k,
+            args.temperature,
+            args.seed,
+            args.tokenizer,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"pretrain generate: error: {e}", file=sys.stderr)
         return 2

@@ -85,7 +85,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
         help="evaluations per run, for approach-1 curves (default 10)",
     )
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra override for every run (repeatable), e.g. data.global_batch_size=32")  # fmt: skip
+                   help="extra override for every run (repeatable), "
+                   "e.g. data.global_batch_size=32")  # fmt: skip
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -170,22 +171,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
                     help="steps at which a branch starts decaying (the stable run's length is "
                     "the largest)")  # fmt: skip
-    pb.add_argument("--decay-ratio", type=float, default=0.25,
-                    help="decay steps as a fraction of the decay start (default 0.25)")
-    pb.add_argument("--family", choices=["vit", "dit", "lm"],
-                    help="model family (default: the recipe's model.family)")
+    pb.add_argument(
+        "--decay-ratio",
+        type=float,
+        default=0.25,
+        help="decay steps as a fraction of the decay start (default 0.25)",
+    )
+    pb.add_argument(
+        "--family",
+        choices=["vit", "dit", "lm"],
+        help="model family (default: the recipe's model.family)",
+    )
     pb.add_argument("--widths", type=int, nargs="+", help="widths (default: the recipe's)")
     pb.add_argument("--depths", type=int, nargs="+", help="depths (default: the recipe's)")
     pb.add_argument("--evals", type=int, default=10, help="evaluations per run (default 10)")
     pb.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
-    pb.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra override for every run (repeatable)")
+    pb.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for every run (repeatable)",
+    )
     pb.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
     pb.set_defaults(func=cmd_plan_branches)
 
     pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
                         description="Train every run of a sweep file in sequence in this "
-                        "process (single backend, no checkpoints); completed runs are skipped.")  # fmt: skip
+                        "process (single backend, no checkpoints); "
+                        "completed runs are skipped.")  # fmt: skip
     pr.add_argument("sweep", help="sweep YAML from `pretrain scaling plan`")
     pr.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
     pr.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -213,7 +228,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pf = sub.add_parser("fit", help="fit the laws, predict, plot and write a report",
                         description="Fit approaches 1-3 and the compute frontier to a runs "
-                        "table, with bootstrap intervals; writes fits.json, report.md and PNGs.")  # fmt: skip
+                        "table, with bootstrap intervals; "
+                        "writes fits.json, report.md and PNGs.")  # fmt: skip
     pf.add_argument("runs", help="runs.csv from `collect` (columns name,params,tokens,flops,loss)")
     pf.add_argument("--curves", help="curves.csv from `collect` (enables approach 1)")
     pf.add_argument("-o", "--out", default="scaling_fit", help="output directory")
@@ -231,21 +247,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("runs", help="runs.csv from `collect` (with the schedule columns)")
     pk.add_argument("--curves", required=True, help="curves.csv from `collect` (step, loss)")
     pk.add_argument("-o", "--out", default="curve_fit", help="output directory")
-    pk.add_argument("--law", nargs="+", default=["lr_annealing", "multi_power"],
-                    choices=["lr_annealing", "multi_power"], help="laws to fit (default both)")
-    pk.add_argument("--holdout", nargs="*", default=[], metavar="RUN",
-                    help="runs scored but not fitted (their final-loss error is reported)")
-    pk.add_argument("--predict", nargs="*", default=[], metavar="SCHEDULE",
-                    help="schedules to predict, e.g. wsd:steps=2000,decay_fraction=0.1,lr=1e-3")
-    pk.add_argument("--lam", default="0.999",
-                    help="LR-annealing law: momentum of LR drops, or 'fit' to pick it by the "
-                    "fit objective (default 0.999, for runs of thousands of steps)")
-    pk.add_argument("--min-step", type=int, default=0,
-                    help="leave out evaluations before this step (the early transient)")
+    pk.add_argument(
+        "--law",
+        nargs="+",
+        default=["lr_annealing", "multi_power"],
+        choices=["lr_annealing", "multi_power"],
+        help="laws to fit (default both)",
+    )
+    pk.add_argument(
+        "--holdout",
+        nargs="*",
+        default=[],
+        metavar="RUN",
+        help="runs scored but not fitted (their final-loss error is reported)",
+    )
+    pk.add_argument(
+        "--predict",
+        nargs="*",
+        default=[],
+        metavar="SCHEDULE",
+        help="schedules to predict, e.g. wsd:steps=2000,decay_fraction=0.1,lr=1e-3",
+    )
+    pk.add_argument(
+        "--lam",
+        default="0.999",
+        help="LR-annealing law: momentum of LR drops, or 'fit' to pick it by the "
+        "fit objective (default 0.999, for runs of thousands of steps)",
+    )
+    pk.add_argument(
+        "--min-step",
+        type=int,
+        default=0,
+        help="leave out evaluations before this step (the early transient)",
+    )
     pk.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
     pk.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pk.add_argument("--delta", type=float, default=1e-3,
-                    help="Huber threshold on relative residuals (default 1e-3)")
+    pk.add_argument(
+        "--delta",
+        type=float,
+        default=1e-3,
+        help="Huber threshold on relative residuals (default 1e-3)",
+    )
     pk.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
     pk.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     pk.set_defaults(func=cmd_fit_curves)
@@ -258,13 +300,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pv.add_argument("study_a", metavar="STUDY_A", help="runs.csv, or a directory holding one")
     pv.add_argument("study_b", metavar="STUDY_B", help="runs.csv, or a directory holding one")
     pv.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the paths)")
-    pv.add_argument("--target", type=float, nargs="*", default=[], metavar="FLOPS",
-                    help="computes at which to give P(A beats B)")
+    pv.add_argument(
+        "--target",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="FLOPS",
+        help="computes at which to give P(A beats B)",
+    )
     pv.add_argument("-o", "--out", default="scaling_compare", help="output directory")
     pv.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     pv.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pv.add_argument("--delta", type=float, default=1e-3,
-                    help="Huber threshold on log-loss residuals (default 1e-3)")
+    pv.add_argument(
+        "--delta",
+        type=float,
+        default=1e-3,
+        help="Huber threshold on log-loss residuals (default 1e-3)",
+    )
     pv.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
     pv.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     pv.set_defaults(func=cmd_compare)
@@ -379,8 +431,10 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
     print(f"compute: {spent:.3g} FLOPs branched vs {alone:.3g} for the same WSD runs trained "
           f"alone ({alone / spent:.2f}x less)")  # fmt: skip
     root = f" --root {args.root}" if args.root else ""
-    print(f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
-          f"pretrain scaling run {args.output}{root}")
+    print(
+        f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
+        f"pretrain scaling run {args.output}{root}"
+    )
     stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
     print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "
           f"submit the branches with --only NAME for each")  # fmt: skip

@@ -30,11 +30,20 @@ def build_engine(
     muP multipliers of `model_cfg`; `global_batch_size` is for backends that own batching."""
     backend = parallel.backend
     if backend == "single" and env.world_size > 1:
-        raise ValueError(f"parallel.backend=single cannot run on {env.world_size} processes; use ddp or fsdp2")
+        raise ValueError(
+            f"parallel.backend=single cannot run on {env.world_size} processes; use ddp or fsdp2"
+        )
     module, cls = ENGINES[backend]
     try:
         engine_cls = getattr(importlib.import_module(module), cls)
     except ModuleNotFoundError as e:
         raise ValueError(f"parallel.backend={backend!r} is not available: {e}") from e
-    return engine_cls(model, loss_fn, env, parallel=parallel, optim=optim, model_cfg=model_cfg,
-                      global_batch_size=global_batch_size)
+    return engine_cls(
+        model,
+        loss_fn,
+        env,
+        parallel=parallel,
+        optim=optim,
+        model_cfg=model_cfg,
+        global_batch_size=global_batch_size,
+    )

@@ -74,18 +74,42 @@ def register_family(name: str, family: ModelFamily) -> None:
     MODEL_REGISTRY[name] = family
 
 
-register_family("vit", ModelFamily(build=ViT, loss=vit_loss, tokens_per_sample=lambda m: m.num_tokens,
-                                   eval_extras=with_eval_extras(vit_loss)))
-register_family("dit", ModelFamily(build=DiT, loss=dit_loss, tokens_per_sample=lambda m: m.num_patches,
-                                   eval_extras=with_eval_extras(dit_loss, dit_eval_extras)))
-register_family("lm", ModelFamily(build=DecoderLM, loss=lm_loss, tokens_per_sample=lambda m: m.seq_len,
-                                  eval_extras=with_eval_extras(lm_loss), eval_summary=perplexity,
-                                  batch_cost=lm_batch_cost))
+register_family(
+    "vit",
+    ModelFamily(
+        build=ViT,
+        loss=vit_loss,
+        tokens_per_sample=lambda m: m.num_tokens,
+        eval_extras=with_eval_extras(vit_loss),
+    ),
+)
+register_family(
+    "dit",
+    ModelFamily(
+        build=DiT,
+        loss=dit_loss,
+        tokens_per_sample=lambda m: m.num_patches,
+        eval_extras=with_eval_extras(dit_loss, dit_eval_extras),
+    ),
+)
+register_family(
+    "lm",
+    ModelFamily(
+        build=DecoderLM,
+        loss=lm_loss,
+        tokens_per_sample=lambda m: m.seq_len,
+        eval_extras=with_eval_extras(lm_loss),
+        eval_summary=perplexity,
+        batch_cost=lm_batch_cost,
+    ),
+)
 
 
 def get_family(name: str) -> ModelFamily:
     if name not in MODEL_REGISTRY:
-        raise ValueError(f"model.family={name!r} is not registered (known: {', '.join(sorted(MODEL_REGISTRY))})")
+        raise ValueError(
+            f"model.family={name!r} is not registered (known: {', '.join(sorted(MODEL_REGISTRY))})"
+        )
     return MODEL_REGISTRY[name]
 
 

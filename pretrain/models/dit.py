@@ -52,10 +52,16 @@ def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float
 def sincos_pos_embed_2d(width: int, grid: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding [grid*grid, width] (half the channels per axis)."""
     if width % 4:
-        raise ValueError(f"model.width={width} must be divisible by 4 for the DiT position embedding")
+        raise ValueError(
+            f"model.width={width} must be divisible by 4 for the DiT position embedding"
+        )
     quarter = width // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        indexing="ij",
+    )
     parts = []
     for coord in (ys.flatten(), xs.flatten()):
         angles = coord[:, None] * omega[None]
@@ -117,10 +123,14 @@ class DiT(nn.Module):
         super().__init__()
         d = cfg.dit
         if d.image_size % d.patch_size:
-            raise ValueError(f"model.dit.image_size={d.image_size} is not divisible by patch_size={d.patch_size}")
+            raise ValueError(
+                f"model.dit.image_size={d.image_size} is not divisible by patch_size={d.patch_size}"
+            )
         if d.sampler != "auto" and (d.sampler == "euler") != (d.objective == "flow"):
-            raise ValueError(f"model.dit.sampler={d.sampler!r} does not fit objective={d.objective!r} "
-                             "(flow: euler; ddpm: ddim or ddpm)")
+            raise ValueError(
+                f"model.dit.sampler={d.sampler!r} does not fit objective={d.objective!r} "
+                "(flow: euler; ddpm: ddim or ddpm)"
+            )
         self.cfg = cfg
         self.patch_size, self.in_channels = d.patch_size, d.in_channels
         self.grid = d.image_size // d.patch_size
@@ -129,7 +139,9 @@ class DiT(nn.Module):
         self.null_label = d.num_classes
         self.mlp_kind = resolve_mlp(cfg, "gelu")
         self.x_embed = nn.Linear(self.patch_dim, cfg.width)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.width, self.grid)[None], persistent=False)
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(cfg.width, self.grid)[None], persistent=False
+        )
         self.t_embed = TimestepEmbedder(cfg.width, d.time_freq_shift)
         self.y_embed = nn.Embedding(d.num_classes + 1, cfg.width)  # + the null label
         self.blocks = nn.ModuleList(DiTBlock(cfg, self.mlp_kind) for _ in range(cfg.depth))
@@ -176,11 +188,21 @@ class DiT(nn.Module):
         return param_roles(self, embeddings, readouts={"final.linear.weight"})
 
     def embedding_param_names(self) -> set[str]:
-        return {"x_embed.weight", "x_embed.bias", "y_embed.weight", "t_embed.mlp.0.weight", "t_embed.mlp.0.bias"}
+        return {
+            "x_embed.weight",
+            "x_embed.bias",
+            "y_embed.weight",
+            "t_embed.mlp.0.weight",
+            "t_embed.mlp.0.bias",
+        }
 
     def zero_init_param_names(self) -> set[str]:
         """adaLN-Zero: every modulation and the output projection start at zero."""
-        return {n for n, _ in self.named_parameters() if ".modulation." in n or n.startswith("final.linear.")}
+        return {
+            n
+            for n, _ in self.named_parameters()
+            if ".modulation." in n or n.startswith("final.linear.")
+        }
 
     def flops_per_sample(self) -> int:
         """Training FLOPs per image: 3x the forward matmuls.
@@ -208,8 +230,9 @@ def _eval_noise(x0: torch.Tensor, sample_ids: torch.Tensor) -> tuple[torch.Tenso
     return torch.stack(noise).to(x0.device, x0.dtype), torch.stack(u).to(x0.device)
 
 
-def prediction_error(model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
-                     labels: torch.Tensor) -> torch.Tensor:
+def prediction_error(
+    model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Per-sample mean squared error of the objective at data x0, noise and uniform draws u:
 
     flow: t = time(u), x_t = (1 - t) x0 + t noise, error of model(x_t, 1000 t) against noise - x0;
@@ -228,7 +251,9 @@ def prediction_error(model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, u:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
-def dit_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dit_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean prediction error (velocity or noise) over valid images, plus sums for evaluation.
 
     Training draws noise, times and the guidance label dropout from the (checkpointed) torch
@@ -252,8 +277,13 @@ def dit_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def sample_images(model: nn.Module, labels: torch.Tensor, seed: int = 0, steps: int | None = None,
-                  guidance_scale: float | None = None) -> torch.Tensor:
+def sample_images(
+    model: nn.Module,
+    labels: torch.Tensor,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+) -> torch.Tensor:
     """Generate one image per label with the configured sampler; noise from `seed` (on CPU, so
     the same on every device and rank)."""
     net = unwrap(model)
@@ -261,11 +291,23 @@ def sample_images(model: nn.Module, labels: torch.Tensor, seed: int = 0, steps: 
     steps = d.sample_steps if steps is None else steps
     scale = d.guidance_scale if guidance_scale is None else guidance_scale
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(labels), d.in_channels, d.image_size, d.image_size, generator=g).to(labels.device)
+    noise = torch.randn(len(labels), d.in_channels, d.image_size, d.image_size, generator=g).to(
+        labels.device
+    )
     if d.objective == "flow":
         return euler_flow(model, noise, labels, steps, scale, net.null_label)
     schedule = DDPMSchedule(d.ddpm_schedule, d.ddpm_steps)
-    return ddim(model, schedule, noise, labels, steps, scale, net.null_label, eta=1.0 if d.sampler == "ddpm" else 0.0, generator=g)
+    return ddim(
+        model,
+        schedule,
+        noise,
+        labels,
+        steps,
+        scale,
+        net.null_label,
+        eta=1.0 if d.sampler == "ddpm" else 0.0,
+        generator=g,
+    )
 
 
 def dit_eval_extras(model: nn.Module, batch: dict, step: int, out_dir: Path | None) -> dict:

@@ -46,17 +46,28 @@ class DecoderLM(nn.Module):
         self.rope_dim = cfg.width // cfg.num_heads
         self.mlp_kind = resolve_mlp(cfg, "swiglu")
         self.tok_embed = nn.Embedding(lm.vocab_size, cfg.width)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, causal=True, mlp=self.mlp_kind) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, causal=True, mlp=self.mlp_kind) for _ in range(cfg.depth)
+        )
         self.norm = make_norm(cfg.norm, cfg.width)
-        self.head = None if lm.tie_embeddings else nn.Linear(cfg.width, lm.vocab_size, bias=cfg.bias)
+        self.head = (
+            None if lm.tie_embeddings else nn.Linear(cfg.width, lm.vocab_size, bias=cfg.bias)
+        )
         self.output_mult = 1.0  # readout multiplier; muP sets it
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, vocab] (float32 unless autocast says otherwise)."""
         b, t = tokens.shape
         if t > self.seq_len:
-            raise ValueError(f"sequence of {t} tokens is longer than model.lm.seq_len={self.seq_len} (match data.seq_len)")
+            raise ValueError(
+                f"sequence of {t} tokens is longer than model.lm.seq_len={self.seq_len} "
+                "(match data.seq_len)"
+            )
         if position_ids is None:
             position_ids = torch.arange(t, device=tokens.device).expand(b, t)
         rope = rope_tables(position_ids, self.rope_dim, self.cfg.lm.rope_theta)
@@ -105,13 +116,17 @@ def lm_batch_cost(model: DecoderLM, shapes: dict) -> tuple[int, int]:
     return b * t, b * model.flops_per_sample(t)
 
 
-def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def lm_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token cross-entropy over valid targets, plus sums (loss, correct, count) for
     evaluation; perplexity is exp(loss_sum / count)."""
     logits = model(batch["tokens"], batch.get("position_ids"), batch.get("doc_ids"))
     targets = batch["targets"]
     valid = targets != IGNORE_INDEX
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     count = valid.sum()
     stats = {"loss_sum": loss_sum.detach(), "count": count}
     if not torch.is_grad_enabled():  # evaluation; a training step never reads the accuracy

@@ -12,13 +12,19 @@ checkpoint could lose.
 
 muP for Adam-family optimizers, with width_mult m = model.width / model.mup.base_width:
 
-| role      | init std                       | lr mult | wd mult (λ) | forward                      | source        |
-|-----------|--------------------------------|---------|-------------|------------------------------|---------------|
-| embedding | init_std                       | 1       | 0           |                              | TP5 Table 3/8 |
-| hidden    | init_std*sqrt(base_fan_in/fan_in) = init_std/sqrt(m) | 1/m | m^wd_width_exponent (0.5) | | TP5 Table 3; Fan et al. 2025 Table 2 |
-| readout   | init_std, or 0 (zero_readout)  | 1       | 1           | logits * output_mult / m     | TP5 Table 8, App. D.2 |
-| vector    | biases 0, gains 1              | 1       | 0           |                              | TP5 Table 3; Fan et al. 2025 |
-| attention | query rows 0 (zero_query)      |         |             | q.k * sqrt(base_head_dim)/head_dim | TP5 §4 (1/d attention), App. D.2 |
+| role      | init std                   | lr  | wd (λ) | forward                        |
+|-----------|----------------------------|-----|--------|--------------------------------|
+| embedding | init_std                   | 1   | 0      |                                |
+| hidden    | init_std/sqrt(m) (1)       | 1/m | m^e (2)|                                |
+| readout   | init_std, or 0 (3)         | 1   | 1      | logits * output_mult / m       |
+| vector    | biases 0, gains 1          | 1   | 0      |                                |
+| attention | query rows 0 (4)           |     |        | q.k * sqrt(base_hd)/head_dim   |
+
+(1) = init_std*sqrt(base_fan_in/fan_in). (2) e = model.mup.wd_width_exponent (0.5). (3) 0 with
+model.mup.zero_readout. (4) with model.mup.zero_query; hd = head_dim. lr and wd are multipliers.
+Sources: embedding TP5 Table 3/8; hidden TP5 Table 3 and Fan et al. 2025 Table 2; readout TP5
+Table 8 and App. D.2; vector TP5 Table 3 and Fan et al. 2025; attention TP5 §4 (1/d attention)
+and App. D.2.
 
 TP5 = Yang et al. 2021, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
 Hyperparameter Transfer" (arXiv 2203.03466). Table 8 is Table 3 rewritten with an output
@@ -95,7 +101,7 @@ def base_head_dim(cfg: ModelConfig) -> int:
 
 
 def init_std(kind: str, cfg: ModelConfig) -> float:
-    """Init std of a matrix of this role: hidden fan-in grows with m, so its std ∝ 1/sqrt(fan_in)."""
+    """Init std of a matrix of this role: hidden fan-in grows with m, so std ∝ 1/sqrt(fan_in)."""
     return cfg.init_std / math.sqrt(width_mult(cfg)) if kind == "hidden" else cfg.init_std
 
 
@@ -119,7 +125,13 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 def initial_value(
-    name: str, shape: torch.Size, kind: str, cfg: ModelConfig, seed: int, *, zero: bool = False,
+    name: str,
+    shape: torch.Size,
+    kind: str,
+    cfg: ModelConfig,
+    seed: int,
+    *,
+    zero: bool = False,
     query_rows: slice | None = None,
 ) -> torch.Tensor:
     """The full fp32 initial value of one parameter (on the CPU), a pure function of its name,

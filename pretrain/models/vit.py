@@ -12,13 +12,16 @@ from pretrain.models.parametrization import param_roles
 
 
 class ViT(nn.Module):
-    """Patchify (a linear map of flattened patches) -> + position embedding -> blocks -> pool -> head."""
+    """Patchify (a linear map of flattened patches) -> + position embedding -> blocks -> pool ->
+    head."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         v = cfg.vit
         if v.image_size % v.patch_size:
-            raise ValueError(f"model.vit.image_size={v.image_size} is not divisible by patch_size={v.patch_size}")
+            raise ValueError(
+                f"model.vit.image_size={v.image_size} is not divisible by patch_size={v.patch_size}"
+            )
         self.cfg = cfg
         self.patch_size = v.patch_size
         self.num_patches = (v.image_size // v.patch_size) ** 2
@@ -28,7 +31,9 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, cfg.width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if v.pooling == "cls" else None
         self.mlp_kind = resolve_mlp(cfg, "gelu")
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, mlp=self.mlp_kind) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, mlp=self.mlp_kind) for _ in range(cfg.depth)
+        )
         self.norm = make_norm(cfg.norm, cfg.width)
         self.head = nn.Linear(cfg.width, v.num_classes)
         self.output_mult = 1.0  # readout multiplier; muP sets 1/width_mult
@@ -73,7 +78,9 @@ class ViT(nn.Module):
         return 3 * fwd
 
 
-def vit_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def vit_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean cross-entropy over valid labels, plus sums for evaluation (loss, correct, count).
     With "soft_label" in the batch (mixup/cutmix/label smoothing), against those soft targets;
     accuracy still counts the sample's own label."""

@@ -19,10 +19,21 @@ class SyntheticSource(Source):
 
     def __init__(self, count: int, shape: tuple[int, ...], step: int = 7):
         super().__init__()
-        self.params = OrderedDict((f"layers.{i}.weight", TensorInfo(f"layers.{i}.weight", shape, torch.float32))
-                                  for i in range(count))
-        self.param_groups = [{"lr": 1e-3, "weight_decay": 0.0, "lr_mult": 1.0, "wd_mult": 1.0, "betas": (0.9, 0.95),
-                              "eps": 1e-8, "params": list(self.params)}]
+        self.params = OrderedDict(
+            (f"layers.{i}.weight", TensorInfo(f"layers.{i}.weight", shape, torch.float32))
+            for i in range(count)
+        )
+        self.param_groups = [
+            {
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "lr_mult": 1.0,
+                "wd_mult": 1.0,
+                "betas": (0.9, 0.95),
+                "eps": 1e-8,
+                "params": list(self.params),
+            }
+        ]
         self._step = step
         self.meta = {"format": "synthetic"}
 
