@@ -86,10 +86,20 @@ def worker_stream(dataset: IterableDataset, cfg: DataConfig, num_workers: int,
     """The items of `dataset` through DataLoader workers: the one place a loader builds one.
     Items are handed over as built (batch_size None; `collate`, if given, replaces the
     numpy-to-tensor conversion); a `WorkerError` item is re-raised in this process."""
+    return map(unwrap, worker_loader(dataset, cfg, num_workers, collate, context))
+
+
+def worker_loader(dataset: IterableDataset, cfg: DataConfig, num_workers: int,
+                  collate: Any = None, context: str | None = None,
+                  persistent: bool = False) -> DataLoader:
+    """The DataLoader behind `worker_stream`; `persistent` keeps its workers between passes
+    (each pass restarts `dataset`'s iteration in them, batches from an unfinished pass are
+    dropped by DataLoader), so a repeated pass does not pay for starting processes again."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = cfg.prefetch_factor
         kwargs["multiprocessing_context"] = context
+        kwargs["persistent_workers"] = persistent
     if collate is not None:
         kwargs["collate_fn"] = collate
     # Every new DataLoader iterator draws a base seed; from the global RNG unless it has its own
@@ -97,10 +107,9 @@ def worker_stream(dataset: IterableDataset, cfg: DataConfig, num_workers: int,
     # so a resumed run, which starts its iterator after the RNG is restored, would diverge. The
     # batches themselves do not depend on the seed (every draw is a function of sample ids).
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                        pin_memory=pin_batches(cfg) and collate is None, generator=generator,
-                        **kwargs)
-    return map(unwrap, loader)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                      pin_memory=pin_batches(cfg) and collate is None, generator=generator,
+                      **kwargs)
 
 
 def pin_batches(cfg: DataConfig) -> bool:
@@ -179,6 +188,7 @@ class SourceEvalLoader:
         self.num_workers = cfg.loader_workers if num_workers is None else num_workers
         self.plan = EvalPlan(source.num_samples, global_batch, rank, world_size)
         self.bad_samples = 0
+        self._loader: DataLoader | None = None  # built at the first pass, its workers kept
 
     @property
     def num_samples(self) -> int:
@@ -188,7 +198,12 @@ class SourceEvalLoader:
         return self.plan.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        for k, batch in enumerate(_batches(self.plan, self.source, self.cfg, self.num_workers)):
+        """One pass; every evaluation makes one, through the same workers (the validation set
+        and its order do not change between evaluations)."""
+        if self._loader is None:
+            self._loader = worker_loader(BatchStream(self.plan, self.source), self.cfg,
+                                         self.num_workers, persistent=True)
+        for k, batch in enumerate(map(unwrap, self._loader)):
             padding = int((self.plan.positions(k) < 0).sum())
             self.bad_samples += _bad_rows(batch) - padding
             yield batch

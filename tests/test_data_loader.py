@@ -147,6 +147,23 @@ def test_validation_pads_to_equal_batches(datasets, fmt):
     assert torch.all(labels[ids >= 0] >= 0)
 
 
+def test_validation_workers_persist_across_evaluations(datasets):
+    """Every evaluation is a pass through the same worker processes (starting them costs
+    seconds per evaluation on a GPU node); a pass cut short does not leak into the next."""
+    import psutil
+
+    loader = build_loader(cfg_for(datasets["wds"], "wds", eval_batch_size=8), 0, 1, "val")
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    first = [b["sample_id"] for b in loader]
+    workers = {c.pid for c in me.children(recursive=True)} - before
+    assert len(workers) == 2  # data.num_workers, alive after the pass
+    next(iter(loader))  # an evaluation cut short (logging.eval_batches)
+    second = [b["sample_id"] for b in loader]
+    assert {c.pid for c in me.children(recursive=True)} - before == workers
+    assert len(first) == len(second) and all(map(torch.equal, first, second))
+
+
 @pytest.mark.parametrize("fmt", ["wds", "mds"])
 def test_decoded_pixels_and_labels_match_the_source(datasets, fmt):
     samples, _ = synthetic_images(N_TRAIN + 30, size=4, channels=3, val_fraction=0.2, seed=1)
