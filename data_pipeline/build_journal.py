@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from data_pipeline.errors import DataError
 from data_pipeline.manifest import ShardInfo
 from data_pipeline.safe_names import inside
-from data_pipeline.storage import sha256_file
+from data_pipeline.storage import sha256_file, write_text_atomic
 
 JOURNAL_NAME = "build_journal.jsonl"
 JOURNAL_VERSION = 1
@@ -119,12 +119,8 @@ class BuildJournal:
         return kept[-1]["position"] if kept else None
 
     def _rewrite(self, entries: list[dict]) -> None:
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.settings, sort_keys=True) + "\n")
-            for entry in entries:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        lines = [json.dumps(x, sort_keys=True) + "\n" for x in [self.settings, *entries]]
+        write_text_atomic(self.path, "".join(lines))
 
     def shard_done(self, position: dict[str, Any]) -> None:
         """Close the writer's open shard and journal it with the position after it."""

@@ -22,7 +22,8 @@ from multiprocessing import get_context
 from data_pipeline.manifest import MANIFEST_NAME, MDS_INDEX_NAME, Manifest, ShardInfo
 from data_pipeline.order import held_out
 from data_pipeline.sources import folder_image, list_folder
-from data_pipeline.writers import MdsWriter, WdsWriter, _write_json
+from data_pipeline.storage import write_text_atomic
+from data_pipeline.writers import MdsWriter, WdsWriter
 
 Task = tuple[str, int, list[tuple[str, int]], int]  # split, shard index, (path, label)s, 1st key
 
@@ -98,7 +99,7 @@ def _run_task(args: tuple[Task, str, str, int, str]) -> tuple[str, int, list[dic
         done = _write_shard(task, out, fmt, size, mode)
         for entry in done:
             entry["bytes"] = os.path.getsize(os.path.join(out, task[0], _entry_name(entry)))
-        _write_json(record, json.dumps({"fingerprint": fingerprint, "entries": done}))
+        write_text_atomic(record, json.dumps({"fingerprint": fingerprint, "entries": done}))
     return task[0], task[1], done
 
 
@@ -166,8 +167,8 @@ def _finish_split(split_dir: str, fmt: str, entries: list[dict], meta: dict) -> 
         from data_pipeline.manifest import manifest_from_mds_index
 
         index = {"version": 2, "shards": [e["index"] for e in entries]}
-        _write_json(os.path.join(split_dir, MDS_INDEX_NAME), json.dumps(index, indent=1))
+        write_text_atomic(os.path.join(split_dir, MDS_INDEX_NAME), json.dumps(index, indent=1))
         manifest = manifest_from_mds_index(index)
         manifest.meta = meta
-    _write_json(os.path.join(split_dir, MANIFEST_NAME), manifest.to_json())
+    write_text_atomic(os.path.join(split_dir, MANIFEST_NAME), manifest.to_json())
     return manifest

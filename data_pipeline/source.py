@@ -31,7 +31,7 @@ from data_pipeline.order import ShardedOrder
 from data_pipeline.safe_names import relative_name
 from data_pipeline.shard_urls import split_shard_spec
 from data_pipeline.shards import MdsShard, RawSample, TarShard
-from data_pipeline.storage import ShardStore
+from data_pipeline.storage import ShardStore, write_text_atomic
 
 log = logging.getLogger(__name__)
 FORMATS = ("wds", "mds")
@@ -71,21 +71,60 @@ def _decompress(path: str, shard: ShardInfo, cache_dir: str, in_place: bool) -> 
 
 def scan_wds_manifest(store: ShardStore, names: list[str] | None = None) -> Manifest:
     """Manifest of a directory of tar shards without one (foreign WebDataset data), or of the
-    named shards: every shard is fetched and its samples counted. `pretrain data index` saves
-    the result."""
+    named shards: every shard's samples are counted, once per content (the count is remembered
+    under the cache dir, keyed by the server's size and etag/mtime). `pretrain data index`
+    writes a manifest with checksums instead."""
     if names is None:
         names = sorted(os.path.basename(p) for p in store.fs.glob(f"{store.root}/*.tar"))
     if not names:
         raise ShardNotFoundError(f"no {MANIFEST_NAME} and no *.tar shards under {store.url}")
-    log.warning("%s has no %s; scanning %d shards to count samples", store.url, MANIFEST_NAME,
-                len(names))
+    memos = {name: _count_memo(store, name) for name in names}
+    known = {name: _read_count(memo) for name, memo in memos.items() if memo is not None}
+    todo = [name for name in names if known.get(name) is None]
+    if todo:
+        log.warning("%s has no %s; scanning %d of its %d shards to count samples (run `pretrain "
+                    "data index` to write one)", store.url, MANIFEST_NAME, len(todo), len(names))
     shards = []
     for name in names:
-        info = ShardInfo(name=name, samples=-1)
-        reader = TarShard(store.local_path(info), name)
-        shards.append(ShardInfo(name=name, samples=len(reader), bytes=reader.file.size))
-        reader.close()
+        if known.get(name) is None:
+            reader = TarShard(store.local_path(ShardInfo(name=name, samples=-1)), name)
+            known[name] = (len(reader), reader.file.size)
+            reader.close()
+            if memos[name] is not None:
+                os.makedirs(os.path.dirname(memos[name]), exist_ok=True)
+                samples, size = known[name]
+                write_text_atomic(memos[name], json.dumps({"samples": samples, "bytes": size}))
+        samples, size = known[name]
+        shards.append(ShardInfo(name=name, samples=samples, bytes=size))
     return Manifest(format="wds", shards=shards)
+
+
+def _count_memo(store: ShardStore, name: str) -> str | None:
+    """Where a shard's sample count is remembered: a file named by the shard's identity on the
+    server (URL, size and etag or mtime); None when the server gives no etag/mtime (a rewrite
+    of the same size could not be told apart, so nothing is remembered)."""
+    info = store.fs.info(store.remote_path(name))
+    stamp = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified")
+                  if info.get(k) is not None), None)
+    if stamp is None:
+        return None
+    identity = f"{store.url}|{name}|{info.get('size')}|{stamp}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    return os.path.join(store.cache_dir, "counts", f"{key}.json")
+
+
+def _read_count(path: str) -> tuple[int, int] | None:
+    """A remembered (samples, bytes), or None if absent or not exactly what we write."""
+    try:
+        with open(path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(memo, dict) or set(memo) != {"samples", "bytes"}:
+        return None
+    samples, size = memo["samples"], memo["bytes"]
+    valid = all(type(v) is int for v in (samples, size)) and samples > 0 and size > 0
+    return (samples, size) if valid else None
 
 
 def select_shards(manifest: Manifest, names: list[str], url: str) -> Manifest:

@@ -46,6 +46,15 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Replace `path` with `text` in one step (a reader sees the old file or the new one); the
+    scratch name is per process, so ranks writing the same file do not trip over each other."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def expand_options(flat: dict) -> dict:
     """Recipe-friendly flat options -> fsspec kwargs: dotted keys nest
     ({"client_kwargs.endpoint_url": URL} -> {"client_kwargs": {"endpoint_url": URL}}), and the

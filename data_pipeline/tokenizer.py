@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from data_pipeline.storage import write_text_atomic
+
 TOKENIZER_FILE = "tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -119,10 +121,7 @@ def save_tokenizer(tok: Any, out_dir: str) -> str:
     """Write `tok` as out_dir/tokenizer.json (atomically); returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, TOKENIZER_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(tok.to_str(pretty=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, tok.to_str(pretty=True))
     return path
 
 

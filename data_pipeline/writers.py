@@ -34,7 +34,7 @@ from data_pipeline.manifest import (
     check_shards,
     manifest_from_mds_index,
 )
-from data_pipeline.storage import sha256_file
+from data_pipeline.storage import sha256_file, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class WdsWriter:
         if self._tar is not None:
             self._close_shard()
         manifest = Manifest(format="wds", shards=self.shards, meta=self.meta)
-        _write_json(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
+        write_text_atomic(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
         return manifest
 
 
@@ -292,19 +292,12 @@ class MdsWriter:
             raise ValueError("no samples were written")
         index = {"version": 2, "shards": self.entries}
         manifest = manifest_from_mds_index(index)
-        _write_json(os.path.join(self.out_dir, MDS_INDEX_NAME), json.dumps(index, sort_keys=True))
+        write_text_atomic(os.path.join(self.out_dir, MDS_INDEX_NAME), json.dumps(index, sort_keys=True))
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.out_dir, ".scratch.jpg"))
         manifest.meta = self.meta
-        _write_json(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
+        write_text_atomic(os.path.join(self.out_dir, MANIFEST_NAME), manifest.to_json())
         return manifest
-
-
-def _write_json(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_dataset(

@@ -84,3 +84,35 @@ def test_brace_urls_over_s3_read_the_local_samples(wds_dir, tmp_path, moto_s3): 
         got_images, got_labels = read_all(url, storage_options=opts,
                                           cache_dir=str(tmp_path / "cache"))
         assert np.array_equal(got_images, images) and np.array_equal(got_labels, labels), url
+
+
+def test_scanned_counts_are_remembered_per_content(wds_dir, tmp_path, caplog):
+    """Foreign shards without a manifest are counted once per content (size + mtime/etag): a
+    second read scans nothing, a rewritten shard is counted again, a tampered memo is ignored."""
+    foreign, cache = tmp_path / "foreign", tmp_path / "cache"
+    shutil.copytree(wds_dir, foreign)
+    os.remove(foreign / "manifest.json")
+    url = f"{foreign}/shard-{{000000..000005}}.tar"
+    images, _ = read_all(wds_dir)
+
+    def scanned(**kw) -> tuple[str, np.ndarray]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="data_pipeline"):
+            got, _ = read_all(url, cache_dir=str(cache), **kw)
+        return " ".join(r.getMessage() for r in caplog.records if "scanning" in r.getMessage()), got
+
+    first, got = scanned()
+    assert "scanning 6 of its 6 shards" in first and np.array_equal(got, images)
+    second, got = scanned()
+    assert second == "" and np.array_equal(got, images)
+    # shard 5 rewritten with shard 4's samples (same size, new mtime): counted again, new pixels
+    shutil.copyfile(foreign / "shard-000004.tar", foreign / "shard-000005.tar")
+    os.utime(foreign / "shard-000005.tar", (1, 1))
+    third, got = scanned()
+    assert "scanning 1 of its 6 shards" in third
+    assert np.array_equal(got[5 * PER_SHARD:], images[4 * PER_SHARD:5 * PER_SHARD])
+    # a memo that is not exactly what we write is not trusted
+    for memo in (cache / "counts").iterdir():
+        memo.write_text('{"samples": -3, "bytes": 10}')
+    fourth, got = scanned()
+    assert "scanning 6 of its 6 shards" in fourth
