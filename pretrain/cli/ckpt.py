@@ -67,29 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_import)
 
 
-def _fail(e: Exception) -> int:
-    print(f"pretrain ckpt: error: {e}", file=sys.stderr)
-    return 2
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    import pickle
-
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.checkpoint.convert import CheckpointFormatError, CheckpointMismatchError
-    from pretrain.config import ConfigError
-
-    return (CheckpointError, CheckpointMismatchError, CheckpointFormatError, ConfigError, FileNotFoundError,
-            FileExistsError, pickle.UnpicklingError)
-
-
 def run_inspect(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import inspect
 
-    try:
-        info = inspect(args.path)
-    except _errors() as e:
-        return _fail(e)
+    info = inspect(args.path)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -112,7 +93,7 @@ def run_verify(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         reason = str(e)
     if reason is not None:
-        print(f"pretrain ckpt verify: {args.path}: {reason}", file=sys.stderr)
+        print(f"pretrain ckpt verify: error: {args.path}: {reason}", file=sys.stderr)
         return 2
     files = len(manifest["files"])
     if "checksums" in manifest:
@@ -126,10 +107,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import convert
 
-    try:
-        out = convert(args.src, args.dst, args.to)
-    except _errors() as e:
-        return _fail(e)
+    out = convert(args.src, args.dst, args.to)
     print(f"wrote {out} ({args.to})")
     return 0
 
@@ -137,10 +115,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_reshard(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import reshard
 
-    try:
-        out = reshard(args.src, args.dst)
-    except _errors() as e:
-        return _fail(e)
+    out = reshard(args.src, args.dst)
     if out is None:
         print(f"{args.src} is DCP, which reshards on load to any world size: resume from it directly")
     else:
@@ -153,10 +128,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from pretrain.checkpoint.convert import export_safetensors
 
-    try:
-        out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    except _errors() as e:
-        return _fail(e)
+    out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     print(f"wrote {out} ({args.dtype})")
     return 0
 
@@ -165,10 +137,7 @@ def run_import(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import import_safetensors
     from pretrain.config import load_config
 
-    try:
-        cfg = load_config(args.config[0], args.config[1:])
-        out = import_safetensors(args.src, args.dst, cfg)
-    except _errors() as e:
-        return _fail(e)
+    cfg = load_config(args.config[0], args.config[1:])
+    out = import_safetensors(args.src, args.dst, cfg)
     print(f"wrote {out}; start a run from it with checkpoint.resume={out}")
     return 0

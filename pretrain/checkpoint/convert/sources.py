@@ -311,7 +311,13 @@ class SafetensorsSource(Source):
         from safetensors import safe_open
 
         self.path = path
-        self._file = safe_open(str(path), framework="pt")
+        try:
+            self._file = safe_open(str(path), framework="pt")
+        except Exception as e:  # SafetensorError (a bad header...), not exported by every version
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise CheckpointFormatError(f"{path} is not a readable .safetensors file "
+                                        f"({' '.join(str(e).split())})") from e
         header = _safetensors_header(path)
         for name in self._file.keys():
             sl = self._file.get_slice(name)
