@@ -115,7 +115,8 @@ def _train(cfg: TrainConfig) -> dict:
         write_status(run_dir, state=RUNNING, step=step, max_steps=cfg.schedule.steps, restarts=restarts)
         log.info("model: %s, %.3fM parameters; backend %s on %d process(es)", cfg.model.family,
                  stats["params"] / 1e6, cfg.parallel.backend, env.world_size)
-    logger = MetricsLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar, cfg.schedule.steps, step)
+    logger = MetricsLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar,
+                           cfg.schedule.steps, step, cfg.logging.every_steps)
     if step == 0:
         logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
     guard = DivergenceGuard(cfg.optim.on_nonfinite, cfg.optim.max_consecutive_skips, env.device)
