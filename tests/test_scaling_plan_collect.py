@@ -288,7 +288,7 @@ def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, 
     out, err = capsys.readouterr()
     assert "2 of 4 runs completed" in out
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 2 and failed[0].startswith("failed: crash: ValueError: ")
+    assert len(failed) == 2 and failed[0].startswith("failed: crash: pretrain train: error: ")
     assert "no_such_data" in failed[0] and failed[1] == "failed: killed: killed by SIGKILL"
     names = ("first", "crash", "killed", "last")
     status = {n: read_status(tmp_path / "runs" / n).get("state") for n in names}
@@ -301,5 +301,5 @@ def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, 
     with pytest.raises(SystemExit):
         main(argv)
     out, err = capsys.readouterr()
-    assert "2 of 3 runs completed" in out and "failed: crash: ValueError: " in err
+    assert "2 of 3 runs completed" in out and "failed: crash: pretrain train: error: " in err
     assert [read_status(tmp_path / "runs" / n)["updated"] for n in ("first", "last")] == finished
