@@ -50,6 +50,7 @@ CASES = [
       "logging.progress_bar=false", "logging.tensorboard=false"], "shard-000000.tar"),
     (["launch", "local", "--dry-run", "{b}/typo.yaml"], "model.widht"),
     (["launch", "local", "{b}/evil.yaml"], "evil.yaml"),
+    (["launch", "local", "--dry-run", RECIPE, "data.train_url={b}/nodata"], "nodata"),
     (["data", "inspect", "{b}/badtar"], "shard-000000.tar"),
     (["data", "inspect", "{b}/missing"], "missing"),
     (["data", "index", "{b}/badtar"], "shard-000000.tar"),

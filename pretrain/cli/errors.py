@@ -27,6 +27,7 @@ _EXPECTED_BY_NAME = (
     ("yaml", "YAMLError"),
     ("safetensors", "SafetensorError"),
     ("zstandard", "ZstdError"),
+    ("torch.distributed.checkpoint.api", "CheckpointException"),  # one rank's error, wrapped
 )
 # OSError: missing/unreadable files; ValueError: ConfigError, CheckpointFormatError,
 # ScalingDataError, JSON and Unicode decode errors; UnpicklingError: a refused torch.load
