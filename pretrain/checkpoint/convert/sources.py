@@ -69,6 +69,10 @@ class Source:
     def step(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def optimized(self, name: str) -> bool:
+        """Whether the optimizer holds state for `name` (buffers and frozen parameters: no)."""
+        return any(name in group["params"] for group in self.param_groups)
+
     def group_of(self, name: str) -> int:
         for i, group in enumerate(self.param_groups):
             if name in group["params"]:
@@ -80,6 +84,10 @@ class Source:
 
 
 class DCPSource(Source):
+    """A DCP directory: this project's (`model.*`, `optim.*` from `get_state_dict`) or a plain
+    script's (`{"model": ..., "optimizer": ...}`, or a bare model state dict). Buffers and frozen
+    parameters are read like parameters; only the optimized ones carry Adam state."""
+
     format = "dcp"
 
     def __init__(self, path: Path):
@@ -104,46 +112,60 @@ class DCPSource(Source):
 
         self._reader = MetadataOnceReader(str(path))
         md = self._reader.read_metadata()
-        for key, m in md.state_dict_metadata.items():
-            if key.startswith("model.") and isinstance(m, TensorStorageMetadata):
-                name = key[len("model."):]
-                self.params[name] = TensorInfo(name, tuple(m.size), m.properties.dtype)
         self._keys = set(md.state_dict_metadata)
+        self._optim = next((p for p in ("optim.", "optimizer.")
+                            if any(k.startswith(p + "state.") for k in self._keys)), "optim.")
+        self._model = "model." if any(k.startswith("model.") for k in self._keys) else ""
+        for key, m in md.state_dict_metadata.items():
+            if not isinstance(m, TensorStorageMetadata) or not key.startswith(self._model):
+                continue
+            if not self._model and key.startswith(self._optim):
+                continue
+            name = key[len(self._model):]
+            self.params[name] = TensorInfo(name, tuple(m.size), m.properties.dtype)
         files = sorted({s.relative_path for s in md.storage_data.values()})
         for f in files:
             if not (path / f).exists():
                 raise CheckpointFormatError(f"shard file {path / f} is missing (listed in {path / '.metadata'})")
         self.meta = {"format": "dcp", "shard_files": len(files)}
-        group_keys = [k for k in self._keys if k.startswith("optim.param_groups.")]
+        group_keys = [k for k in self._keys if k.startswith(f"{self._optim}param_groups.")]
         if group_keys:
             self.param_groups = self._read_param_groups(group_keys)
 
     def _load(self, state: dict) -> dict:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import CheckpointException
 
         from pretrain.checkpoint import dcp_io
+        from pretrain.run_dir import one_line_error
 
-        dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(), no_dist=True)
+        try:
+            dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(),
+                     no_dist=True)
+        except CheckpointException as e:  # a BaseException wrapping the reader's error
+            keys = ", ".join(sorted(state))
+            raise CheckpointFormatError(f"{self.path}: cannot read {keys[:200]}: "
+                                        f"{one_line_error(e)}") from e
         return state
 
     def _read_param_groups(self, keys: list[str]) -> list[dict]:
         state = self._load({k: None for k in keys})
         groups: dict[int, dict] = {}
         for key, value in state.items():
-            idx, field = key[len("optim.param_groups."):].split(".", 1)
+            idx, field = key[len(f"{self._optim}param_groups."):].split(".", 1)
             groups.setdefault(int(idx), {})[field] = value
         return [groups[i] for i in sorted(groups)]
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
         info = self.params[name]
-        key = f"model.{name}" if kind == PARAM else f"optim.state.{name}.{kind}"
+        key = f"{self._model}{name}" if kind == PARAM else f"{self._optim}state.{name}.{kind}"
         if key not in self._keys:
             raise CheckpointFormatError(f"{self.path} has no {key}")
         out = torch.empty(info.shape, dtype=info.dtype if kind == PARAM else torch.float32)
         return self._load({key: out})[key]
 
     def step(self, name: str) -> torch.Tensor:
-        key = f"optim.state.{name}.step"
+        key = f"{self._optim}state.{name}.step"
         return self._load({key: torch.zeros((), dtype=torch.float32)})[key]
 
 
@@ -331,7 +353,8 @@ class SafetensorsSource(Source):
 
 
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -349,6 +372,18 @@ def model_dir(path: Path) -> Path:
     return path / "model" if (path / "model").is_dir() else path
 
 
+def deepspeed_tag_dir(path: Path) -> Path:
+    """The tag directory a DeepSpeed save directory's `latest` file names, else `path`."""
+    latest = path / "latest"
+    if not latest.is_file() or any(path.glob("*_optim_states.pt")):
+        return path
+    tag = latest.read_text().strip()
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or not (path / tag).is_dir():
+        raise CheckpointFormatError(f"{latest} names {tag!r}, which is not a tag directory of "
+                                    f"{path}")
+    return path / tag
+
+
 def open_source(path: Path) -> Source:
     """The right reader for a checkpoint directory, a model/ directory or a .safetensors file."""
     path = Path(path)
@@ -358,7 +393,7 @@ def open_source(path: Path) -> Source:
         if path.suffix == ".safetensors":
             return SafetensorsSource(path)
         raise CheckpointFormatError(f"{path}: single files must be .safetensors")
-    d = model_dir(path)
+    d = deepspeed_tag_dir(model_dir(path))
     if (d / ".metadata").exists():
         return DCPSource(d)
     if (d / "zero").is_dir():
