@@ -134,3 +134,66 @@ def test_a_failed_conversion_leaves_nothing(tmp_path):
         convert(path, dst, "dcp")
     assert "model.2.weight" in one_line_error(failure.value)
     assert not (tmp_path / "new").exists()
+
+
+DEEPSPEED_SCRIPT = """
+import os, sys, torch, torch.nn as nn
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+from pretrain.engines.deepspeed import import_deepspeed
+deepspeed = import_deepspeed(shm_comm=False)
+for stage in (2, 3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    model[0].bias.requires_grad_(False)
+    cfg = {"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": stage},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trained, config=cfg)
+    for _ in range(3):
+        engine.backward(engine(torch.randn(16, 4)).square().mean())
+        engine.step()
+    engine.module[1].num_batches_tracked.fill_(301)
+    engine.save_checkpoint(os.path.join(sys.argv[1], f"zero{stage}"))
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_deepspeed(tmp_path_factory) -> Path:
+    """ZeRO-2 and ZeRO-3 save directories (with `latest`) of a plain DeepSpeed script: a
+    BatchNorm and a frozen bias outside the optimizer's partitions."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    root = tmp_path_factory.mktemp("ds")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = subprocess.run([sys.executable, "-c", DEEPSPEED_SCRIPT, str(root), port], cwd=REPO,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_export_equals_zero_to_fp32_with_buffers_and_frozen(plain_deepspeed, tmp_path,
+                                                                       stage):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    save = plain_deepspeed / f"zero{stage}"
+    out = tmp_path / "w.safetensors"
+    assert _cli("ckpt", "export", str(save), str(out)) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = get_fp32_state_dict_from_zero_checkpoint(str(save))
+    got = load_file(str(out))
+    assert sorted(got) == sorted(want) and len(got) == 9
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert int(got["1.num_batches_tracked"]) == 301
+    assert _cli("ckpt", "convert", "--to", "dcp", str(save), str(tmp_path / "c")) == 0
+    converted = open_source(tmp_path / "c" / "step_00000003")
+    assert torch.equal(converted.read("0.bias"), want["0.bias"])

@@ -3,6 +3,7 @@ culprit, exit code 2, no traceback (pretrain/cli/errors.py); config values range
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,9 @@ CASES = [
 @pytest.mark.parametrize("argv, culprit", CASES, ids=[" ".join(c[0][:3]) for c in CASES])
 def test_bad_input_is_one_line_naming_the_culprit(bad, capsys, monkeypatch, argv, culprit):
     monkeypatch.delenv("PRETRAIN_DEBUG", raising=False)
+    # the trainer's logging.basicConfig binds the root handler to the stderr of the test that
+    # ran it; each case starts without one, as a fresh process would
+    monkeypatch.setattr(logging.root, "handlers", [])
     argv = [a.replace("{b}", str(bad)) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)  # a genuine traceback would propagate here and fail the test

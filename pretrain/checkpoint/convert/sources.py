@@ -204,6 +204,7 @@ class DeepSpeedSource(Source):
             for name, shape in group.items():
                 self.params[name] = TensorInfo(name, tuple(shape), torch.float32)
         self.global_steps = int(states.get("global_steps", 0))
+        module_state = {k: states.get(k) for k in ("module", "buffer_names", "frozen_param_shapes")}
         del states
 
         first = safe_torch_load(self.files[0], mmap=True)["optimizer_state_dict"]
@@ -232,8 +233,43 @@ class DeepSpeedSource(Source):
             hyper = {k: v for k, v in group.items() if k != "params"}
             self.param_groups.append({**hyper, "params": list(self.shapes[g])})
         del first, inner
+        self.extras = self._buffers_and_frozen(module_state)
+        for name, tensor in self.extras.items():
+            self.params[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
         self.meta = {"format": f"deepspeed-zero{self.stage}", "world_size": self.world_size,
                      "global_steps": self.global_steps, "shard_files": len(self.files)}
+
+    def _buffers_and_frozen(self, states: dict) -> OrderedDict[str, torch.Tensor]:
+        """What DeepSpeed keeps outside the optimizer's partitions, as zero_to_fp32 reads it:
+        buffers whole (own dtype) in the module state, frozen parameters as fragments in the
+        model-states files (ZeRO-3: one fragment per rank, in rank order)."""
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        module = states["module"] or {}
+        for name in states["buffer_names"] or []:
+            if name in module:
+                out[canonical_name(name)] = module[name].clone()
+        shapes = states["frozen_param_shapes"] or {}
+        if not shapes:
+            return out
+        if self.stage == 3:
+            files = [self.path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"
+                     for r in range(self.world_size)]
+        else:
+            files = sorted(self.path.glob("*model_states.pt"))[:1]
+        fragments = [safe_torch_load(f, mmap=True).get("frozen_param_fragments") or {}
+                     for f in files]
+        for name, shape in shapes.items():
+            pieces = [frag[name].reshape(-1) for frag in fragments if name in frag]
+            numel = math.prod(shape)
+            flat = torch.cat(pieces) if pieces else torch.empty(0)
+            if flat.numel() < numel:
+                raise CheckpointFormatError(f"{self.path}: frozen parameter {name} has "
+                                            f"{flat.numel()} of {numel} elements")
+            out[canonical_name(name)] = flat[:numel].view(tuple(shape)).clone()
+        return out
+
+    def optimized(self, name: str) -> bool:
+        return name not in self.extras and super().optimized(name)
 
     def _flat(self, rank: int, group: int, kind: str) -> tuple[torch.Tensor, dict]:
         sd = safe_torch_load(self.files[rank], mmap=True)["optimizer_state_dict"]
@@ -245,6 +281,11 @@ class DeepSpeedSource(Source):
         return flat, sd
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
+        if name in self.extras:
+            if kind != PARAM:
+                raise CheckpointFormatError(f"{self.path}: {name} is a buffer or frozen "
+                                            f"parameter (no {kind})")
+            return self.extras[name].clone()
         info = self.params[name]
         g = self.group_of(name)
         out = torch.empty(info.numel, dtype=torch.float32)
