@@ -3,6 +3,7 @@ culprit, exit code 2, no traceback (pretrain/cli/errors.py); config values range
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -33,7 +34,17 @@ def bad(tmp_path_factory) -> Path:
     (root / "badtar" / "shard-000000.tar").write_text("not a tar")
     (root / "badsweep.yaml").write_text(f"name: x\nbase: {RECIPE}\n")
     (root / "runs.csv").write_text("run,params,tokens,flops,loss\nonly,1,2,3,zz\n")
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": f"document {i}"}) + "\n"
+                                             for i in range(40)))
+    assert main_exit(["data", "build", "text", "--format", "wds", "--out", str(root / "text"),
+                      "--src", str(root / "docs.jsonl"), "--seq-len", "16"]) == 0
     return root
+
+
+def main_exit(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
 
 
 # (argv with {b} = the bad-input folder, text the error line must contain)
@@ -51,6 +62,11 @@ CASES = [
       "logging.progress_bar=false", "logging.tensorboard=false"], "shard-000000.tar"),
     (["launch", "local", "--dry-run", "{b}/typo.yaml"], "model.widht"),
     (["launch", "local", "{b}/evil.yaml"], "evil.yaml"),
+    # `data build text` writes 257 ids (256 bytes + EOS); lm_bytes.yaml says 256: one line
+    # naming both and the fix (model.lm.vocab_size=0 reads it from the manifest), no IndexError
+    (["train", str(REPO / "configs" / "lm_bytes.yaml"), "data.format=wds",
+      "data.train_url={b}/text/train", "data.val_url={b}/text/val", "data.seq_len=16",
+      "run.dir={b}/lm"], "model.lm.vocab_size=256"),
     (["launch", "local", "--dry-run", RECIPE, "data.train_url={b}/nodata"], "nodata"),
     (["data", "inspect", "{b}/badtar"], "shard-000000.tar"),
     (["data", "inspect", "{b}/missing"], "missing"),
