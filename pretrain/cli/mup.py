@@ -67,9 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
+    import logging
+
     from pretrain.config import load_config
 
-    return load_config(args.recipe, args.overrides)  # a bad recipe: one line (pretrain/cli)
+    cfg = load_config(args.recipe, args.overrides)  # a bad recipe: one line (pretrain/cli)
+    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")  # progress lines
+    return cfg
 
 
 def _is_main() -> bool:
