@@ -30,6 +30,9 @@ def bad(tmp_path_factory) -> Path:
     (root / "fakedcp").mkdir()
     (root / "fakedcp" / ".metadata").write_text("junk")
     (root / "fakedcp" / "__0_0.distcp").write_text("junk")
+    (root / "fakeds").mkdir()
+    (root / "fakeds" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"PK\x03\x04x")
+    (root / "fakeds" / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04garbage")
     (root / "badtar").mkdir()
     (root / "badtar" / "shard-000000.tar").write_text("not a tar")
     (root / "badsweep.yaml").write_text(f"name: x\nbase: {RECIPE}\n")
@@ -82,6 +85,8 @@ CASES = [
     (["ckpt", "inspect", "{b}/notckpt"], "notckpt"),
     (["ckpt", "inspect", "{b}/fakedcp"], "fakedcp"),
     (["ckpt", "verify", "{b}/notckpt"], "notckpt"),
+    (["ckpt", "inspect", "{b}/fakeds"], "mp_rank_00_model_states.pt"),
+    (["ckpt", "export", "{b}/fakeds", "{b}/e2.safetensors"], "mp_rank_00_model_states.pt"),
     (["ckpt", "convert", "--to", "dcp", "{b}/notckpt", "{b}/c1"], "notckpt"),
     (["ckpt", "reshard", "{b}/notckpt", "{b}/r1"], "notckpt"),
     (["ckpt", "export", "{b}/fakedcp", "{b}/e.safetensors"], "fakedcp"),
