@@ -128,7 +128,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     from pretrain.checkpoint.convert import export_safetensors
 
-    out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    out = export_safetensors(args.src, args.out, dtype=dtype)
     print(f"wrote {out} ({args.dtype})")
     return 0
 

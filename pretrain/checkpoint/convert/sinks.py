@@ -114,7 +114,8 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
                 "optimizer_state_dict": {"state": steps, "param_groups": groups}}, zero / "optimizer_state.pt")
     shapes = [OrderedDict((n, torch.Size(source.params[n].shape)) for n in g["params"]) for g in source.param_groups]
     states = {
-        "module": module, "buffer_names": [], "optimizer": None, "param_shapes": shapes, "frozen_param_shapes": {},
+        "module": module, "buffer_names": [], "optimizer": None, "param_shapes": shapes,
+        "frozen_param_shapes": {},
         "shared_params": {}, "frozen_param_fragments": {}, "lr_scheduler": None, "data_sampler": None,
         "random_ltd": None, "skipped_steps": 0, "global_steps": global_steps, "dp_world_size": 1,
         "mp_world_size": 1, "ds_config": {}, "ds_version": version,
@@ -125,7 +126,8 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
 
 # ----------------------------------------------------------------------------- safetensors
 
-_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+             torch.float64: "F64",
              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
              torch.uint8: "U8", torch.bool: "BOOL"}
 _ALIGN = 8
