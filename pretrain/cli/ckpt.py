@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("dst", type=Path)
     s.add_argument("--config", required=True, nargs="+", metavar="RECIPE [key=value ...]",
                    help="the recipe (and overrides) of the model the weights are for")
+    s.add_argument("--strip-prefix", default="", metavar="P",
+                   help="remove P from the front of each name (e.g. 'model.' or 'module.')")
+    s.add_argument("--add-prefix", default="", metavar="P", help="put P before each name")
     s.set_defaults(func=run_import)
 
 
@@ -139,6 +142,6 @@ def run_import(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
 
     cfg = load_config(args.config[0], args.config[1:])
-    out = import_safetensors(args.src, args.dst, cfg)
+    out = import_safetensors(args.src, args.dst, cfg, args.strip_prefix, args.add_prefix)
     print(f"wrote {out}; start a run from it with checkpoint.resume={out}")
     return 0

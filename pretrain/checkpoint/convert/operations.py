@@ -196,14 +196,18 @@ def _model_layout(cfg) -> tuple[dict[str, TensorInfo], list[dict]]:
     return infos, groups
 
 
-def import_safetensors(src: Path, dst: Path, cfg) -> Path:
+def import_safetensors(src: Path, dst: Path, cfg, strip_prefix: str = "",
+                       add_prefix: str = "") -> Path:
     """A step-0 DCP checkpoint holding `src`'s weights for the model of `cfg`, to start a run
-    from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first."""
+    from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first;
+    `strip_prefix`/`add_prefix` map the file's names onto the model's."""
     from data_pipeline import build_loader
-    from pretrain.checkpoint.convert.sources import SafetensorsSource
+    from pretrain.checkpoint.convert.sources import RenamedSource, SafetensorsSource
     from pretrain.config import to_dict
 
-    weights = SafetensorsSource(Path(src))
+    weights: Source = SafetensorsSource(Path(src))
+    if strip_prefix or add_prefix:
+        weights = RenamedSource(weights, strip_prefix, add_prefix)
     infos, groups = _model_layout(cfg)
     check_compatible({n: i.shape for n, i in weights.params.items()}, {n: i.shape for n, i in infos.items()}, str(src))
     weights.params = type(weights.params)((n, infos[n]) for n in infos)  # model order, fp32 like training

@@ -404,6 +404,33 @@ def _safetensors_header(path: Path) -> dict:
         return json.loads(f.read(n))
 
 
+class RenamedSource(Source):
+    """`source` with `strip` removed from the front of each name and `add` put there instead:
+    weights saved from a wrapper (`model.`, `module.`, `_orig_mod.`) for the bare model."""
+
+    def __init__(self, source: Source, strip: str = "", add: str = ""):
+        super().__init__()
+        self.source, self.format, self.meta = source, source.format, source.meta
+        self._old: dict[str, str] = {}
+        for name, info in source.params.items():
+            new = add + (name[len(strip):] if strip and name.startswith(strip) else name)
+            if new in self._old:
+                raise CheckpointFormatError(f"renaming makes {name!r} and {self._old[new]!r} "
+                                            f"both {new!r}")
+            self._old[new] = name
+            self.params[new] = TensorInfo(new, info.shape, info.dtype)
+        self.param_groups = [{**g, "params": [add + (n[len(strip):] if strip and
+                                                      n.startswith(strip) else n)
+                                              for n in g["params"]]}
+                             for g in source.param_groups]
+
+    def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
+        return self.source.read(self._old[name], kind)
+
+    def step(self, name: str) -> torch.Tensor:
+        return self.source.step(self._old[name])
+
+
 # ----------------------------------------------------------------------------- detection
 
 
