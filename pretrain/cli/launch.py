@@ -44,7 +44,7 @@ def check_data_exists(data) -> None:
     urls |= {"data.tokenizer": data.tokenizer} if data.tokenizer else {}
     for key, url in urls.items():
         if not url:
-            raise FileNotFoundError(2, f"{key} is empty for data.format={data.format}", key)
+            raise FileNotFoundError(2, f"empty, but data.format={data.format} needs it", key)
         fs, path = open_fs(url, data.storage_options)
         if is_local(fs) and not is_shard_spec(url) and not fs.exists(path):
             raise FileNotFoundError(2, f"no such file or directory ({key})", url)
