@@ -77,6 +77,25 @@ class DataConfig:
     pack_images: int = 4  # images per packed sequence; the micro-batch (images) must divide by it
     pack_max_patches: int = 256  # sequence length in patches; images shrink together to fit
 
+    def __post_init__(self) -> None:
+        positive = ("global_batch_size", "seq_len", "mixture_block", "shuffle_window",
+                    "prefetch_factor", "patch_size", "pack_images", "pack_max_patches")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
+        not_negative = ("eval_batch_size", "cache_limit_mb", "budget_samples", "budget_tokens",
+                        "image_size") + (("num_workers",) if self.num_workers != "auto" else ())
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.image_mean:
+            raise ValueError("data.image_mean must have one value, or one per channel")
+        if not self.image_std or min(self.image_std) <= 0:
+            raise ValueError(f"data.image_std must be > 0 (one value, or one per channel), got "
+                             f"{self.image_std}")
+
     @property
     def loader_workers(self) -> int:
         """num_workers, with an unresolved "auto" read as 0 (the CPU default)."""

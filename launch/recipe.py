@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pretrain.overrides import get_dotted, parse_override, set_dotted
+from pretrain.overrides import get_dotted, parse_override, read_yaml_file, set_dotted
 
 __all__ = ["apply_overrides", "check_key", "dump_recipe", "format_override", "get_dotted",
            "load_recipe", "parse_override"]  # fmt: skip
@@ -48,7 +48,7 @@ def format_override(key: str, value: Any) -> str:
 
 def load_recipe(path: str | Path) -> dict:
     """The recipe file as a dict (empty file -> {})."""
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    doc = read_yaml_file(path) or {}
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping")
     return doc

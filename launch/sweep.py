@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from data_pipeline.safe_names import inside
 from launch.recipe import check_key
 from launch.slurm import check_name
+from pretrain.overrides import read_yaml_file
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -110,7 +109,11 @@ def expand(doc: dict, where: Path | None = None) -> Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep file."""
     path = Path(path)
-    return expand(yaml.safe_load(path.read_text()), where=path.resolve().parent)
+    doc = read_yaml_file(path, "sweep file")
+    try:
+        return expand(doc, where=path.resolve().parent)
+    except ValueError as e:
+        raise ValueError(f"sweep file {path}: {e}") from e
 
 
 def sweep_root(sweep_path: str | Path, root: str | Path | None = None) -> Path:

@@ -16,3 +16,8 @@ class CheckpointConfig:
     # commit a finished async save at log steps, save steps and every this many steps: between
     # those, a step costs no blocking collective or host sync. A signal is honoured within it.
     agree_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("every_steps", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"checkpoint.{name} must be >= 0, got {getattr(self, name)}")

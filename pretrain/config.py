@@ -29,7 +29,7 @@ from pretrain.metrics_config import LoggingConfig
 from pretrain.models.config import ModelConfig, ViTConfig
 from pretrain.models.mup_config import MupConfig
 from pretrain.optim_config import OptimConfig
-from pretrain.overrides import ConfigError, merge, parse_override, set_dotted
+from pretrain.overrides import ConfigError, merge, parse_override, read_yaml_file, set_dotted
 from pretrain.parallel_config import DeepSpeedConfig, ParallelConfig
 from pretrain.run_config import RunConfig
 from pretrain.schedule_config import ScheduleConfig
@@ -119,11 +119,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str):
+        if isinstance(value, str):  # "1000", or "1e3" (YAML 1.1 reads 1e3 as a string)
             try:
                 return int(value)
             except ValueError:
                 pass
+            try:
+                number = float(value)
+            except ValueError:
+                fail()
+            if number.is_integer():
+                return int(number)
         fail()
     if tp is float:
         if isinstance(value, bool):
@@ -162,7 +168,10 @@ def _build(cls: type, data: dict, key: str = "") -> Any:
         if name not in names:
             raise _unknown_key(cls, str(name), prefix)
     kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own range check (__post_init__), one line
+        raise ConfigError(str(e)) from e
 
 
 def to_dict(cfg: Any) -> dict:
@@ -178,11 +187,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML recipe at `path`, then dotted `overrides`; validated."""
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from e
+        data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
     for text in overrides:

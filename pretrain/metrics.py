@@ -1,4 +1,5 @@
-"""Metrics sinks on rank 0: JSONL in the run directory, TensorBoard, and a tqdm progress bar.
+"""Metrics sinks on rank 0: JSONL in the run directory, TensorBoard, and progress output
+(a tqdm bar on a terminal, lines into a file: pretrain/progress.py).
 
 Throughput and MFU come from the batches actually trained (their shape, not the model's
 configured length) and the model's own FLOPs accounting:
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pretrain.metrics_config import WandbConfig
+from pretrain.progress import make_progress, show_each_warning_once
 
 # Dense peak FLOP/s per device by matmul dtype (vendor datasheets, without sparsity):
 # (pattern on torch.cuda.get_device_name, {bf16, tf32, fp32}). First match wins, so the more
@@ -65,10 +67,11 @@ class MetricsLogger:
     """Writes every record to metrics.jsonl and TensorBoard; no-ops on ranks other than 0."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool,
-                 total_steps: int, start_step: int, wandb: WandbConfig | None = None,
-                 run_config: dict | None = None):
+                 total_steps: int, start_step: int, every_steps: int = 1,
+                 wandb: WandbConfig | None = None, run_config: dict | None = None):
         self.enabled = enabled
         self.jsonl = self.tb = self.bar = self.wandb = None
+        show_each_warning_once()  # every rank: a warning repeated every step is shown once
         if not enabled:
             return
         if wandb is not None and wandb.project:
@@ -80,10 +83,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-        if progress_bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if progress_bar:  # tqdm on a terminal, a line every logging.every_steps into a file
+            self.bar = make_progress(total_steps, start_step, every_steps)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -110,9 +111,7 @@ class MetricsLogger:
 
     def progress(self, step: int, loss: float, lr: float) -> None:
         if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            self.bar.refresh()
+            self.bar.update(step, loss, lr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -29,3 +29,10 @@ class LoggingConfig:
     # in a steady-state step prints a warning (bench/gpu_check.sh turns it on)
     sync_debug: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.every_steps <= 0:
+            raise ValueError(f"logging.every_steps must be > 0, got {self.every_steps}")
+        for name in ("eval_every_steps", "eval_batches", "peak_tflops"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"logging.{name} must be >= 0, got {getattr(self, name)}")

@@ -23,6 +23,14 @@ class OptimConfig:
     max_consecutive_skips: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("lr", "eps", "grad_accum", "max_consecutive_skips"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.on_nonfinite == "skip" and self.fused is False:
             raise ValueError("optim.on_nonfinite=skip needs the fused AdamW kernel (it skips the "
                              "update on device): drop optim.fused=false or use on_nonfinite=fail")

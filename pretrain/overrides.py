@@ -8,6 +8,7 @@ loading the config schema (whose model section pulls in torch).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,6 +33,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw  # not YAML (an unbalanced quote...): the plain string
     return key, value
+
+
+def read_yaml_file(path: str | Path, what: str = "recipe") -> Any:
+    """The YAML document at `path` (safe loader: a `!!python` tag is refused), or a one-line
+    ConfigError naming the file and what it should have been."""
+    text = Path(path).read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from e
 
 
 def set_dotted(doc: dict, key: str, value: Any) -> None:

@@ -117,7 +117,8 @@ def _train(cfg: TrainConfig) -> dict:
                  stats["params"] / 1e6, cfg.parallel.backend, env.world_size)
     logger = MetricsLogger(run_dir, env.is_main, cfg.logging.tensorboard,
                            cfg.logging.progress_bar, cfg.schedule.steps, step,
-                           wandb=cfg.logging.wandb, run_config=to_dict(cfg))
+                           cfg.logging.every_steps, wandb=cfg.logging.wandb,
+                           run_config=to_dict(cfg))
     if step == 0:
         logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
     guard = DivergenceGuard(cfg.optim.on_nonfinite, cfg.optim.max_consecutive_skips, env.device)

@@ -206,3 +206,24 @@ def test_conversion_of_a_checkpoint_far_larger_than_the_bound_stays_under_it(tmp
     for name in ("layers.0.weight", "layers.47.weight"):
         for kind in KINDS:
             assert torch.equal(check.read(name, kind), ref.read(name, kind))
+
+
+def test_import_maps_a_wrapper_prefix_onto_the_model(dcp_ckpt, tmp_path, capsys):
+    """Weights saved from a wrapper (`module.` keys) import with --strip-prefix, equal."""
+    from safetensors.torch import save_file
+
+    exported = load_file(str(export_safetensors(dcp_ckpt, tmp_path / "w.safetensors")))
+    wrapped = tmp_path / "wrapped.safetensors"
+    save_file({f"module.{k}": v for k, v in exported.items()}, str(wrapped))
+
+    def run_import(dst: str, *extra: str) -> int:
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["ckpt", "import", str(wrapped), str(tmp_path / dst), *extra,
+                      "--config", str(RECIPE), *TINY])
+        return exit_.value.code
+
+    assert run_import("plain") == 2 and "module." in capsys.readouterr().err
+    assert run_import("stripped", "--strip-prefix", "module.") == 0
+    imported = read_model_tensors(tmp_path / "stripped" / "step_00000000")
+    assert sorted(imported) == sorted(exported)
+    assert all(torch.equal(imported[k], exported[k]) for k in exported)

@@ -50,7 +50,8 @@ def test_optimum_per_width_and_shift_in_grid_steps():
     assert optimum_shift(rows) == {"mup": 0.0, "sp": 2.0}
 
 
-def test_transfer_appends_rows_and_resumes(tmp_path):
+def test_transfer_appends_rows_and_resumes(tmp_path, caplog):
+    caplog.set_level("INFO", logger="pretrain.mup.transfer")  # progress: minutes per run
     cfg = load_config(
         REPO / "configs/vit_digits.yaml",
         [*TINY, "parallel.backend=single", "model.mup.base_width=16"],
@@ -60,6 +61,9 @@ def test_transfer_appends_rows_and_resumes(tmp_path):
         cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",)
     )
     assert [(r["width"], r["steps"]) for r in rows] == [(16, 2), (32, 2)]
+    progress = [r.getMessage() for r in caplog.records if r.name == "pretrain.mup.transfer"]
+    assert progress == ["transfer 1/2: mup width=16 lr=0.001 seed=0 (2 steps)",
+                        "transfer 2/2: mup width=32 lr=0.001 seed=0 (2 steps)"]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
     again = run_transfer(
         cfg, [16, 32], [1e-3], steps=2, csv_path=csv_path, parametrizations=("mup",)

@@ -94,7 +94,7 @@ def test_remote_manifest_with_absolute_or_dotdot_name_writes_nothing_outside(tmp
                          cache_dir=str(cache))
         with pytest.raises(UnsafeNameError, match=rf"{listing} shards\[1\]"):
             next(iter(build_loader(cfg, 0, 1)))
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and listing in lines[0] and repr(bad) in lines[0], out.stderr
     assert "verified" not in out.stdout

@@ -149,3 +149,19 @@ def test_isoflop_parabola_resists_an_edge_outlier():
     plain = fit_profile(r.N, r.D, r.C, L, robust=False)
     assert abs(np.log(robust.N_opt / true_min)) < 0.1
     assert abs(np.log(plain.N_opt / true_min)) > 0.3
+
+
+def test_a_bootstrap_law_at_the_beta_bound_does_not_end_the_fit():
+    """A replicate with beta = 0 (the search bound) has no compute-optimal frontier: its N_opt is
+    NaN and left out of the interval, not a ZeroDivisionError that ends `scaling fit`."""
+    from pretrain.scaling_laws.parametric import ParametricLaw
+
+    flat = ParametricLaw(E=1.5, A=400.0, B=400.0, alpha=0.34, beta=0.0)
+    n_opt, d_opt = flat.compute_optimal(1e20)
+    assert np.isnan(n_opt) and np.isnan(d_opt) and flat.a == 0.0
+    assert np.isnan(ParametricLaw(1.5, 1.0, 1.0, 0.0, 0.0).a)
+    r = S.isoflop_runs(budgets=BUDGETS, points=5, noise=0.005, seed=3)
+    fit = fit_parametric(r.N, r.D, r.L)
+    fit.boot_laws = [fit.law, flat, fit.law]
+    n = fit.compute_optimal(1e21)["N_opt"]
+    assert np.isfinite(n.value) and np.isfinite(n.lo) and np.isfinite(n.hi)

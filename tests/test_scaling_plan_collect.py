@@ -212,6 +212,26 @@ def test_warnings_flag_an_unidentified_irreducible_loss():
     assert not [w for w in b.warnings() if w.startswith("approach 3")]
 
 
+def test_a_fit_that_explains_nothing_is_a_warning_at_the_top_of_report_and_stdout():
+    """Losses of two measures mixed (every other run's loss doubled): approach 3 explains little
+    of the variance; the report and the terminal say so before any number."""
+    from pretrain.scaling_laws.analysis import Options, analyze
+    from pretrain.scaling_laws.report import render
+    from pretrain.scaling_laws.study import summary
+    from pretrain.scaling_laws.table import RunTable
+
+    rows = S.as_rows(S.isoflop_runs(budgets=(1e18, 1e19, 1e20), points=6, noise=0.0))
+    rng = np.random.default_rng(0)
+    for row in rows:
+        row["loss"] = float(rng.uniform(2.0, 4.0))  # no relation to N or D left
+    a = analyze(RunTable(rows), None, Options(n_boot=0, n_jobs=1))
+    flagged = [w for w in a.warnings() if "R²" in w]
+    assert flagged and flagged[0].startswith("approach 3"), a.warnings()
+    report = render(a, []).splitlines()
+    assert report[0] == "# Scaling-law study" and report[2].startswith("> **WARNING:**")
+    assert summary(a)[0].startswith("WARNING: ")
+
+
 def test_cli_run_rejects_a_bad_override_before_training(tmp_path: Path, capsys):
     sweep = {"base": str(Path("configs/vit_digits.yaml").resolve()),
              "runs": [{"name": "ok", "overrides": {"model.width": 32, "model.num_heads": 2}},
@@ -268,7 +288,7 @@ def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, 
     out, err = capsys.readouterr()
     assert "2 of 4 runs completed" in out
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 2 and failed[0].startswith("failed: crash: ValueError: ")
+    assert len(failed) == 2 and failed[0].startswith("failed: crash: pretrain train: error: ")
     assert "no_such_data" in failed[0] and failed[1] == "failed: killed: killed by SIGKILL"
     names = ("first", "crash", "killed", "last")
     status = {n: read_status(tmp_path / "runs" / n).get("state") for n in names}
@@ -281,5 +301,5 @@ def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, 
     with pytest.raises(SystemExit):
         main(argv)
     out, err = capsys.readouterr()
-    assert "2 of 3 runs completed" in out and "failed: crash: ValueError: " in err
+    assert "2 of 3 runs completed" in out and "failed: crash: pretrain train: error: " in err
     assert [read_status(tmp_path / "runs" / n)["updated"] for n in ("first", "last")] == finished

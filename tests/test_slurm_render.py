@@ -209,8 +209,8 @@ def test_cli_dry_run_prints_script_and_writes_nothing(tmp_path: Path, capsys) ->
 def test_cli_rejects_hostile_job_name(tmp_path: Path, capsys) -> None:
     recipe = write_recipe(tmp_path)
     code = run_cli(["slurm", "submit", str(recipe), "--job-name", "$(reboot)", "--dry-run"])
-    assert "not allowed" in str(code)
-    assert capsys.readouterr().out == ""
+    out, err = capsys.readouterr()
+    assert code == 2 and "not allowed" in err and out == ""
 
 
 def test_cli_run_dir_defaults_like_the_trainer(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -223,6 +223,7 @@ def test_cli_run_dir_defaults_like_the_trainer(tmp_path: Path, monkeypatch, caps
 
 def test_cli_rejects_a_bad_recipe_key_before_queueing(tmp_path: Path, capsys) -> None:
     recipe = write_recipe(tmp_path)
-    message = str(run_cli(["slurm", "submit", str(recipe), "optim.lrr=1", "--dry-run"]))
+    code = run_cli(["slurm", "submit", str(recipe), "optim.lrr=1", "--dry-run"])
+    out, message = capsys.readouterr()
+    assert code == 2 and out == ""
     assert "optim.lrr" in message and "optim.lr" in message  # names the key and the fix
-    assert capsys.readouterr().out == ""

@@ -101,4 +101,4 @@ def test_sweep_only_selects_runs(tmp_path: Path, capsys) -> None:
     assert out.count("#!/bin/bash") == 1 and "#SBATCH --job-name=b" in out
     with pytest.raises(SystemExit) as exit_info:
         pretrain_main([*argv, "--only", "c"])
-    assert "names no run" in str(exit_info.value.code)
+    assert exit_info.value.code == 2 and "names no run" in capsys.readouterr().err

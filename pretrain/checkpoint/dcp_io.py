@@ -63,7 +63,13 @@ class SafeFileSystemReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         path = compat.dcp_metadata_path(self, kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+            try:
+                metadata = _MetadataUnpickler(f).load()
+            except UnsafeCheckpointError:
+                raise
+            except Exception as e:  # a corrupt pickle raises any of a dozen types
+                raise UnsafeCheckpointError(f"{path} is not readable DCP metadata "
+                                            f"({type(e).__name__}: {e})") from e
         if not isinstance(metadata, Metadata):
             raise UnsafeCheckpointError(f"{path} does not hold DCP metadata")
         if getattr(metadata, "storage_meta", None) is None:

@@ -17,6 +17,12 @@ import torch
 
 from pretrain.checkpoint.dcp_io import UnsafeCheckpointError
 
+
+class UnreadableTorchFileError(pickle.UnpicklingError):
+    """A corrupt or truncated file where a torch.save file was expected (torch says
+    RuntimeError, which would read as a bug)."""
+
+
 # DeepSpeed classes found in ZeRO checkpoints; each rebuilds from plain fields only.
 DEEPSPEED_DATA_CLASSES = (
     ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
@@ -51,3 +57,7 @@ def safe_torch_load(path: str | Path, map_location="cpu", mmap: bool = False):
             "Loading it fully could run arbitrary code; only tensors, plain containers and "
             "DeepSpeed's checkpoint data classes are accepted."
         ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:  # truncated, not a torch.save file
+        raise UnreadableTorchFileError(
+            f"{path} is not a readable torch.save file ({' '.join(str(e).split())[:300]})"
+        ) from e

@@ -76,33 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("dst", type=Path)
     s.add_argument("--config", required=True, nargs="+", metavar="RECIPE [key=value ...]",
                    help="the recipe (and overrides) of the model the weights are for")
+    s.add_argument("--strip-prefix", default="", metavar="P",
+                   help="remove P from the front of each name (e.g. 'model.' or 'module.')")
+    s.add_argument("--add-prefix", default="", metavar="P", help="put P before each name")
     s.set_defaults(func=run_import)
-
-
-def _fail(e: Exception) -> int:
-    print(f"pretrain ckpt: error: {e}", file=sys.stderr)
-    return 2
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    import pickle
-
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.checkpoint.convert import CheckpointFormatError, CheckpointMismatchError
-    from pretrain.config import ConfigError
-    from pretrain.interop import ExportRefused
-
-    return (CheckpointError, CheckpointMismatchError, CheckpointFormatError, ConfigError, FileNotFoundError,
-            FileExistsError, pickle.UnpicklingError, ExportRefused)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import inspect
 
-    try:
-        info = inspect(args.path)
-    except _errors() as e:
-        return _fail(e)
+    info = inspect(args.path)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -125,7 +108,7 @@ def run_verify(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         reason = str(e)
     if reason is not None:
-        print(f"pretrain ckpt verify: {args.path}: {reason}", file=sys.stderr)
+        print(f"pretrain ckpt verify: error: {args.path}: {reason}", file=sys.stderr)
         return 2
     files = len(manifest["files"])
     if "checksums" in manifest:
@@ -139,10 +122,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import convert
 
-    try:
-        out = convert(args.src, args.dst, args.to)
-    except _errors() as e:
-        return _fail(e)
+    out = convert(args.src, args.dst, args.to)
     print(f"wrote {out} ({args.to})")
     return 0
 
@@ -150,10 +130,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_reshard(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import reshard
 
-    try:
-        out = reshard(args.src, args.dst)
-    except _errors() as e:
-        return _fail(e)
+    out = reshard(args.src, args.dst)
     if out is None:
         print(f"{args.src} is DCP, which reshards on load to any world size: resume from it directly")
     else:
@@ -168,10 +145,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.format != "safetensors":
         return run_export_folder(args)
-    try:
-        out = export_safetensors(args.src, args.out, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    except _errors() as e:
-        return _fail(e)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    out = export_safetensors(args.src, args.out, dtype=dtype)
     print(f"wrote {out} ({args.dtype})")
     return 0
 
@@ -183,16 +158,13 @@ def run_export_folder(args: argparse.Namespace) -> int:
     from pretrain.cli.generate import resolve_checkpoint, run_tokenizer
     from pretrain.interop import checkpoint_config, export_folder
 
-    try:
-        ckpt = resolve_checkpoint(args.src)
-        cfg = checkpoint_config(ckpt)
-        tok = None
-        if cfg.model.family == "lm":
-            tok = run_tokenizer(cfg, args.tokenizer or cfg.data.tokenizer)
-        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        out = export_folder(ckpt, args.out, args.format, dtype, tok, args.max_shard_mb * 2**20)
-    except (*_errors(), ValueError) as e:
-        return _fail(e)
+    ckpt = resolve_checkpoint(args.src)
+    cfg = checkpoint_config(ckpt)
+    tok = None
+    if cfg.model.family == "lm":
+        tok = run_tokenizer(cfg, args.tokenizer or cfg.data.tokenizer)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    out = export_folder(ckpt, args.out, args.format, dtype, tok, args.max_shard_mb * 2**20)
     print(f"wrote {out} ({args.format}, {args.dtype}, from {ckpt})")
     return 0
 
@@ -201,15 +173,12 @@ def run_import(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import import_safetensors
     from pretrain.config import load_config
 
-    try:
-        cfg = load_config(args.config[0], args.config[1:])
-        if args.src.is_dir():  # a transformers / diffusers model folder
-            from pretrain.interop import folder_format, import_folder
+    cfg = load_config(args.config[0], args.config[1:])
+    if args.src.is_dir():  # a transformers / diffusers model folder
+        from pretrain.interop import folder_format, import_folder
 
-            out = import_folder(args.src, args.dst, cfg, folder_format(args.src))
-        else:
-            out = import_safetensors(args.src, args.dst, cfg)
-    except _errors() as e:
-        return _fail(e)
+        out = import_folder(args.src, args.dst, cfg, folder_format(args.src))
+    else:
+        out = import_safetensors(args.src, args.dst, cfg, args.strip_prefix, args.add_prefix)
     print(f"wrote {out}; start a run from it with checkpoint.resume={out}")
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
-from launch.local import launch_env, torchrun_command
+from launch.local import launch_env, run_supervised, supervised_torchrun_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,16 +30,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.set_defaults(func=run)
 
 
+def check_data_exists(data) -> None:
+    """FileNotFoundError naming the key of a local dataset path that does not exist (remote
+    URLs and shard patterns are left to the loader)."""
+    from data_pipeline.shard_urls import is_shard_spec
+    from data_pipeline.storage import is_local, open_fs
+
+    if data.format == "memory":
+        return
+    urls = {f"data.mixture[{url!r}]": url for url in data.mixture} or {
+        "data.train_url": data.train_url}
+    urls |= {"data.val_url": data.val_url} if data.val_url else {}
+    urls |= {"data.tokenizer": data.tokenizer} if data.tokenizer else {}
+    for key, url in urls.items():
+        if not url:
+            raise FileNotFoundError(2, f"empty, but data.format={data.format} needs it", key)
+        fs, path = open_fs(url, data.storage_options)
+        if is_local(fs) and not is_shard_spec(url) and not fs.exists(path):
+            raise FileNotFoundError(2, f"no such file or directory ({key})", url)
+
+
 def run(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+
     if args.nproc < 1:
         print(
             f"pretrain launch local: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr
         )
         return 2
-    cmd = torchrun_command(args.nproc, args.recipe, args.overrides)
+    cfg = load_config(args.recipe, args.overrides)  # before torchrun: one error line, not 2N+35
+    check_data_exists(cfg.data)
+    cmd = supervised_torchrun_command(args.nproc, args.recipe, args.overrides)
     env = launch_env(args.nproc)
     if args.dry_run:
         print(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} " + shlex.join(cmd))
         return 0
-    os.execvpe(cmd[0], cmd, env)  # signals reach torchrun directly
-    return 0
+    return run_supervised(cmd, env)  # SIGTERM/USR1/USR2 reach the ranks; 0 after preemption

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -68,13 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from pretrain.config import ConfigError, load_config
+    import logging
 
-    try:
-        return load_config(args.recipe, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"pretrain mup: error: {e}", file=sys.stderr)
-        return None
+    from pretrain.config import load_config
+
+    cfg = load_config(args.recipe, args.overrides)  # a bad recipe: one line (pretrain/cli)
+    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")  # progress lines
+    return cfg
 
 
 def _is_main() -> bool:
@@ -85,8 +84,6 @@ def _is_main() -> bool:
 
 def coord_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if cfg is None:
-        return 2
     from pretrain.dist import barrier, shutdown
     from pretrain.mup.coord_check import format_verdict, run_coord_check, verdict, write_csv
     from pretrain.mup.plots import plot_coord_check
@@ -122,8 +119,6 @@ def coord_check(args: argparse.Namespace) -> int:
 
 def transfer(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if cfg is None:
-        return 2
     from pretrain.dist import barrier, shutdown
     from pretrain.mup.plots import plot_transfer
     from pretrain.mup.transfer import format_report, lr_grid, optima, optimum_shift, run_transfer

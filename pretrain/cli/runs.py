@@ -10,6 +10,9 @@ from launch.runs import find_runs, format_table, last_job, slurm_states, summari
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(2, "no such directory", missing[0])
     runs = [run for d in args.dirs for run in find_runs(Path(d))]
     if not runs:
         print(f"no run directories under {' '.join(args.dirs)}")

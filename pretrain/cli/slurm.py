@@ -114,7 +114,7 @@ def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> None:
     try:
         job_id = submit(spec, force=True)  # refuse_active has checked
     except RuntimeError as e:
-        raise SystemExit(f"pretrain slurm: {e}") from None
+        raise SystemExit(str(e)) from None  # sbatch refused: one error line (pretrain/cli)
     print(f"submitted job {job_id}: {spec.run_dir} (log {spec.run_dir}/slurm/{job_id}.out)")
 
 
@@ -127,28 +127,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
         or get_dotted(recipe, "run.dir")
         or f"runs/{get_dotted(recipe, 'run.name') or 'run'}"
     )
-    try:
-        spec, recipe = prepare(recipe, Path(run_dir), args)
-    except ValueError as e:
-        raise SystemExit(f"pretrain slurm submit: {e}") from None
+    spec, recipe = prepare(recipe, Path(run_dir), args)  # ValueError: one line (pretrain/cli)
     refuse_active([spec], args)
     launch(spec, recipe, args)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    try:
-        sweep = load_sweep(args.sweep)
-        base = load_recipe(sweep.base)
-        root = sweep_root(args.sweep, args.root)
-        runs = [run for run in sweep.runs if not args.only or run.name in args.only]
-        missing = sorted(set(args.only or []) - {run.name for run in sweep.runs})
-        if missing:
-            raise ValueError(f"--only names no run of the sweep: {', '.join(missing)}")
-        jobs = [prepare(apply_overrides(base, run.overrides), sweep_run_dir(root, run.name), args)
-                for run in runs]  # fmt: skip
-    except ValueError as e:
-        raise SystemExit(f"pretrain slurm sweep: {e}") from None
+    sweep = load_sweep(args.sweep)  # ValueError: one line (pretrain/cli)
+    base = load_recipe(sweep.base)
+    root = sweep_root(args.sweep, args.root)
+    runs = [run for run in sweep.runs if not args.only or run.name in args.only]
+    missing = sorted(set(args.only or []) - {run.name for run in sweep.runs})
+    if missing:
+        raise ValueError(f"--only names no run of the sweep: {', '.join(missing)}")
+    jobs = [prepare(apply_overrides(base, run.overrides), sweep_run_dir(root, run.name), args)
+            for run in runs]  # fmt: skip
     refuse_active([spec for spec, _ in jobs], args)
     for spec, recipe in jobs:
         if args.dry_run:

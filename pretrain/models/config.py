@@ -16,6 +16,13 @@ class ViTConfig:
     num_classes: int = 10
     pooling: Literal["cls", "mean"] = "cls"
 
+    def __post_init__(self) -> None:
+        require_positive("model.vit", self, "image_size", "patch_size", "in_channels",
+                         "num_classes")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"model.vit.image_size={self.image_size} is not divisible by "
+                             f"model.vit.patch_size={self.patch_size}")
+
 
 @dataclass
 class DiTConfig:
@@ -40,6 +47,13 @@ class DiTConfig:
     time_freq_shift: Literal[0, 1] = 0
     samples_per_class: int = 8  # eval grid: one row per class
 
+    def __post_init__(self) -> None:
+        require_positive("model.dit", self, "image_size", "patch_size", "in_channels",
+                         "num_classes", "ddpm_steps", "sample_steps")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"model.dit.image_size={self.image_size} is not divisible by "
+                             f"model.dit.patch_size={self.patch_size}")
+
 
 @dataclass
 class LMConfig:
@@ -49,6 +63,12 @@ class LMConfig:
     seq_len: int = 64  # context length; used for FLOPs and as the generation window
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive("model.lm", self, "seq_len", "rope_theta")
+        if self.vocab_size < 0:
+            raise ValueError(f"model.lm.vocab_size must be >= 0 (0: read from the data's "
+                             f"manifest), got {self.vocab_size}")
 
 
 @dataclass
@@ -71,3 +91,21 @@ class ModelConfig:
     dit: DiTConfig = field(default_factory=DiTConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     mup: MupConfig = field(default_factory=MupConfig)
+
+    def __post_init__(self) -> None:
+        require_positive("model", self, "width", "depth", "num_heads", "mlp_ratio")
+        if self.width % self.num_heads:
+            raise ValueError(f"model.width={self.width} is not divisible by "
+                             f"model.num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.init_std < 0:
+            raise ValueError(f"model.init_std must be >= 0, got {self.init_std}")
+
+
+def require_positive(section: str, values: object, *names: str) -> None:
+    """ValueError naming `section.name` for the first of `names` that is not > 0."""
+    for name in names:
+        value = getattr(values, name)
+        if not value > 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {value}")

@@ -14,6 +14,7 @@ all-reduced, so the record is the global mean and equals the single-process one.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pretrain.config import TrainConfig
 from pretrain.dist import all_reduce_sum
 from pretrain.mup.runner import build, setup, train_steps, variant
 from pretrain.optim import canonical_name
+
+log = logging.getLogger(__name__)
 
 LOGITS = "logits"
 _BLOCK_PART = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
@@ -110,9 +113,14 @@ def run_coord_check(
     cfg = coord_config(cfg)
     env = setup(cfg)
     records = []
+    total, started = len(parametrizations) * len(widths) * seeds, 0
     for param in parametrizations:
         for width in widths:
             for seed in range(seeds):
+                started += 1
+                if env.is_main:
+                    log.info("coord-check %d/%d: %s width=%d seed=%d (%d steps)",
+                             started, total, param, width, seed, steps)
                 vcfg = variant(cfg, width, param)
                 vcfg.data.seed = cfg.data.seed + seed
                 engine = build(vcfg, env, cfg.run.seed + seed)

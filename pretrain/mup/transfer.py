@@ -10,6 +10,7 @@ loss is recorded too. Rows are appended to the CSV as runs finish, so an interru
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 from pretrain.config import TrainConfig
 from pretrain.mup.runner import build, setup, train_steps, variant
 from pretrain.step import evaluate
+
+log = logging.getLogger(__name__)
 
 FIELDS = ["parametrization", "width", "lr", "seed", "steps", "train_loss", "val_loss"]
 
@@ -75,10 +78,12 @@ def run_transfer(
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as f:
             csv.DictWriter(f, fieldnames=FIELDS).writeheader()
+    total, started = len(parametrizations) * len(widths) * len(lrs) * seeds, 0
     for param in parametrizations:
         for width in widths:
             for lr in lrs:
                 for seed in range(seeds):
+                    started += 1
                     row = {
                         "parametrization": param,
                         "width": width,
@@ -88,6 +93,9 @@ def run_transfer(
                     }
                     if _key(row) in done:
                         continue
+                    if env.is_main:  # minutes per run on a CPU: say what is running
+                        log.info("transfer %d/%d: %s width=%d lr=%.3g seed=%d (%d steps)",
+                                 started, total, param, width, lr, seed, steps)
                     vcfg = variant(cfg, width, param, lr=lr)
                     vcfg.data.seed = cfg.data.seed + seed
                     vcfg.schedule.steps = steps

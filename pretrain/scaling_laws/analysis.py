@@ -38,6 +38,9 @@ class Options:
     budget_rtol: float = 0.25
 
 
+MIN_R2 = 0.5  # a fit explaining less of the variance than this is flagged, whatever it converged to
+
+
 @dataclass
 class Analysis:
     names: list[str]
@@ -63,6 +66,12 @@ class Analysis:
     def warnings(self) -> list[str]:
         """Signs that a fit is not constrained by these runs; shown first in the report."""
         out = []
+        for label, fit in (("approach 3", self.parametric), ("approach 2", self.isoflop),
+                           ("compute frontier", self.compute)):
+            quality = getattr(fit, "quality", None)
+            if quality is not None and quality.r2 < MIN_R2:  # NaN (one point) is not flagged
+                out.append(f"{label}: R² = {quality.r2:.2f} < {MIN_R2}: the law does not describe "
+                           "these runs (losses of different measures mixed? too few budgets?)")
         l_min = float(self.L.min())
         if self.parametric:
             law = self.parametric.law

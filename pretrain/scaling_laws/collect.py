@@ -17,9 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from pretrain.overrides import get_dotted
+from pretrain.overrides import get_dotted, read_yaml_file
 from pretrain.run_dir import COMPLETED, read_metrics, read_status
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -82,7 +80,7 @@ def collect_run(run_dir: Path, smooth: int = 1) -> tuple[dict, list[dict]]:
         raise ScalingDataError("no model_stats.json (is this a run directory?)")
     stats = json.loads(stats_path.read_text())
     cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg = read_yaml_file(cfg_path, "run config") if cfg_path.exists() else {}
     records = _complete(read_metrics(run_dir), stats)
     loss, source, last = _final_loss(records, smooth)
     # tokens for LMs; ViT/DiT trainers may count patches as tokens or only samples

@@ -62,23 +62,32 @@ class ParametricLaw:
 
     @property
     def a(self) -> float:
-        """Exponent of N_opt in C."""
-        return self.beta / (self.alpha + self.beta)
+        """Exponent of N_opt in C (NaN when alpha = beta = 0: no frontier)."""
+        return _ratio(self.beta, self.alpha + self.beta)
 
     @property
     def b(self) -> float:
-        """Exponent of D_opt in C."""
-        return self.alpha / (self.alpha + self.beta)
+        """Exponent of D_opt in C (NaN when alpha = beta = 0: no frontier)."""
+        return _ratio(self.alpha, self.alpha + self.beta)
 
     def compute_optimal(self, C, k: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
-        """(N_opt, D_opt) minimising L subject to k * N * D = C."""
+        """(N_opt, D_opt) minimising L subject to k * N * D = C; NaN where alpha or beta is 0
+        (a term that does not shrink has no optimum: a bootstrap replicate at the search bound
+        is then left out of the interval instead of ending the fit with ZeroDivisionError)."""
         C = np.asarray(C, float)
+        if self.alpha <= 0 or self.beta <= 0:
+            nan = np.full_like(C, np.nan)
+            return nan, nan.copy()
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         n_opt = G * (C / k) ** self.a
         return n_opt, (C / k) / n_opt
 
     def values(self) -> np.ndarray:
         return np.array([self.E, self.A, self.B, self.alpha, self.beta, self.a, self.b])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
 
 
 @dataclass

@@ -36,9 +36,9 @@ def _table_head(level: float) -> list[str]:
 def render(a: Analysis, figures: list[Path], flops_note: str = "",
            diagnostics: Sequence[str] = ()) -> str:  # fmt: skip
     o = a.options
-    lines = [
-        "# Scaling-law study",
-        "",
+    lines = ["# Scaling-law study", ""]
+    lines += [f"> **WARNING:** {w}" for w in a.warnings()] + ([""] if a.warnings() else [])
+    lines += [
         f"{len(a.names)} runs in {len(np.unique(a.budget))} compute budget(s), "
         f"C from {a.C.min():.3g} to {a.C.max():.3g} FLOPs, N from {a.N.min():.3g} to "
         f"{a.N.max():.3g} ({o.params_column}), D from {a.D.min():.3g} to {a.D.max():.3g} tokens.",
@@ -58,9 +58,6 @@ def render(a: Analysis, figures: list[Path], flops_note: str = "",
         + (f" Model accounting: {flops_note}" if flops_note else ""),
         "",
     ]
-    warnings = a.warnings()
-    if warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     if a.parametric:
         p = a.parametric
         lines += ["## Approach 3: L(N, D) = E + A/N^α + B/D^β", ""]

@@ -84,8 +84,7 @@ def summary(a: Analysis) -> list[str]:
                     f"tokens/param={r['tokens_per_param']}"
                 )
     lines += [f"{k} not fitted: {v}" for k, v in a.skipped.items()]
-    lines += [f"warning: {w}" for w in a.warnings()]
-    return lines
+    return [f"WARNING: {w}" for w in a.warnings()] + lines  # first: they cannot be missed
 
 
 def run_study(

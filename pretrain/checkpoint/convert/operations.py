@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from pretrain.checkpoint.commit import (
+    MANIFEST,
+    PARTIAL_SUFFIX,
     STEP_DIR,
     TRAIN_STATE,
     CheckpointError,
@@ -58,9 +60,40 @@ def _prepare(dst: Path) -> Path:
     return partial
 
 
-def _require_complete(src: Path) -> dict:
-    require_complete(src)
-    return json.loads((src / TRAIN_STATE).read_text())
+def _discard(partial: Path, created: list[Path]) -> None:
+    """Undo a failed write: the partial directory and the (still empty) parents it made."""
+    shutil.rmtree(partial, ignore_errors=True)
+    for parent in created:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, deepest first."""
+    return [p for p in Path(path).absolute().parents if not p.exists()]
+
+
+def is_pretrain_checkpoint(path: Path) -> bool:
+    """Written (or being written) by this project; anything else is another tool's checkpoint,
+    read by its format alone."""
+    path = Path(path)
+    return (bool(STEP_DIR.match(path.name)) or path.name.endswith(PARTIAL_SUFFIX)
+            or (path / MANIFEST).exists() or (path / TRAIN_STATE).exists())
+
+
+def _train_state(src: Path, source: Source) -> dict:
+    """The source's train_state.json (a checkpoint of this project must be complete), or for
+    another tool's checkpoint the step its optimizer reached."""
+    if is_pretrain_checkpoint(src):
+        require_complete(src)
+        return json.loads((Path(src) / TRAIN_STATE).read_text())
+    step = int(source.meta.get("global_steps") or 0)
+    if not step and source.has_optimizer:
+        optimized = [n for n in source.params if source.optimized(n)]
+        step = int(source.step(optimized[0]).item()) if optimized else 0
+    return {"step": step, "foreign": True}
 
 
 def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lambda _: None) -> Path:
@@ -72,11 +105,14 @@ def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lam
     """
     if to not in TARGETS:
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
-    state = _require_complete(src)
+    if is_pretrain_checkpoint(src):
+        require_complete(src)  # before reading a torn save
     source = open_source(src)
+    state = _train_state(src, source)
     if not source.has_optimizer:
         raise CheckpointError(f"{src} holds weights only; use `pretrain ckpt import` to start a run from weights")
     dst = destination(dst, int(state["step"]))
+    created = _missing_parents(dst)
     partial = _prepare(dst)
     try:
         if to == "dcp":
@@ -89,7 +125,7 @@ def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lam
         write_json_atomic(partial / TRAIN_STATE, state)
         commit(partial, dst, int(state["step"]))
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial, created)
         raise
     return dst
 
@@ -112,11 +148,13 @@ def export_safetensors(src: Path, out: Path, dtype: torch.dtype = torch.float32,
     if ts.exists():
         meta["step"] = json.loads(ts.read_text())["step"]
     tmp = out.with_name(out.name + ".partial")
+    created = _missing_parents(out)
     try:
         write_safetensors(source, tmp, dtype=dtype, metadata=meta, progress=progress)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _discard(tmp, created)
         raise
     return out
 
@@ -158,12 +196,17 @@ def _model_layout(cfg) -> tuple[dict[str, TensorInfo], list[dict]]:
     return infos, groups
 
 
-def import_safetensors(src: Path, dst: Path, cfg) -> Path:
+def import_safetensors(src: Path, dst: Path, cfg, strip_prefix: str = "",
+                       add_prefix: str = "") -> Path:
     """A step-0 DCP checkpoint holding `src`'s weights for the model of `cfg`, to start a run
-    from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first."""
-    from pretrain.checkpoint.convert.sources import SafetensorsSource
+    from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first;
+    `strip_prefix`/`add_prefix` map the file's names onto the model's."""
+    from pretrain.checkpoint.convert.sources import RenamedSource, SafetensorsSource
 
-    return import_weights(SafetensorsSource(Path(src)), dst, cfg, str(src))
+    weights: Source = SafetensorsSource(Path(src))
+    if strip_prefix or add_prefix:
+        weights = RenamedSource(weights, strip_prefix, add_prefix)
+    return import_weights(weights, dst, cfg, str(src))
 
 
 def import_weights(weights: Source, dst: Path, cfg, origin: str) -> Path:
@@ -178,6 +221,7 @@ def import_weights(weights: Source, dst: Path, cfg, origin: str) -> Path:
     weights.params = type(weights.params)((n, infos[n]) for n in infos)  # model order, fp32 like training
     loader = build_loader(cfg.data, 0, 1, "train", cfg.optim.grad_accum)
     dst = destination(dst, 0)
+    created = _missing_parents(dst)
     partial = _prepare(dst)
     try:
         write_dcp(FreshOptimizer(weights, groups), partial / "model")
@@ -186,7 +230,7 @@ def import_weights(weights: Source, dst: Path, cfg, origin: str) -> Path:
         write_json_atomic(partial / TRAIN_STATE, state)
         commit(partial, dst, 0)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial, created)
         raise
     return dst
 

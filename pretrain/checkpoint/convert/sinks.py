@@ -59,6 +59,8 @@ def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: Progr
     if optimizer and source.has_optimizer:
         opt_state: dict = {}
         for name, info in source.params.items():
+            if not source.optimized(name):  # a buffer or a frozen parameter
+                continue
             opt_state[name] = {"step": torch.empty((), dtype=torch.float32, device="meta")}
             fetch[f"optim.state.{name}.step"] = lambda n=name: source.step(n)
             for kind in (EXP_AVG, EXP_AVG_SQ):
@@ -93,8 +95,12 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
         raise ValueError("a DeepSpeed checkpoint needs optimizer state; this source has weights only")
     zero = out / "zero"
     zero.mkdir(parents=True, exist_ok=True)
+    module = {}  # buffers and frozen parameters: DeepSpeed keeps them in the module state
     for name in source.params:
         progress(name)
+        if not source.optimized(name):
+            module[name] = source.read(name, PARAM)
+            continue
         d = zero / name
         d.mkdir(exist_ok=True)
         torch.save({"param": source.read(name, PARAM).float(), "cat_dim": 0}, d / "fp32.pt")
@@ -108,7 +114,8 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
                 "optimizer_state_dict": {"state": steps, "param_groups": groups}}, zero / "optimizer_state.pt")
     shapes = [OrderedDict((n, torch.Size(source.params[n].shape)) for n in g["params"]) for g in source.param_groups]
     states = {
-        "module": {}, "buffer_names": [], "optimizer": None, "param_shapes": shapes, "frozen_param_shapes": {},
+        "module": module, "buffer_names": [], "optimizer": None, "param_shapes": shapes,
+        "frozen_param_shapes": {},
         "shared_params": {}, "frozen_param_fragments": {}, "lr_scheduler": None, "data_sampler": None,
         "random_ltd": None, "skipped_steps": 0, "global_steps": global_steps, "dp_world_size": 1,
         "mp_world_size": 1, "ds_config": {}, "ds_version": version,
@@ -119,18 +126,26 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
 
 # ----------------------------------------------------------------------------- safetensors
 
-_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+             torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+             torch.uint8: "U8", torch.bool: "BOOL"}
 _ALIGN = 8
 
 
 def write_safetensors(source: Source, out: Path, dtype: torch.dtype | None = None,
                       metadata: dict[str, str] | None = None, progress: ProgressFn = _noop) -> None:
-    """Weights only, in `dtype` (None keeps each tensor's dtype). Written to `out` directly;
+    """Weights only, floating tensors in `dtype` (None keeps each tensor's dtype; integer and
+    bool tensors, e.g. BatchNorm's step count, always keep theirs). Written to `out` directly;
     callers that need atomicity write aside and rename."""
     header: dict = {}
     offset = 0
+
+    def target(info) -> torch.dtype:
+        return dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
+
     for name, info in source.params.items():
-        dt = dtype or info.dtype
+        dt = target(info)
         n = info.numel * dt.itemsize
         header[name] = {"dtype": _ST_NAMES[dt], "shape": list(info.shape), "data_offsets": [offset, offset + n]}
         offset += n
@@ -144,7 +159,7 @@ def write_safetensors(source: Source, out: Path, dtype: torch.dtype | None = Non
         f.write(blob)
         for name, info in source.params.items():
             progress(name)
-            t = source.read(name, PARAM).to(dtype or info.dtype).contiguous()
+            t = source.read(name, PARAM).to(target(info)).contiguous()
             if tuple(t.shape) != info.shape:
                 raise ValueError(f"{name}: source gave shape {tuple(t.shape)}, expected {info.shape}")
             if t.numel():

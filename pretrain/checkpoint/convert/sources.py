@@ -69,6 +69,10 @@ class Source:
     def step(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def optimized(self, name: str) -> bool:
+        """Whether the optimizer holds state for `name` (buffers and frozen parameters: no)."""
+        return any(name in group["params"] for group in self.param_groups)
+
     def group_of(self, name: str) -> int:
         for i, group in enumerate(self.param_groups):
             if name in group["params"]:
@@ -80,6 +84,10 @@ class Source:
 
 
 class DCPSource(Source):
+    """A DCP directory: this project's (`model.*`, `optim.*` from `get_state_dict`) or a plain
+    script's (`{"model": ..., "optimizer": ...}`, or a bare model state dict). Buffers and frozen
+    parameters are read like parameters; only the optimized ones carry Adam state."""
+
     format = "dcp"
 
     def __init__(self, path: Path):
@@ -104,46 +112,60 @@ class DCPSource(Source):
 
         self._reader = MetadataOnceReader(str(path))
         md = self._reader.read_metadata()
-        for key, m in md.state_dict_metadata.items():
-            if key.startswith("model.") and isinstance(m, TensorStorageMetadata):
-                name = key[len("model."):]
-                self.params[name] = TensorInfo(name, tuple(m.size), m.properties.dtype)
         self._keys = set(md.state_dict_metadata)
+        self._optim = next((p for p in ("optim.", "optimizer.")
+                            if any(k.startswith(p + "state.") for k in self._keys)), "optim.")
+        self._model = "model." if any(k.startswith("model.") for k in self._keys) else ""
+        for key, m in md.state_dict_metadata.items():
+            if not isinstance(m, TensorStorageMetadata) or not key.startswith(self._model):
+                continue
+            if not self._model and key.startswith(self._optim):
+                continue
+            name = key[len(self._model):]
+            self.params[name] = TensorInfo(name, tuple(m.size), m.properties.dtype)
         files = sorted({s.relative_path for s in md.storage_data.values()})
         for f in files:
             if not (path / f).exists():
                 raise CheckpointFormatError(f"shard file {path / f} is missing (listed in {path / '.metadata'})")
         self.meta = {"format": "dcp", "shard_files": len(files)}
-        group_keys = [k for k in self._keys if k.startswith("optim.param_groups.")]
+        group_keys = [k for k in self._keys if k.startswith(f"{self._optim}param_groups.")]
         if group_keys:
             self.param_groups = self._read_param_groups(group_keys)
 
     def _load(self, state: dict) -> dict:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import CheckpointException
 
         from pretrain.checkpoint import dcp_io
+        from pretrain.run_dir import one_line_error
 
-        dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(), no_dist=True)
+        try:
+            dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(),
+                     no_dist=True)
+        except CheckpointException as e:  # a BaseException wrapping the reader's error
+            keys = ", ".join(sorted(state))
+            raise CheckpointFormatError(f"{self.path}: cannot read {keys[:200]}: "
+                                        f"{one_line_error(e)}") from e
         return state
 
     def _read_param_groups(self, keys: list[str]) -> list[dict]:
         state = self._load({k: None for k in keys})
         groups: dict[int, dict] = {}
         for key, value in state.items():
-            idx, field = key[len("optim.param_groups."):].split(".", 1)
+            idx, field = key[len(f"{self._optim}param_groups."):].split(".", 1)
             groups.setdefault(int(idx), {})[field] = value
         return [groups[i] for i in sorted(groups)]
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
         info = self.params[name]
-        key = f"model.{name}" if kind == PARAM else f"optim.state.{name}.{kind}"
+        key = f"{self._model}{name}" if kind == PARAM else f"{self._optim}state.{name}.{kind}"
         if key not in self._keys:
             raise CheckpointFormatError(f"{self.path} has no {key}")
         out = torch.empty(info.shape, dtype=info.dtype if kind == PARAM else torch.float32)
         return self._load({key: out})[key]
 
     def step(self, name: str) -> torch.Tensor:
-        key = f"optim.state.{name}.step"
+        key = f"{self._optim}state.{name}.step"
         return self._load({key: torch.zeros((), dtype=torch.float32)})[key]
 
 
@@ -182,6 +204,7 @@ class DeepSpeedSource(Source):
             for name, shape in group.items():
                 self.params[name] = TensorInfo(name, tuple(shape), torch.float32)
         self.global_steps = int(states.get("global_steps", 0))
+        module_state = {k: states.get(k) for k in ("module", "buffer_names", "frozen_param_shapes")}
         del states
 
         first = safe_torch_load(self.files[0], mmap=True)["optimizer_state_dict"]
@@ -210,8 +233,43 @@ class DeepSpeedSource(Source):
             hyper = {k: v for k, v in group.items() if k != "params"}
             self.param_groups.append({**hyper, "params": list(self.shapes[g])})
         del first, inner
+        self.extras = self._buffers_and_frozen(module_state)
+        for name, tensor in self.extras.items():
+            self.params[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
         self.meta = {"format": f"deepspeed-zero{self.stage}", "world_size": self.world_size,
                      "global_steps": self.global_steps, "shard_files": len(self.files)}
+
+    def _buffers_and_frozen(self, states: dict) -> OrderedDict[str, torch.Tensor]:
+        """What DeepSpeed keeps outside the optimizer's partitions, as zero_to_fp32 reads it:
+        buffers whole (own dtype) in the module state, frozen parameters as fragments in the
+        model-states files (ZeRO-3: one fragment per rank, in rank order)."""
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        module = states["module"] or {}
+        for name in states["buffer_names"] or []:
+            if name in module:
+                out[canonical_name(name)] = module[name].clone()
+        shapes = states["frozen_param_shapes"] or {}
+        if not shapes:
+            return out
+        if self.stage == 3:
+            files = [self.path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"
+                     for r in range(self.world_size)]
+        else:
+            files = sorted(self.path.glob("*model_states.pt"))[:1]
+        fragments = [safe_torch_load(f, mmap=True).get("frozen_param_fragments") or {}
+                     for f in files]
+        for name, shape in shapes.items():
+            pieces = [frag[name].reshape(-1) for frag in fragments if name in frag]
+            numel = math.prod(shape)
+            flat = torch.cat(pieces) if pieces else torch.empty(0)
+            if flat.numel() < numel:
+                raise CheckpointFormatError(f"{self.path}: frozen parameter {name} has "
+                                            f"{flat.numel()} of {numel} elements")
+            out[canonical_name(name)] = flat[:numel].view(tuple(shape)).clone()
+        return out
+
+    def optimized(self, name: str) -> bool:
+        return name not in self.extras and super().optimized(name)
 
     def _flat(self, rank: int, group: int, kind: str) -> tuple[torch.Tensor, dict]:
         sd = safe_torch_load(self.files[rank], mmap=True)["optimizer_state_dict"]
@@ -223,6 +281,11 @@ class DeepSpeedSource(Source):
         return flat, sd
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
+        if name in self.extras:
+            if kind != PARAM:
+                raise CheckpointFormatError(f"{self.path}: {name} is a buffer or frozen "
+                                            f"parameter (no {kind})")
+            return self.extras[name].clone()
         info = self.params[name]
         g = self.group_of(name)
         out = torch.empty(info.numel, dtype=torch.float32)
@@ -311,7 +374,13 @@ class SafetensorsSource(Source):
         from safetensors import safe_open
 
         self.path = path
-        self._file = safe_open(str(path), framework="pt")
+        try:
+            self._file = safe_open(str(path), framework="pt")
+        except Exception as e:  # SafetensorError (a bad header...), not exported by every version
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise CheckpointFormatError(f"{path} is not a readable .safetensors file "
+                                        f"({' '.join(str(e).split())})") from e
         header = _safetensors_header(path)
         for name in self._file.keys():
             sl = self._file.get_slice(name)
@@ -325,13 +394,41 @@ class SafetensorsSource(Source):
 
 
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def _safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return json.loads(f.read(n))
+
+
+class RenamedSource(Source):
+    """`source` with `strip` removed from the front of each name and `add` put there instead:
+    weights saved from a wrapper (`model.`, `module.`, `_orig_mod.`) for the bare model."""
+
+    def __init__(self, source: Source, strip: str = "", add: str = ""):
+        super().__init__()
+        self.source, self.format, self.meta = source, source.format, source.meta
+        self._old: dict[str, str] = {}
+        for name, info in source.params.items():
+            new = add + (name[len(strip):] if strip and name.startswith(strip) else name)
+            if new in self._old:
+                raise CheckpointFormatError(f"renaming makes {name!r} and {self._old[new]!r} "
+                                            f"both {new!r}")
+            self._old[new] = name
+            self.params[new] = TensorInfo(new, info.shape, info.dtype)
+        self.param_groups = [{**g, "params": [add + (n[len(strip):] if strip and
+                                                      n.startswith(strip) else n)
+                                              for n in g["params"]]}
+                             for g in source.param_groups]
+
+    def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
+        return self.source.read(self._old[name], kind)
+
+    def step(self, name: str) -> torch.Tensor:
+        return self.source.step(self._old[name])
 
 
 # ----------------------------------------------------------------------------- detection
@@ -343,6 +440,18 @@ def model_dir(path: Path) -> Path:
     return path / "model" if (path / "model").is_dir() else path
 
 
+def deepspeed_tag_dir(path: Path) -> Path:
+    """The tag directory a DeepSpeed save directory's `latest` file names, else `path`."""
+    latest = path / "latest"
+    if not latest.is_file() or any(path.glob("*_optim_states.pt")):
+        return path
+    tag = latest.read_text().strip()
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or not (path / tag).is_dir():
+        raise CheckpointFormatError(f"{latest} names {tag!r}, which is not a tag directory of "
+                                    f"{path}")
+    return path / tag
+
+
 def open_source(path: Path) -> Source:
     """The right reader for a checkpoint directory, a model/ directory or a .safetensors file."""
     path = Path(path)
@@ -352,7 +461,7 @@ def open_source(path: Path) -> Source:
         if path.suffix == ".safetensors":
             return SafetensorsSource(path)
         raise CheckpointFormatError(f"{path}: single files must be .safetensors")
-    d = model_dir(path)
+    d = deepspeed_tag_dir(model_dir(path))
     if (d / ".metadata").exists():
         return DCPSource(d)
     if (d / "zero").is_dir():
