@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-IGNORE_INDEX = -100  # targets of padding rows and of skipped samples (torch's cross-entropy default)
+IGNORE_INDEX = (
+    -100
+)  # targets of padding rows and of skipped samples (torch's cross-entropy default)
 
 
 @dataclass
@@ -30,7 +32,9 @@ class DataConfig:
     seq_len: int = 64  # token datasets: tokens per sequence (sharded: taken from the manifest)
 
     # --- sharded datasets (wds / mds) ---
-    mixture: dict[str, float] = field(default_factory=dict)  # train URL -> weight; overrides train_url
+    mixture: dict[str, float] = field(
+        default_factory=dict
+    )  # train URL -> weight; overrides train_url
     mixture_block: int = 1024  # positions per block in which the mixture proportions are exact
     storage_options: dict[str, str] = field(default_factory=dict)  # fsspec kwargs (endpoint_url...)
     cache_dir: str = ""  # local cache of remote shards; "" = ~/.cache/pretrain/shards
@@ -42,7 +46,7 @@ class DataConfig:
     # page-locked batches, so host-to-GPU copies are asynchronous; auto (or true) pins on CUDA
     pin_memory: bool | Literal["auto"] = "auto"
     on_bad_sample: str = "error"  # error | skip (skipped rows become padding, counted in metrics)
-    budget_samples: int = 0  # stop the train stream after this many samples (whole steps); 0 = endless
+    budget_samples: int = 0
     budget_tokens: int = 0  # the same in tokens (token datasets); 0 = endless
     # fields of a sample; "" = found by common names (png/jpg/image, cls/label, tokens)
     image_key: str = ""
@@ -78,13 +82,26 @@ class DataConfig:
     pack_max_patches: int = 256  # sequence length in patches; images shrink together to fit
 
     def __post_init__(self) -> None:
-        positive = ("global_batch_size", "seq_len", "mixture_block", "shuffle_window",
-                    "prefetch_factor", "patch_size", "pack_images", "pack_max_patches")
+        positive = (
+            "global_batch_size",
+            "seq_len",
+            "mixture_block",
+            "shuffle_window",
+            "prefetch_factor",
+            "patch_size",
+            "pack_images",
+            "pack_max_patches",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"data.{name} must be > 0, got {getattr(self, name)}")
-        not_negative = ("eval_batch_size", "cache_limit_mb", "budget_samples", "budget_tokens",
-                        "image_size") + (("num_workers",) if self.num_workers != "auto" else ())
+        not_negative = (
+            "eval_batch_size",
+            "cache_limit_mb",
+            "budget_samples",
+            "budget_tokens",
+            "image_size",
+        ) + (("num_workers",) if self.num_workers != "auto" else ())
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
@@ -93,8 +110,9 @@ class DataConfig:
         if not self.image_mean:
             raise ValueError("data.image_mean must have one value, or one per channel")
         if not self.image_std or min(self.image_std) <= 0:
-            raise ValueError(f"data.image_std must be > 0 (one value, or one per channel), got "
-                             f"{self.image_std}")
+            raise ValueError(
+                f"data.image_std must be > 0 (one value, or one per channel), got {self.image_std}"
+            )
 
     @property
     def loader_workers(self) -> int:

@@ -292,7 +292,8 @@ class MdsWriter:
             raise ValueError("no samples were written")
         index = {"version": 2, "shards": self.entries}
         manifest = manifest_from_mds_index(index)
-        write_text_atomic(os.path.join(self.out_dir, MDS_INDEX_NAME), json.dumps(index, sort_keys=True))
+        index_text = json.dumps(index, sort_keys=True)
+        write_text_atomic(os.path.join(self.out_dir, MDS_INDEX_NAME), index_text)
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.out_dir, ".scratch.jpg"))
         manifest.meta = self.meta

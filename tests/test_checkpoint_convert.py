@@ -71,7 +71,10 @@ def test_dcp_to_deepspeed_and_back_is_exact(dcp_ckpt, tmp_path):
     assert_same_state(dcp_ckpt, back)
     state = json.loads((back / "train_state.json").read_text())
     original = json.loads((dcp_ckpt / "train_state.json").read_text())
-    assert state["backend"] == "fsdp2" and json.loads((ds / "train_state.json").read_text())["backend"] == "deepspeed"
+    assert (
+        state["backend"] == "fsdp2"
+        and json.loads((ds / "train_state.json").read_text())["backend"] == "deepspeed"
+    )
     assert state["loader"] == original["loader"] and state["step"] == 4
 
 
@@ -89,8 +92,13 @@ def test_safetensors_export_load_gives_identical_logits(dcp_ckpt, tmp_path):
     exported = load_file(str(out))
     original = read_model_tensors(dcp_ckpt)
     assert torch.equal(_logits(exported, cfg), _logits(original, cfg))
-    bf16 = load_file(str(export_safetensors(dcp_ckpt, tmp_path / "w_bf16.safetensors", dtype=torch.bfloat16)))
-    assert all(bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], original[k].bfloat16()) for k in original)
+    bf16 = load_file(
+        str(export_safetensors(dcp_ckpt, tmp_path / "w_bf16.safetensors", dtype=torch.bfloat16))
+    )
+    assert all(
+        bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], original[k].bfloat16())
+        for k in original
+    )
 
 
 def test_import_starts_a_run_from_exported_weights(dcp_ckpt, tmp_path):
@@ -105,13 +113,26 @@ def test_import_starts_a_run_from_exported_weights(dcp_ckpt, tmp_path):
     assert result["step"] == 2
 
 
-def test_import_into_another_model_lists_first_mismatches_with_both_shapes(dcp_ckpt, tmp_path, capsys):
+def test_import_into_another_model_lists_first_mismatches_with_both_shapes(
+    dcp_ckpt, tmp_path, capsys
+):
     weights = export_safetensors(dcp_ckpt, tmp_path / "w.safetensors")
     with pytest.raises(CheckpointMismatchError) as err:
         import_safetensors(weights, tmp_path / "x", tiny_cfg(tmp_path, "model.width=48"))
     assert "shape pos_embed: checkpoint (1, 17, 32), model (1, 17, 48)" in str(err.value)
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["ckpt", "import", str(weights), str(tmp_path / "y"), "--config", str(RECIPE), *TINY, "model.depth=3"])
+        cli_main(
+            [
+                "ckpt",
+                "import",
+                str(weights),
+                str(tmp_path / "y"),
+                "--config",
+                str(RECIPE),
+                *TINY,
+                "model.depth=3",
+            ]
+        )
     assert exit_.value.code == 2
     message = capsys.readouterr().err
     assert "missing blocks.2.norm1.weight: model (32,), not in the checkpoint" in message
@@ -182,8 +203,14 @@ print(json.dumps(info))
 
 
 def _measure(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -198,7 +225,9 @@ def test_conversion_of_a_checkpoint_far_larger_than_the_bound_stays_under_it(tmp
     to_ds = _measure("deepspeed", str(tmp_path / "dcp"), str(tmp_path / "ds"))
     to_st = _measure("export", str(tmp_path / "ds"), str(tmp_path / "w.safetensors"))
     for name, r in (("dcp->deepspeed", to_ds), ("deepspeed->safetensors", to_st)):
-        assert r["peak_rss"] < bound, f"{name}: peak RSS {r['peak_rss'] / 2**20:.0f} MiB >= {bound / 2**20:.0f} MiB"
+        assert r["peak_rss"] < bound, (
+            f"{name}: peak RSS {r['peak_rss'] / 2**20:.0f} MiB >= {bound / 2**20:.0f} MiB"
+        )
     check = open_source(tmp_path / "ds")
     from pretrain.checkpoint.convert.synthetic import SyntheticSource
 
@@ -218,8 +247,18 @@ def test_import_maps_a_wrapper_prefix_onto_the_model(dcp_ckpt, tmp_path, capsys)
 
     def run_import(dst: str, *extra: str) -> int:
         with pytest.raises(SystemExit) as exit_:
-            cli_main(["ckpt", "import", str(wrapped), str(tmp_path / dst), *extra,
-                      "--config", str(RECIPE), *TINY])
+            cli_main(
+                [
+                    "ckpt",
+                    "import",
+                    str(wrapped),
+                    str(tmp_path / dst),
+                    *extra,
+                    "--config",
+                    str(RECIPE),
+                    *TINY,
+                ]
+            )
         return exit_.value.code
 
     assert run_import("plain") == 2 and "module." in capsys.readouterr().err

@@ -13,8 +13,8 @@ from pretrain.cli import main as pretrain_main
 
 
 def test_grid_is_a_cartesian_product_with_readable_names() -> None:
-    sweep = expand({"base": "b.yaml",
-                    "grid": {"model.width": [64, 128], "optim.lr": [1e-3, 3e-3, 0.01]}})  # fmt: skip
+    grid = {"model.width": [64, 128], "optim.lr": [1e-3, 3e-3, 0.01]}
+    sweep = expand({"base": "b.yaml", "grid": grid})
     assert len(sweep.runs) == 6
     assert sweep.runs[0].name == "width64-lr0.001"
     assert sweep.runs[0].overrides == {"model.width": 64, "optim.lr": 1e-3}

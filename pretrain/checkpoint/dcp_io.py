@@ -27,12 +27,20 @@ from pretrain.checkpoint.integrity import ChecksumRecorder
 from pretrain.checkpoint.writeback import WritebackFileSystem
 
 # A lone process (no process group) saving/loading is intended here; DCP warns on each call.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+warnings.filterwarnings(
+    "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
+)
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING",
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
     },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},  # returns a torch.layout by name
@@ -68,8 +76,9 @@ class SafeFileSystemReader(FileSystemReader):
             except UnsafeCheckpointError:
                 raise
             except Exception as e:  # a corrupt pickle raises any of a dozen types
-                raise UnsafeCheckpointError(f"{path} is not readable DCP metadata "
-                                            f"({type(e).__name__}: {e})") from e
+                raise UnsafeCheckpointError(
+                    f"{path} is not readable DCP metadata ({type(e).__name__}: {e})"
+                ) from e
         if not isinstance(metadata, Metadata):
             raise UnsafeCheckpointError(f"{path} does not hold DCP metadata")
         if getattr(metadata, "storage_meta", None) is None:
@@ -82,7 +91,9 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
         obj = torch.load(value, weights_only=True)
         if self.flatten_state_dict:
-            compat.dcp_set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            compat.dcp_set_element(
+                self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj
+            )
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
 
@@ -142,15 +153,18 @@ class _WritebackWriter(FileSystemWriter):
     the stock format (tests/test_checkpoint_io.py loads them with torch's own reader); torch is
     pinned, so the private base class is stable."""
 
-    def __init__(self, *args: Any, recorder: ChecksumRecorder | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recorder: ChecksumRecorder | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fs = WritebackFileSystem(recorder)
         self.transforms = _PlainTransforms()
 
 
-def writer(path: str | Path, thread_count: int = WRITER_THREADS,
-           recorder: ChecksumRecorder | None = None, **kwargs: Any) -> FileSystemWriter:
+def writer(
+    path: str | Path,
+    thread_count: int = WRITER_THREADS,
+    recorder: ChecksumRecorder | None = None,
+    **kwargs: Any,
+) -> FileSystemWriter:
     """The storage writer for every DCP checkpoint this project writes; the checksums of the
     files it writes go to `recorder`."""
     return _WritebackWriter(str(path), thread_count=thread_count, recorder=recorder, **kwargs)
@@ -175,13 +189,13 @@ def state_nbytes(state: Any) -> int:
     return 0
 
 
-def save(state: dict, path: str | Path, process_group=None,
-         recorder: ChecksumRecorder | None = None) -> dict[str, str]:
+def save(
+    state: dict, path: str | Path, process_group=None, recorder: ChecksumRecorder | None = None
+) -> dict[str, str]:
     """Write `state`; returns the checksums of the files this rank wrote, by absolute path."""
     recorder = recorder if recorder is not None else ChecksumRecorder()
     with _without_record_crc32():
-        dcp.save(state, storage_writer=writer(path, recorder=recorder),
-                 process_group=process_group)
+        dcp.save(state, storage_writer=writer(path, recorder=recorder), process_group=process_group)
     raise_write_errors(recorder)
     return recorder.digests()
 
@@ -197,19 +211,38 @@ def background_stager():
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
     gpu = torch.accelerator.is_available()  # its side stream is made when this holds
-    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False,
-                                        use_async_staging=True, use_non_blocking_copy=gpu))
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=gpu,
+            use_shared_memory=False,
+            use_async_staging=True,
+            use_non_blocking_copy=gpu,
+        )
+    )
 
 
-def async_save(state: dict, path: str | Path, process_group=None, stager=None,
-               recorder: ChecksumRecorder | None = None):
+def async_save(
+    state: dict,
+    path: str | Path,
+    process_group=None,
+    stager=None,
+    recorder: ChecksumRecorder | None = None,
+):
     """Start a save in the background; returns (staging future or None, upload future). The
     checksums and write errors of its files go to `recorder` (see `raise_write_errors`)."""
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)  # restored when the background write ends
-    response = dcp.async_save(state, storage_writer=writer(path, recorder=recorder),
-                              process_group=process_group, async_stager=stager)
-    staging, upload = (response.staging_completion, response.upload_completion) if hasattr(response, "upload_completion") else (None, response)
+    response = dcp.async_save(
+        state,
+        storage_writer=writer(path, recorder=recorder),
+        process_group=process_group,
+        async_stager=stager,
+    )
+    staging, upload = (
+        (response.staging_completion, response.upload_completion)
+        if hasattr(response, "upload_completion")
+        else (None, response)
+    )
     upload.add_done_callback(lambda _: torch.serialization.set_crc32_options(previous))
     return staging, upload
 
@@ -217,7 +250,9 @@ def async_save(state: dict, path: str | Path, process_group=None, stager=None,
 def load(state: dict, path: str | Path, process_group=None) -> None:
     """Load in place into `state` (resharding to however this run is sharded)."""
     dcp.load(
-        state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(),
+        state,
+        storage_reader=SafeFileSystemReader(str(path)),
+        planner=SafeLoadPlanner(),
         process_group=process_group,
     )
 
@@ -236,7 +271,11 @@ def read_model_tensors(path: Path, prefix: str = "model.") -> dict[str, torch.Te
         for key, meta in metadata.state_dict_metadata.items()
         if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
     }
-    nested = {"model": {k[len(prefix):]: v for k, v in state.items()}}
-    dcp.load(nested, storage_reader=SafeFileSystemReader(str(path / "model")),
-             planner=SafeLoadPlanner(), no_dist=True)
+    nested = {"model": {k[len(prefix) :]: v for k, v in state.items()}}
+    dcp.load(
+        nested,
+        storage_reader=SafeFileSystemReader(str(path / "model")),
+        planner=SafeLoadPlanner(),
+        no_dist=True,
+    )
     return nested["model"]

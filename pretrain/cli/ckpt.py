@@ -21,9 +21,11 @@ examples:
       (a DeepSpeed ZeRO-1/2/3 checkpoint -> DCP: resume it with FSDP2/DDP on any number of ranks)
   pretrain ckpt convert runs/b/checkpoints/step_00000100 runs/c/checkpoints --to deepspeed
       (-> DeepSpeed universal: resume it with ZeRO-1/2/3 on any number of ranks)
-  pretrain ckpt reshard SRC DST        (a DeepSpeed checkpoint, for another world size or ZeRO stage)
+  pretrain ckpt reshard SRC DST
+      (a DeepSpeed checkpoint, for another world size or ZeRO stage)
   pretrain ckpt export SRC model.safetensors --dtype bf16
-  pretrain ckpt import model.safetensors runs/d/checkpoints --config configs/vit_digits.yaml [key=value ...]
+  pretrain ckpt import model.safetensors runs/d/checkpoints \
+      --config configs/vit_digits.yaml [key=value ...]
       (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
   pretrain ckpt export runs/lm_bytes hf_out --format hf
       (a transformers folder: AutoModelForCausalLM.from_pretrained("hf_out"); the tokenizer too)
@@ -33,11 +35,18 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("ckpt", help="inspect, convert and export checkpoints", epilog=EPILOG,
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "ckpt",
+        help="inspect, convert and export checkpoints",
+        epilog=EPILOG,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
 
-    s = sub.add_parser("inspect", help="tensors, shapes, dtypes, step, world size, backend, size on disk")
+    s = sub.add_parser(
+        "inspect", help="tensors, shapes, dtypes, step, world size, backend, size on disk"
+    )
     s.add_argument("path", type=Path)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=run_inspect)
@@ -52,32 +61,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--to", choices=["dcp", "deepspeed"], required=True)
     s.set_defaults(func=run_convert)
 
-    s = sub.add_parser("reshard", help="a DeepSpeed checkpoint -> universal (any world size / ZeRO stage)")
+    s = sub.add_parser(
+        "reshard", help="a DeepSpeed checkpoint -> universal (any world size / ZeRO stage)"
+    )
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
     s.set_defaults(func=run_reshard)
 
-    s = sub.add_parser("export", help="weights to one .safetensors file, or a transformers "
-                       "(--format hf) / diffusers (--format diffusers) model folder")
+    s = sub.add_parser(
+        "export",
+        help="weights to one .safetensors file, or a transformers "
+        "(--format hf) / diffusers (--format diffusers) model folder",
+    )
     s.add_argument("src", type=Path, help="checkpoint, or run directory (its latest checkpoint)")
     s.add_argument("out", type=Path)
     s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    s.add_argument("--format", choices=["safetensors", "hf", "diffusers"], default="safetensors",
-                   help="hf: LM -> Llama/Qwen3/GPT-NeoX, ViT -> ViTForImageClassification; "
-                   "diffusers: DiT -> DiTTransformer2DModel")
-    s.add_argument("--tokenizer", default="", help="LM: tokenizer.json to ship (default: the "
-                   "run's, from data.tokenizer or its dataset)")
+    s.add_argument(
+        "--format",
+        choices=["safetensors", "hf", "diffusers"],
+        default="safetensors",
+        help="hf: LM -> Llama/Qwen3/GPT-NeoX, ViT -> ViTForImageClassification; "
+        "diffusers: DiT -> DiTTransformer2DModel",
+    )
+    s.add_argument(
+        "--tokenizer",
+        default="",
+        help="LM: tokenizer.json to ship (default: the run's, from data.tokenizer or its dataset)",
+    )
     s.add_argument("--max-shard-mb", type=int, default=5120, help="folder formats: shard size")
     s.set_defaults(func=run_export)
 
-    s = sub.add_parser("import", help="a .safetensors file or a transformers/diffusers folder -> "
-                       "a step-0 checkpoint to start a run from")
+    s = sub.add_parser(
+        "import",
+        help="a .safetensors file or a transformers/diffusers folder -> "
+        "a step-0 checkpoint to start a run from",
+    )
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
-    s.add_argument("--config", required=True, nargs="+", metavar="RECIPE [key=value ...]",
-                   help="the recipe (and overrides) of the model the weights are for")
-    s.add_argument("--strip-prefix", default="", metavar="P",
-                   help="remove P from the front of each name (e.g. 'model.' or 'module.')")
+    s.add_argument(
+        "--config",
+        required=True,
+        nargs="+",
+        metavar="RECIPE [key=value ...]",
+        help="the recipe (and overrides) of the model the weights are for",
+    )
+    s.add_argument(
+        "--strip-prefix",
+        default="",
+        metavar="P",
+        help="remove P from the front of each name (e.g. 'model.' or 'module.')",
+    )
     s.add_argument("--add-prefix", default="", metavar="P", help="put P before each name")
     s.set_defaults(func=run_import)
 
@@ -114,8 +147,10 @@ def run_verify(args: argparse.Namespace) -> int:
     if "checksums" in manifest:
         print(f"{args.path}: {files} files verified ({manifest['checksum']} checksums and sizes)")
     else:
-        print(f"{args.path}: {files} files size-checked only (the manifest has no checksums: "
-              "written before they existed)")
+        print(
+            f"{args.path}: {files} files size-checked only (the manifest has no checksums: "
+            "written before they existed)"
+        )
     return 0
 
 
@@ -132,7 +167,9 @@ def run_reshard(args: argparse.Namespace) -> int:
 
     out = reshard(args.src, args.dst)
     if out is None:
-        print(f"{args.src} is DCP, which reshards on load to any world size: resume from it directly")
+        print(
+            f"{args.src} is DCP, which reshards on load to any world size: resume from it directly"
+        )
     else:
         print(f"wrote {out} (DeepSpeed universal: loads into ZeRO-1/2/3 at any world size)")
     return 0

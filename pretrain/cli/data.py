@@ -134,18 +134,29 @@ def _build(args: argparse.Namespace) -> int:
         samples, meta = sources.synthetic_text(args.num_docs, args.seq_len, val_fraction=vf)
     manifests = write_splits(samples, args.out, args.format, args.shard_samples, meta)
     for split, m in manifests.items():
-        print(f"{args.out}/{split}: {m.num_samples} samples in {len(m.shards)} {args.format} shards")
+        print(f"{args.out}/{split}: {m.num_samples} samples in {len(m.shards)} {args.format}"
+              " shards")
     return 0
 
 
 def _build_images(args: argparse.Namespace) -> int:
     from data_pipeline.image_build import build_image_folder
 
-    manifests = build_image_folder(args.src, args.out, args.format, args.shard_samples,
-                                   args.val_fraction, args.size, args.mode, args.workers)
+    manifests = build_image_folder(
+        args.src,
+        args.out,
+        args.format,
+        args.shard_samples,
+        args.val_fraction,
+        args.size,
+        args.mode,
+        args.workers,
+    )
     for split, m in manifests.items():
-        print(f"{args.out}/{split}: {m.num_samples} images in {len(m.shards)} {args.format}"
-              f" shards ({m.meta['num_classes']} classes)")
+        print(
+            f"{args.out}/{split}: {m.num_samples} images in {len(m.shards)} {args.format}"
+            f" shards ({m.meta['num_classes']} classes)"
+        )
     return 0
 
 
@@ -154,12 +165,22 @@ def _build_tokenized(args: argparse.Namespace) -> int:
     from data_pipeline.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer, args.eos_token)
-    manifests = build_tokenized_text(args.src, args.out, args.format, tok, args.seq_len,
-                                     args.workers, args.shard_samples, args.val_fraction,
-                                     args.field)
+    manifests = build_tokenized_text(
+        args.src,
+        args.out,
+        args.format,
+        tok,
+        args.seq_len,
+        args.workers,
+        args.shard_samples,
+        args.val_fraction,
+        args.field,
+    )
     for split, m in manifests.items():
-        print(f"{args.out}/{split}: {m.num_samples} sequences in {len(m.shards)} {args.format}"
-              f" shards (vocab {tok.vocab_size}, {m.meta['dtype']})")
+        print(
+            f"{args.out}/{split}: {m.num_samples} sequences in {len(m.shards)} {args.format}"
+            f" shards (vocab {tok.vocab_size}, {m.meta['dtype']})"
+        )
     return 0
 
 
@@ -184,8 +205,12 @@ def _inspect(args: argparse.Namespace) -> int:
     if fmt is None:
         probe = ShardStore(args.url, options)
         fmt = "mds" if probe.read_small("index.json") is not None else "wds"
-    cfg = DataConfig(format=fmt, verify_checksums="always" if args.verify else "download",
-                     storage_options=options, cache_dir=args.cache_dir)
+    cfg = DataConfig(
+        format=fmt,
+        verify_checksums="always" if args.verify else "download",
+        storage_options=options,
+        cache_dir=args.cache_dir,
+    )
     src = ShardedSource(args.url, fmt, cfg, shuffle=False)  # a refused manifest: exit 2
     m = src.manifest
     total = sum(s.bytes for s in m.shards if s.bytes >= 0)
@@ -209,9 +234,12 @@ def _inspect(args: argparse.Namespace) -> int:
             checked.update(algos)
             unchecked += not algos
         not_checkable = sorted({a for s in m.shards for a in s.declared_hashes()} - checked)
-        print(f"verified {len(m.shards) - failed - unchecked}/{len(m.shards)} shards"
-              f" ({', '.join(sorted(checked)) or 'no hash'} checked"
-              + (f"; not checked: {', '.join(not_checkable)}" if not_checkable else "") + ")")
+        print(
+            f"verified {len(m.shards) - failed - unchecked}/{len(m.shards)} shards"
+            f" ({', '.join(sorted(checked)) or 'no hash'} checked"
+            + (f"; not checked: {', '.join(not_checkable)}" if not_checkable else "")
+            + ")"
+        )
         if unchecked and not failed:
             print(f"{unchecked} shard(s) declare no hash this process can compute", file=sys.stderr)
         if failed == 0 and not checked:
@@ -222,9 +250,13 @@ def _inspect(args: argparse.Namespace) -> int:
         for name, (enc, data) in raw.items():
             try:
                 value = decode_field(enc, data)
-                shown[name] = (f"image {value.mode} {value.size}" if hasattr(value, "mode")
-                               else f"array {value.dtype} {value.shape}" if hasattr(value, "shape")
-                               else repr(value)[:60])
+                shown[name] = (
+                    f"image {value.mode} {value.size}"
+                    if hasattr(value, "mode")
+                    else f"array {value.dtype} {value.shape}"
+                    if hasattr(value, "shape")
+                    else repr(value)[:60]
+                )
             except Exception as e:
                 shown[name] = f"<{type(e).__name__}: {e}>"
         print(f"  {shard} {key}: {shown}")

@@ -41,7 +41,10 @@ from pretrain.checkpoint.convert.sources import (
 )
 from pretrain.run_dir import write_json_atomic
 
-TARGETS = {"dcp": "fsdp2", "deepspeed": "deepspeed"}  # target format -> backend recorded in train_state
+TARGETS = {
+    "dcp": "fsdp2",
+    "deepspeed": "deepspeed",
+}  # target format -> backend recorded in train_state
 
 
 def destination(dst: Path, step: int) -> Path:
@@ -79,8 +82,12 @@ def is_pretrain_checkpoint(path: Path) -> bool:
     """Written (or being written) by this project; anything else is another tool's checkpoint,
     read by its format alone."""
     path = Path(path)
-    return (bool(STEP_DIR.match(path.name)) or path.name.endswith(PARTIAL_SUFFIX)
-            or (path / MANIFEST).exists() or (path / TRAIN_STATE).exists())
+    return (
+        bool(STEP_DIR.match(path.name))
+        or path.name.endswith(PARTIAL_SUFFIX)
+        or (path / MANIFEST).exists()
+        or (path / TRAIN_STATE).exists()
+    )
 
 
 def _train_state(src: Path, source: Source) -> dict:
@@ -96,7 +103,9 @@ def _train_state(src: Path, source: Source) -> dict:
     return {"step": step, "foreign": True}
 
 
-def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lambda _: None) -> Path:
+def convert(
+    src: Path, dst: Path, to: str, progress: Callable[[str], None] = lambda _: None
+) -> Path:
     """Write checkpoint `src` (any format) in format `to` ("dcp" or "deepspeed") at
     `destination(dst, step)`; returns that path.
 
@@ -110,7 +119,9 @@ def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lam
     source = open_source(src)
     state = _train_state(src, source)
     if not source.has_optimizer:
-        raise CheckpointError(f"{src} holds weights only; use `pretrain ckpt import` to start a run from weights")
+        raise CheckpointError(
+            f"{src} holds weights only; use `pretrain ckpt import` to start a run from weights"
+        )
     dst = destination(dst, int(state["step"]))
     created = _missing_parents(dst)
     partial = _prepare(dst)
@@ -118,10 +129,16 @@ def convert(src: Path, dst: Path, to: str, progress: Callable[[str], None] = lam
         if to == "dcp":
             write_dcp(source, partial / "model", progress=progress)
         else:
-            write_universal(source, partial / "model", global_steps=int(state["step"]), progress=progress)
+            write_universal(
+                source, partial / "model", global_steps=int(state["step"]), progress=progress
+            )
         if (src / "rng").is_dir():
             shutil.copytree(src / "rng", partial / "rng")
-        state = {**state, "backend": TARGETS[to], "converted_from": source.meta.get("format", source.format)}
+        state = {
+            **state,
+            "backend": TARGETS[to],
+            "converted_from": source.meta.get("format", source.format),
+        }
         write_json_atomic(partial / TRAIN_STATE, state)
         commit(partial, dst, int(state["step"]))
     except BaseException:
@@ -139,8 +156,12 @@ def reshard(src: Path, dst: Path, progress: Callable[[str], None] = lambda _: No
     return convert(src, dst, "deepspeed", progress)
 
 
-def export_safetensors(src: Path, out: Path, dtype: torch.dtype = torch.float32,
-                       progress: Callable[[str], None] = lambda _: None) -> Path:
+def export_safetensors(
+    src: Path,
+    out: Path,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Path:
     """Consolidated weights of any checkpoint (fp32 master weights where the format has them)."""
     source = open_source(src)
     meta = {"source_format": source.meta.get("format", source.format)}
@@ -191,13 +212,19 @@ def _model_layout(cfg) -> tuple[dict[str, TensorInfo], list[dict]]:
     names = {id(p): n for n, p in model.named_parameters()}
     infos = {n: TensorInfo(n, tuple(p.shape), torch.float32) for n, p in model.named_parameters()}
     opt = build_optimizer(model, model.param_kinds(), cfg.optim, cfg.model)
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
-              for g in opt.param_groups]
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [names[id(p)] for p in g["params"]],
+        }
+        for g in opt.param_groups
+    ]
     return infos, groups
 
 
-def import_safetensors(src: Path, dst: Path, cfg, strip_prefix: str = "",
-                       add_prefix: str = "") -> Path:
+def import_safetensors(
+    src: Path, dst: Path, cfg, strip_prefix: str = "", add_prefix: str = ""
+) -> Path:
     """A step-0 DCP checkpoint holding `src`'s weights for the model of `cfg`, to start a run
     from (`checkpoint.resume=<dst>`). Keys and shapes are checked against the model first;
     `strip_prefix`/`add_prefix` map the file's names onto the model's."""
@@ -216,17 +243,29 @@ def import_weights(weights: Source, dst: Path, cfg, origin: str) -> Path:
     from pretrain.config import to_dict
 
     infos, groups = _model_layout(cfg)
-    check_compatible({n: i.shape for n, i in weights.params.items()},
-                     {n: i.shape for n, i in infos.items()}, origin)
-    weights.params = type(weights.params)((n, infos[n]) for n in infos)  # model order, fp32 like training
+    check_compatible(
+        {n: i.shape for n, i in weights.params.items()},
+        {n: i.shape for n, i in infos.items()},
+        origin,
+    )
+    weights.params = type(weights.params)(
+        (n, infos[n]) for n in infos
+    )  # model order, fp32 like training
     loader = build_loader(cfg.data, 0, 1, "train", cfg.optim.grad_accum)
     dst = destination(dst, 0)
     created = _missing_parents(dst)
     partial = _prepare(dst)
     try:
         write_dcp(FreshOptimizer(weights, groups), partial / "model")
-        state = {"step": 0, "samples": 0, "loader": loader.state_dict(), "world_size": 1, "backend": "fsdp2",
-                 "config": to_dict(cfg), "imported_from": origin}
+        state = {
+            "step": 0,
+            "samples": 0,
+            "loader": loader.state_dict(),
+            "world_size": 1,
+            "backend": "fsdp2",
+            "config": to_dict(cfg),
+            "imported_from": origin,
+        }
         write_json_atomic(partial / TRAIN_STATE, state)
         commit(partial, dst, 0)
     except BaseException:
@@ -240,20 +279,33 @@ def inspect(path: Path) -> dict:
     path = Path(path)
     source = open_source(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    out = {"path": str(path), **source.meta, "bytes_on_disk": sum(p.stat().st_size for p in files),
-           "num_tensors": len(source.params), "num_params": sum(i.numel for i in source.params.values()),
-           "optimizer_state": source.has_optimizer}
+    out = {
+        "path": str(path),
+        **source.meta,
+        "bytes_on_disk": sum(p.stat().st_size for p in files),
+        "num_tensors": len(source.params),
+        "num_params": sum(i.numel for i in source.params.values()),
+        "optimizer_state": source.has_optimizer,
+    }
     ts = path / TRAIN_STATE if path.is_dir() else None
     if ts is not None and ts.exists():
         state = json.loads(ts.read_text())
-        out |= {"step": state.get("step"), "backend": state.get("backend"), "world_size": state.get("world_size")}
+        out |= {
+            "step": state.get("step"),
+            "backend": state.get("backend"),
+            "world_size": state.get("world_size"),
+        }
         out["complete"] = check_complete(path) is None
     if isinstance(source, DeepSpeedSource):
         out["world_size"] = source.world_size
     if source.has_optimizer:
-        out["param_groups"] = [{k: v for k, v in g.items() if k in ("lr", "weight_decay", "lr_mult", "wd_mult")}
-                               | {"num_tensors": len(g["params"])} for g in source.param_groups]
-    out["tensors"] = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype).replace("torch.", "")}
-                      for i in source.params.values()]
+        out["param_groups"] = [
+            {k: v for k, v in g.items() if k in ("lr", "weight_decay", "lr_mult", "wd_mult")}
+            | {"num_tensors": len(g["params"])}
+            for g in source.param_groups
+        ]
+    out["tensors"] = [
+        {"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype).replace("torch.", "")}
+        for i in source.params.values()
+    ]
     return out
-

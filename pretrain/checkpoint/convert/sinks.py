@@ -88,11 +88,15 @@ def _ds_version() -> str:
         return "0.0.0"
 
 
-def write_universal(source: Source, out: Path, global_steps: int, progress: ProgressFn = _noop) -> None:
+def write_universal(
+    source: Source, out: Path, global_steps: int, progress: ProgressFn = _noop
+) -> None:
     """zero/<name>/{fp32,exp_avg,exp_avg_sq,step}.pt, zero/optimizer_state.pt and the model-states
     file DeepSpeed reads first (both its ZeRO-1/2 and its ZeRO-3 name)."""
     if not source.has_optimizer:
-        raise ValueError("a DeepSpeed checkpoint needs optimizer state; this source has weights only")
+        raise ValueError(
+            "a DeepSpeed checkpoint needs optimizer state; this source has weights only"
+        )
     zero = out / "zero"
     zero.mkdir(parents=True, exist_ok=True)
     module = {}  # buffers and frozen parameters: DeepSpeed keeps them in the module state
@@ -107,18 +111,47 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
         for kind in (EXP_AVG, EXP_AVG_SQ):
             torch.save({"param": source.read(name, kind).float(), "cat_dim": 0}, d / f"{kind}.pt")
         torch.save(source.step(name), d / "step.pt")
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [i]} for i, g in enumerate(source.param_groups)]
-    steps = {i: {"step": source.step(g["params"][0])} for i, g in enumerate(source.param_groups) if g["params"]}
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [i]}
+        for i, g in enumerate(source.param_groups)
+    ]
+    steps = {
+        i: {"step": source.step(g["params"][0])}
+        for i, g in enumerate(source.param_groups)
+        if g["params"]
+    }
     version = _ds_version()
-    torch.save({"ds_version": version, "param_groups": groups, "dynamic_loss_scale": False, "overflow": False,
-                "optimizer_state_dict": {"state": steps, "param_groups": groups}}, zero / "optimizer_state.pt")
-    shapes = [OrderedDict((n, torch.Size(source.params[n].shape)) for n in g["params"]) for g in source.param_groups]
+    torch.save(
+        {
+            "ds_version": version,
+            "param_groups": groups,
+            "dynamic_loss_scale": False,
+            "overflow": False,
+            "optimizer_state_dict": {"state": steps, "param_groups": groups},
+        },
+        zero / "optimizer_state.pt",
+    )
+    shapes = [
+        OrderedDict((n, torch.Size(source.params[n].shape)) for n in g["params"])
+        for g in source.param_groups
+    ]
     states = {
-        "module": module, "buffer_names": [], "optimizer": None, "param_shapes": shapes,
+        "module": module,
+        "buffer_names": [],
+        "optimizer": None,
+        "param_shapes": shapes,
         "frozen_param_shapes": {},
-        "shared_params": {}, "frozen_param_fragments": {}, "lr_scheduler": None, "data_sampler": None,
-        "random_ltd": None, "skipped_steps": 0, "global_steps": global_steps, "dp_world_size": 1,
-        "mp_world_size": 1, "ds_config": {}, "ds_version": version,
+        "shared_params": {},
+        "frozen_param_fragments": {},
+        "lr_scheduler": None,
+        "data_sampler": None,
+        "random_ltd": None,
+        "skipped_steps": 0,
+        "global_steps": global_steps,
+        "dp_world_size": 1,
+        "mp_world_size": 1,
+        "ds_config": {},
+        "ds_version": version,
     }
     for fname in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
         torch.save(states, out / fname)
@@ -126,15 +159,28 @@ def write_universal(source: Source, out: Path, global_steps: int, progress: Prog
 
 # ----------------------------------------------------------------------------- safetensors
 
-_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
-             torch.float64: "F64",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-             torch.uint8: "U8", torch.bool: "BOOL"}
+_ST_NAMES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 _ALIGN = 8
 
 
-def write_safetensors(source: Source, out: Path, dtype: torch.dtype | None = None,
-                      metadata: dict[str, str] | None = None, progress: ProgressFn = _noop) -> None:
+def write_safetensors(
+    source: Source,
+    out: Path,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+    progress: ProgressFn = _noop,
+) -> None:
     """Weights only, floating tensors in `dtype` (None keeps each tensor's dtype; integer and
     bool tensors, e.g. BatchNorm's step count, always keep theirs). Written to `out` directly;
     callers that need atomicity write aside and rename."""
@@ -147,7 +193,11 @@ def write_safetensors(source: Source, out: Path, dtype: torch.dtype | None = Non
     for name, info in source.params.items():
         dt = target(info)
         n = info.numel * dt.itemsize
-        header[name] = {"dtype": _ST_NAMES[dt], "shape": list(info.shape), "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": _ST_NAMES[dt],
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -161,7 +211,9 @@ def write_safetensors(source: Source, out: Path, dtype: torch.dtype | None = Non
             progress(name)
             t = source.read(name, PARAM).to(target(info)).contiguous()
             if tuple(t.shape) != info.shape:
-                raise ValueError(f"{name}: source gave shape {tuple(t.shape)}, expected {info.shape}")
+                raise ValueError(
+                    f"{name}: source gave shape {tuple(t.shape)}, expected {info.shape}"
+                )
             if t.numel():
                 f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
             del t
@@ -176,4 +228,3 @@ def total_bytes(source: Source, optimizer: bool) -> int:
 
 def largest_tensor_bytes(source: Source) -> int:
     return max((max(i.nbytes, i.numel * 4) for i in source.params.values()), default=0)
-

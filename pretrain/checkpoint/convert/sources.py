@@ -2,7 +2,8 @@
 
     DCPSource        torch.distributed.checkpoint directory (FSDP2 / DDP / single), any world size
     DeepSpeedSource  DeepSpeed ZeRO-1/2/3 directory (one `*_optim_states.pt` per rank)
-    UniversalSource  DeepSpeed universal checkpoint (`zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt`)
+    UniversalSource  DeepSpeed universal checkpoint
+                     (`zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt`)
     SafetensorsSource  one .safetensors file of weights
 
 All expose the same interface: `params` (name -> TensorInfo, in the model's order),
@@ -101,7 +102,8 @@ class DCPSource(Source):
             raise CheckpointFormatError(f"{path} is not a DCP checkpoint (no .metadata)")
 
         class MetadataOnceReader(dcp_io.SafeFileSystemReader):
-            """Every per-tensor load would unpickle .metadata again (most of a small load's time)."""
+            """Every per-tensor load would unpickle .metadata again (most of a small load's
+            time)."""
 
             metadata = None
 
@@ -113,20 +115,28 @@ class DCPSource(Source):
         self._reader = MetadataOnceReader(str(path))
         md = self._reader.read_metadata()
         self._keys = set(md.state_dict_metadata)
-        self._optim = next((p for p in ("optim.", "optimizer.")
-                            if any(k.startswith(p + "state.") for k in self._keys)), "optim.")
+        self._optim = next(
+            (
+                p
+                for p in ("optim.", "optimizer.")
+                if any(k.startswith(p + "state.") for k in self._keys)
+            ),
+            "optim.",
+        )
         self._model = "model." if any(k.startswith("model.") for k in self._keys) else ""
         for key, m in md.state_dict_metadata.items():
             if not isinstance(m, TensorStorageMetadata) or not key.startswith(self._model):
                 continue
             if not self._model and key.startswith(self._optim):
                 continue
-            name = key[len(self._model):]
+            name = key[len(self._model) :]
             self.params[name] = TensorInfo(name, tuple(m.size), m.properties.dtype)
         files = sorted({s.relative_path for s in md.storage_data.values()})
         for f in files:
             if not (path / f).exists():
-                raise CheckpointFormatError(f"shard file {path / f} is missing (listed in {path / '.metadata'})")
+                raise CheckpointFormatError(
+                    f"shard file {path / f} is missing (listed in {path / '.metadata'})"
+                )
         self.meta = {"format": "dcp", "shard_files": len(files)}
         group_keys = [k for k in self._keys if k.startswith(f"{self._optim}param_groups.")]
         if group_keys:
@@ -140,19 +150,21 @@ class DCPSource(Source):
         from pretrain.run_dir import one_line_error
 
         try:
-            dcp.load(state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(),
-                     no_dist=True)
+            dcp.load(
+                state, storage_reader=self._reader, planner=dcp_io.SafeLoadPlanner(), no_dist=True
+            )
         except CheckpointException as e:  # a BaseException wrapping the reader's error
             keys = ", ".join(sorted(state))
-            raise CheckpointFormatError(f"{self.path}: cannot read {keys[:200]}: "
-                                        f"{one_line_error(e)}") from e
+            raise CheckpointFormatError(
+                f"{self.path}: cannot read {keys[:200]}: {one_line_error(e)}"
+            ) from e
         return state
 
     def _read_param_groups(self, keys: list[str]) -> list[dict]:
         state = self._load({k: None for k in keys})
         groups: dict[int, dict] = {}
         for key, value in state.items():
-            idx, field = key[len(f"{self._optim}param_groups."):].split(".", 1)
+            idx, field = key[len(f"{self._optim}param_groups.") :].split(".", 1)
             groups.setdefault(int(idx), {})[field] = value
         return [groups[i] for i in sorted(groups)]
 
@@ -188,18 +200,28 @@ class DeepSpeedSource(Source):
         optim = {int(m.group(2)): p for p in path.iterdir() if (m := _OPTIM_FILE.match(p.name))}
         model_files = sorted(path.glob("*model_states.pt"))
         if not optim or not model_files:
-            raise CheckpointFormatError(f"{path} is not a DeepSpeed ZeRO checkpoint (no *_optim_states.pt / *_model_states.pt)")
+            raise CheckpointFormatError(
+                f"{path} is not a DeepSpeed ZeRO checkpoint "
+                "(no *_optim_states.pt / *_model_states.pt)"
+            )
         states = safe_torch_load(model_files[0], mmap=True)
         self.world_size = int(states["dp_world_size"])
         prefix = "bf16_" if any(p.name.startswith("bf16_") for p in optim.values()) else ""
-        self.files = [path / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(self.world_size)]
+        self.files = [
+            path / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+            for r in range(self.world_size)
+        ]
         for f in self.files:
             if not f.exists():
                 raise CheckpointFormatError(
-                    f"shard file {f} is missing: the checkpoint was written by {self.world_size} ranks")
+                    f"shard file {f} is missing: the checkpoint was written by "
+                    f"{self.world_size} ranks"
+                )
         # DeepSpeed names parameters as its module does (wrappers included): use canonical names.
-        self.shapes: list[OrderedDict] = [OrderedDict((canonical_name(n), s) for n, s in g.items())
-                                          for g in states["param_shapes"]]
+        self.shapes: list[OrderedDict] = [
+            OrderedDict((canonical_name(n), s) for n, s in g.items())
+            for g in states["param_shapes"]
+        ]
         for group in self.shapes:  # what is read is the fp32 master copy, also under bf16
             for name, shape in group.items():
                 self.params[name] = TensorInfo(name, tuple(shape), torch.float32)
@@ -224,10 +246,16 @@ class DeepSpeedSource(Source):
             for r, f in enumerate(self.files):
                 sd = first if r == 0 else safe_torch_load(f, mmap=True)["optimizer_state_dict"]
                 for g, mapping in enumerate(sd["param_slice_mappings"]):
-                    self._fragments[r][g] = {canonical_name(n): (a.start, a.numel) for n, a in mapping.items()}
+                    self._fragments[r][g] = {
+                        canonical_name(n): (a.start, a.numel) for n, a in mapping.items()
+                    }
                 del sd
-        self._steps = [inner["state"][g]["step"].clone() if "step" in inner["state"].get(g, {}) else torch.tensor(0.0)
-                       for g in range(len(self.shapes))]
+        self._steps = [
+            inner["state"][g]["step"].clone()
+            if "step" in inner["state"].get(g, {})
+            else torch.tensor(0.0)
+            for g in range(len(self.shapes))
+        ]
         self.param_groups = []
         for g, group in enumerate(inner["param_groups"]):
             hyper = {k: v for k, v in group.items() if k != "params"}
@@ -236,8 +264,12 @@ class DeepSpeedSource(Source):
         self.extras = self._buffers_and_frozen(module_state)
         for name, tensor in self.extras.items():
             self.params[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
-        self.meta = {"format": f"deepspeed-zero{self.stage}", "world_size": self.world_size,
-                     "global_steps": self.global_steps, "shard_files": len(self.files)}
+        self.meta = {
+            "format": f"deepspeed-zero{self.stage}",
+            "world_size": self.world_size,
+            "global_steps": self.global_steps,
+            "shard_files": len(self.files),
+        }
 
     def _buffers_and_frozen(self, states: dict) -> OrderedDict[str, torch.Tensor]:
         """What DeepSpeed keeps outside the optimizer's partitions, as zero_to_fp32 reads it:
@@ -252,19 +284,23 @@ class DeepSpeedSource(Source):
         if not shapes:
             return out
         if self.stage == 3:
-            files = [self.path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"
-                     for r in range(self.world_size)]
+            files = [
+                self.path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"
+                for r in range(self.world_size)
+            ]
         else:
             files = sorted(self.path.glob("*model_states.pt"))[:1]
-        fragments = [safe_torch_load(f, mmap=True).get("frozen_param_fragments") or {}
-                     for f in files]
+        fragments = [
+            safe_torch_load(f, mmap=True).get("frozen_param_fragments") or {} for f in files
+        ]
         for name, shape in shapes.items():
             pieces = [frag[name].reshape(-1) for frag in fragments if name in frag]
             numel = math.prod(shape)
             flat = torch.cat(pieces) if pieces else torch.empty(0)
             if flat.numel() < numel:
-                raise CheckpointFormatError(f"{self.path}: frozen parameter {name} has "
-                                            f"{flat.numel()} of {numel} elements")
+                raise CheckpointFormatError(
+                    f"{self.path}: frozen parameter {name} has {flat.numel()} of {numel} elements"
+                )
             out[canonical_name(name)] = flat[:numel].view(tuple(shape)).clone()
         return out
 
@@ -274,17 +310,25 @@ class DeepSpeedSource(Source):
     def _flat(self, rank: int, group: int, kind: str) -> tuple[torch.Tensor, dict]:
         sd = safe_torch_load(self.files[rank], mmap=True)["optimizer_state_dict"]
         if self.stage == 3:
-            flat = sd["fp32_flat_groups"][group] if kind == PARAM else sd["optimizer_state_dict"]["state"][group][kind]
+            flat = (
+                sd["fp32_flat_groups"][group]
+                if kind == PARAM
+                else sd["optimizer_state_dict"]["state"][group][kind]
+            )
         else:
-            flat = (sd["single_partition_of_fp32_groups"][group] if kind == PARAM
-                    else sd["base_optimizer_state"]["state"][group][kind])
+            flat = (
+                sd["single_partition_of_fp32_groups"][group]
+                if kind == PARAM
+                else sd["base_optimizer_state"]["state"][group][kind]
+            )
         return flat, sd
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
         if name in self.extras:
             if kind != PARAM:
-                raise CheckpointFormatError(f"{self.path}: {name} is a buffer or frozen "
-                                            f"parameter (no {kind})")
+                raise CheckpointFormatError(
+                    f"{self.path}: {name} is a buffer or frozen parameter (no {kind})"
+                )
             return self.extras[name].clone()
         info = self.params[name]
         g = self.group_of(name)
@@ -298,7 +342,7 @@ class DeepSpeedSource(Source):
                 if n <= 0:
                     break
                 flat, sd = self._flat(r, g, kind)
-                out[lo:lo + n].copy_(flat[start:start + n])
+                out[lo : lo + n].copy_(flat[start : start + n])
                 del flat, sd  # unmaps the file: resident memory stays at one tensor
         else:
             lo = 0
@@ -308,11 +352,13 @@ class DeepSpeedSource(Source):
                     continue
                 start, n = frag
                 flat, sd = self._flat(r, g, kind)
-                out[lo:lo + n].copy_(flat[start:start + n])
+                out[lo : lo + n].copy_(flat[start : start + n])
                 lo += n
                 del flat, sd
             if lo != info.numel:
-                raise CheckpointFormatError(f"{self.path}: fragments of {name} cover {lo} of {info.numel} elements")
+                raise CheckpointFormatError(
+                    f"{self.path}: fragments of {name} cover {lo} of {info.numel} elements"
+                )
         return out.view(info.shape)
 
     def step(self, name: str) -> torch.Tensor:
@@ -330,7 +376,9 @@ class UniversalSource(Source):
         self.path = path
         zero = path / "zero"
         if not zero.is_dir():
-            raise CheckpointFormatError(f"{path} is not a DeepSpeed universal checkpoint (no zero/)")
+            raise CheckpointFormatError(
+                f"{path} is not a DeepSpeed universal checkpoint (no zero/)"
+            )
         optim = safe_torch_load(zero / "optimizer_state.pt")
         model_file = next(iter(sorted(path.glob("*model_states.pt"))), None)
         shapes = safe_torch_load(model_file, mmap=True)["param_shapes"] if model_file else None
@@ -379,12 +427,15 @@ class SafetensorsSource(Source):
         except Exception as e:  # SafetensorError (a bad header...), not exported by every version
             if isinstance(e, FileNotFoundError):
                 raise
-            raise CheckpointFormatError(f"{path} is not a readable .safetensors file "
-                                        f"({' '.join(str(e).split())})") from e
+            raise CheckpointFormatError(
+                f"{path} is not a readable .safetensors file ({' '.join(str(e).split())})"
+            ) from e
         header = _safetensors_header(path)
         for name in self._file.keys():
             sl = self._file.get_slice(name)
-            self.params[name] = TensorInfo(name, tuple(sl.get_shape()), _ST_DTYPES[header[name]["dtype"]])
+            self.params[name] = TensorInfo(
+                name, tuple(sl.get_shape()), _ST_DTYPES[header[name]["dtype"]]
+            )
         self.meta = {"format": "safetensors", **(header.get("__metadata__") or {})}
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
@@ -393,9 +444,18 @@ class SafetensorsSource(Source):
         return self._file.get_tensor(name)
 
 
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -413,16 +473,23 @@ class RenamedSource(Source):
         self.source, self.format, self.meta = source, source.format, source.meta
         self._old: dict[str, str] = {}
         for name, info in source.params.items():
-            new = add + (name[len(strip):] if strip and name.startswith(strip) else name)
+            new = add + (name[len(strip) :] if strip and name.startswith(strip) else name)
             if new in self._old:
-                raise CheckpointFormatError(f"renaming makes {name!r} and {self._old[new]!r} "
-                                            f"both {new!r}")
+                raise CheckpointFormatError(
+                    f"renaming makes {name!r} and {self._old[new]!r} both {new!r}"
+                )
             self._old[new] = name
             self.params[new] = TensorInfo(new, info.shape, info.dtype)
-        self.param_groups = [{**g, "params": [add + (n[len(strip):] if strip and
-                                                      n.startswith(strip) else n)
-                                              for n in g["params"]]}
-                             for g in source.param_groups]
+        self.param_groups = [
+            {
+                **g,
+                "params": [
+                    add + (n[len(strip) :] if strip and n.startswith(strip) else n)
+                    for n in g["params"]
+                ],
+            }
+            for g in source.param_groups
+        ]
 
     def read(self, name: str, kind: str = PARAM) -> torch.Tensor:
         return self.source.read(self._old[name], kind)
@@ -447,8 +514,9 @@ def deepspeed_tag_dir(path: Path) -> Path:
         return path
     tag = latest.read_text().strip()
     if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or not (path / tag).is_dir():
-        raise CheckpointFormatError(f"{latest} names {tag!r}, which is not a tag directory of "
-                                    f"{path}")
+        raise CheckpointFormatError(
+            f"{latest} names {tag!r}, which is not a tag directory of {path}"
+        )
     return path / tag
 
 
@@ -468,4 +536,6 @@ def open_source(path: Path) -> Source:
         return UniversalSource(d)
     if any(d.glob("*_optim_states.pt")):
         return DeepSpeedSource(d)
-    raise CheckpointFormatError(f"{path}: no DCP .metadata, DeepSpeed *_optim_states.pt or universal zero/ found")
+    raise CheckpointFormatError(
+        f"{path}: no DCP .metadata, DeepSpeed *_optim_states.pt or universal zero/ found"
+    )
