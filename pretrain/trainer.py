@@ -92,8 +92,11 @@ def _train(cfg: TrainConfig) -> dict:
     run_dir = _setup_run_dir(cfg, env, stats)
     engine = build_engine(model, family.loss, env, parallel=cfg.parallel, optim=cfg.optim,
                           model_cfg=cfg.model, global_batch_size=cfg.data.global_batch_size)
-    train_loader = build_loader(cfg.data, env.rank, env.world_size, "train", cfg.optim.grad_accum)
-    val_loader = build_loader(cfg.data, env.rank, env.world_size, "val") if cfg.logging.eval_every_steps else None
+    # Data-parallel ranks only: the TP ranks of one group train on the same batch.
+    dp_rank, dp_size = engine.layout.dp_rank, engine.layout.dp_size
+    train_loader = build_loader(cfg.data, dp_rank, dp_size, "train", cfg.optim.grad_accum)
+    val_loader = (build_loader(cfg.data, dp_rank, dp_size, "val")
+                  if cfg.logging.eval_every_steps else None)
     ckpt = Checkpointer(run_dir, env, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
 
     step, samples = 0, 0
@@ -106,7 +109,7 @@ def _train(cfg: TrainConfig) -> dict:
         step, samples = state["step"], state["samples"]
         log.info("resumed from %s at step %d", resume_from, step)
     else:
-        seed_rank(cfg.run.seed, env.rank, 0)
+        seed_rank(cfg.run.seed, dp_rank, 0)  # TP ranks draw the same noise (DiT)
     save_policy = SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.save_at_end,
                              last_saved=step if resume_from else -1)
 
@@ -128,7 +131,8 @@ def _train(cfg: TrainConfig) -> dict:
 
     def train_state() -> dict:
         return {"step": step, "samples": samples, "loader": train_loader.state_dict(),
-                "world_size": env.world_size, "backend": cfg.parallel.backend, "config": to_dict(cfg)}
+                "world_size": env.world_size, "backend": cfg.parallel.backend,
+                "mesh": engine.layout.shape.as_dict(), "config": to_dict(cfg)}
 
     def agree_or_fail(check, at_step: int):
         try:
@@ -154,8 +158,8 @@ def _train(cfg: TrainConfig) -> dict:
         step, samples, window_steps = step + 1, samples + gbs, window_steps + 1
         guard.update(result.finite, step)
         tokens, flops = map(sum, zip(*(family.cost_of(model, s) for s in result.shapes)))
-        window_tokens += tokens * env.world_size  # every rank trains a batch of the same shape
-        window_flops += flops * env.world_size
+        window_tokens += tokens * dp_size  # every DP rank trains a batch of the same shape
+        window_flops += flops * dp_size  # (its TP ranks share that batch)
 
         log_due = step % cfg.logging.every_steps == 0 or step == cfg.schedule.steps
         eval_due = val_loader is not None and (step % cfg.logging.eval_every_steps == 0
