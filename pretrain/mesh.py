@@ -122,3 +122,34 @@ def build_layout(shape: MeshShape, rank: int, device: torch.device,
         mesh = init_device_mesh(device.type, (shape.dp_replicate, shape.dp_shard, shape.tp),
                                 mesh_dim_names=MESH_DIMS)
     return MeshLayout(shape, mesh, dp_rank=rank // shape.tp, tp_rank=rank % shape.tp)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes this rank holds for `tensor` (its local shard when it is a DTensor)."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def rank_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                shape: MeshShape) -> dict[str, int]:
+    """Parameter and optimizer-state bytes held by this rank (measured), and what the mesh
+    predicts: a parameter's bytes divided by dp_shard, and by tp when TP splits it
+    (replicated over dp_replicate; uneven shards are padded, so measured can exceed it)."""
+    params = {id(p): p for p in model.parameters()}.values()  # tied parameters once
+    predicted = 0
+    for p in params:
+        split = shape.dp_shard * (shape.tp if is_tp_sharded(p) else 1)
+        predicted += p.numel() * p.element_size() // split
+    optim_bytes = sum(tensor_bytes(v) for state in optimizer.state.values()
+                      for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return {"param_bytes": sum(tensor_bytes(p) for p in params),
+            "param_bytes_predicted": predicted, "optim_bytes": optim_bytes,
+            "optim_bytes_predicted": 2 * predicted}  # AdamW: exp_avg and exp_avg_sq
+
+
+def is_tp_sharded(param: torch.Tensor) -> bool:
+    """True when the "tp" mesh dimension splits `param` (not merely replicates it)."""
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is None or "tp" not in (mesh.mesh_dim_names or ()):
+        return False
+    return param.placements[mesh.mesh_dim_names.index("tp")].is_shard()

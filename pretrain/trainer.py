@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from data_pipeline import build_loader
 from data_pipeline.dataset_meta import token_meta
@@ -24,6 +25,7 @@ from pretrain.device_defaults import apply_device_flags, describe_device, resolv
 from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
 from pretrain.lm_vocab import bits_per_byte, resolve_vocab
+from pretrain.mesh import rank_memory
 from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
@@ -48,6 +50,19 @@ def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
         write_json_atomic(run_dir / "model_stats.json", stats)
     barrier()
     return run_dir
+
+
+def _record_rank_memory(run_dir: Path, engine, env: DistEnv, stats: dict) -> None:
+    """model_stats.json gains the mesh and every rank's parameter/optimizer bytes (a gather:
+    every rank calls this once, after its first step)."""
+    mine = {"rank": env.rank, **rank_memory(engine.model, engine.optimizer, engine.layout.shape)}
+    ranks = [mine]
+    if dist.is_initialized() and env.world_size > 1:
+        ranks = [None] * env.world_size
+        dist.all_gather_object(ranks, mine)
+    if env.is_main:
+        stats = stats | {"mesh": engine.layout.shape.as_dict(), "per_rank": ranks}
+        write_json_atomic(run_dir / "model_stats.json", stats)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -143,6 +158,7 @@ def _train(cfg: TrainConfig) -> dict:
             raise
 
     data_iter = iter(train_loader)
+    memory_pending = engine.checkpoint_format == "dcp"  # DeepSpeed partitions its own way
     result = None
     last: dict[str, float] = {}
     window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
@@ -156,6 +172,9 @@ def _train(cfg: TrainConfig) -> dict:
             log.info("data budget exhausted at step %d", step)
             break
         step, samples, window_steps = step + 1, samples + gbs, window_steps + 1
+        if memory_pending:  # optimizer state exists from the first step on
+            memory_pending = False
+            _record_rank_memory(run_dir, engine, env, stats)
         guard.update(result.finite, step)
         tokens, flops = map(sum, zip(*(family.cost_of(model, s) for s in result.shapes)))
         window_tokens += tokens * dp_size  # every DP rank trains a batch of the same shape

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import torch
 
+from pretrain.engines.base import clip_across_meshes
 from pretrain.engines.config import MeshConfig
 from pretrain.mesh import MeshShape, check_model_for_tp, resolve_mesh
 from pretrain.models.config import ModelConfig
@@ -59,6 +60,21 @@ def test_model_that_tp_cannot_split_is_one_line(model, message):
     assert str(e.value) == message
 
 
+def test_clipping_across_meshes_equals_clipping_all_at_once():
+    """Groups (one per mesh) share one global norm; every gradient is scaled by it."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(4)]
+    for p in params:
+        p.grad = torch.randn_like(p) * 3
+    expected = [p.grad.clone() for p in params]
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in expected]))
+    total = clip_across_meshes({None: params[:1], "tp": params[1:]}, 1.0)
+    assert torch.allclose(total, norm) and norm > 1
+    scale = 1.0 / (float(norm) + 1e-6)
+    for p, g in zip(params, expected):
+        assert torch.allclose(p.grad, g * scale)
+
+
 def test_cli_reports_mesh_mismatch_on_one_line(tmp_path):
     """Through torchrun: every rank fails with the same one-line reason before training."""
     proc = run(2, "vit", ["parallel.mesh.tp=4", f"run.dir={tmp_path}"], check=False)
@@ -81,6 +97,11 @@ TINY_MESH = [
     "data.global_batch_size=8", "schedule.warmup_steps=2", "logging.every_steps=1",
     "logging.eval_every_steps=0", "logging.progress_bar=false", "logging.tensorboard=false",
 ]
+# AdamW's eps at 1e-3 keeps its update linear in small gradients: at 1e-8 the normalised update
+# turns the rounding noise of near-zero gradients (query/key at near-uniform attention, the key
+# bias, whose exact gradient is 0) into differences of a fraction of the learning rate, so
+# layouts that add partial sums in another order drift apart by ~1e-3 in 10 steps.
+LINEAR_ADAM = ["optim.eps=1e-3"]
 HSDP = ["parallel.mesh.dp_replicate=2", "parallel.mesh.dp_shard=2"]
 TP = ["parallel.mesh.dp_shard=2", "parallel.mesh.tp=2"]
 
@@ -104,36 +125,35 @@ def assert_follows(losses: dict, reference: dict, rel: float, what: str) -> None
 
 @pytest.mark.slow
 def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
-    """fp32, same global batch: HSDP within 1e-4 (the tolerance of plain FSDP2 against one
-    process: gradients averaged over ranks in another order); TP within
-    1e-3 (partial sums added in another order; AdamW's normalised update turns the rounding of
-    near-zero gradients into differences of a fraction of the learning rate). Step 1 is exact
-    to 1e-6: the forward and the gradients agree, the drift is the optimizer's."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false"]
+    """fp32, same global batch, AdamW with LINEAR_ADAM: HSDP and TP within 1e-4 of one
+    process at every step, the tolerance of plain FSDP2 (tests/test_distributed.py): each
+    data-parallel rank averages over its own valid targets (packed rows mask document
+    boundaries), so the mean of rank means is not quite the one-process mean. Measured at
+    step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9."""
+    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              *LINEAR_ADAM]
     run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
     run(4, "lm", [*common, *HSDP, f"run.dir={tmp_path / 'hsdp'}"])
     run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
     one = train_losses(tmp_path / "one")
     assert sorted(one) == list(range(1, 11))
     assert_follows(train_losses(tmp_path / "hsdp"), one, 1e-4, "hsdp")
-    tp = train_losses(tmp_path / "tp")
-    assert tp[1] == pytest.approx(one[1], rel=1e-6)
-    assert_follows(tp, one, 1e-3, "tp")
+    assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vit", "dit"])
 def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family):
     """ViT and DiT (adaLN) at (dp_shard=2, tp=2) against dp_shard=2 on 2 ranks (DiT draws its
-    noise per data-parallel rank, so that is its reference). Tolerance 2e-3: AdamW's first
-    steps amplify the rounding noise of near-zero query/key gradients (near-uniform attention
-    at init) into differences of a fraction of the learning rate; step 1 is exact."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false"]
+    noise per data-parallel rank, so that is its reference), within 1e-5 at every step.
+    (Without LINEAR_ADAM they drift ~3e-3 apart by step 10; a clipping bug, gradients of one
+    mesh left unclipped, showed here as 1e-3 at step 2.)"""
+    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              *LINEAR_ADAM]
     run(2, family, [*common, f"run.dir={tmp_path / 'dp'}"])
     run(4, family, [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
     dp, tp = train_losses(tmp_path / "dp"), train_losses(tmp_path / "tp")
-    assert tp[1] == pytest.approx(dp[1], rel=1e-6)
-    assert_follows(tp, dp, 2e-3, family)
+    assert_follows(tp, dp, 1e-5, family)
 
 
 @pytest.mark.slow
@@ -159,7 +179,7 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
     """A DCP checkpoint written at dp_shard=4 continues at (dp_shard=2, tp=2), at
     (dp_replicate=2, dp_shard=2) and on one process, the loss following the original run."""
     common = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
-              "checkpoint.save_at_end=false"]
+              "checkpoint.save_at_end=false", *LINEAR_ADAM]
     ref = tmp_path / "ref"
     run(4, "lm", [*common, f"run.dir={ref}"])
     ref_losses = train_losses(ref)
@@ -171,5 +191,5 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
         losses = train_losses(run_dir)
         assert sorted(losses) == list(range(6, 11)), f"{name}: must continue from step 6"
         for step in losses:
-            rel = 1e-3 if name == "tp" else 1e-4  # TP: see the trajectory test's tolerances
-            assert losses[step] == pytest.approx(ref_losses[step], rel=rel), (name, step)
+            # 1e-4: a mesh with another dp size averages other per-rank means (see above)
+            assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4), (name, step)

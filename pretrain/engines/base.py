@@ -53,26 +53,27 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def grads_by_mesh(params: list[torch.Tensor]) -> dict[object, list[torch.Tensor]]:
-    """Gradients grouped by the DeviceMesh they are distributed over (None: plain tensors)."""
+def params_by_mesh(params: list[torch.Tensor]) -> dict[object, list[torch.Tensor]]:
+    """Parameters grouped by the DeviceMesh their gradients live on (None: plain tensors)."""
     groups: dict[object, list[torch.Tensor]] = {}
     for p in params:
-        groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+        groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
     return groups
 
 
 def clip_across_meshes(by_mesh: dict[object, list[torch.Tensor]], max_norm: float
                        ) -> torch.Tensor:
-    """Global norm of gradients living on different meshes (a norm per mesh, reduced over
-    that mesh, then combined), and each group clipped by it. torch's clip_grad_norm_ stacks
-    all norms into one tensor, which DTensors on different meshes cannot share."""
+    """Global gradient norm of parameters living on different meshes (a norm per mesh,
+    reduced over that mesh, then combined), every group clipped by it. torch's
+    clip_grad_norm_ stacks all norms into one tensor, which DTensors on different meshes
+    cannot share."""
     norms = []
-    for grads in by_mesh.values():
-        norm = torch.nn.utils.get_total_norm(grads)
+    for params in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-    for grads in by_mesh.values():
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
+    for params in by_mesh.values():
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
 
 
@@ -184,7 +185,7 @@ class Engine:
         """Clip to optim.grad_clip; returns the global norm before clipping, on device."""
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
-        by_mesh = grads_by_mesh(params)
+        by_mesh = params_by_mesh(params)
         if len(by_mesh) > 1:  # TP: block matrices on (dp, tp), the rest on dp alone
             return clip_across_meshes(by_mesh, max_norm)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
