@@ -141,15 +141,22 @@ def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
     assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
 
 
+MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
+       "model.mup.output_mult=2.0"]  # width 32 = 2x the base: every multiplier is not 1
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["vit", "dit"])
-def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family):
+@pytest.mark.parametrize("family, extra", [("vit", []), ("dit", []), ("vit", MUP)],
+                         ids=["vit", "dit", "vit-mup"])
+def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family, extra):
     """ViT and DiT (adaLN) at (dp_shard=2, tp=2) against dp_shard=2 on 2 ranks (DiT draws its
     noise per data-parallel rank, so that is its reference), within 1e-5 at every step.
     (Without LINEAR_ADAM they drift ~3e-3 apart by step 10; a clipping bug, gradients of one
-    mesh left unclipped, showed here as 1e-3 at step 2.)"""
+    mesh left unclipped, showed here as 1e-3 at step 2.) Under muP the per-group lr/wd
+    multipliers, the attention scale, the readout multiplier and the zero query init hold on
+    the TP-sharded parameters: the same trajectory."""
     common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM]
+              *LINEAR_ADAM, *extra]
     run(2, family, [*common, f"run.dir={tmp_path / 'dp'}"])
     run(4, family, [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
     dp, tp = train_losses(tmp_path / "dp"), train_losses(tmp_path / "tp")
