@@ -130,15 +130,19 @@ def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
     data-parallel rank averages over its own valid targets (packed rows mask document
     boundaries), so the mean of rank means is not quite the one-process mean. Measured at
     step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM]
+    common = ["schedule.steps=10", "checkpoint.every_steps=0", *LINEAR_ADAM]
     run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
-    run(4, "lm", [*common, *HSDP, f"run.dir={tmp_path / 'hsdp'}"])
+    run(4, "lm", [*common, *HSDP, "checkpoint.save_at_end=false", f"run.dir={tmp_path / 'hsdp'}"])
     run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
     one = train_losses(tmp_path / "one")
     assert sorted(one) == list(range(1, 11))
     assert_follows(train_losses(tmp_path / "hsdp"), one, 1e-4, "hsdp")
     assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
+    # The TP checkpoint holds the single-device layout (fused qkv/SwiGLU rows unpermuted).
+    single, sharded = final_weights(tmp_path / "one"), final_weights(tmp_path / "tp")
+    assert single.keys() == sharded.keys()
+    for name, value in single.items():
+        assert torch.allclose(sharded[name], value, atol=1e-4), name
 
 
 MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
@@ -184,13 +188,15 @@ def test_sigkill_and_resume_on_a_tp_mesh_is_bitwise(tmp_path):
 @pytest.mark.slow
 def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
     """A DCP checkpoint written at dp_shard=4 continues at (dp_shard=2, tp=2), at
-    (dp_replicate=2, dp_shard=2) and on one process, the loss following the original run."""
+    (dp_replicate=2, dp_shard=2), at tp=4 and on one process, the loss following the original
+    run."""
     common = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
               "checkpoint.save_at_end=false", *LINEAR_ADAM]
     ref = tmp_path / "ref"
     run(4, "lm", [*common, f"run.dir={ref}"])
     ref_losses = train_losses(ref)
-    for name, nproc, mesh in (("tp", 4, TP), ("hsdp", 4, HSDP), ("one", 0, [])):
+    for name, nproc, mesh in (("tp", 4, TP), ("hsdp", 4, HSDP), ("tp4", 4, ["parallel.mesh.tp=4"]),
+                              ("one", 0, [])):
         run_dir = tmp_path / name
         shutil.copytree(ref / "checkpoints" / "step_00000005",
                         run_dir / "checkpoints" / "step_00000005")
