@@ -150,9 +150,13 @@ MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_quer
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, extra", [("vit", []), ("dit", []), ("vit", MUP)],
-                         ids=["vit", "dit", "vit-mup"])
-def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family, extra):
+@pytest.mark.parametrize("family, extra, rel", [
+    ("vit", [], 1e-5), ("dit", [], 1e-5), ("vit", MUP, 1e-5),
+    # bf16 parameters (FSDP2's policy), fp32 reductions: TP's row-parallel partial sums are
+    # rounded to bf16 before they are added; measured 3e-4 over 6 steps
+    ("vit", ["parallel.mixed_precision=bf16"], 3e-3),
+], ids=["vit", "dit", "vit-mup", "vit-bf16"])
+def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family, extra, rel):
     """ViT and DiT (adaLN) at (dp_shard=2, tp=2) against dp_shard=2 on 2 ranks (DiT draws its
     noise per data-parallel rank, so that is its reference), within 1e-5 at every step.
     (Without LINEAR_ADAM they drift ~3e-3 apart by step 10; a clipping bug, gradients of one
@@ -164,7 +168,7 @@ def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family, extra):
     run(2, family, [*common, f"run.dir={tmp_path / 'dp'}"])
     run(4, family, [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
     dp, tp = train_losses(tmp_path / "dp"), train_losses(tmp_path / "tp")
-    assert_follows(tp, dp, 1e-5, family)
+    assert_follows(tp, dp, rel, family)
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, bf16: bool, reshard_after_for
                ) -> nn.Module:
     """Shard every block of `model.blocks`, then the root (embeddings, head), over `mesh`:
     1-D shards over all its ranks; 2-D (replicate, shard) is HSDP."""
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
+    for module in (*model.blocks, model):
+        fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     return model
 
 
