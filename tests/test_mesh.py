@@ -210,3 +210,13 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
         for step in losses:
             # 1e-4: a mesh with another dp size averages other per-rank means (see above)
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4), (name, step)
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_on_a_tp_mesh_is_exact(tmp_path):
+    """TP is applied before activation checkpointing wraps the blocks: the recompute of a
+    TP-split block gives bitwise the same losses."""
+    common = ["schedule.steps=4", "checkpoint.every_steps=0", "checkpoint.save_at_end=false", *TP]
+    run(4, "vit", [*common, f"run.dir={tmp_path / 'plain'}"])
+    run(4, "vit", [*common, "parallel.activation_checkpointing=true", f"run.dir={tmp_path / 'ac'}"])
+    assert train_losses(tmp_path / "ac") == train_losses(tmp_path / "plain")
