@@ -220,3 +220,31 @@ def test_activation_checkpointing_on_a_tp_mesh_is_exact(tmp_path):
     run(4, "vit", [*common, f"run.dir={tmp_path / 'plain'}"])
     run(4, "vit", [*common, "parallel.activation_checkpointing=true", f"run.dir={tmp_path / 'ac'}"])
     assert train_losses(tmp_path / "ac") == train_losses(tmp_path / "plain")
+
+
+def test_sequence_parallel_refuses_what_it_cannot_split():
+    from pretrain.engines.tp import check_tokens_split, sequence_parallel_plan
+    from pretrain.models import build_model
+
+    dit = build_model(ModelConfig(family="dit", width=32, num_heads=4, depth=1), seed=0)
+    with pytest.raises(ValueError, match="not supported for DiT"):
+        sequence_parallel_plan(dit)
+    vit = build_model(ModelConfig(family="vit", width=32, num_heads=4, depth=1), seed=0)
+    with pytest.raises(ValueError) as e:
+        check_tokens_split(vit, 2)  # 16 patches + the cls token
+    assert str(e.value).startswith("parallel.mesh.sequence_parallel: 17 tokens per sample do "
+                                   "not split over tp=2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, extra", [
+    ("lm", []), ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
+], ids=["lm", "vit-peri"])
+def test_sequence_parallel_follows_tensor_parallel(tmp_path, family, extra):
+    """Tokens split between the projections (norms, Peri-LN output norms, residual stream):
+    the same losses as TP alone, which follows one process (above)."""
+    common = ["schedule.steps=6", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              *LINEAR_ADAM, *TP, *extra]
+    run(4, family, [*common, f"run.dir={tmp_path / 'tp'}"])
+    run(4, family, [*common, "parallel.mesh.sequence_parallel=true", f"run.dir={tmp_path / 'sp'}"])
+    assert_follows(train_losses(tmp_path / "sp"), train_losses(tmp_path / "tp"), 1e-5, family)

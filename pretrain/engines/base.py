@@ -126,7 +126,7 @@ class Engine:
         if self.layout.shape.tp > 1:
             from pretrain.engines.tp import apply_tp
 
-            apply_tp(model, self.layout.tp_mesh())
+            apply_tp(model, self.layout.tp_mesh(), self.parallel.mesh.sequence_parallel)
         if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.parallel.compile is True:  # "auto" unresolved (no trainer): eager

@@ -34,6 +34,9 @@ class MeshConfig:
     dp_replicate: int = 1
     dp_shard: int = -1  # -1: world_size // (dp_replicate * tp)
     tp: int = 1
+    # TP with sequence parallelism: the norms and residual stream between a block's attention
+    # and MLP split by tokens over the tp ranks (LM and ViT; tokens divisible by tp)
+    sequence_parallel: bool = False
 
 
 @dataclass

@@ -15,18 +15,29 @@ k parts, so the model's own `view`/`chunk` find whole heads. That redistribution
 all-gather of the fused output per layer (its backward a reduce-scatter): the price of not
 permuting the weights; a head-interleaved weight layout would remove it.
 
-Sequence parallelism and a vocabulary-parallel loss are not applied (see the README's mesh
-section): the replicated regions are the norms and embeddings, small at the widths here.
+With `parallel.mesh.sequence_parallel` (LM and ViT) the regions between the projections are
+split by tokens instead of replicated (`sequence_parallel_plan`): the row-wise outputs
+reduce-scatter, the next input all-gathers, norms hold a token slice's activations. DiT's
+adaLN modulation is a per-sample parameter path inside the blocks, so it stays without SP.
+A vocabulary-parallel loss is not applied: the LM head runs replicated.
 """
 
 from __future__ import annotations
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from pretrain import compat
-from pretrain.models.blocks import MLP, Attention
+from pretrain.models.blocks import MLP, Attention, TransformerBlock
 
 FEATURE_DIM = 2  # activations are [batch, tokens, features] in every family
 
@@ -53,6 +64,55 @@ def tp_plan(model: nn.Module, tp: int) -> dict[str, object]:
     return plan
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
-    """Split every block's projections over `tp_mesh` (in place; names are unchanged)."""
-    parallelize_module(model, tp_mesh, tp_plan(model, tp_mesh.size()))
+def sequence_parallel_plan(model: nn.Module) -> dict[str, object]:
+    """Inside each TransformerBlock the residual stream is split by tokens (Shard(1)): norms
+    run on their tokens, attention and MLP gather the tokens at their input and reduce-scatter
+    at their output (instead of all-reducing). Between blocks the stream stays split; it is
+    split at the first block's input and gathered at the last one's output, so embeddings,
+    final norm and head see whole sequences as without SP."""
+    tokens = getattr(model, "num_tokens", None) or getattr(model, "seq_len", None)
+    if not isinstance(model.blocks[0], TransformerBlock) or tokens is None:
+        raise ValueError(f"parallel.mesh.sequence_parallel is not supported for "
+                         f"{type(model).__name__} (its blocks are conditioned per sample)")
+    plan: dict[str, object] = {}
+    block_args = 3 if model.blocks[0].attn.causal else 1  # LM: (x, mask, rope); ViT: (x,)
+    rest = (None,) * (block_args - 1)
+    plan["blocks.0"] = PrepareModuleInput(input_layouts=(Replicate(), *rest),
+                                          desired_input_layouts=(Shard(1), *rest),
+                                          use_local_output=True)
+    for i, block in enumerate(model.blocks):
+        name = f"blocks.{i}"
+        for norm in ("norm1", "norm2", "attn_out_norm", "mlp_out_norm"):
+            if not isinstance(getattr(block, norm), nn.Identity):
+                plan[f"{name}.{norm}"] = SequenceParallel(use_local_output=True)
+        plan[f"{name}.attn"] = PrepareModuleInput(input_layouts=(Shard(1), None, None),
+                                                  desired_input_layouts=(Replicate(), None, None),
+                                                  use_local_output=True)
+        plan[f"{name}.attn.proj"] = RowwiseParallel(output_layouts=Shard(1))
+        plan[f"{name}.mlp"] = PrepareModuleInput(input_layouts=(Shard(1),),
+                                                 desired_input_layouts=(Replicate(),),
+                                                 use_local_output=True)
+        plan[f"{name}.mlp.fc2"] = RowwiseParallel(output_layouts=Shard(1))
+    return plan
+
+
+def check_tokens_split(model: nn.Module, tp: int) -> None:
+    tokens = getattr(model, "num_tokens", None) or getattr(model, "seq_len", 0)
+    if tokens % tp:
+        raise ValueError(f"parallel.mesh.sequence_parallel: {tokens} tokens per sample do not "
+                         f"split over tp={tp} (ViT: patches + cls token; LM: model.lm.seq_len)")
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
+    """Split every block's projections over `tp_mesh` (in place; names are unchanged), and
+    with `sequence_parallel` the tokens between them."""
+    plan = tp_plan(model, tp_mesh.size())
+    if sequence_parallel:
+        sp_plan = sequence_parallel_plan(model)  # refuses a family it does not fit first
+        check_tokens_split(model, tp_mesh.size())
+        plan |= sp_plan  # row-wise outputs reduce-scatter to tokens
+    parallelize_module(model, tp_mesh, plan)
+    if sequence_parallel:  # the last block gathers the tokens (a second hook on that module)
+        last = f"blocks.{len(model.blocks) - 1}"
+        parallelize_module(model, tp_mesh, {last: PrepareModuleOutput(
+            output_layouts=Shard(1), desired_output_layouts=Replicate())})
