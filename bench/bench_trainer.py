@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,7 +58,8 @@ def plain_loop(cfg, env) -> float:
     model = build_model(cfg.model)
     kinds = model.param_kinds()
     if cfg.parallel.backend == "fsdp2":
-        apply_fsdp(model, env.world_size, "cpu", bf16=False, reshard_after_forward=True)
+        apply_fsdp(model, init_device_mesh("cpu", (env.world_size,)), bf16=False,
+                   reshard_after_forward=True)
     opt = build_optimizer(model, kinds, cfg.optim, cfg.model)
     loader = build_loader(cfg.data, env.rank, env.world_size)  # only for the arrays
     images = torch.from_numpy(loader.source.arrays["image"])

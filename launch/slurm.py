@@ -66,6 +66,20 @@ class JobSpec:
                 f"run.dir={self.run_dir}"]  # fmt: skip
 
 
+def mesh_for_nodes(recipe: dict, cfg: SlurmConfig) -> dict[str, int]:
+    """HSDP across nodes by default: a multi-node FSDP2 recipe that leaves `parallel.mesh`'s
+    data-parallel sizes unset replicates over the nodes (dp_replicate = nodes) and shards over
+    each node's processes (dp_shard = the rest, after tp), so parameter all-gathers stay on a
+    node's fast links and only gradient all-reduces cross nodes."""
+    parallel = recipe.get("parallel") or {}
+    mesh = parallel.get("mesh") or {}
+    if cfg.nodes < 2 or parallel.get("backend") != "fsdp2":
+        return {}
+    if "dp_replicate" in mesh or "dp_shard" in mesh:
+        return {}
+    return {"parallel.mesh.dp_replicate": cfg.nodes}
+
+
 def sbatch_directives(spec: JobSpec) -> list[str]:
     """The `#SBATCH` lines: resources, the warning signal, requeue, log file, working dir."""
     cfg = spec.slurm

@@ -51,6 +51,19 @@ def skip_update_where(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> N
     optimizer.found_inf = skip
 
 
+# ---------------------------------------------------------------- DTensor
+
+
+def strided_shard(dim: int, parts: int) -> Any:
+    """A placement that splits each of `parts` equal stacked blocks of `dim` over the mesh
+    dimension (a rank holds [part_0_r, ..., part_k_r]): how a fused qkv or SwiGLU projection
+    is split for tensor parallelism without changing its global layout. Only FSDP2's private
+    `_StridedShard` expresses it."""
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    return _StridedShard(dim, split_factor=parts)
+
+
 # ---------------------------------------------------------------- torch.distributed.checkpoint
 
 

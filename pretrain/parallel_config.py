@@ -23,6 +23,23 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class MeshConfig:
+    """The device mesh (pretrain/mesh.py): dp_replicate x dp_shard x tp = world size.
+
+    dp_replicate > 1 is HSDP (shard inside a group, replicate across groups: a node each, so
+    parameter all-gathers stay on the fast links); tp > 1 splits each block's matrices (tensor
+    parallelism). dp_shard=-1 takes the ranks left over, so the default is today's flat run.
+    """
+
+    dp_replicate: int = 1
+    dp_shard: int = -1  # -1: world_size // (dp_replicate * tp)
+    tp: int = 1
+    # TP with sequence parallelism: the norms and residual stream between a block's attention
+    # and MLP split by tokens over the tp ranks (LM and ViT; tokens divisible by tp)
+    sequence_parallel: bool = False
+
+
+@dataclass
 class ParallelConfig:
     backend: Literal["single", "ddp", "fsdp2", "deepspeed"] = "single"
     # "auto" settings are resolved at startup from the device (pretrain/device_defaults.py: on
@@ -32,4 +49,5 @@ class ParallelConfig:
     compile: bool | Literal["auto"] = "auto"  # torch.compile each block
     tf32: bool | Literal["auto"] = "auto"  # TF32 tensor cores for fp32 matmuls and convolutions
     reshard_after_forward: bool = True  # fsdp2
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

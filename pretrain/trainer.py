@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from data_pipeline import build_loader
 from data_pipeline.dataset_meta import token_meta
@@ -24,6 +25,7 @@ from pretrain.device_defaults import apply_device_flags, describe_device, resolv
 from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
 from pretrain.lm_vocab import bits_per_byte, resolve_vocab
+from pretrain.mesh import rank_memory
 from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
@@ -48,6 +50,19 @@ def _setup_run_dir(cfg: TrainConfig, env: DistEnv, stats: dict) -> Path:
         write_json_atomic(run_dir / "model_stats.json", stats)
     barrier()
     return run_dir
+
+
+def _record_rank_memory(run_dir: Path, engine, env: DistEnv, stats: dict) -> None:
+    """model_stats.json gains the mesh and every rank's parameter/optimizer bytes (a gather:
+    every rank calls this once, after its first step)."""
+    mine = {"rank": env.rank, **rank_memory(engine.model, engine.optimizer, engine.layout.shape)}
+    ranks = [mine]
+    if dist.is_initialized() and env.world_size > 1:
+        ranks = [None] * env.world_size
+        dist.all_gather_object(ranks, mine)
+    if env.is_main:
+        stats = stats | {"mesh": engine.layout.shape.as_dict(), "per_rank": ranks}
+        write_json_atomic(run_dir / "model_stats.json", stats)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -92,8 +107,11 @@ def _train(cfg: TrainConfig) -> dict:
     run_dir = _setup_run_dir(cfg, env, stats)
     engine = build_engine(model, family.loss, env, parallel=cfg.parallel, optim=cfg.optim,
                           model_cfg=cfg.model, global_batch_size=cfg.data.global_batch_size)
-    train_loader = build_loader(cfg.data, env.rank, env.world_size, "train", cfg.optim.grad_accum)
-    val_loader = build_loader(cfg.data, env.rank, env.world_size, "val") if cfg.logging.eval_every_steps else None
+    # Data-parallel ranks only: the TP ranks of one group train on the same batch.
+    dp_rank, dp_size = engine.layout.dp_rank, engine.layout.dp_size
+    train_loader = build_loader(cfg.data, dp_rank, dp_size, "train", cfg.optim.grad_accum)
+    val_loader = (build_loader(cfg.data, dp_rank, dp_size, "val")
+                  if cfg.logging.eval_every_steps else None)
     ckpt = Checkpointer(run_dir, env, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
 
     step, samples = 0, 0
@@ -106,7 +124,7 @@ def _train(cfg: TrainConfig) -> dict:
         step, samples = state["step"], state["samples"]
         log.info("resumed from %s at step %d", resume_from, step)
     else:
-        seed_rank(cfg.run.seed, env.rank, 0)
+        seed_rank(cfg.run.seed, dp_rank, 0)  # TP ranks draw the same noise (DiT)
     save_policy = SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.save_at_end,
                              last_saved=step if resume_from else -1)
 
@@ -131,7 +149,8 @@ def _train(cfg: TrainConfig) -> dict:
 
     def train_state() -> dict:
         return {"step": step, "samples": samples, "loader": train_loader.state_dict(),
-                "world_size": env.world_size, "backend": cfg.parallel.backend, "config": to_dict(cfg)}
+                "world_size": env.world_size, "backend": cfg.parallel.backend,
+                "mesh": engine.layout.shape.as_dict(), "config": to_dict(cfg)}
 
     def agree_or_fail(check, at_step: int):
         try:
@@ -142,6 +161,7 @@ def _train(cfg: TrainConfig) -> dict:
             raise
 
     data_iter = iter(train_loader)
+    memory_pending = engine.checkpoint_format == "dcp"  # DeepSpeed partitions its own way
     result = None
     last: dict[str, float] = {}
     window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
@@ -155,10 +175,13 @@ def _train(cfg: TrainConfig) -> dict:
             log.info("data budget exhausted at step %d", step)
             break
         step, samples, window_steps = step + 1, samples + gbs, window_steps + 1
+        if memory_pending:  # optimizer state exists from the first step on
+            memory_pending = False
+            _record_rank_memory(run_dir, engine, env, stats)
         guard.update(result.finite, step)
         tokens, flops = map(sum, zip(*(family.cost_of(model, s) for s in result.shapes)))
-        window_tokens += tokens * env.world_size  # every rank trains a batch of the same shape
-        window_flops += flops * env.world_size
+        window_tokens += tokens * dp_size  # every DP rank trains a batch of the same shape
+        window_flops += flops * dp_size  # (its TP ranks share that batch)
 
         log_due = step % cfg.logging.every_steps == 0 or step == cfg.schedule.steps
         eval_due = val_loader is not None and (step % cfg.logging.eval_every_steps == 0

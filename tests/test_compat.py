@@ -76,6 +76,15 @@ def test_skip_update_where_leaves_parameters_and_state_untouched() -> None:
     assert not torch.equal(p.detach(), before[0]) and opt.state[p]["step"].item() == 2
 
 
+def test_strided_shard_splits_each_stacked_part() -> None:
+    """On a 1-rank mesh the placement keeps the tensor whole; its layout rule on 2 ranks."""
+    placement = compat.strided_shard(0, 3)
+    assert placement.split_factor == 3 and placement.dim == 0
+    rows = torch.arange(12.0)[:, None]
+    pieces = placement._split_tensor(rows, 2, with_padding=False)[0]
+    assert pieces[0].flatten().tolist() == [0, 1, 4, 5, 8, 9]  # [q_0; k_0; v_0]
+
+
 def test_dcp_shims(tmp_path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from pretrain.config import TrainConfig
 from pretrain.dist import init_distributed
@@ -40,7 +41,8 @@ def test_top_singular_values_gather_fsdp2_shards():
     expected = top_singular_values(model, model.param_kinds())
     env = init_distributed("cpu", need_group=True)
     try:
-        sharded = apply_fsdp(model, env.world_size, "cpu", bf16=False, reshard_after_forward=True)
+        sharded = apply_fsdp(model, init_device_mesh("cpu", (env.world_size,)), bf16=False,
+                             reshard_after_forward=True)
         assert hasattr(next(sharded.parameters()), "full_tensor")
         assert top_singular_values(sharded, small_model().param_kinds()) == pytest.approx(
             expected, rel=1e-6

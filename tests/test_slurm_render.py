@@ -227,3 +227,19 @@ def test_cli_rejects_a_bad_recipe_key_before_queueing(tmp_path: Path, capsys) ->
     out, message = capsys.readouterr()
     assert code == 2 and out == ""
     assert "optim.lrr" in message and "optim.lr" in message  # names the key and the fix
+
+
+@pytest.mark.parametrize("parallel, expected", [
+    ({"backend": "fsdp2"}, "parallel.mesh.dp_replicate=4"),  # HSDP: replicate across nodes
+    ({"backend": "fsdp2", "mesh": {"dp_shard": 16, "tp": 2}}, None),  # the recipe's own mesh
+    ({"backend": "ddp"}, None),
+])
+def test_nodes_map_to_the_replicate_dimension(tmp_path: Path, capsys, parallel, expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"dir": str(tmp_path / "runs" / "r1")},
+                                      "parallel": parallel}))
+    assert run_cli(["slurm", "submit", str(recipe), "--nodes", "4", "--gpus-per-node", "8",
+                    "--dry-run"]) == 0
+    words = srun_words(capsys.readouterr().out)
+    mesh_words = [w for w in words if w.startswith("parallel.mesh.")]
+    assert mesh_words == ([expected] if expected else [])

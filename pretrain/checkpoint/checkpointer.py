@@ -300,7 +300,11 @@ class Checkpointer:
         """Restore engine state and this rank's RNG; returns the saved train_state."""
         load_engine_state(engine, path / "model", process_group=self.pg)
         state = read_train_state(path)
-        same_world = state.get("world_size") == self.env.world_size
+        # A rank's saved RNG is its own only on the same mesh (TP ranks share the DP rank's).
+        layout = getattr(engine, "layout", None)
+        mesh = layout.shape.as_dict() if layout is not None else None
+        same_world = (state.get("world_size") == self.env.world_size
+                      and state.get("mesh", mesh) == mesh)
         if same_world and rng_file(path / "rng", self.env.rank).exists():
             load_rng(path / "rng", self.env.rank)
         else:
@@ -309,5 +313,6 @@ class Checkpointer:
                     "resuming %s saved at world size %s on %s ranks: RNG streams are re-derived",
                     path, state.get("world_size"), self.env.world_size,
                 )
-            seed_rank(seed, self.env.rank, state["step"])
+            seed_rank(seed, layout.dp_rank if layout is not None else self.env.rank,
+                      state["step"])
         return state

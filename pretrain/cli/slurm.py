@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from launch.recipe import apply_overrides, dump_recipe, get_dotted, load_recipe, parse_override
-from launch.slurm import JobSpec, SlurmConfig, active_job, render_sbatch, submit
+from launch.slurm import (
+    JobSpec,
+    SlurmConfig,
+    active_job,
+    mesh_for_nodes,
+    render_sbatch,
+    submit,
+)
 from launch.sweep import load_sweep, sweep_root
 from launch.sweep import run_dir as sweep_run_dir
 
@@ -90,8 +97,11 @@ def prepare(recipe: dict, run_dir: Path, args: argparse.Namespace) -> tuple[JobS
     run_dir = run_dir.expanduser().resolve()
     recipe = apply_overrides(recipe, {"run.dir": str(run_dir)})
     cfg = slurm_config(recipe, args)
+    mesh = mesh_for_nodes(recipe, cfg)  # nodes -> dp_replicate, shown on the torchrun line
+    recipe = apply_overrides(recipe, mesh)
     resolved = resolve(recipe, cfg)
-    spec = JobSpec(run_dir=run_dir, recipe=run_dir / "recipe.yaml", slurm=cfg)
+    spec = JobSpec(run_dir=run_dir, recipe=run_dir / "recipe.yaml", slurm=cfg,
+                   overrides=[f"{key}={value}" for key, value in mesh.items()])
     render_sbatch(spec)  # validate everything before anything is written
     return spec, resolved
 

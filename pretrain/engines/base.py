@@ -22,6 +22,7 @@ from pretrain import compat
 from pretrain.compat import checkpoint_wrapper
 from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
+from pretrain.mesh import MeshLayout, build_layout, check_model_for_tp, resolve_mesh
 from pretrain.models.config import ModelConfig
 from pretrain.models.materialize import InitPlan, on_meta
 from pretrain.optim import build_optimizer, set_lr
@@ -52,6 +53,30 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
+def params_by_mesh(params: list[torch.Tensor]) -> dict[object, list[torch.Tensor]]:
+    """Parameters grouped by the DeviceMesh their gradients live on (None: plain tensors)."""
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    return groups
+
+
+def clip_across_meshes(by_mesh: dict[object, list[torch.Tensor]], max_norm: float
+                       ) -> torch.Tensor:
+    """Global gradient norm of parameters living on different meshes (a norm per mesh,
+    reduced over that mesh, then combined), every group clipped by it. torch's
+    clip_grad_norm_ stacks all norms into one tensor, which DTensors on different meshes
+    cannot share."""
+    norms = []
+    for params in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    for params in by_mesh.values():
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 class Engine:
     """Single-process engine; subclasses override `wrap` and `sync_context`."""
 
@@ -59,6 +84,7 @@ class Engine:
     checkpoint_format = "dcp"  # how pretrain.checkpoint writes and reads this engine's state
     _updates_held_by = None  # a background checkpoint copy still reading the live state
     shards_at_init = False  # True: a meta-built model is materialised after `wrap`, as shards
+    uses_mesh = False  # True: builds the DeviceMesh of `parallel.mesh` (pretrain/mesh.py)
     _pending_init: InitPlan | None = None
 
     def __init__(
@@ -70,14 +96,22 @@ class Engine:
         device = describe_device(env.device)  # `auto` settings, unless the trainer resolved them
         self.parallel = resolve_parallel(parallel, device)
         self.optim_cfg = optim = resolve_optim(optim, device)
+        self.layout = self.make_layout(model_cfg)
         kinds = self.prepare(model)
         self.model = self.wrap(model)
         self.materialize(self.model)
         self.optimizer = build_optimizer(self.model, kinds, optim, model_cfg)
 
+    def make_layout(self, model_cfg: ModelConfig) -> MeshLayout:
+        """This rank's place in `parallel.mesh` (checked against the backend and the model);
+        the DeviceMesh itself only for a backend that shards over it."""
+        shape = resolve_mesh(self.parallel.mesh, self.env.world_size, self.name)
+        check_model_for_tp(model_cfg, shape.tp)
+        return build_layout(shape, self.env.rank, self.env.device, self.uses_mesh)
+
     def prepare(self, model: nn.Module) -> dict[str, str]:
-        """Device, activation checkpointing, compile (in that order, before sharding); returns the
-        parameters' muP roles, read before any wrapper renames them.
+        """Device, tensor parallelism, activation checkpointing, compile (in that order, before
+        sharding); returns the parameters' muP roles, read before any wrapper renames them.
 
         A model built on `meta` (`build_model(..., meta=True)`) is allocated and initialised
         here on the device, or, for an engine that `shards_at_init`, by `materialize` after
@@ -89,6 +123,10 @@ class Engine:
             model.to(self.env.device)
         elif not self.shards_at_init:
             self.materialize(model)
+        if self.layout.shape.tp > 1:
+            from pretrain.engines.tp import apply_tp
+
+            apply_tp(model, self.layout.tp_mesh(), self.parallel.mesh.sequence_parallel)
         if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.parallel.compile is True:  # "auto" unresolved (no trainer): eager
@@ -147,6 +185,9 @@ class Engine:
         """Clip to optim.grad_clip; returns the global norm before clipping, on device."""
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         params = [p for p in self.model.parameters() if p.grad is not None]
+        by_mesh = params_by_mesh(params)
+        if len(by_mesh) > 1:  # TP: block matrices on (dp, tp), the rest on dp alone
+            return clip_across_meshes(by_mesh, max_norm)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()

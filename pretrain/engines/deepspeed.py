@@ -52,6 +52,7 @@ class DeepSpeedEngine(Engine):
                              "deepspeed (DeepSpeed applies the update itself); use fail")
         self.env, self.loss_fn = env, loss_fn
         self.parallel, self.optim_cfg = parallel, optim
+        self.layout = self.make_layout(model_cfg)  # a flat mesh: tp/dp_replicate are refused
         kinds = self.prepare(model)
         deepspeed = import_deepspeed(parallel.deepspeed.shm_comm)
         optimizer = build_optimizer(model, kinds, optim, model_cfg)

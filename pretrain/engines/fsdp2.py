@@ -6,29 +6,32 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from pretrain.engines.base import Engine
 
 
-def apply_fsdp(model: nn.Module, world_size: int, device_type: str, bf16: bool, reshard_after_forward: bool) -> nn.Module:
-    """Shard every block of `model.blocks`, then the root (embeddings, head)."""
-    mesh = init_device_mesh(device_type, (world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, bf16: bool, reshard_after_forward: bool
+               ) -> nn.Module:
+    """Shard every block of `model.blocks`, then the root (embeddings, head), over `mesh`:
+    1-D shards over all its ranks; 2-D (replicate, shard) is HSDP."""
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
+    for module in (*model.blocks, model):
+        fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     return model
 
 
 class FSDP2Engine(Engine):
     name = "fsdp2"
     shards_at_init = True  # a meta-built model allocates only this rank's shards
+    uses_mesh = True
 
     def wrap(self, model: nn.Module) -> nn.Module:
         p = self.parallel
-        return apply_fsdp(model, self.env.world_size, self.env.device.type, p.mixed_precision == "bf16", p.reshard_after_forward)
+        return apply_fsdp(model, self.layout.dp_mesh(), p.mixed_precision == "bf16",
+                          p.reshard_after_forward)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the MixedPrecisionPolicy casts parameters itself

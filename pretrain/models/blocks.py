@@ -174,14 +174,14 @@ class Attention(nn.Module):
         if isinstance(attn_mask, BlockMask):
             flex = _compiled("flex_attention") if q.is_cuda else flex_attention
             y = flex(q, k, v, block_mask=attn_mask, scale=self.scale)
-            return self.proj(y.transpose(1, 2).reshape(b, t, d))
+            return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # -1: local heads under TP
         if self.record_entropy:
             self.entropy = self._entropy(q, k, attn_mask)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
         )
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # -1: local heads under TP
 
     @torch.no_grad()
     def _entropy(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""Tensor parallelism (Megatron-style, without sequence parallelism) applied from outside.
+
+Every block's attention and MLP are split over the "tp" mesh: the input projection
+column-wise (each rank computes its heads / its slice of the MLP hidden units), the output
+projection row-wise (partial sums all-reduced to a replicated output). Everything between
+(norms, residual stream, adaLN modulation, embeddings, heads) stays replicated on the TP
+ranks, computed identically on each, so its gradients agree without communication; the
+column-wise input's backward all-reduces the gradient of the replicated activation.
+
+Fused projections keep their single-device layout: `qkv` is [q; k; v] stacked and SwiGLU's
+`fc1` is [gate; value]. Their weights are split by contiguous rows like any column-wise layer
+(so FSDP2 and DCP see ordinary Shard(0) DTensors and checkpoints move between meshes), and the
+output is redistributed to `_StridedShard(-1, split_factor=k)`, a rank's slice of each of the
+k parts, so the model's own `view`/`chunk` find whole heads. That redistribution is one
+all-gather of the fused output per layer (its backward a reduce-scatter): the price of not
+permuting the weights; a head-interleaved weight layout would remove it.
+
+With `parallel.mesh.sequence_parallel` (LM and ViT) the regions between the projections are
+split by tokens instead of replicated (`sequence_parallel_plan`): the row-wise outputs
+reduce-scatter, the next input all-gathers, norms hold a token slice's activations. DiT's
+adaLN modulation is a per-sample parameter path inside the blocks, so it stays without SP.
+A vocabulary-parallel loss is not applied: the LM head runs replicated.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from pretrain import compat
+from pretrain.models.blocks import MLP, Attention, TransformerBlock
+
+FEATURE_DIM = 2  # activations are [batch, tokens, features] in every family
+
+
+def stacked_colwise(parts: int) -> ColwiseParallel:
+    """Column-wise split of a Linear whose output stacks `parts` equal blocks (qkv, SwiGLU)."""
+    if parts == 1:
+        return ColwiseParallel()
+    return ColwiseParallel(output_layouts=compat.strided_shard(FEATURE_DIM, parts))
+
+
+def tp_plan(model: nn.Module, tp: int) -> dict[str, object]:
+    """Styles for every Attention and MLP under `model.blocks`; sets each attention's local
+    head count (the model reshapes by it)."""
+    plan: dict[str, object] = {}
+    for name, module in model.blocks.named_modules(prefix="blocks"):
+        if isinstance(module, Attention):
+            plan[f"{name}.qkv"] = stacked_colwise(3)
+            plan[f"{name}.proj"] = RowwiseParallel()
+            module.num_heads //= tp
+        elif isinstance(module, MLP):
+            plan[f"{name}.fc1"] = stacked_colwise(2 if module.kind == "swiglu" else 1)
+            plan[f"{name}.fc2"] = RowwiseParallel()
+    return plan
+
+
+def sequence_parallel_plan(model: nn.Module) -> dict[str, object]:
+    """Inside each TransformerBlock the residual stream is split by tokens (Shard(1)): norms
+    run on their tokens, attention and MLP gather the tokens at their input and reduce-scatter
+    at their output (instead of all-reducing). Between blocks the stream stays split; it is
+    split at the first block's input and gathered at the last one's output, so embeddings,
+    final norm and head see whole sequences as without SP."""
+    tokens = getattr(model, "num_tokens", None) or getattr(model, "seq_len", None)
+    if not isinstance(model.blocks[0], TransformerBlock) or tokens is None:
+        raise ValueError(f"parallel.mesh.sequence_parallel is not supported for "
+                         f"{type(model).__name__} (its blocks are conditioned per sample)")
+    plan: dict[str, object] = {}
+    block_args = 3 if model.blocks[0].attn.causal else 1  # LM: (x, mask, rope); ViT: (x,)
+    rest = (None,) * (block_args - 1)
+    plan["blocks.0"] = PrepareModuleInput(input_layouts=(Replicate(), *rest),
+                                          desired_input_layouts=(Shard(1), *rest),
+                                          use_local_output=True)
+    for i, block in enumerate(model.blocks):
+        name = f"blocks.{i}"
+        for norm in ("norm1", "norm2", "attn_out_norm", "mlp_out_norm"):
+            if not isinstance(getattr(block, norm), nn.Identity):
+                plan[f"{name}.{norm}"] = SequenceParallel(use_local_output=True)
+        plan[f"{name}.attn"] = PrepareModuleInput(input_layouts=(Shard(1), None, None),
+                                                  desired_input_layouts=(Replicate(), None, None),
+                                                  use_local_output=True)
+        plan[f"{name}.attn.proj"] = RowwiseParallel(output_layouts=Shard(1))
+        plan[f"{name}.mlp"] = PrepareModuleInput(input_layouts=(Shard(1),),
+                                                 desired_input_layouts=(Replicate(),),
+                                                 use_local_output=True)
+        plan[f"{name}.mlp.fc2"] = RowwiseParallel(output_layouts=Shard(1))
+    return plan
+
+
+def check_tokens_split(model: nn.Module, tp: int) -> None:
+    tokens = getattr(model, "num_tokens", None) or getattr(model, "seq_len", 0)
+    if tokens % tp:
+        raise ValueError(f"parallel.mesh.sequence_parallel: {tokens} tokens per sample do not "
+                         f"split over tp={tp} (ViT: patches + cls token; LM: model.lm.seq_len)")
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
+    """Split every block's projections over `tp_mesh` (in place; names are unchanged), and
+    with `sequence_parallel` the tokens between them."""
+    plan = tp_plan(model, tp_mesh.size())
+    if sequence_parallel:
+        sp_plan = sequence_parallel_plan(model)  # refuses a family it does not fit first
+        check_tokens_split(model, tp_mesh.size())
+        plan |= sp_plan  # row-wise outputs reduce-scatter to tokens
+    parallelize_module(model, tp_mesh, plan)
+    if sequence_parallel:  # the last block gathers the tokens (a second hook on that module)
+        last = f"blocks.{len(model.blocks) - 1}"
+        parallelize_module(model, tp_mesh, {last: PrepareModuleOutput(
+            output_layouts=Shard(1), desired_output_layouts=Replicate())})
