@@ -84,12 +84,15 @@ def plain_loop(cfg, env) -> float:
 def trainer_loop(cfg) -> float:
     """Steps/s of pretrain's loop over the same steps (from its own step timings)."""
     train(cfg)
-    records = [r for r in read_metrics(cfg.run_dir) if r["split"] == "train"][1:]  # drop warm-up window
+    records = [r for r in read_metrics(cfg.run_dir) if r["split"] == "train"]
+    records = records[1:]  # drop the warm-up window
     return len(records) / sum(r["step_time"] for r in records) if records else float("nan")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backend", default="single", choices=["single", "ddp", "fsdp2"])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
@@ -114,9 +117,15 @@ def main() -> None:
         if dist.is_initialized():
             dist.barrier()  # rank 0 removes the directory only once every rank is done
     if env.is_main:
-        result = {"backend": args.backend, "processes": env.world_size, "plain_steps_per_s": statistics.median(plain),
-                  "pretrain_steps_per_s": statistics.median(ours), "ratio": statistics.median(ours) / statistics.median(plain),
-                  "repeats": args.repeats, "steps": args.steps}
+        result = {
+            "backend": args.backend,
+            "processes": env.world_size,
+            "plain_steps_per_s": statistics.median(plain),
+            "pretrain_steps_per_s": statistics.median(ours),
+            "ratio": statistics.median(ours) / statistics.median(plain),
+            "repeats": args.repeats,
+            "steps": args.steps,
+        }
         print(json.dumps(result))
 
 

@@ -107,7 +107,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             fail()
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()} if args else value
+        if not args:
+            return value
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -183,13 +185,15 @@ def config_from_dict(data: dict, cls: type = TrainConfig) -> Any:
     return _build(cls, merge(to_dict(cls()), data))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Defaults, then the YAML recipe at `path`, then dotted `overrides`; validated."""
     data: dict = {}
     if path is not None:
         data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(f"recipe {path} must be a mapping of sections, "
+                              f"got {type(data).__name__}")
     for text in overrides:
         set_dotted(data, *parse_override(text))
     return check_across_sections(config_from_dict(data))

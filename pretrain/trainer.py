@@ -90,7 +90,8 @@ def _train(cfg: TrainConfig) -> dict:
                            timeout_s=cfg.run.collective_timeout_s)
     cfg = resolve_auto(cfg, describe_device(env.device))  # GPU defaults; saved in config.yaml
     apply_device_flags(cfg.parallel)
-    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format="[pretrain] %(message)s")
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     family = get_family(cfg.model.family)
     resolve_vocab(cfg.model, cfg.data)  # model.lm.vocab_size from the dataset manifest, or checked
@@ -130,7 +131,8 @@ def _train(cfg: TrainConfig) -> dict:
 
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     if env.is_main:
-        write_status(run_dir, state=RUNNING, step=step, max_steps=cfg.schedule.steps, restarts=restarts)
+        write_status(run_dir, state=RUNNING, step=step, max_steps=cfg.schedule.steps,
+                     restarts=restarts)
         log.info("model: %s, %.3fM parameters; backend %s on %d process(es)", cfg.model.family,
                  stats["params"] / 1e6, cfg.parallel.backend, env.world_size)
     logger = MetricsLogger(run_dir, env.is_main, cfg.logging.tensorboard,
@@ -212,7 +214,7 @@ def _train(cfg: TrainConfig) -> dict:
             if peak:
                 record["mfu"] = window_flops / elapsed / (peak * env.world_size)
             logger.log(step, "train", record)
-            if cfg.model.mup.log_singular_values:  # a collective under FSDP2 / ZeRO-3: every rank calls it
+            if cfg.model.mup.log_singular_values:  # a collective under FSDP2 / ZeRO-3: all call it
                 logger.log(step, "sv", top_singular_values(engine.model, kinds))
             if env.is_main:
                 write_status(run_dir, step=step, last_loss=loss)
@@ -225,7 +227,8 @@ def _train(cfg: TrainConfig) -> dict:
                 results |= family.eval_summary(results)
             results |= bits_per_byte(results, val_meta)  # LM: comparable across tokenizers
             last.update({f"val_{k}": v for k, v in results.items()})
-            logger.log(step, "val", {k[4:]: v for k, v in last.items() if k.startswith("val_")} | {"samples": samples})
+            val = {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+            logger.log(step, "val", val | {"samples": samples})
 
         if not agreement.due(step, forced):
             continue
@@ -246,10 +249,12 @@ def _train(cfg: TrainConfig) -> dict:
     ckpt.close()
     logger.close()
     if env.is_main:
-        write_status(run_dir, state=COMPLETED if finished else PREEMPTED, step=step, last_loss=last["loss"])
+        write_status(run_dir, state=COMPLETED if finished else PREEMPTED, step=step,
+                     last_loss=last["loss"])
         if finished:
             summary = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
             log.info("done at step %d: %s", step, summary)
-            log.info("TensorBoard logs: %s  (tensorboard --logdir %s)", run_dir / "tb", run_dir / "tb")
+            tb = run_dir / "tb"
+            log.info("TensorBoard logs: %s  (tensorboard --logdir %s)", tb, tb)
             log.info("checkpoints:      %s", run_dir / "checkpoints")
     return {"step": step, **last}

@@ -216,7 +216,8 @@ class Engine:
         return {"model": model_sd, "optim": optim_sd}
 
     def load_state_dict(self, state: dict) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
 
     def hold_updates_until(self, future) -> None:
         """The next optimizer step waits for `future` (a checkpoint copying the live state)."""

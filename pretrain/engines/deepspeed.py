@@ -62,7 +62,8 @@ class DeepSpeedEngine(Engine):
         )
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
-        """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last micro-batch.
+        """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last
+        micro-batch.
 
         Under bf16 DeepSpeed holds bf16 parameters; the base autocast casts fp32 inputs to match.
         DeepSpeed applies the update itself, so the divergence guard can only fail the run here.

@@ -90,11 +90,15 @@ def power_iterate(w: torch.Tensor, u: torch.Tensor, steps: int) -> torch.Tensor:
 # ------------------------------------------------------------------ rotary position embedding
 
 
-def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    position_ids: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [B, 1, T, head_dim/2] for integer positions [B, T] (Su et al. 2021)."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim
+    )
     angles = position_ids.float()[..., None] * inv_freq  # [B, T, hd/2]
     return angles.cos()[:, None], angles.sin()[:, None]
 
@@ -153,8 +157,14 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool = False):
         super().__init__()
         if cfg.width % cfg.num_heads:
-            raise ValueError(f"model.width={cfg.width} is not divisible by model.num_heads={cfg.num_heads}")
-        self.num_heads, self.head_dim, self.causal = cfg.num_heads, cfg.width // cfg.num_heads, causal
+            raise ValueError(
+                f"model.width={cfg.width} is not divisible by model.num_heads={cfg.num_heads}"
+            )
+        self.num_heads, self.head_dim, self.causal = (
+            cfg.num_heads,
+            cfg.width // cfg.num_heads,
+            causal,
+        )
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.qkv = make_linear(cfg, cfg.width, 3 * cfg.width)
         self.proj = make_linear(cfg, cfg.width, cfg.width)
@@ -164,8 +174,12 @@ class Attention(nn.Module):
         self.record_entropy = False
         self.entropy: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -178,13 +192,20 @@ class Attention(nn.Module):
         if self.record_entropy:
             self.entropy = self._entropy(q, k, attn_mask)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=self.causal and attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
         )
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # -1: local heads under TP
 
     @torch.no_grad()
-    def _entropy(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def _entropy(
+        self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Shannon entropy (nats) of each query's attention distribution, mean per head: [H]."""
         logits = (q.float() @ k.float().transpose(-1, -2)) * self.scale
         t = logits.shape[-1]
@@ -239,13 +260,19 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(cfg, mlp)
         self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, rope))
         return x + self.mlp_out_norm(self.mlp(self.norm2(x)))
 
 
-def block_matmul_flops(cfg: ModelConfig, tokens: int, attended: int | None = None, mlp: str = "gelu") -> int:
+def block_matmul_flops(
+    cfg: ModelConfig, tokens: int, attended: int | None = None, mlp: str = "gelu"
+) -> int:
     """Forward FLOPs of one block for `tokens` query tokens (2 FLOPs per multiply-add).
 
     Counts the four projections, the MLP and the two attention matmuls (QK^T and AV) over
