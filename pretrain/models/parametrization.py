@@ -96,7 +96,8 @@ def width_mult(cfg: ModelConfig) -> float:
 
 
 def base_head_dim(cfg: ModelConfig) -> int:
-    """Head dim at the base width (default: the head count stays fixed as width grows)."""
+    """Head dim at the base width. A recipe loaded by `load_config` pins it from the recipe's
+    head count; the fallback here (a config built in code) assumes the current one."""
     return cfg.mup.base_head_dim or max(cfg.mup.base_width // cfg.num_heads, 1)
 
 
