@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from pretrain.config import load_config
 from pretrain.models import build_model
 from pretrain.scaling_laws.plan import candidate_shapes, model_stats_fn, plan_isoflop
+from tests.test_mup_families import built, family_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 VIT_RECIPE = REPO / "configs" / "mup_vit_digits.yaml"
@@ -40,3 +42,40 @@ def test_an_explicit_base_head_dim_wins_over_the_recipe():
     cfg = load_config(VIT_RECIPE, ["model.width=128", "model.num_heads=16",
                                    "model.mup.base_head_dim=4"])  # fmt: skip
     assert attention_scales(build_model(cfg.model)) == {math.sqrt(4) / 8}
+
+
+READOUT_BIAS = {"vit": "head.bias", "lm": "head.bias", "dit": "final.linear.bias"}
+
+
+def forward(model: torch.nn.Module, cfg) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    m = cfg.model
+    if m.family == "vit":
+        v = m.vit
+        return model(torch.randn(2, v.in_channels, v.image_size, v.image_size, generator=g))
+    if m.family == "lm":
+        return model(torch.randint(0, m.lm.vocab_size, (2, 16), generator=g))
+    d = m.dit
+    x = torch.randn(2, d.in_channels, d.image_size, d.image_size, generator=g)
+    return model(x, torch.rand(2, generator=g) * 1000, torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", sorted(READOUT_BIAS))
+def test_the_readout_bias_moves_the_output_by_its_own_step_at_every_width(family):
+    """microsoft/mup's MuReadout scales the readout's *input* by output_mult/m, so a bias step
+    moves the output by itself at every width (the bias is vector-like: Θ(1) Adam lr). Scaling
+    the whole output would shrink the bias's effective update as 1/m."""
+    shifts = {}
+    for width in (32, 128):
+        cfg = family_cfg(family, f"model.width={width}", "model.mup.base_width=32",
+                         "model.mup.enabled=true", "model.bias=true")  # fmt: skip
+        model, opt = built(cfg)
+        bias = dict(model.named_parameters())[READOUT_BIAS[family]]
+        group = next(g for g in opt.param_groups if any(p is bias for p in g["params"]))
+        assert group["lr_mult"] == 1.0
+        with torch.no_grad():
+            before = forward(model, cfg)
+            bias.add_(0.25)
+            shifts[width] = forward(model, cfg) - before
+    for width, shift in shifts.items():
+        assert torch.allclose(shift, torch.full_like(shift, 0.25), atol=1e-5), width
