@@ -79,3 +79,24 @@ def test_the_readout_bias_moves_the_output_by_its_own_step_at_every_width(family
             shifts[width] = forward(model, cfg) - before
     for width, shift in shifts.items():
         assert torch.allclose(shift, torch.full_like(shift, 0.25), atol=1e-5), width
+
+
+@pytest.mark.parametrize("family", sorted(READOUT_BIAS))
+def test_sigma_reparam_leaves_the_initial_function_unchanged(family):
+    """γ starts at σ(W₀) (Zhai et al.'s released code): W₀·γ/σ = W₀, so wrapping every block
+    linear changes nothing at init, and the init std (muP's 1/sqrt(fan_in)) still sets the
+    scale. With γ = 1 every layer would start at spectral norm 1 instead."""
+    common = ["model.width=64", "model.mup.base_width=32", "model.mup.enabled=true"]
+    plain, _ = built(family_cfg(family, *common))
+    cfg = family_cfg(family, *common, "model.sigma_reparam=true")
+    wrapped, _ = built(cfg)
+    assert any(n.endswith("gamma") for n, _ in wrapped.named_parameters())
+    with torch.no_grad():
+        expected = forward(plain.eval(), cfg)
+        assert torch.allclose(forward(wrapped.eval(), cfg), expected, rtol=1e-6, atol=1e-7)
+        # a training forward takes one more power-iteration step from the converged u
+        assert torch.allclose(forward(wrapped.train(), cfg), expected, rtol=1e-3, atol=1e-4)
+    unit, _ = built(family_cfg(family, *common, "model.sigma_reparam=true",
+                               "model.sigma_reparam_gamma_init=one"))  # fmt: skip
+    gammas = [p for n, p in unit.named_parameters() if n.endswith("gamma")]
+    assert gammas and all(g.item() == 1.0 for g in gammas)
