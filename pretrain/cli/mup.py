@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cc.add_argument(
         "--tolerance", type=float, default=0.1, help="max |slope| of log mean|act| vs log width"
     )
+    cc.add_argument(
+        "--skip-steps", type=int, default=2,
+        help="first steps the verdict does not read (it averages the slope over the rest)",
+    )  # fmt: skip
     cc.set_defaults(func=coord_check)
     tr = sub.add_parser("transfer", help="LR sweep over widths, SP vs muP; optimum per width")
     _common(tr)
@@ -92,13 +96,14 @@ def coord_check(args: argparse.Namespace) -> int:
     from pretrain.mup.plots import plot_coord_check
 
     try:
+        progress = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_main() else None
         records = run_coord_check(
-            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations)
+            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations), progress
         )
         if _is_main():
             args.out.mkdir(parents=True, exist_ok=True)
             write_csv(records, args.out / "coord_check.csv")
-            results = verdict(records, args.tolerance)
+            results = verdict(records, args.tolerance, args.skip_steps)
             plot_coord_check(
                 records,
                 args.out / "coord_check.png",
@@ -106,8 +111,10 @@ def coord_check(args: argparse.Namespace) -> int:
                 f"base width {cfg.model.mup.base_width}",
             )
             summary = {
-                f"{v.parametrization}/{v.layer}": {"slope": v.slope, "ok": v.ok} for v in results
-            }
+                f"{v.parametrization}/{v.layer}": {
+                    "slope": v.slope, "ok": v.ok, "steps": list(v.steps), "one_sided": v.one_sided
+                } for v in results
+            }  # fmt: skip
             (args.out / "verdict.json").write_text(json.dumps(summary, indent=2))
             print(format_verdict(results, args.tolerance))
             print(

@@ -30,4 +30,8 @@ class MupConfig:
     # what microsoft/mup's MuAdam does by default: decoupled_wd=False multiplies weight decay
     # by the width multiplier); 0.0 keeps lambda fixed (MuAdam with decoupled_wd=True).
     wd_width_exponent: float = 0.5
+    # SP only (enabled false): hidden and readout init std init_std*sqrt(base_width/width), the
+    # standard 1/sqrt(fan_in) init with init_std its value at base_width: TP5's SP baseline,
+    # which is stable at init and blows up in training (the coordinate check's SP contrast)
+    sp_fan_in_init: bool = False
     log_singular_values: bool = False  # log every matrix's top singular value at log steps

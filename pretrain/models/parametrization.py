@@ -102,7 +102,10 @@ def base_head_dim(cfg: ModelConfig) -> int:
 
 
 def init_std(kind: str, cfg: ModelConfig) -> float:
-    """Init std of a matrix of this role: hidden fan-in grows with m, so std ∝ 1/sqrt(fan_in)."""
+    """Init std of a matrix of this role: hidden fan-in grows with m, so std ∝ 1/sqrt(fan_in).
+    SP with model.mup.sp_fan_in_init scales the readout that way too (no output multiplier)."""
+    if not cfg.mup.enabled and cfg.mup.sp_fan_in_init and kind in DECAYED_KINDS:
+        return cfg.init_std * math.sqrt(cfg.mup.base_width / cfg.width)
     return cfg.init_std / math.sqrt(width_mult(cfg)) if kind == "hidden" else cfg.init_std
 
 
