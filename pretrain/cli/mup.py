@@ -1,7 +1,8 @@
 """`pretrain mup coord-check`, `transfer` and `sv-compare`: muP checks on any recipe.
 
-coord-check and transfer train width variants of the recipe through the real engine (the recipe's parallel.backend;
-under torchrun the ranks share each run), in SP and in muP (model.mup.base_width from the recipe).
+coord-check and transfer train width variants of the recipe through the real engine (the
+recipe's parallel.backend; under torchrun the ranks share each run), in SP and in muP
+(model.mup.base_width from the recipe).
 Files are written by rank 0. sv-compare reads two finished runs' logged singular values.
 """
 
