@@ -32,8 +32,8 @@ and App. D.2.
 TP5 = Yang et al. 2021, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
 Hyperparameter Transfer" (arXiv 2203.03466). Table 8 is Table 3 rewritten with an output
 multiplier: the readout keeps a width-independent init and Adam LR, its weight's contribution
-is divided by m (as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust Layerwise Scaling Rules by
-Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights' top singular value grows as
+is divided by m (as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust
+Layerwise Scaling Rules by Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights' top singular value grows as
 sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by λ ∝ sqrt(d), and vector-like
 parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0 instead keeps η·λ invariant (Wang &
 Aitchison 2024, "How to set AdamW's weight decay as you scale model and dataset size"). AdamW's
