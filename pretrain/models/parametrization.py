@@ -33,11 +33,13 @@ TP5 = Yang et al. 2021, "Tensor Programs V: Tuning Large Neural Networks via Zer
 Hyperparameter Transfer" (arXiv 2203.03466). Table 8 is Table 3 rewritten with an output
 multiplier: the readout keeps a width-independent init and Adam LR, its weight's contribution
 is divided by m (as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust
-Layerwise Scaling Rules by Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights' top singular value grows as
-sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by λ ∝ sqrt(d), and vector-like
-parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0 instead keeps η·λ invariant (Wang &
-Aitchison 2024, "How to set AdamW's weight decay as you scale model and dataset size"). AdamW's
-decay is coupled (p -= lr·λ·p), so λ here is the optimizer's weight_decay times wd_mult.
+Layerwise Scaling Rules by Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights'
+top singular value grows as sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by
+λ ∝ sqrt(d), and vector-like parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0
+instead keeps η·λ invariant (Wang & Aitchison 2024, "How to set AdamW's weight decay as you
+scale model and dataset size"; also microsoft/mup's MuAdam default, decoupled_wd=False).
+AdamW's decay is coupled (p -= lr·λ·p), so λ here is the optimizer's weight_decay times
+wd_mult.
 "Scaling Diffusion Transformers Efficiently via μP" (Zheng et al. 2025) shows DiT-style models
 share these rules: their conditioning pathways are embeddings (fixed fan-in) or hidden matrices.
 
