@@ -54,6 +54,7 @@ def test_sv_compare_prints_and_plots_the_ratio_per_matrix(two_runs, tmp_path, ca
     assert rows["head.weight"]["sigma_b"] == pytest.approx(raw_b["head.weight"] / 2)
     for r in rows.values():
         assert r["ratio"] == pytest.approx(r["sigma_b"] / r["sigma_a"])
+    assert hidden["expected"] == 1.0 and rows["head.weight"]["expected"] == pytest.approx(0.5**0.5)
     assert (tmp_path / "sv_compare.png").stat().st_size > 5_000
 
 

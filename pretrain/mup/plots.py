@@ -136,6 +136,9 @@ def plot_sv_ratios(rows: list[dict], path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(rows) + 1.5), 3.6))
     ax.bar(range(len(rows)), [r["ratio"] for r in rows], color="tab:blue")
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.plot(range(len(rows)), [r["expected"] for r in rows], "k_", ms=14, mew=2,
+            label="muP's width-consistent ratio")  # fmt: skip
+    ax.legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["layer"] for r in rows], rotation=70, ha="right", fontsize=7)
