@@ -185,26 +185,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from e
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
-    recipe_model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    recipe_heads = recipe_model.get("num_heads", ModelConfig.num_heads)
     for text in overrides:
         set_dotted(data, *parse_override(text))
-    return pin_mup_base_head_dim(check_across_sections(config_from_dict(data)), recipe_heads)
-
-
-def pin_mup_base_head_dim(cfg: TrainConfig, recipe_heads: Any) -> TrainConfig:
-    """Resolve muP's default base head dim from the *recipe's* head count, before overrides.
-
-    A sweep (`pretrain scaling plan`) or a command line that raises model.num_heads at a fixed
-    head dim must keep the recipe's attention scale; resolved from the overridden head count
-    instead, base_width // num_heads would shrink the scale with every added head. The
-    resolved value is saved with the run's config, so a resume reads the same number.
-    """
-    mup = cfg.model.mup
-    heads_known = isinstance(recipe_heads, int) and recipe_heads > 0
-    if mup.enabled and mup.base_head_dim == 0 and heads_known:
-        mup.base_head_dim = max(mup.base_width // recipe_heads, 1)
-    return cfg
+    return check_across_sections(config_from_dict(data))
 
 
 # in-memory datasets whose rows are data.seq_len tokens (sharded sets take it from the manifest;

@@ -17,9 +17,9 @@ class MupConfig:
 
     enabled: bool = False
     base_width: int = 64  # width at which muP and the standard parametrization coincide
-    # head dim at the base width (attention logits * sqrt(base_head_dim) / head_dim). 0: from
-    # the recipe, base_width // the recipe's num_heads *before* overrides (load_config), so
-    # runs that add heads at a fixed head dim (`pretrain scaling plan`) keep its scale
+    # head dim at the base width (attention logits * sqrt(base_head_dim) / head_dim). 0:
+    # base_width // num_heads (heads fixed as width grows). Runs that add heads at a fixed head
+    # dim must set it; `pretrain scaling plan` pins it to the base recipe's value in every run
     base_head_dim: int = 0
     zero_readout: bool = False  # init the readout (head) weight to zero
     zero_query: bool = False  # init the query projection to zero (uniform attention at step 0)

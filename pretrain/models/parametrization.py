@@ -21,8 +21,8 @@ muP for Adam-family optimizers, with width_mult m = model.width / model.mup.base
 | attention | query rows 0 (4)           |     |        | q.k * sqrt(base_hd)/head_dim   |
 
 (1) = init_std*sqrt(base_fan_in/fan_in). (2) e = model.mup.wd_width_exponent (0.5). (3) 0 with
-model.mup.zero_readout. (4) with model.mup.zero_query; hd = head_dim; base_hd from the recipe's
-head count (load_config), so adding heads at a fixed head dim keeps the scale. (5) on the
+model.mup.zero_readout. (4) with model.mup.zero_query; hd = head_dim; base_hd pinned by
+`pretrain scaling plan`, whose runs add heads at a fixed head dim, to the base recipe's. (5) on the
 readout's input, as MuReadout: its bias is not scaled, so its update does not shrink as 1/m.
 lr and wd are multipliers.
 Sources: embedding TP5 Table 3/8; hidden TP5 Table 3 and Fan et al. 2025 Table 2; readout TP5
@@ -102,8 +102,8 @@ def width_mult(cfg: ModelConfig) -> float:
 
 
 def base_head_dim(cfg: ModelConfig) -> int:
-    """Head dim at the base width. A recipe loaded by `load_config` pins it from the recipe's
-    head count; the fallback here (a config built in code) assumes the current one."""
+    """Head dim at the base width (default: the head count stays fixed as width grows; a plan
+    that adds heads pins it, `scaling_laws.plan.mup_pins`)."""
     return cfg.mup.base_head_dim or max(cfg.mup.base_width // cfg.num_heads, 1)
 
 
