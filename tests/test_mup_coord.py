@@ -11,7 +11,13 @@ import sys
 import pytest
 
 from pretrain.config import load_config
-from pretrain.mup.coord_check import read_csv, run_coord_check, slope, verdict
+from pretrain.mup.coord_check import (
+    mean_over_seeds,
+    read_csv,
+    run_coord_check,
+    slope,
+    verdict,
+)
 from tests.conftest import REPO, subprocess_env
 
 # Depth 2, 4 heads, 3 inits averaged, 4 steps at the recipe's lr 2e-3 (constant, no clipping).
@@ -31,10 +37,13 @@ OVERRIDES = [
 WIDTHS, STEPS, SEEDS = [32, 64, 128], 4, 3
 
 
+PROGRESS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def single_process_records() -> list[dict]:
     cfg = load_config(REPO / "configs/vit_digits.yaml", [*OVERRIDES, "parallel.backend=single"])
-    return run_coord_check(cfg, WIDTHS, STEPS, SEEDS)
+    return run_coord_check(cfg, WIDTHS, STEPS, SEEDS, progress=PROGRESS.append)
 
 
 def test_slope_of_a_power_law():
@@ -64,6 +73,45 @@ def test_mup_layers_are_width_stable_and_sp_logits_grow(single_process_records):
     )
     steps = {r["step"] for r in single_process_records}
     assert steps == set(range(1, STEPS + 1))
+    assert len(PROGRESS) == 2 * len(WIDTHS) * SEEDS and PROGRESS[-1].startswith("coord-check 18/18")
+
+
+def test_sp_baseline_is_fan_in_stable_at_init_and_blows_up_in_training(single_process_records):
+    """TP5's contrast: SP with the standard 1/sqrt(fan_in) init is width-stable at step 1 (the
+    initial model); its blow-up comes from training with width-independent learning rates."""
+    means = mean_over_seeds(single_process_records)
+
+    def slope_at(layer: str, step: int) -> float:
+        return slope(WIDTHS, [means[("sp", layer, step, w)] for w in WIDTHS])
+
+    for layer in ("block0.attn", "block0.mlp", "block1.attn", "block1.mlp", "logits"):
+        assert abs(slope_at(layer, 1)) < 0.1, layer
+        assert slope_at(layer, STEPS) > 0.3, layer
+
+
+def synthetic(layer_slopes: dict[str, list[float]]) -> list[dict]:
+    """Records whose mean |act| is width**slope at each step (one seed, three widths)."""
+    return [{"parametrization": "mup", "width": w, "seed": 0, "step": step + 1, "layer": layer,
+             "mean_abs": float(w) ** k}
+            for layer, ks in layer_slopes.items() for step, k in enumerate(ks)
+            for w in (32, 64, 128)]  # fmt: skip
+
+
+def test_verdict_reads_the_steps_after_the_first_few_and_lets_the_readout_shrink():
+    """A muP readout at init shrinks (-0.5, as LM logits at step 1); that and any shrinking
+    logits pass, a hidden layer that shrinks or grows later in training fails."""
+    results = {v.layer: v for v in verdict(synthetic({
+        "logits": [-0.5, -0.3, -0.2, -0.15, -0.12],
+        "block0.mlp": [0.4, 0.3, 0.0, 0.02, -0.02],
+        "block1.mlp": [0.0, 0.0, -0.2, -0.3, -0.3],
+        "block1.attn": [0.0, 0.0, 0.05, 0.2, 0.3],
+    }), tolerance=0.1)}  # fmt: skip
+    assert results["logits"].ok and results["logits"].one_sided
+    assert results["logits"].steps == (3, 4, 5)
+    assert results["block0.mlp"].ok  # early steps are not read
+    assert not results["block1.mlp"].ok and not results["block1.attn"].ok
+    growing = verdict(synthetic({"logits": [0.0, 0.1, 0.3, 0.4, 0.5]}), tolerance=0.1)
+    assert not growing[0].ok
 
 
 @pytest.mark.slow

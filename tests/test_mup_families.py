@@ -79,19 +79,21 @@ def test_mup_rules_apply_at_four_times_the_base_width(family):
 
 @pytest.mark.slow
 def test_dit_coord_check():
-    """DiT (the muP study recipe, 4 tokens): every recorded layer width-stable after 4 steps,
-    including the conditioning pathway (timestep MLP, class table) and the output."""
+    """DiT (the muP study recipe, 4 tokens): every recorded layer width-stable over steps 3-6,
+    including the conditioning pathway (timestep MLP, class table) and the output. SP's
+    fan-in baseline starts stable and, behind adaLN-Zero's zero gates, grows from step ~5
+    (measured: block0.attn +0.18, logits +0.19 mean slope over steps 3-6)."""
     family_cfg("dit")  # skips when the family is not in this tree
     cfg = load_config(REPO / "configs/mup_dit_digits.yaml", ["run.seed=0"])
     results = {
         (v.parametrization, v.layer): v
-        for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 4, 3))
+        for v in verdict(run_coord_check(cfg, [32, 64, 128, 256], 6, 3))
     }
     assert all(v.ok for (p, _), v in results.items() if p == "mup"), {
         k: v.slope for k, v in results.items()
     }
     assert {"x_embed", "t_embed.mlp.0", "y_embed", "logits"} <= {layer for _, layer in results}
-    assert results[("sp", "block1.mlp")].slope > 0.5
+    assert not results[("sp", "block0.attn")].ok and not results[("sp", "logits")].ok
 
 
 @pytest.mark.slow

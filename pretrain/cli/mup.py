@@ -1,14 +1,16 @@
-"""`pretrain mup coord-check` and `pretrain mup transfer`: muP checks on any recipe.
+"""`pretrain mup coord-check`, `transfer` and `sv-compare`: muP checks on any recipe.
 
-Both train width variants of the recipe through the real engine (the recipe's parallel.backend;
-under torchrun the ranks share each run), in SP and in muP (model.mup.base_width from the recipe).
-Files are written by rank 0.
+coord-check and transfer train width variants of the recipe through the real engine (the
+recipe's parallel.backend; under torchrun the ranks share each run), in SP and in muP
+(model.mup.base_width from the recipe).
+Files are written by rank 0. sv-compare reads two finished runs' logged singular values.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -19,6 +21,7 @@ examples:
       parallel.backend=fsdp2 --out runs/coord2
   pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
       --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
+  pretrain mup sv-compare runs/w32 runs/w512 --out runs/sv   # model.mup.log_singular_values=true
 """
 
 
@@ -50,7 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cc.add_argument(
         "--tolerance", type=float, default=0.1, help="max |slope| of log mean|act| vs log width"
     )
+    cc.add_argument(
+        "--skip-steps", type=int, default=2,
+        help="first steps the verdict does not read (it averages the slope over the rest)",
+    )  # fmt: skip
     cc.set_defaults(func=coord_check)
+    sv = sub.add_parser(
+        "sv-compare", help="two runs' top singular values per matrix and their ratio (Fan et al.)"
+    )
+    sv.add_argument("run_a", type=Path, help="run directory (the proxy, e.g. the base width)")
+    sv.add_argument("run_b", type=Path, help="run directory compared with it (e.g. wider)")
+    sv.add_argument("--step", type=int, help="the logged step to compare (default: each last)")
+    sv.add_argument("--out", type=Path, help="write sv_compare.csv and sv_compare.png here")
+    sv.set_defaults(func=sv_compare)
     tr = sub.add_parser("transfer", help="LR sweep over widths, SP vs muP; optimum per width")
     _common(tr)
     tr.add_argument(
@@ -89,13 +104,14 @@ def coord_check(args: argparse.Namespace) -> int:
     from pretrain.mup.plots import plot_coord_check
 
     try:
+        progress = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_main() else None
         records = run_coord_check(
-            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations)
+            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations), progress
         )
         if _is_main():
             args.out.mkdir(parents=True, exist_ok=True)
             write_csv(records, args.out / "coord_check.csv")
-            results = verdict(records, args.tolerance)
+            results = verdict(records, args.tolerance, args.skip_steps)
             plot_coord_check(
                 records,
                 args.out / "coord_check.png",
@@ -103,8 +119,10 @@ def coord_check(args: argparse.Namespace) -> int:
                 f"base width {cfg.model.mup.base_width}",
             )
             summary = {
-                f"{v.parametrization}/{v.layer}": {"slope": v.slope, "ok": v.ok} for v in results
-            }
+                f"{v.parametrization}/{v.layer}": {
+                    "slope": v.slope, "ok": v.ok, "steps": list(v.steps), "one_sided": v.one_sided
+                } for v in results
+            }  # fmt: skip
             (args.out / "verdict.json").write_text(json.dumps(summary, indent=2))
             print(format_verdict(results, args.tolerance))
             print(
@@ -114,6 +132,26 @@ def coord_check(args: argparse.Namespace) -> int:
         barrier()  # no rank tears the group down while rank 0 still writes
     finally:
         shutdown()
+    return 0
+
+
+def sv_compare(args: argparse.Namespace) -> int:
+    from pretrain.mup.plots import plot_sv_ratios
+    from pretrain.mup.sv_compare import SvCompareError, compare, format_table, read_run, write_csv
+
+    try:
+        a, b = read_run(args.run_a, args.step), read_run(args.run_b, args.step)
+        rows = compare(a, b)
+    except SvCompareError as e:
+        print(f"pretrain mup: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows, a, b))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, args.out / "sv_compare.csv")
+        plot_sv_ratios(rows, args.out / "sv_compare.png",
+                       title=f"σ_max: width {b.width} / width {a.width}")  # fmt: skip
+        print(f"wrote {args.out / 'sv_compare.csv'}, {args.out / 'sv_compare.png'}")
     return 0
 
 

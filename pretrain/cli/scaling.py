@@ -361,6 +361,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.plan import (
         candidate_shapes,
         model_stats_fn,
+        mup_pins,
         parse_sets,
         plan_isoflop,
         write_sweep,
@@ -380,7 +381,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
         return _fail(args, e)
-    fixed = parse_sets(extra)
+    fixed = {**parse_sets(extra), **mup_pins(cfg.model)}  # muP: the base head dim
     for r in runs:
         r.overrides = {**fixed, **r.overrides}
     sidecar = write_sweep(args.output, args.base, runs)
@@ -403,6 +404,7 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.plan import (
         candidate_shapes,
         model_stats_fn,
+        mup_pins,
         parse_sets,
         write_sweep,
     )  # fmt: skip
@@ -421,7 +423,7 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError
         return _fail(args, e)
-    fixed = parse_sets(extra)
+    fixed = {**parse_sets(extra), **mup_pins(cfg.model)}  # muP: the base head dim
     for r in runs:
         r.overrides = {**fixed, **r.overrides}
     sidecar = write_sweep(args.output, args.base, runs)

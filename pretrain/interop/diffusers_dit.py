@@ -123,5 +123,5 @@ def pieces(m: ModelConfig) -> list[Piece]:
     out += [Piece("final.modulation.weight", "proj_out_1.weight", _chunks(s, 2)),
             Piece("final.modulation.bias", "proj_out_1.bias", _chunks(s, 2)),
             Piece("final.linear.weight", "proj_out_2.weight", rows, om, cols=s),
-            Piece("final.linear.bias", "proj_out_2.bias", rows, om)]
+            Piece("final.linear.bias", "proj_out_2.bias", rows)]  # multiplier: input only
     return out

@@ -6,7 +6,7 @@ The class token, position table (class position first), pre-norm blocks with Lay
 exact-erf GELU, final LayerNorm and the class-token readout are ViT's own.
 
 Folded when exact: muP's attention scale into the query rows and bias; muP's readout
-multiplier into the classifier weight and bias; σReparam into each weight (export only).
+multiplier into the classifier weight; σReparam into each weight (export only).
 Refused, naming the option: mean pooling (ViTForImageClassification reads the class token),
 RMSNorm, SwiGLU, Peri-LN, qk_norm, and model.bias=false (ViT's attention output and MLP
 layers always have biases).
@@ -82,5 +82,5 @@ def pieces(m: ModelConfig) -> list[Piece]:
                     Piece(ours + f"mlp.fc2.{kind}", theirs + f"output.dense.{kind}")]
     out += [Piece("norm.weight", "vit.layernorm.weight"), Piece("norm.bias", "vit.layernorm.bias"),
             Piece("head.weight", "classifier.weight", mult=om),
-            Piece("head.bias", "classifier.bias", mult=om)]
+            Piece("head.bias", "classifier.bias")]  # the multiplier scales the input only
     return out

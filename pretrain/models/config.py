@@ -84,6 +84,9 @@ class ModelConfig:
     norm_placement: Literal["pre", "peri"] = "pre"  # peri: also normalise each sublayer's output
     qk_norm: bool = False  # normalise queries and keys per head before the dot product
     sigma_reparam: bool = False  # block linears use W' = (gamma / sigma(W)) W (Zhai et al. 2023)
+    # σReparam's gamma at init: "sigma" = σ(W₀), so wrapping leaves the initial function (and
+    # the init std's scale) unchanged, as the paper's released code; "one": spectral norm 1
+    sigma_reparam_gamma_init: Literal["sigma", "one"] = "sigma"
     attn_entropy: bool = False  # log each layer's attention entropy at evaluation
     dropout: float = 0.0
     init_std: float = 0.02

@@ -9,7 +9,7 @@ fresh block is the identity on the residual stream and a fresh model predicts ze
 muP roles of the conditioning pathway (`param_kinds`): the class table and the first timestep
 MLP layer read fixed-size inputs (labels, 256 frequencies) -> embedding; the second timestep
 layer and every adaLN modulation map width -> k*width -> hidden; the final patch projection
--> readout (its output is multiplied by `output_mult`).
+-> readout (its input is multiplied by `output_mult`, so its bias is not: MuReadout).
 """
 
 from __future__ import annotations
@@ -113,9 +113,11 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Linear(cfg.width, 2 * cfg.width)
         self.linear = nn.Linear(cfg.width, patch_dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mult: float = 1.0) -> torch.Tensor:
+        """`mult`: muP's readout multiplier, on the projection's input (as MuReadout), so the
+        bias's effect does not shrink with width."""
         shift, scale = self.modulation(c)[:, None].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(modulate(self.norm(x), shift, scale) * mult)
 
 
 class DiT(nn.Module):
@@ -180,7 +182,7 @@ class DiT(nn.Module):
         c = self.condition(t, labels)
         for block in self.blocks:
             h = block(h, c)
-        return self.unpatchify(self.final(h, c)) * self.output_mult
+        return self.unpatchify(self.final(h, c, self.output_mult))
 
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter (see the module docstring for the conditioning path)."""

@@ -76,8 +76,8 @@ class DecoderLM(nn.Module):
         for block in self.blocks:
             x = block(x, mask, rope)
         x = self.norm(x)
-        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_embed.weight)
-        return logits * self.output_mult
+        x = x * self.output_mult  # readout multiplier on the input, as MuReadout: not on a bias
+        return self.head(x) if self.head is not None else F.linear(x, self.tok_embed.weight)
 
     def document_mask(self, doc_ids: torch.Tensor) -> torch.Tensor | BlockMask:
         """FlexAttention's block mask on CUDA (flash-level memory); the dense boolean mask on

@@ -13,9 +13,11 @@ full tensor). The eager build goes through this same code, so eager and meta bui
 for bit on every family, backend and world size (tests/test_models_meta_init.py).
 
 Buffers: σReparam's `u` starts from its own seeded draw and is converged by power iteration
-on the full initial weight; any other buffer belongs to a module that recomputes it in
-`init_buffers()` (e.g. DiT's sin-cos position table). A buffer with neither fails loudly
-instead of keeping `to_empty`'s garbage.
+on the full initial weight, and its `gamma` is then set to that estimate of σ(W₀) (unless
+model.sigma_reparam_gamma_init = "one"), so W₀·γ/σ = W₀: the wrapped layer starts as the
+plain one, as in Zhai et al.'s released code. Any other buffer belongs to a module that
+recomputes it in `init_buffers()` (e.g. DiT's sin-cos position table). A buffer with neither
+fails loudly instead of keeping `to_empty`'s garbage.
 
 Where each engine materialises (pretrain/engines/base.py `prepare`): single and DDP allocate
 the whole model on the device before wrapping (DDP replicates it anyway); FSDP2 after
@@ -49,6 +51,13 @@ def sigma_start_vector(weight: torch.Tensor, seed: int, name: str) -> torch.Tens
     generator = torch.Generator().manual_seed(tensor_seed(seed, name))
     u = F.normalize(torch.randn(weight.shape[0], generator=generator), dim=0)
     return power_iterate(weight.float(), u, SIGMA_PRIME_STEPS)
+
+
+def sigma_estimate(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """σ(W) ≈ u^T W v, v = normalize(W^T u): SigmaReparamLinear.sigma's arithmetic, so γ set
+    to it divides out exactly (γ/σ = 1) in a forward that does not step the iteration."""
+    v = F.normalize(weight.t() @ u, dim=0)
+    return u @ (weight @ v)
 
 
 @torch.no_grad()
@@ -109,7 +118,10 @@ class InitPlan:
         for attr, buffer in module.named_buffers(recurse=False):
             name = f"{prefix}.{attr}" if prefix else attr
             if isinstance(module, SigmaReparamLinear) and attr == "u":
-                fill(buffer, sigma_start_vector(weights["weight"], self.seed, name))
+                u = sigma_start_vector(weights["weight"], self.seed, name)
+                fill(buffer, u)
+                if self.cfg.sigma_reparam_gamma_init == "sigma":
+                    fill(module.gamma, sigma_estimate(weights["weight"], u).reshape(1))
             else:
                 raise ValueError(f"buffer {name} has no init rule: give {type(module).__name__} "
                                  "an init_buffers() method that recomputes it")

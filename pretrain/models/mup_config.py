@@ -17,13 +17,21 @@ class MupConfig:
 
     enabled: bool = False
     base_width: int = 64  # width at which muP and the standard parametrization coincide
-    base_head_dim: int = 0  # head dim at the base width; 0 = base_width // num_heads (heads fixed)
+    # head dim at the base width (attention logits * sqrt(base_head_dim) / head_dim). 0:
+    # base_width // num_heads (heads fixed as width grows). Runs that add heads at a fixed head
+    # dim must set it; `pretrain scaling plan` pins it to the base recipe's value in every run
+    base_head_dim: int = 0
     zero_readout: bool = False  # init the readout (head) weight to zero
     zero_query: bool = False  # init the query projection to zero (uniform attention at step 0)
     output_mult: float = 1.0  # tunable readout multiplier at the base width (alpha_output)
     # Matrix weight decay lambda ∝ width_mult**wd_width_exponent (learning rate ∝ 1/width_mult):
     # 0.5 is Fan et al. 2025's rule (keeps the top singular value sqrt(eta/lambda)*d^0.75 fixed);
-    # 1.0 keeps eta*lambda fixed (the AdamW EMA timescale rule of Wang & Aitchison 2024);
-    # 0.0 keeps lambda fixed, as microsoft/mup does.
+    # 1.0 keeps eta*lambda fixed (the AdamW EMA timescale rule of Wang & Aitchison 2024; also
+    # what microsoft/mup's MuAdam does by default: decoupled_wd=False multiplies weight decay
+    # by the width multiplier); 0.0 keeps lambda fixed (MuAdam with decoupled_wd=True).
     wd_width_exponent: float = 0.5
+    # SP only (enabled false): hidden and readout init std init_std*sqrt(base_width/width), the
+    # standard 1/sqrt(fan_in) init with init_std its value at base_width: TP5's SP baseline,
+    # which is stable at init and blows up in training (the coordinate check's SP contrast)
+    sp_fan_in_init: bool = False
     log_singular_values: bool = False  # log every matrix's top singular value at log steps

@@ -16,25 +16,30 @@ muP for Adam-family optimizers, with width_mult m = model.width / model.mup.base
 |-----------|----------------------------|-----|--------|--------------------------------|
 | embedding | init_std                   | 1   | 0      |                                |
 | hidden    | init_std/sqrt(m) (1)       | 1/m | m^e (2)|                                |
-| readout   | init_std, or 0 (3)         | 1   | 1      | logits * output_mult / m       |
+| readout   | init_std, or 0 (3)         | 1   | 1      | input * output_mult / m (5)    |
 | vector    | biases 0, gains 1          | 1   | 0      |                                |
 | attention | query rows 0 (4)           |     |        | q.k * sqrt(base_hd)/head_dim   |
 
 (1) = init_std*sqrt(base_fan_in/fan_in). (2) e = model.mup.wd_width_exponent (0.5). (3) 0 with
-model.mup.zero_readout. (4) with model.mup.zero_query; hd = head_dim. lr and wd are multipliers.
+model.mup.zero_readout. (4) with model.mup.zero_query; hd = head_dim; base_hd pinned by
+`pretrain scaling plan`, whose runs add heads at a fixed head dim, to the base recipe's. (5) on the
+readout's input, as MuReadout: its bias is not scaled, so its update does not shrink as 1/m.
+lr and wd are multipliers.
 Sources: embedding TP5 Table 3/8; hidden TP5 Table 3 and Fan et al. 2025 Table 2; readout TP5
 Table 8 and App. D.2; vector TP5 Table 3 and Fan et al. 2025; attention TP5 §4 (1/d attention)
 and App. D.2.
 
 TP5 = Yang et al. 2021, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
 Hyperparameter Transfer" (arXiv 2203.03466). Table 8 is Table 3 rewritten with an output
-multiplier: the readout keeps a width-independent init and Adam LR, its output is divided by m
-(as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust Layerwise Scaling Rules by
-Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights' top singular value grows as
-sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by λ ∝ sqrt(d), and vector-like
-parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0 instead keeps η·λ invariant (Wang &
-Aitchison 2024, "How to set AdamW's weight decay as you scale model and dataset size"). AdamW's
-decay is coupled (p -= lr·λ·p), so λ here is the optimizer's weight_decay times wd_mult.
+multiplier: the readout keeps a width-independent init and Adam LR, its weight's contribution
+is divided by m (as microsoft/mup's MuReadout with MuAdam). Fan et al. 2025 = "Robust
+Layerwise Scaling Rules by Proper Weight Decay Tuning" (arXiv 2510.15262): matrix weights'
+top singular value grows as sqrt(η/λ)·d^0.75; with η ∝ 1/d that is kept width-invariant by
+λ ∝ sqrt(d), and vector-like parameters take λ = 0. `model.mup.wd_width_exponent` = 1.0
+instead keeps η·λ invariant (Wang & Aitchison 2024, "How to set AdamW's weight decay as you
+scale model and dataset size"; also microsoft/mup's MuAdam default, decoupled_wd=False).
+AdamW's decay is coupled (p -= lr·λ·p), so λ here is the optimizer's weight_decay times
+wd_mult.
 "Scaling Diffusion Transformers Efficiently via μP" (Zheng et al. 2025) shows DiT-style models
 share these rules: their conditioning pathways are embeddings (fixed fan-in) or hidden matrices.
 
@@ -42,7 +47,8 @@ Every constant is relative to the base width, so at m = 1 muP equals the standar
 parametrization (SP) below: the same init draws, the same groups, the same first update
 (tests/test_mup.py checks it). SP: all matrices N(0, init_std²) truncated at 2σ, biases 0,
 attention scale 1/sqrt(head_dim), readout multiplier 1, every lr multiplier 1, weight decay on
-hidden and readout matrices only.
+hidden and readout matrices only; with model.mup.sp_fan_in_init the hidden and readout stds
+scale as 1/sqrt(fan_in) from the base width (TP5's SP baseline, the coordinate check's).
 
 Seams a model provides: `param_kinds()` (built with `param_roles`: a family names its embedding
 and readout parameters, the shape decides the rest); `output_mult` on the root module (readout
@@ -96,12 +102,16 @@ def width_mult(cfg: ModelConfig) -> float:
 
 
 def base_head_dim(cfg: ModelConfig) -> int:
-    """Head dim at the base width (default: the head count stays fixed as width grows)."""
+    """Head dim at the base width (default: the head count stays fixed as width grows; a plan
+    that adds heads pins it, `scaling_laws.plan.mup_pins`)."""
     return cfg.mup.base_head_dim or max(cfg.mup.base_width // cfg.num_heads, 1)
 
 
 def init_std(kind: str, cfg: ModelConfig) -> float:
-    """Init std of a matrix of this role: hidden fan-in grows with m, so std ∝ 1/sqrt(fan_in)."""
+    """Init std of a matrix of this role: hidden fan-in grows with m, so std ∝ 1/sqrt(fan_in).
+    SP with model.mup.sp_fan_in_init scales the readout that way too (no output multiplier)."""
+    if not cfg.mup.enabled and cfg.mup.sp_fan_in_init and kind in DECAYED_KINDS:
+        return cfg.init_std * math.sqrt(cfg.mup.base_width / cfg.width)
     return cfg.init_std / math.sqrt(width_mult(cfg)) if kind == "hidden" else cfg.init_std
 
 

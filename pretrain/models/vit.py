@@ -36,7 +36,7 @@ class ViT(nn.Module):
         )
         self.norm = make_norm(cfg.norm, cfg.width)
         self.head = nn.Linear(cfg.width, v.num_classes)
-        self.output_mult = 1.0  # readout multiplier; muP sets 1/width_mult
+        self.output_mult = 1.0  # readout input multiplier; muP sets output_mult/width_mult
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, num_patches, C*p*p]."""
@@ -54,7 +54,7 @@ class ViT(nn.Module):
             x = block(x)
         x = self.norm(x)
         pooled = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
-        return self.head(pooled) * self.output_mult
+        return self.head(pooled * self.output_mult)  # as MuReadout: the bias is not scaled
 
     def param_kinds(self) -> dict[str, str]:
         """muP role of every parameter: embedding | hidden | readout | vector."""

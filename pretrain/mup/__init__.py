@@ -5,5 +5,6 @@
 - coord_check.py: mean |activation| per layer per step across widths, SP vs muP, with a verdict
 - transfer.py: learning-rate sweeps across widths, SP vs muP, optimum per width
 - singular_values.py: top singular value of every weight matrix (Fan et al. 2025's diagnostic)
+- sv_compare.py: two runs' logged σ_max per matrix and their ratio (`pretrain mup sv-compare`)
 - plots.py: the PNG panels (matplotlib, Agg)
 """

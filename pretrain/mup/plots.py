@@ -128,3 +128,22 @@ def plot_transfer(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sv_ratios(rows: list[dict], path: Path, title: str = "") -> None:
+    """σ_max ratio (B / A) per matrix as bars on a log axis, 1 marked: Fan et al.'s check."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(rows) + 1.5), 3.6))
+    ax.bar(range(len(rows)), [r["ratio"] for r in rows], color="tab:blue")
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.plot(range(len(rows)), [r["expected"] for r in rows], "k_", ms=14, mew=2,
+            label="muP's width-consistent ratio")  # fmt: skip
+    ax.legend(fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["layer"] for r in rows], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("σ_max ratio B / A")
+    ax.set_title(title or "top singular value ratio per matrix", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

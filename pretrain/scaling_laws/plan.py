@@ -17,7 +17,9 @@ Sweep file (YAML), the format `pretrain slurm sweep` submits and `pretrain scali
                     schedule.warmup_steps: 14, logging.eval_every_steps: 27,
                     logging.every_steps: 13, run.name: vit-C1e12-w48-d4}
 
-Each run is `pretrain train BASE key=value ...` with its overrides and run.dir = ROOT/NAME,
+A muP recipe's runs also carry model.mup.base_head_dim, pinned to the base recipe's value
+(`mup_pins`), so adding heads keeps the attention scale. Each run is
+`pretrain train BASE key=value ...` with its overrides and run.dir = ROOT/NAME,
 where ROOT defaults to runs/<sweep file stem> (`launch.sweep.sweep_root`, as in `pretrain slurm
 sweep`). This module writes sweep files; `launch.sweep` reads them. The planned
 numbers (budget, params, FLOPs per sample, steps, tokens, tokens per parameter) go to a sidecar
@@ -106,6 +108,20 @@ def candidate_shapes(
     if any(d <= 0 for d in depths):
         raise ScalingDataError(f"depths must be positive, got {list(depths)}")
     return [Shape(w, d, w // head_dim) for d in depths for w in sorted(set(widths))]
+
+
+def mup_pins(model_cfg) -> dict:
+    """Overrides every planned run needs so muP transfers across the plan's shapes.
+
+    The plan holds head_dim fixed and raises num_heads, while model.mup.base_head_dim defaults
+    to base_width // the *current* head count: unpinned, the attention scale would shrink with
+    every added head. Pinned to the base recipe's value, every run has the base model's scale.
+    """
+    from pretrain.models.parametrization import base_head_dim
+
+    if not model_cfg.mup.enabled:
+        return {}
+    return {"model.mup.base_head_dim": base_head_dim(model_cfg)}
 
 
 def _compact(x: float) -> str:
