@@ -22,6 +22,25 @@ from pretrain.checkpoint.convert.sources import EXP_AVG, EXP_AVG_SQ, PARAM, Sour
 ProgressFn = Callable[[str], None]
 
 
+def return_freed_tensors_to_the_os() -> None:
+    """Make glibc serve every allocation of 1 MiB or more (a tensor being converted) with its own
+    mapping, given back to the OS when freed. By default glibc raises that threshold after the
+    first large frees and serves later tensors from its heap, which it keeps: peak RSS then
+    grows with fragmentation, not with the largest tensor (the same 1.2 GB export: 364-407 MiB
+    without this, 735 once in a full test run; 364 MiB every time with it). A no-op where the C
+    library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+        m_mmap_threshold = -3  # glibc's malloc.h
+        libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 def _noop(_: str) -> None:
     pass
 
@@ -47,6 +66,7 @@ def _lazy_planner(fetch: dict[str, Callable[[], torch.Tensor]]):
 def write_dcp(source: Source, out: Path, optimizer: bool = True, progress: ProgressFn = _noop,
               sync: bool = True) -> None:
     """`sync`: fsync every file (checkpoints); off only for scratch data."""
+    return_freed_tensors_to_the_os()
     from torch.distributed.checkpoint import save as dcp_save
 
     from pretrain.checkpoint.dcp_io import writer as dcp_writer
@@ -97,6 +117,7 @@ def write_universal(
         raise ValueError(
             "a DeepSpeed checkpoint needs optimizer state; this source has weights only"
         )
+    return_freed_tensors_to_the_os()
     zero = out / "zero"
     zero.mkdir(parents=True, exist_ok=True)
     module = {}  # buffers and frozen parameters: DeepSpeed keeps them in the module state
@@ -184,6 +205,7 @@ def write_safetensors(
     """Weights only, floating tensors in `dtype` (None keeps each tensor's dtype; integer and
     bool tensors, e.g. BatchNorm's step count, always keep theirs). Written to `out` directly;
     callers that need atomicity write aside and rename."""
+    return_freed_tensors_to_the_os()
     header: dict = {}
     offset = 0
 
