@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
-import json, os, resource, shutil, sys, time
+import json, os, shutil, sys, time
 from pathlib import Path
 import torch
 op, src, dst = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -50,7 +50,8 @@ elif op.startswith("safetensors_"):
     from pretrain.checkpoint.convert import export_safetensors
     export_safetensors(src, dst, dtype=torch.bfloat16 if op.endswith("bf16") else torch.float32)
 seconds = time.perf_counter() - t0
-peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from pretrain.metrics import peak_rss_bytes
+peak_rss = peak_rss_bytes()
 print(json.dumps({"seconds": seconds, "peak_rss": peak_rss}))
 """
 

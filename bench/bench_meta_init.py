@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,9 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    from pretrain.metrics import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def worker(meta: bool, width: int, depth: int) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -109,7 +108,9 @@ def reset_peak(device: torch.device) -> None:
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # process peak RSS (KiB)
+    from pretrain.metrics import peak_rss_bytes
+
+    return peak_rss_bytes() / 1e9  # process peak RSS
 
 
 def timed(step, device: torch.device, steps: int, warmup: int) -> float:

@@ -17,6 +17,24 @@ import torch
 from pretrain.metrics_config import WandbConfig
 from pretrain.progress import make_progress, show_each_warning_once
 
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Read from /proc/self/status (VmHWM, the high-water
+    mark of this process's own address space) because `getrusage().ru_maxrss` of a child started
+    by fork/vfork + exec starts at the parent's RSS: a conversion launched from a 800 MB test
+    runner reports 800 MB whatever it uses. ru_maxrss where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 # Dense peak FLOP/s per device by matmul dtype (vendor datasheets, without sparsity):
 # (pattern on torch.cuda.get_device_name, {bf16, tf32, fp32}). First match wins, so the more
 # specific names come first ("H100 PCIe" before "H100", "A100" before "A10").

@@ -179,7 +179,7 @@ def test_inspect_reports_tensors_step_backend_and_size(dcp_ckpt, capsys):
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from pretrain.checkpoint.convert.sinks import largest_tensor_bytes, total_bytes, write_dcp
 from pretrain.checkpoint.convert.sources import open_source
@@ -197,7 +197,8 @@ elif mode == "deepspeed":
 else:
     operations.export_safetensors(src, dst)
     info = {}
-info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from pretrain.metrics import peak_rss_bytes
+info["peak_rss"] = peak_rss_bytes()
 print(json.dumps(info))
 """
 
@@ -266,3 +267,16 @@ def test_import_maps_a_wrapper_prefix_onto_the_model(dcp_ckpt, tmp_path, capsys)
     imported = read_model_tensors(tmp_path / "stripped" / "step_00000000")
     assert sorted(imported) == sorted(exported)
     assert all(torch.equal(imported[k], exported[k]) for k in exported)
+
+
+def test_peak_rss_of_a_child_is_its_own():
+    """The memory bounds above read each conversion's own peak: a child started from a large
+    process (the test runner holds ~800 MB in a full run) must not report the parent's RSS, as
+    getrusage().ru_maxrss does after fork/vfork + exec."""
+    ballast = bytearray(600 * 2**20)
+    ballast[:: 4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page
+    code = "from pretrain.metrics import peak_rss_bytes; print(peak_rss_bytes())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, check=True)
+    assert int(proc.stdout) < 500 * 2**20, f"child reports {int(proc.stdout) / 2**20:.0f} MiB"
+    del ballast

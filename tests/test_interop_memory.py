@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import REPO, subprocess_env
 
 SCRIPT = """
-import json, resource, sys, zlib
+import json, sys, zlib
 from pathlib import Path
 import torch
 mode, ckpt, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -43,7 +43,8 @@ else:
     from pretrain.interop import export_folder
     export_folder(ckpt, out, "hf", max_shard_bytes=256 * 2**20)
     info = {}
-info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from pretrain.metrics import peak_rss_bytes
+info["peak_rss"] = peak_rss_bytes()
 print(json.dumps(info))
 """
 
