@@ -52,9 +52,23 @@ def supervised_torchrun_command(nproc: int, recipe: str, overrides: list[str]) -
     return [*cmd[:at], TORCHRUN_HANDLES, *cmd[at:]]
 
 
+# What torchrun (or an in-process run, pretrain/dist.py) sets for one process group. A run we
+# start is a job of its own: inheriting these would make it join, or re-bind the port of, the
+# group of the process that starts it (EADDRINUSE, or a hang).
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                   "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                   "TORCHELASTIC_MAX_RESTARTS")
+
+
+def run_env() -> dict[str, str]:
+    """This process's environment without its process-group rendezvous (`RENDEZVOUS_VARS`)."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
+
+
 def launch_env(nproc: int) -> dict[str, str]:
     """Split the CPU cores between the ranks unless the user chose OMP_NUM_THREADS."""
-    env = dict(os.environ)
+    env = run_env()
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return env
 

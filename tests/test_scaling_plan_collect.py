@@ -303,3 +303,33 @@ def test_cli_run_goes_on_after_crashing_and_killed_runs(tmp_path: Path, capsys, 
     out, err = capsys.readouterr()
     assert "2 of 3 runs completed" in out and "failed: crash: pretrain train: error: " in err
     assert [read_status(tmp_path / "runs" / n)["updated"] for n in ("first", "last")] == finished
+
+
+def test_runs_do_not_join_the_process_group_of_the_process_that_starts_them(
+        tmp_path: Path, capsys, monkeypatch):
+    """`scaling run` from a process that is itself in a group (an in-process run left RANK,
+    WORLD_SIZE and MASTER_PORT behind, its store listening there): each run is a job of its
+    own. Inheriting them made every run re-bind that port and fail with EADDRINUSE."""
+    import socket
+
+    from tests.conftest import REPO, TINY
+
+    store = socket.socket()
+    store.bind(("127.0.0.1", 0))
+    store.listen()
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.getsockname()[1]))):
+        monkeypatch.setenv(key, value)
+    fixed = dict(o.split("=", 1) for o in [*TINY, "schedule.steps=1", "parallel.backend=fsdp2"])
+    sweep = {"base": str(REPO / "configs/vit_digits.yaml"),
+             "runs": [{"name": "a", "overrides": fixed}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["scaling", "run", str(tmp_path / "s.yaml"), "--root", str(tmp_path / "runs")])
+    finally:
+        store.close()
+    assert e.value.code == 0, capsys.readouterr().err
+    assert read_status(tmp_path / "runs" / "a")["state"] == "completed"

@@ -12,7 +12,6 @@ each other.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.local import train_command
+from launch.local import run_env, train_command
 from launch.sweep import run_dir as safe_run_dir
 from pretrain.run_dir import COMPLETED, read_status
 from pretrain.scaling_laws.validate import ScalingDataError
@@ -69,7 +68,7 @@ def run_sweep(
         except ValueError as e:  # ConfigError
             raise ScalingDataError(f"sweep run {run['name']!r}: {e}") from None
         runs.append((run["name"], cfg, overrides))
-    env = dict(os.environ)
+    env = run_env()  # each run is a job of its own, whatever group this process is in
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
     outcomes = []
