@@ -7,7 +7,6 @@ Each source yields (split, sample) pairs; the split of a sample is a fixed funct
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -158,19 +157,10 @@ def packed_text(
 def jsonl_text(
     path: str, seq_len: int, val_fraction: float, field: str = "text"
 ) -> tuple[Iterator, dict]:
-    def docs() -> Iterator[str]:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(
-                        f"{path}:{line_no}: not a JSON object with a {field!r} string ({e})"
-                    ) from e
+    from data_pipeline.tokenizer import jsonl_documents
 
-    return packed_text(docs(), seq_len, val_fraction, os.path.basename(path))
+    docs = jsonl_documents(path, field)
+    return packed_text(docs, seq_len, val_fraction, os.path.basename(path))
 
 
 def synthetic_text(

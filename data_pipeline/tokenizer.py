@@ -125,6 +125,20 @@ def save_tokenizer(tok: Any, out_dir: str) -> str:
     return path
 
 
+def jsonl_documents(path: str, field: str = "text") -> Iterator[str]:
+    """The `field` of every JSON object line of `path` (blank lines skipped); a bad line is an
+    error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)[field]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON object with a {field!r}"
+                                 f" string ({e})") from e
+
+
 def read_documents(paths: Iterable[str], field: str = "text") -> Iterator[str]:
     """Documents of JSONL files (one JSON object per line, text in `field`), parquet files (a
     `field` column, needs pyarrow), plain text files (one document per file) and raw-text shard
@@ -133,15 +147,7 @@ def read_documents(paths: Iterable[str], field: str = "text") -> Iterator[str]:
         if is_shard_set(path):
             yield from shard_documents(path, field)
         elif path.endswith((".jsonl", ".json")):
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield json.loads(line)[field]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise ValueError(f"{path}:{line_no}: not a JSON object with a {field!r}"
-                                         f" string ({e})") from e
+            yield from jsonl_documents(path, field)
         elif path.endswith(".parquet"):
             yield from _parquet_documents(path, field)
         else:
