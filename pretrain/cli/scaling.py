@@ -89,17 +89,18 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
                    "e.g. data.global_batch_size=32")  # fmt: skip
 
 
-def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--boot", type=int, default=1000, help="bootstrap resamples of runs (default 1000)"
-    )
+def _add_bootstrap_args(p: argparse.ArgumentParser, boot: int, delta_help: str) -> None:
+    """The fit options every fitting command shares: resamples, interval level, Huber delta,
+    workers and seed."""
+    p.add_argument("--boot", type=int, default=boot, help=f"bootstrap resamples (default {boot})")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument(
-        "--delta",
-        type=float,
-        default=1e-3,
-        help="Huber threshold on log-loss residuals (default 1e-3)",
-    )
+    p.add_argument("--delta", type=float, default=1e-3, help=f"{delta_help} (default 1e-3)")
+    p.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    _add_bootstrap_args(p, 1000, "Huber threshold on log-loss residuals")
     p.add_argument(
         "--holdout-largest",
         type=int,
@@ -141,8 +142,6 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         default=0.1,
         help="approach 1 ignores this first fraction of each curve (default 0.1)",
     )
-    p.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -280,16 +279,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="leave out evaluations before this step (the early transient)",
     )
-    pk.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
-    pk.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pk.add_argument(
-        "--delta",
-        type=float,
-        default=1e-3,
-        help="Huber threshold on relative residuals (default 1e-3)",
-    )
-    pk.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
-    pk.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    _add_bootstrap_args(pk, 200, "Huber threshold on relative residuals")
     pk.set_defaults(func=cmd_fit_curves)
 
     pv = sub.add_parser("compare", help="compare two studies by their compute frontiers",
@@ -309,16 +299,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="computes at which to give P(A beats B)",
     )
     pv.add_argument("-o", "--out", default="scaling_compare", help="output directory")
-    pv.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    pv.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pv.add_argument(
-        "--delta",
-        type=float,
-        default=1e-3,
-        help="Huber threshold on log-loss residuals (default 1e-3)",
-    )
-    pv.add_argument("--jobs", type=int, default=0, help="bootstrap worker processes (0: all CPUs)")
-    pv.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    _add_bootstrap_args(pv, 1000, "Huber threshold on log-loss residuals")
     pv.set_defaults(func=cmd_compare)
 
     ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
