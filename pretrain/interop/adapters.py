@@ -36,6 +36,9 @@ class Adapter:
     defaults: dict[str, Any] = field(default_factory=dict)  # the library's value of a missing key
     weights: str = "model"  # file prefix: model(-0000i-of-0000n).safetensors
     tied: tuple[str, ...] = ()  # their tensors a folder may carry for tied embeddings
+    # (model cfg, found config.json) -> keywords of config_json/pieces for a folder that
+    # differs from our own export but imports exactly (e.g. GQA); export passes none
+    layout: Callable[[ModelConfig, dict], dict] = lambda m, found: {}
 
 
 ADAPTERS: dict[tuple[str, str], Adapter] = {
@@ -44,7 +47,8 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                                     "tie_word_embeddings": False, "attention_bias": False,
                                     "mlp_bias": False, "rms_norm_eps": 1e-6,
                                     "use_parallel_residual": True, "rotary_pct": 0.25},
-                          tied=("lm_head.weight", "embed_out.weight")),
+                          tied=("lm_head.weight", "embed_out.weight"),
+                          layout=hf_lm.foreign_layout),
     ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
                            defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
     ("dit", "diffusers"): Adapter(diffusers_dit.config_json, diffusers_dit.pieces,
@@ -167,12 +171,14 @@ def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:
         raise ExportRefused("model.sigma_reparam: an imported weight cannot be split back into "
                             "σReparam's W, gamma and u (import into a model without it)")
     adapter = adapter_for(m.family, fmt)
-    _check_config(read_config(src), adapter.config_json(m, {}), adapter, src)
-    table = adapter.pieces(m)
+    found = read_config(src)
+    layout = adapter.layout(m, found)
+    _check_config(found, adapter.config_json(m, {}, **layout), adapter, src)
+    table = adapter.pieces(m, **layout)
     ours = _param_shapes(m)
     reader = FolderReader(src, adapter.weights)
     theirs = {e.name: e.shape for e in export_entries(table, ours)}
-    found = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
-    check_compatible(found, theirs, str(src))
+    shapes = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
+    check_compatible(shapes, theirs, str(src))
     plan = PlanSource(import_entries(table, ours), reader.read, meta={"format": fmt})
     return import_weights(plan, dst, cfg, str(src))

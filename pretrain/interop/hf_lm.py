@@ -15,7 +15,9 @@ into this convention; our weights are in it already). GPT-NeoX fuses q, k, v per
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
 1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), muP's readout
 multiplier into an untied lm_head, σReparam's gamma/sigma(W) into each weight (adapters.py;
-export only). Refused, naming the option: Peri-LN, a bias on
+export only). Imported exactly: a Llama/Qwen3 folder with grouped-query attention (fewer
+key/value heads, each copied into the query heads sharing it; `foreign_layout`); our model has
+no GQA, so none is exported. Refused, naming the option: Peri-LN, a bias on
 the untied readout, a readout multiplier with tied embeddings, GELU with RMSNorm, SwiGLU with
 LayerNorm, qk_norm with LayerNorm or biases, GPT-NeoX without biases.
 """
@@ -26,6 +28,7 @@ import math
 
 import torch
 
+from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError
 from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.blocks import swiglu_hidden
 from pretrain.models.config import ModelConfig
@@ -72,8 +75,29 @@ def query_mult(m: ModelConfig) -> float:
     return attention_scale(head_dim, m) * math.sqrt(head_dim)
 
 
-def config_json(m: ModelConfig, special: dict[str, int | None]) -> dict:
-    """config.json of the architecture, every field that changes the math set explicitly."""
+def foreign_layout(m: ModelConfig, found: dict) -> dict:
+    """What an imported folder may differ in from our own export: fewer key/value heads (GQA).
+
+    Our attention has one key/value head per query head. A Llama/Qwen3 folder whose
+    num_key_value_heads divides num_attention_heads imports exactly: transformers' `repeat_kv`
+    gives query head h the key/value head h // (heads / kv_heads), so that head's rows are
+    copied into each of its query heads' k and v rows (full multi-head attention computing
+    the same logits; it exports back as such). Returns the keywords of `config_json`/`pieces`.
+    """
+    kv = found.get("num_key_value_heads", m.num_heads)
+    if kv == m.num_heads or architecture(m) == "GPTNeoXForCausalLM":
+        return {}  # the config check names a NeoX mismatch
+    if not isinstance(kv, int) or kv <= 0 or m.num_heads % kv:
+        raise CheckpointMismatchError(
+            f"config.json: num_key_value_heads={kv!r} does not divide model.num_heads="
+            f"{m.num_heads}: its key/value heads cannot be repeated into ours")
+    return {"kv_heads": kv}
+
+
+def config_json(m: ModelConfig, special: dict[str, int | None],
+                kv_heads: int | None = None) -> dict:
+    """config.json of the architecture, every field that changes the math set explicitly
+    (`kv_heads`: the GQA folder an import accepts, see `foreign_layout`)."""
     arch = architecture(m)
     head_dim = m.width // m.num_heads
     common = {
@@ -94,7 +118,7 @@ def config_json(m: ModelConfig, special: dict[str, int | None]) -> dict:
             "attention_bias": True, "hidden_dropout": 0.0, "classifier_dropout": 0.1,
         }
     out = common | {
-        "intermediate_size": swiglu_hidden(m), "num_key_value_heads": m.num_heads,
+        "intermediate_size": swiglu_hidden(m), "num_key_value_heads": kv_heads or m.num_heads,
         "head_dim": head_dim, "hidden_act": "silu", "rms_norm_eps": NORM_EPS,
         "attention_bias": m.bias,
     }
@@ -112,24 +136,37 @@ MATH_KEYS = ("architectures", "vocab_size", "hidden_size", "num_hidden_layers",
              "use_parallel_residual", "use_sliding_window")
 
 
-def pieces(m: ModelConfig) -> list[Piece]:
-    """Our tensor names <-> the architecture's, block by block."""
+def _kv_rows(m: ModelConfig, kv_heads: int | None, which: int) -> list[torch.Tensor | slice]:
+    """The rows of our fused qkv that one of their k (which=1) or v (2) projections fills: all
+    `d` rows of ours under MHA; under GQA one row index per replica r, listing the rows of
+    query heads g*rep + r for each of their heads g (`foreign_layout`), in their row order."""
+    d, heads = m.width, m.num_heads
+    if not kv_heads or kv_heads == heads:
+        return [slice(which * d, (which + 1) * d)]
+    rep, hd = heads // kv_heads, d // heads
+    ours = torch.arange(which * d, (which + 1) * d).view(kv_heads, rep, hd)
+    return [ours[:, r].reshape(-1) for r in range(rep)]
+
+
+def pieces(m: ModelConfig, kv_heads: int | None = None) -> list[Piece]:
+    """Our tensor names <-> the architecture's, block by block (`kv_heads`: import only)."""
     arch = architecture(m)
     if arch == "GPTNeoXForCausalLM":
         return _neox_pieces(m)
     d, h = m.width, swiglu_hidden(m)
     qm = query_mult(m)
+    k_rows, v_rows = _kv_rows(m, kv_heads, 1), _kv_rows(m, kv_heads, 2)
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         out.append(Piece(ours + "norm1.weight", theirs + "input_layernorm.weight"))
         for kind in ("weight", "bias") if m.bias else ("weight",):
             qkv = ours + f"attn.qkv.{kind}"
-            out += [Piece(qkv, theirs + f"self_attn.q_proj.{kind}", slice(0, d),
-                          qm if not m.qk_norm else 1.0),
-                    Piece(qkv, theirs + f"self_attn.k_proj.{kind}", slice(d, 2 * d)),
-                    Piece(qkv, theirs + f"self_attn.v_proj.{kind}", slice(2 * d, 3 * d)),
-                    Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}")]
+            out.append(Piece(qkv, theirs + f"self_attn.q_proj.{kind}", slice(0, d),
+                             qm if not m.qk_norm else 1.0))
+            out += [Piece(qkv, theirs + f"self_attn.k_proj.{kind}", rows) for rows in k_rows]
+            out += [Piece(qkv, theirs + f"self_attn.v_proj.{kind}", rows) for rows in v_rows]
+            out.append(Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}"))
         if m.qk_norm:
             out += [Piece(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight",
                           mult=qm),
