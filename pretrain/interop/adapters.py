@@ -21,7 +21,14 @@ from pretrain.interop.folder import (
     write_json,
     write_weights,
 )
-from pretrain.interop.plan import ExportRefused, Piece, PlanSource, export_entries, import_entries
+from pretrain.interop.plan import (
+    ExportRefused,
+    Piece,
+    PlanSource,
+    export_entries,
+    import_entries,
+    nonzero_constant,
+)
 from pretrain.interop.tokenizer import special_ids, write_tokenizer
 from pretrain.models.config import ModelConfig
 
@@ -180,5 +187,9 @@ def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:
     theirs = {e.name: e.shape for e in export_entries(table, ours)}
     shapes = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
     check_compatible(shapes, theirs, str(src))
+    nonzero = nonzero_constant(table, reader.read)
+    if nonzero is not None:
+        raise CheckpointMismatchError(f"{src}: {nonzero} is not zero, and the configured model "
+                                      "has no such tensor (exact only at zero)")
     plan = PlanSource(import_entries(table, ours), reader.read, meta={"format": fmt})
     return import_weights(plan, dst, cfg, str(src))

@@ -4,13 +4,16 @@ same function as the configured model.
     norm     mlp     qk_norm  ->  architecture       (each block: pre-norm, RoPE on all dims)
     rmsnorm  swiglu  no           LlamaForCausalLM   attention_bias / mlp_bias = model.bias
     rmsnorm  swiglu  yes          Qwen3ForCausalLM   q_norm/k_norm per head before RoPE
-    layernorm gelu   no           GPTNeoXForCausalLM sequential residual, rotary_pct 1.0
+    layernorm gelu   no           GPTNeoXForCausalLM sequential residual, rotary_pct 1.0,
+                                                     attention_bias = model.bias
 
 RoPE: our `apply_rope` rotates the pairs (x_i, x_{i+hd/2}) with inv_freq = theta^(-2i/hd),
 which is transformers' `rotate_half` convention, so q/k rows need no permutation (the
 permutation in transformers' convert_llama_weights_to_hf.py turns Meta's interleaved pairs
 into this convention; our weights are in it already). GPT-NeoX fuses q, k, v per head
 ([head, (q|k|v), head_dim] rows) where ours are [(q|k|v), head, head_dim]: a row permutation.
+GPT-NeoX's MLP always has biases: with model.bias=false they are exported as zeros (the same
+function) and an import requires them zero.
 
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
 1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), muP's readout
@@ -19,7 +22,7 @@ export only). Imported exactly: a Llama/Qwen3 folder with grouped-query attentio
 key/value heads, each copied into the query heads sharing it; `foreign_layout`); our model has
 no GQA, so none is exported. Refused, naming the option: Peri-LN, a bias on
 the untied readout, a readout multiplier with tied embeddings, GELU with RMSNorm, SwiGLU with
-LayerNorm, qk_norm with LayerNorm or biases, GPT-NeoX without biases.
+LayerNorm, qk_norm with LayerNorm or biases.
 """
 
 from __future__ import annotations
@@ -56,9 +59,6 @@ def architecture(m: ModelConfig) -> str:
             raise ExportRefused("model.qk_norm with model.bias=true: Qwen3's MLP has no biases")
         return "Qwen3ForCausalLM" if m.qk_norm else "LlamaForCausalLM"
     if m.norm == "layernorm" and mlp == "gelu" and not m.qk_norm:
-        if not m.bias:
-            raise ExportRefused("model.bias=false with model.norm=layernorm and model.mlp=gelu: "
-                                "GPT-NeoX (the RoPE+GELU+LayerNorm decoder) has biases")
         return "GPTNeoXForCausalLM"
     raise ExportRefused(f"model.norm={m.norm} with model.mlp={mlp}"
                         f"{' and model.qk_norm' if m.qk_norm else ''}: no transformers "
@@ -115,7 +115,7 @@ def config_json(m: ModelConfig, special: dict[str, int | None],
             "model_type": "gpt_neox", "intermediate_size": int(m.width * m.mlp_ratio),
             "hidden_act": "gelu", "rotary_pct": 1.0, "rotary_emb_base": m.lm.rope_theta,
             "layer_norm_eps": NORM_EPS, "use_parallel_residual": False,
-            "attention_bias": True, "hidden_dropout": 0.0, "classifier_dropout": 0.1,
+            "attention_bias": m.bias, "hidden_dropout": 0.0, "classifier_dropout": 0.1,
         }
     out = common | {
         "intermediate_size": swiglu_hidden(m), "num_key_value_heads": kv_heads or m.num_heads,
@@ -195,17 +195,23 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
         raise ExportRefused("model.mup.enabled: GPT-NeoX fuses q with k and v, so muP's "
                             "attention scale cannot be folded into the query rows alone")
     perm = _neox_qkv_rows(m)
+    hidden = int(m.width * m.mlp_ratio)
     out = [Piece("tok_embed.weight", "gpt_neox.embed_in.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"gpt_neox.layers.{i}."
-        for kind in ("weight", "bias"):
-            out += [Piece(ours + f"norm1.{kind}", theirs + f"input_layernorm.{kind}"),
-                    Piece(ours + f"attn.qkv.{kind}", theirs + f"attention.query_key_value.{kind}",
-                          perm),
-                    Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}"),
-                    Piece(ours + f"norm2.{kind}", theirs + f"post_attention_layernorm.{kind}"),
-                    Piece(ours + f"mlp.fc1.{kind}", theirs + f"mlp.dense_h_to_4h.{kind}"),
-                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.dense_4h_to_h.{kind}")]
+        for kind in ("weight", "bias"):  # LayerNorms always have a bias, linears if model.bias
+            linear = m.bias or kind == "weight"
+            out += [Piece(ours + f"norm1.{kind}", theirs + f"input_layernorm.{kind}")]
+            if linear:
+                out += [Piece(ours + f"attn.qkv.{kind}",
+                              theirs + f"attention.query_key_value.{kind}", perm),
+                        Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}")]
+            out += [Piece(ours + f"norm2.{kind}", theirs + f"post_attention_layernorm.{kind}")]
+            fc1, fc2 = theirs + f"mlp.dense_h_to_4h.{kind}", theirs + f"mlp.dense_4h_to_h.{kind}"
+            if linear:
+                out += [Piece(ours + f"mlp.fc1.{kind}", fc1), Piece(ours + f"mlp.fc2.{kind}", fc2)]
+            else:  # GPT-NeoX's MLP always has biases: zero is our bias-free layer
+                out += [Piece(None, fc1, shape=(hidden,)), Piece(None, fc2, shape=(m.width,))]
     out += [Piece("norm.weight", "gpt_neox.final_layer_norm.weight"),
             Piece("norm.bias", "gpt_neox.final_layer_norm.bias")]
     if not m.lm.tie_embeddings:

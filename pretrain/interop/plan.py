@@ -47,9 +47,11 @@ class Piece:
     (e.g. muP's readout multiplier); at 1.0 no arithmetic is done, so an unfolded tensor
     round-trips bit for bit. Several full pieces of one of ours are replicas (a table the
     other layout keeps once per block): import takes the first and requires the rest equal.
+    `ours=None`: a tensor of theirs our model does not have, exact only at zero (a bias our
+    layer lacks): export writes zeros of `shape`, import requires zeros (`nonzero_constant`).
     """
 
-    ours: str
+    ours: str | None
     theirs: str
     rows: Rows = None
     mult: float = 1.0
@@ -74,6 +76,9 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
     """Their tensors, in table order, each computed from one of ours."""
     out = []
     for p in pieces:
+        if p.ours is None:
+            out.append(Entry(p.theirs, p.shape, lambda read, s=p.shape: torch.zeros(s)))
+            continue
         taken = _take(torch.empty(ours[p.ours], device="meta"), p)
         shape = p.shape or tuple(taken.shape)
 
@@ -94,7 +99,8 @@ def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
     """Our tensors, in our model's order, each assembled from its pieces of theirs."""
     by_ours: dict[str, list[Piece]] = {}
     for p in pieces:
-        by_ours.setdefault(p.ours, []).append(p)
+        if p.ours is not None:
+            by_ours.setdefault(p.ours, []).append(p)
     missing = [n for n in ours if n not in by_ours]
     if missing:
         raise ExportRefused(f"no foreign tensor maps to {missing[0]} ({len(missing)} unmapped)")
@@ -118,6 +124,14 @@ def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
 
         out.append(Entry(name, tuple(shape), make))
     return out
+
+
+def nonzero_constant(pieces: list[Piece], read: Read) -> str | None:
+    """The first of their tensors that must be zero for import (`Piece.ours=None`) but is not."""
+    for p in pieces:
+        if p.ours is None and torch.count_nonzero(read(p.theirs)):
+            return p.theirs
+    return None
 
 
 class PlanSource(Source):
