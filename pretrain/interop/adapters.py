@@ -4,7 +4,7 @@ export a checkpoint to a model folder, import a model folder into a step-0 check
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ class Adapter:
     config_json: Callable[[ModelConfig, dict], dict]  # (model cfg, special token ids) -> config
     pieces: Callable[[ModelConfig], list[Piece]]  # our tensors <-> theirs
     math_keys: tuple[str, ...]  # config fields an imported folder must match
-    defaults: dict[str, Any] = field(default_factory=dict)  # the library's value of a missing key
+    # the library's value of a key a folder omits, for the expected config.json
+    defaults: Callable[[dict], dict[str, Any]] = lambda expected: {}
     weights: str = "model"  # file prefix: model(-0000i-of-0000n).safetensors
     tied: tuple[str, ...] = ()  # their tensors a folder may carry for tied embeddings
     # (model cfg, found config.json) -> keywords of config_json/pieces for a folder that
@@ -50,16 +51,14 @@ class Adapter:
 
 ADAPTERS: dict[tuple[str, str], Adapter] = {
     ("lm", "hf"): Adapter(hf_lm.config_json, hf_lm.pieces, hf_lm.MATH_KEYS,
-                          defaults={"rope_theta": 10000.0, "rope_scaling": None,
-                                    "tie_word_embeddings": False, "attention_bias": False,
-                                    "mlp_bias": False, "rms_norm_eps": 1e-6,
-                                    "use_parallel_residual": True, "rotary_pct": 0.25},
+                          defaults=hf_lm.library_defaults,
                           tied=("lm_head.weight", "embed_out.weight"),
                           layout=hf_lm.foreign_layout),
     ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
-                           defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
+                           defaults=lambda _: {"qkv_bias": True, "layer_norm_eps": 1e-12}),
     ("dit", "diffusers"): Adapter(diffusers_dit.config_json, diffusers_dit.pieces,
-                                  diffusers_dit.MATH_KEYS, defaults=diffusers_dit.DEFAULTS,
+                                  diffusers_dit.MATH_KEYS,
+                                  defaults=lambda _: diffusers_dit.DEFAULTS,
                                   weights="diffusion_pytorch_model"),
 }
 def adapter_for(family: str, fmt: str) -> Adapter:
@@ -152,10 +151,11 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
 
 def _check_config(found: dict, expected: dict, adapter: Adapter, folder: Path) -> None:
     """Every field that changes the math must agree (a missing one takes the library default)."""
+    defaults = adapter.defaults(expected)
     for key in adapter.math_keys:
         if key not in expected:
             continue
-        value = found.get(key, adapter.defaults.get(key, expected[key]))
+        value = found.get(key, defaults.get(key, expected[key]))
         if value != expected[key]:
             raise CheckpointMismatchError(
                 f"{folder / 'config.json'}: {key}={value!r}, but the configured model needs "

@@ -1,11 +1,12 @@
-"""The decoder LM in transformers' layouts: Llama, Qwen3 or GPT-NeoX, whichever computes the
-same function as the configured model.
+"""The decoder LM in transformers' layouts: Llama, Qwen3, GPT-NeoX, Gemma2 or Gemma3, whichever
+computes the same function as the configured model.
 
-    norm     mlp     qk_norm  ->  architecture       (each block: pre-norm, RoPE on all dims)
-    rmsnorm  swiglu  no           LlamaForCausalLM   attention_bias / mlp_bias = model.bias
-    rmsnorm  swiglu  yes          Qwen3ForCausalLM   q_norm/k_norm per head before RoPE
-    layernorm gelu   no           GPTNeoXForCausalLM sequential residual, rotary_pct 1.0,
-                                                     attention_bias = model.bias
+    placement norm     mlp     qk_norm  ->  architecture     (RoPE on all dims)
+    pre       rmsnorm  swiglu  no           LlamaForCausalLM   attention_bias/mlp_bias=model.bias
+    pre       rmsnorm  swiglu  yes          Qwen3ForCausalLM   q_norm/k_norm per head before RoPE
+    pre       layernorm gelu   no           GPTNeoXForCausalLM sequential residual, rotary_pct 1
+    peri      rmsnorm  swiglu  no           Gemma2ForCausalLM  no biases
+    peri      rmsnorm  swiglu  yes          Gemma3ForCausalLM  no biases
 
 RoPE: our `apply_rope` rotates the pairs (x_i, x_{i+hd/2}) with inv_freq = theta^(-2i/hd),
 which is transformers' `rotate_half` convention, so q/k rows need no permutation (the
@@ -13,16 +14,18 @@ permutation in transformers' convert_llama_weights_to_hf.py turns Meta's interle
 into this convention; our weights are in it already). GPT-NeoX fuses q, k, v per head
 ([head, (q|k|v), head_dim] rows) where ours are [(q|k|v), head, head_dim]: a row permutation.
 GPT-NeoX's MLP always has biases: with model.bias=false they are exported as zeros (the same
-function) and an import requires them zero.
+function) and an import requires them zero. Peri-LN is Gemma2's block: `_peri_architecture`
+says what is switched off and what is folded.
 
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
-1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), muP's readout
-multiplier into an untied lm_head, σReparam's gamma/sigma(W) into each weight (adapters.py;
-export only). Imported exactly: a Llama/Qwen3 folder with grouped-query attention (fewer
-key/value heads, each copied into the query heads sharing it; `foreign_layout`); our model has
-no GQA, so none is exported. Refused, naming the option: Peri-LN, a bias on
-the untied readout, a readout multiplier with tied embeddings, GELU with RMSNorm, SwiGLU with
-LayerNorm, qk_norm with LayerNorm or biases.
+1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm; Gemma's
+query_pre_attn_scalar), muP's readout multiplier into an untied lm_head (Gemma: into the final
+norm when tied), σReparam's gamma/sigma(W) into each weight (adapters.py; export only).
+Imported exactly: a folder with grouped-query attention (fewer key/value heads, each copied
+into the query heads sharing it; `foreign_layout`); our model has no GQA, so none is exported.
+Refused, naming the option: a bias on the untied readout, a readout multiplier with tied
+embeddings (pre-norm), GELU with RMSNorm, SwiGLU with LayerNorm, qk_norm with LayerNorm or
+biases, Peri-LN with LayerNorm, GELU or biases.
 """
 
 from __future__ import annotations
@@ -44,10 +47,9 @@ def architecture(m: ModelConfig) -> str:
     """The transformers class whose forward equals ours, or ExportRefused naming the option."""
     if m.family != "lm":
         raise ExportRefused(f"model.family={m.family!r} is not an lm")
-    if m.norm_placement != "pre":
-        raise ExportRefused(f"model.norm_placement={m.norm_placement} (Peri-LN normalises each "
-                            "sublayer's output): no transformers decoder has that block")
     mlp = "swiglu" if m.mlp == "auto" else m.mlp
+    if m.norm_placement == "peri":
+        return _peri_architecture(m, mlp)
     if not m.lm.tie_embeddings and m.bias:
         raise ExportRefused("model.bias=true puts a bias on the untied readout (head.bias); "
                             "transformers' causal-LM heads have none")
@@ -64,6 +66,61 @@ def architecture(m: ModelConfig) -> str:
                         f"{' and model.qk_norm' if m.qk_norm else ''}: no transformers "
                         "decoder computes that block (rmsnorm+swiglu: Llama/Qwen3; "
                         "layernorm+gelu: GPT-NeoX)")
+
+
+GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def _peri_architecture(m: ModelConfig, mlp: str) -> str:
+    """Gemma2's block is Peri-LN: x + post_norm(f(pre_norm(x))) for attention and MLP, with
+    RMSNorm and a gated MLP whose activation is configurable (silu: our SwiGLU); Gemma3's
+    adds per-head q/k RMSNorm before RoPE (our qk_norm). Their other departures switch off
+    exactly: softcapping None, every layer full attention, the attention scale from
+    query_pre_attn_scalar; (1 + weight) gains and the sqrt(hidden) embedding scale fold."""
+    if m.norm != "rmsnorm" or mlp != "swiglu":
+        raise ExportRefused(f"model.norm_placement=peri with model.norm={m.norm} and "
+                            f"model.mlp={mlp}: transformers' Peri-LN decoders (Gemma2/Gemma3) "
+                            "use RMSNorm and a gated MLP (model.norm=rmsnorm, model.mlp=swiglu)")
+    if m.bias:
+        raise ExportRefused("model.bias=true with model.norm_placement=peri: Gemma2/Gemma3's "
+                            "MLP has no biases")
+    return "Gemma3ForCausalLM" if m.qk_norm else "Gemma2ForCausalLM"
+
+
+def embed_scale(m: ModelConfig) -> float:
+    """Gemma multiplies the embeddings by sqrt(hidden_size), rounded to float32 as it does."""
+    return float(torch.tensor(m.width**0.5, dtype=torch.float32))
+
+
+def query_pre_attn_scalar(m: ModelConfig) -> float | int:
+    """Gemma's attention scale is query_pre_attn_scalar**-0.5: head_dim in SP, 1/scale**2
+    under muP (so no weight changes)."""
+    head_dim = m.width // m.num_heads
+    return head_dim if not m.mup.enabled else attention_scale(head_dim, m) ** -2
+
+
+def _gemma_pieces(m: ModelConfig, kv_heads: int | None) -> list[Piece]:
+    """Gemma's gains are stored as weight - 1; the embedding is divided by its scale; with tied
+    embeddings the readout sees that division too, so the final norm's gain takes the scale
+    (and muP's readout multiplier) back: its only consumer is the readout."""
+    tied, om, scale = m.lm.tie_embeddings, output_mult(m), embed_scale(m)
+    out = [Piece("tok_embed.weight", "model.embed_tokens.weight", mult=1.0 / scale)]
+    for i in range(m.depth):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        out.append(Piece(ours + "norm1.weight", theirs + "input_layernorm.weight", offset=-1.0))
+        out += _attention_pieces(m, ours, theirs, kv_heads, 1.0, norm_offset=-1.0)
+        out += [Piece(ours + "attn_out_norm.weight", theirs + "post_attention_layernorm.weight",
+                      offset=-1.0),
+                Piece(ours + "norm2.weight", theirs + "pre_feedforward_layernorm.weight",
+                      offset=-1.0)]
+        out += _mlp_pieces(m, ours, theirs)
+        out.append(Piece(ours + "mlp_out_norm.weight",
+                         theirs + "post_feedforward_layernorm.weight", offset=-1.0))
+    out.append(Piece("norm.weight", "model.norm.weight", mult=scale * om if tied else 1.0,
+                     offset=-1.0))
+    if not tied:
+        out.append(Piece("head.weight", "lm_head.weight", mult=om))
+    return out
 
 
 def query_mult(m: ModelConfig) -> float:
@@ -124,6 +181,15 @@ def config_json(m: ModelConfig, special: dict[str, int | None],
     }
     if arch == "LlamaForCausalLM":
         return out | {"model_type": "llama", "mlp_bias": m.bias, "pretraining_tp": 1}
+    if arch in GEMMA:
+        out = {k: v for k, v in out.items() if k != "hidden_act"} | {
+            "hidden_activation": "silu", "query_pre_attn_scalar": query_pre_attn_scalar(m),
+            "final_logit_softcapping": None, "attn_logit_softcapping": None,
+            "sliding_window": m.lm.seq_len, "layer_types": ["full_attention"] * m.depth}
+        if arch == "Gemma2ForCausalLM":
+            return out | {"model_type": "gemma2"}
+        return out | {"model_type": "gemma3_text", "rope_local_base_freq": m.lm.rope_theta,
+                      "use_bidirectional_attention": False}
     return out | {"model_type": "qwen3", "use_sliding_window": False, "sliding_window": None,
                   "max_window_layers": m.depth, "layer_types": ["full_attention"] * m.depth}
 
@@ -133,7 +199,31 @@ MATH_KEYS = ("architectures", "vocab_size", "hidden_size", "num_hidden_layers",
              "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
              "hidden_act", "rope_theta", "rope_scaling", "rms_norm_eps", "layer_norm_eps",
              "attention_bias", "mlp_bias", "tie_word_embeddings", "rotary_pct",
-             "use_parallel_residual", "use_sliding_window")
+             "use_parallel_residual", "use_sliding_window", "hidden_activation",
+             "query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping",
+             "layer_types", "use_bidirectional_attention")
+
+
+# The library's value of a key a folder omits (save_pretrained writes only non-defaults).
+_COMMON_DEFAULTS = {"rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": False,
+                    "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-6,
+                    "use_parallel_residual": True, "rotary_pct": 0.25}
+_GEMMA_DEFAULTS = {"tie_word_embeddings": True, "head_dim": 256, "num_key_value_heads": 4,
+                   "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+                   "layer_types": None}  # None: alternating sliding-window layers
+_ARCH_DEFAULTS = {
+    "Gemma2ForCausalLM": _GEMMA_DEFAULTS | {"final_logit_softcapping": 30.0,
+                                            "attn_logit_softcapping": 50.0},
+    "Gemma3ForCausalLM": _GEMMA_DEFAULTS | {"rope_theta": 1_000_000.0,
+                                            "final_logit_softcapping": None,
+                                            "attn_logit_softcapping": None,
+                                            "use_bidirectional_attention": False},
+}
+
+
+def library_defaults(expected: dict) -> dict:
+    """Defaults of the expected architecture's config class for the keys MATH_KEYS checks."""
+    return _COMMON_DEFAULTS | _ARCH_DEFAULTS.get(expected["architectures"][0], {})
 
 
 def _kv_rows(m: ModelConfig, kv_heads: int | None, which: int) -> list[torch.Tensor | slice]:
@@ -153,33 +243,50 @@ def pieces(m: ModelConfig, kv_heads: int | None = None) -> list[Piece]:
     arch = architecture(m)
     if arch == "GPTNeoXForCausalLM":
         return _neox_pieces(m)
-    d, h = m.width, swiglu_hidden(m)
+    if arch in GEMMA:
+        return _gemma_pieces(m, kv_heads)
     qm = query_mult(m)
-    k_rows, v_rows = _kv_rows(m, kv_heads, 1), _kv_rows(m, kv_heads, 2)
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         out.append(Piece(ours + "norm1.weight", theirs + "input_layernorm.weight"))
-        for kind in ("weight", "bias") if m.bias else ("weight",):
-            qkv = ours + f"attn.qkv.{kind}"
-            out.append(Piece(qkv, theirs + f"self_attn.q_proj.{kind}", slice(0, d),
-                             qm if not m.qk_norm else 1.0))
-            out += [Piece(qkv, theirs + f"self_attn.k_proj.{kind}", rows) for rows in k_rows]
-            out += [Piece(qkv, theirs + f"self_attn.v_proj.{kind}", rows) for rows in v_rows]
-            out.append(Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}"))
-        if m.qk_norm:
-            out += [Piece(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight",
-                          mult=qm),
-                    Piece(ours + "attn.k_norm.weight", theirs + "self_attn.k_norm.weight")]
+        out += _attention_pieces(m, ours, theirs, kv_heads, qm)
         out.append(Piece(ours + "norm2.weight", theirs + "post_attention_layernorm.weight"))
-        for kind in ("weight", "bias") if m.bias else ("weight",):
-            fc1 = ours + f"mlp.fc1.{kind}"
-            out += [Piece(fc1, theirs + f"mlp.gate_proj.{kind}", slice(0, h)),
-                    Piece(fc1, theirs + f"mlp.up_proj.{kind}", slice(h, 2 * h)),
-                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}")]
+        out += _mlp_pieces(m, ours, theirs)
     out.append(Piece("norm.weight", "model.norm.weight"))
     if not m.lm.tie_embeddings:
         out.append(Piece("head.weight", "lm_head.weight", mult=output_mult(m)))
+    return out
+
+
+def _attention_pieces(m: ModelConfig, ours: str, theirs: str, kv_heads: int | None,
+                      qm: float, norm_offset: float = 0.0) -> list[Piece]:
+    """q/k/v/o projections (and q/k norms) of one block; `qm` folded into the queries."""
+    d, out = m.width, []
+    k_rows, v_rows = _kv_rows(m, kv_heads, 1), _kv_rows(m, kv_heads, 2)
+    for kind in ("weight", "bias") if m.bias else ("weight",):
+        qkv = ours + f"attn.qkv.{kind}"
+        out.append(Piece(qkv, theirs + f"self_attn.q_proj.{kind}", slice(0, d),
+                         qm if not m.qk_norm else 1.0))
+        out += [Piece(qkv, theirs + f"self_attn.k_proj.{kind}", rows) for rows in k_rows]
+        out += [Piece(qkv, theirs + f"self_attn.v_proj.{kind}", rows) for rows in v_rows]
+        out.append(Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}"))
+    if m.qk_norm:
+        out += [Piece(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight",
+                      mult=qm, offset=norm_offset),
+                Piece(ours + "attn.k_norm.weight", theirs + "self_attn.k_norm.weight",
+                      offset=norm_offset)]
+    return out
+
+
+def _mlp_pieces(m: ModelConfig, ours: str, theirs: str) -> list[Piece]:
+    """SwiGLU's fused fc1 split into gate and up, fc2 as down."""
+    h, out = swiglu_hidden(m), []
+    for kind in ("weight", "bias") if m.bias else ("weight",):
+        fc1 = ours + f"mlp.fc1.{kind}"
+        out += [Piece(fc1, theirs + f"mlp.gate_proj.{kind}", slice(0, h)),
+                Piece(fc1, theirs + f"mlp.up_proj.{kind}", slice(h, 2 * h)),
+                Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}")]
     return out
 
 

@@ -39,7 +39,8 @@ Rows = slice | torch.Tensor | None  # which rows of our tensor a piece holds (No
 
 @dataclass(frozen=True)
 class Piece:
-    """Their tensor `theirs` = our tensor `ours`[rows][:, cols] * mult, reshaped to `shape`.
+    """Their tensor `theirs` = our tensor `ours`[rows][:, cols] * mult + offset, reshaped to
+    `shape` (offset: a norm gain stored as weight - 1, as Gemma's (1 + weight) RMSNorm).
 
     One table of pieces per family serves both directions: export computes each of theirs from
     ours, import assembles each of ours from its pieces (dividing the multiplier back out,
@@ -57,6 +58,7 @@ class Piece:
     mult: float = 1.0
     shape: tuple[int, ...] | None = None
     cols: torch.Tensor | None = None  # a permutation of dim 1
+    offset: float = 0.0
 
 
 def _take(t: torch.Tensor, p: Piece) -> torch.Tensor:
@@ -64,11 +66,13 @@ def _take(t: torch.Tensor, p: Piece) -> torch.Tensor:
     return t if p.cols is None else t[:, p.cols]
 
 
-def scaled(t: torch.Tensor, mult: float) -> torch.Tensor:
-    return t if mult == 1.0 else t * mult
+def scaled(t: torch.Tensor, mult: float, offset: float = 0.0) -> torch.Tensor:
+    t = t if mult == 1.0 else t * mult
+    return t if offset == 0.0 else t + offset
 
 
-def unscaled(t: torch.Tensor, mult: float) -> torch.Tensor:
+def unscaled(t: torch.Tensor, mult: float, offset: float = 0.0) -> torch.Tensor:
+    t = t if offset == 0.0 else t - offset
     return t if mult == 1.0 else t / mult
 
 
@@ -83,7 +87,7 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
         shape = p.shape or tuple(taken.shape)
 
         def make(read: Read, p: Piece = p, shape: tuple[int, ...] = shape) -> torch.Tensor:
-            return scaled(_take(read(p.ours), p), p.mult).reshape(shape)
+            return scaled(_take(read(p.ours), p), p.mult, p.offset).reshape(shape)
 
         out.append(Entry(p.theirs, shape, make))
     return out
@@ -91,7 +95,7 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
 
 def _untake(theirs: torch.Tensor, p: Piece, region: torch.Size) -> torch.Tensor:
     """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape."""
-    value = unscaled(theirs, p.mult).reshape(region)
+    value = unscaled(theirs, p.mult, p.offset).reshape(region)
     return value if p.cols is None else value[:, torch.argsort(p.cols)]
 
 
