@@ -1,4 +1,5 @@
-"""A grouped-query-attention model from the ecosystem imports into our multi-head LM.
+"""A grouped-query-attention model from the ecosystem imports into our multi-head LM (Llama,
+Qwen3, and Gemma2/Gemma3 into a Peri-LN LM).
 
 Our attention has one key/value head per query head, so there is no GQA model to export; a
 Llama/Qwen3 folder with num_key_value_heads < num_attention_heads imports by copying each of
@@ -10,6 +11,7 @@ abs diff <= 1e-5) and 20 greedy tokens; the run's export (now full MHA) loads wi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,11 +36,19 @@ def _saved_by_transformers(folder: Path, arch: str, kv_heads: int, bias: bool) -
     common = dict(vocab_size=256, hidden_size=WIDTH, intermediate_size=176, num_hidden_layers=2,
                   num_attention_heads=HEADS, num_key_value_heads=kv_heads, head_dim=WIDTH // HEADS,
                   rms_norm_eps=1e-5, max_position_embeddings=48, tie_word_embeddings=bias,
-                  attention_bias=bias)
+                  attention_bias=bias, rope_theta=10000.0)
+    # Gemma with what Peri-LN needs: SwiGLU, no softcapping, full attention, 1/sqrt(head_dim)
+    gemma = dict(hidden_activation="silu", query_pre_attn_scalar=WIDTH // HEADS,
+                 final_logit_softcapping=None, attn_logit_softcapping=None,
+                 layer_types=["full_attention"] * 2)
     if arch == "llama":
         model = lib.LlamaForCausalLM(lib.LlamaConfig(**common, mlp_bias=bias))
-    else:
+    elif arch == "qwen3":
         model = lib.Qwen3ForCausalLM(lib.Qwen3Config(**common, use_sliding_window=False))
+    elif arch == "gemma2":
+        model = lib.Gemma2ForCausalLM(lib.Gemma2Config(**common, **gemma))
+    else:
+        model = lib.Gemma3ForCausalLM(lib.Gemma3TextConfig(**common, **gemma))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -51,7 +61,8 @@ def _ours(arch: str, bias: bool, run: Path):
     return load_config(RECIPE, [*SMALL, f"model.width={WIDTH}", f"model.num_heads={HEADS}",
                                 f"model.bias={str(bias).lower()}",
                                 f"model.lm.tie_embeddings={str(bias).lower()}",
-                                f"model.qk_norm={str(arch == 'qwen3').lower()}",
+                                f"model.qk_norm={str(arch in ('qwen3', 'gemma3')).lower()}",
+                                f"model.norm_placement={'peri' if 'gemma' in arch else 'pre'}",
                                 f"run.dir={run}"])
 
 
@@ -62,7 +73,8 @@ def _logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch, kv_heads, bias", [("llama", 2, False), ("llama", 1, True),
-                                                  ("qwen3", 2, False)])
+                                                  ("qwen3", 2, False), ("gemma2", 2, False),
+                                                  ("gemma3", 1, False)])
 def test_gqa_folder_imports_as_mha_with_the_same_logits(arch, kv_heads, bias, tmp_path):
     theirs = _saved_by_transformers(tmp_path / "gqa", arch, kv_heads, bias)
     cfg = _ours(arch, bias, tmp_path / "run")
@@ -101,3 +113,26 @@ def test_kv_heads_that_do_not_divide_the_heads_are_refused_by_name(tmp_path):
                                                  '"num_attention_heads": 3'))
     with pytest.raises(CheckpointMismatchError, match="num_key_value_heads=2 does not divide"):
         import_folder(tmp_path / "gqa", tmp_path / "run/checkpoints", cfg, "hf")
+
+
+def test_a_gemma_folder_with_its_softcapping_is_refused_by_name(tmp_path):
+    """A config.json that omits a key means the config class's default: a Gemma2 folder
+    without final_logit_softcapping caps logits at 30.0 (transformers loads it so), which
+    our model does not, and import must say so rather than take our own value."""
+    lib = transformers()
+    config = lib.Gemma2Config(vocab_size=256, hidden_size=WIDTH, intermediate_size=176,
+                              num_hidden_layers=2, num_attention_heads=HEADS,
+                              num_key_value_heads=HEADS, head_dim=WIDTH // HEADS,
+                              rms_norm_eps=1e-5, tie_word_embeddings=False,
+                              hidden_activation="silu", query_pre_attn_scalar=WIDTH // HEADS,
+                              attn_logit_softcapping=None, final_logit_softcapping=None,
+                              layer_types=["full_attention"] * 2)
+    lib.Gemma2ForCausalLM(config).save_pretrained(tmp_path / "gemma", safe_serialization=True)
+    path = tmp_path / "gemma/config.json"
+    written = json.loads(path.read_text())
+    del written["final_logit_softcapping"]
+    path.write_text(json.dumps(written))
+    assert lib.AutoConfig.from_pretrained(tmp_path / "gemma").final_logit_softcapping == 30.0
+    cfg = _ours("gemma2", False, tmp_path / "run")
+    with pytest.raises(CheckpointMismatchError, match="final_logit_softcapping=30.0"):
+        import_folder(tmp_path / "gemma", tmp_path / "run/checkpoints", cfg, "hf")
