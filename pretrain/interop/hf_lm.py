@@ -19,13 +19,13 @@ says what is switched off and what is folded.
 
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
 1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm; Gemma's
-query_pre_attn_scalar), muP's readout multiplier into an untied lm_head (Gemma: into the final
-norm when tied), σReparam's gamma/sigma(W) into each weight (adapters.py; export only).
-Imported exactly: a folder with grouped-query attention (fewer key/value heads, each copied
-into the query heads sharing it; `foreign_layout`); our model has no GQA, so none is exported.
-Refused, naming the option: a bias on the untied readout, a readout multiplier with tied
-embeddings (pre-norm), GELU with RMSNorm, SwiGLU with LayerNorm, qk_norm with LayerNorm or
-biases, Peri-LN with LayerNorm, GELU or biases.
+query_pre_attn_scalar), muP's readout multiplier into an untied lm_head or, when tied, into
+the final norm (its only consumer is the readout), σReparam's gamma/sigma(W) into each weight
+(adapters.py; export only). Imported exactly: a folder with grouped-query attention (fewer
+key/value heads, each copied into the query heads sharing it; `foreign_layout`); our model
+has no GQA, so none is exported. Refused, naming the option: a bias on the untied readout,
+GELU with RMSNorm, SwiGLU with LayerNorm, qk_norm with LayerNorm or biases, Peri-LN with
+LayerNorm, GELU or biases.
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ def architecture(m: ModelConfig) -> str:
     if not m.lm.tie_embeddings and m.bias:
         raise ExportRefused("model.bias=true puts a bias on the untied readout (head.bias); "
                             "transformers' causal-LM heads have none")
-    if m.lm.tie_embeddings and m.mup.enabled and output_mult(m) != 1.0:
-        raise ExportRefused(f"model.mup.output_mult: a readout multiplier of {output_mult(m)} "
-                            "cannot be folded into embeddings tied to the input")
     if m.norm == "rmsnorm" and mlp == "swiglu":
         if m.qk_norm and m.bias:
             raise ExportRefused("model.qk_norm with model.bias=true: Qwen3's MLP has no biases")
@@ -116,11 +113,17 @@ def _gemma_pieces(m: ModelConfig, kv_heads: int | None) -> list[Piece]:
         out += _mlp_pieces(m, ours, theirs)
         out.append(Piece(ours + "mlp_out_norm.weight",
                          theirs + "post_feedforward_layernorm.weight", offset=-1.0))
-    out.append(Piece("norm.weight", "model.norm.weight", mult=scale * om if tied else 1.0,
-                     offset=-1.0))
+    out.append(Piece("norm.weight", "model.norm.weight", mult=scale * final_norm_mult(m)
+                     if tied else 1.0, offset=-1.0))
     if not tied:
         out.append(Piece("head.weight", "lm_head.weight", mult=om))
     return out
+
+
+def final_norm_mult(m: ModelConfig) -> float:
+    """muP's readout multiplier, folded into the final norm's affine parameters when the
+    readout is tied to the input embedding (the final norm feeds only the readout)."""
+    return output_mult(m) if m.lm.tie_embeddings else 1.0
 
 
 def query_mult(m: ModelConfig) -> float:
@@ -253,7 +256,7 @@ def pieces(m: ModelConfig, kv_heads: int | None = None) -> list[Piece]:
         out += _attention_pieces(m, ours, theirs, kv_heads, qm)
         out.append(Piece(ours + "norm2.weight", theirs + "post_attention_layernorm.weight"))
         out += _mlp_pieces(m, ours, theirs)
-    out.append(Piece("norm.weight", "model.norm.weight"))
+    out.append(Piece("norm.weight", "model.norm.weight", mult=final_norm_mult(m)))
     if not m.lm.tie_embeddings:
         out.append(Piece("head.weight", "lm_head.weight", mult=output_mult(m)))
     return out
@@ -319,8 +322,8 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
                 out += [Piece(ours + f"mlp.fc1.{kind}", fc1), Piece(ours + f"mlp.fc2.{kind}", fc2)]
             else:  # GPT-NeoX's MLP always has biases: zero is our bias-free layer
                 out += [Piece(None, fc1, shape=(hidden,)), Piece(None, fc2, shape=(m.width,))]
-    out += [Piece("norm.weight", "gpt_neox.final_layer_norm.weight"),
-            Piece("norm.bias", "gpt_neox.final_layer_norm.bias")]
+    out += [Piece("norm.weight", "gpt_neox.final_layer_norm.weight", mult=final_norm_mult(m)),
+            Piece("norm.bias", "gpt_neox.final_layer_norm.bias", mult=final_norm_mult(m))]
     if not m.lm.tie_embeddings:
         out.append(Piece("head.weight", "embed_out.weight", mult=output_mult(m)))
     return out
