@@ -136,3 +136,15 @@ def test_a_gemma_folder_with_its_softcapping_is_refused_by_name(tmp_path):
     cfg = _ours("gemma2", False, tmp_path / "run")
     with pytest.raises(CheckpointMismatchError, match="final_logit_softcapping=30.0"):
         import_folder(tmp_path / "gemma", tmp_path / "run/checkpoints", cfg, "hf")
+
+
+def test_gains_of_a_bf16_gemma_folder_import_as_gemma_computes_them(tmp_path):
+    """Gemma computes its gain as 1 + weight in float32 whatever the weights' dtype; importing
+    a bf16 folder must do the same (in bf16, 1 + 0.01 rounds to 1.0078)."""
+    theirs = _saved_by_transformers(tmp_path / "fp32", "gemma2", 2, False)
+    theirs.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
+    cfg = _ours("gemma2", False, tmp_path / "run")
+    tensors = read_model_tensors(import_folder(tmp_path / "bf16", tmp_path / "run/checkpoints",
+                                               cfg, "hf"))
+    gain = theirs.model.layers[1].pre_feedforward_layernorm.weight.detach()
+    assert torch.equal(tensors["blocks.1.norm2.weight"], 1.0 + gain.bfloat16().float())

@@ -94,7 +94,11 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
 
 
 def _untake(theirs: torch.Tensor, p: Piece, region: torch.Size) -> torch.Tensor:
-    """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape."""
+    """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape.
+    A folded value is computed in float32, as the libraries compute (1 + w) or w * scale for
+    bf16 weights (unfolded ones keep their dtype, cast bit-exactly later)."""
+    folded = p.mult != 1.0 or p.offset != 0.0
+    theirs = theirs.to(torch.float32) if folded and theirs.is_floating_point() else theirs
     value = unscaled(theirs, p.mult, p.offset).reshape(region)
     return value if p.cols is None else value[:, torch.argsort(p.cols)]
 
