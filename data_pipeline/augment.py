@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-# op tags: independent streams per transform (3 = the flip, as before this module existed)
-TAG_CROP, TAG_FLIP, TAG_POLICY, TAG_JITTER = 1, 3, 4, 5
+# op tags: independent streams per transform (3 = the flip, as before this module existed;
+# 6 = mixup.TAG_MIX; 8 = the posterior draw of latents.py)
+TAG_CROP, TAG_FLIP, TAG_POLICY, TAG_JITTER, TAG_ERASE, TAG_LATENT = 1, 3, 4, 5, 7, 8
 Box = tuple[float, float, float, float]  # left, upper, right, lower in source pixels
 
 

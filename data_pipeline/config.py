@@ -60,6 +60,9 @@ class DataConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5])
     random_flip: bool = False  # horizontal flip (train), seeded by (seed, epoch, sample id)
+    # latent sets (`data build latents`): draw mean + std * noise per (seed, epoch, sample id);
+    # false feeds the posterior mean
+    latent_sample: bool = True
     # --- image augmentation (data_pipeline/augment.py, mixup.py); draws keyed by sample id ---
     random_resized_crop: bool = False  # train: crop of crop_scale area, crop_ratio aspect -> size
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
