@@ -22,7 +22,7 @@ from data_pipeline.decode import decode_field
 from data_pipeline.image_build import build_image_folder
 from data_pipeline.latent_build import VaeSource, build_latents
 from data_pipeline.source import ShardedSource
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, run_train, subprocess_env
 from tests.interop_libs import diffusers
 from tests.test_vision_resume import global_batches, jpeg_folder
 
@@ -234,3 +234,37 @@ def test_image_options_on_latents_are_refused(sets):
     cfg = latent_cfg(sets["lat-wds"], "wds", image_size=32)
     with pytest.raises(ValueError, match="data.image_size applies to images"):
         build_loader(cfg, 0, 1)
+
+
+RECIPE = "configs/dit_xl2_latents.yaml"
+
+
+def test_dit_xl2_recipe_is_the_paper_model():
+    from pretrain.config import load_config
+    from pretrain.models import model_stats
+
+    cfg = load_config(REPO / RECIPE, [])
+    m, d = cfg.model, cfg.model.dit
+    assert (m.depth, m.width, m.num_heads, d.patch_size) == (28, 1152, 16, 2)
+    assert (d.image_size, d.in_channels, d.num_classes) == (32, 4, 1000)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.global_batch_size) == (1e-4, 0.0, 256)
+    params = model_stats(m)["params"]
+    assert abs(params - 675e6) / 675e6 < 0.01, params  # DiT-XL/2: 675M (Table 4 of the paper)
+
+
+@pytest.mark.slow
+def test_dit_xl2_recipe_shrunk_trains_on_built_latents(sets, tmp_path):
+    root = sets["lat-wds"]
+    overrides = [
+        "model.width=32", "model.depth=2", "model.num_heads=2", f"model.dit.image_size={SIZE // 2}",
+        "model.dit.num_classes=3", "model.dit.sample_steps=2", f"data.train_url={root}/train",
+        f"data.val_url={root}/val", "data.global_batch_size=6", "data.eval_batch_size=6",
+        "data.num_workers=1", "schedule.steps=4", "checkpoint.every_steps=2",
+        "logging.every_steps=1", "logging.eval_every_steps=4", "logging.eval_batches=1",
+        "logging.progress_bar=false", "logging.tensorboard=false", "parallel.backend=single",
+        f"run.dir={tmp_path / 'run'}"]
+    proc = run_train(0, overrides, recipe=RECIPE)
+    from pretrain.checkpoint import latest_complete
+
+    assert latest_complete(tmp_path / "run" / "checkpoints") is not None, proc.stderr[-2000:]
+    assert list((tmp_path / "run" / "samples").glob("step_00000004.png")), proc.stderr[-2000:]
