@@ -157,7 +157,11 @@ Task = tuple[str, int, int, str]  # split, shard index, first key, input shard's
 _worker: dict[str, Any] = {}  # per process: the loaded VAE and the open input sources
 
 
-def _init_worker(job: LatentJob) -> None:
+def _ensure_worker(job: LatentJob, vae: Any = None) -> None:
+    """Load the VAE and set the thread count once per process, at its first task (not in a pool
+    initializer: a failing initializer makes the pool respawn workers forever)."""
+    if _worker.get("job") == job:
+        return
     import torch
 
     torch.set_num_threads(job.threads)
@@ -165,8 +169,8 @@ def _init_worker(job: LatentJob) -> None:
         from data_pipeline._compat import import_streaming
 
         import_streaming()
-    _worker["vae"] = job.vae.load().to(job.device)
-    _worker["sources"] = {}
+    _worker.update(job=job, vae=(vae if vae is not None else job.vae.load()).to(job.device),
+                   sources={})
 
 
 def _source(job: LatentJob, split: str) -> ShardedSource:
@@ -218,6 +222,7 @@ def _latent_samples(job: LatentJob, split: str, shard: int) -> Iterator[dict[str
 
 def _run(args: tuple[Task, LatentJob]) -> tuple[str, int, list[dict]]:
     (split, index, first, digest), job = args
+    _ensure_worker(job)
     count = _source(job, split).manifest.shards[index].samples
     fingerprint = hashlib.sha256(json.dumps(
         [split, index, first, digest, job.fmt, job.vae_identity, job.size, job.batch_size,
@@ -274,19 +279,21 @@ def build_latents(src: str, out: str, fmt: str, vae: VaeSource, size: int = 256,
             tasks.append((split, i, int(offsets[i]), f"{shard.name}|{shard.bytes}|{digest}"))
     os.makedirs(os.path.join(out, BUILD_DIR), exist_ok=True)
     jobs = [(task, job) for task in tasks]
-    if workers <= 1:
-        import torch
+    import torch
 
-        threads_before = torch.get_num_threads()
-        try:
-            _init_worker(job)
+    threads_before = torch.get_num_threads()
+    try:
+        vae_model = vae.load()  # a bad VAE (or no diffusers) fails here once, in one line
+        if workers <= 1:
+            _ensure_worker(job, vae_model)
             results = [_run(one) for one in jobs]
-        finally:
-            torch.set_num_threads(threads_before)
-            _worker.clear()
-    else:
-        with get_context("spawn").Pool(workers, _init_worker, (job,)) as pool:
-            results = pool.map(_run, jobs, chunksize=1)
+        else:
+            del vae_model
+            with get_context("spawn").Pool(workers) as pool:
+                results = pool.map(_run, jobs, chunksize=1)
+    finally:
+        torch.set_num_threads(threads_before)
+        _worker.clear()
     meta = {
         "kind": "latents", "name": meta.get("name", os.path.basename(src.rstrip("/"))),
         "classes": meta.get("classes", []), "num_classes": meta.get("num_classes", 0),

@@ -122,21 +122,22 @@ def test_stored_posterior_equals_autoencoderkl_encode(sets, fmt):
 
 
 @pytest.mark.slow
-def test_cli_workers_and_a_weights_file_give_the_same_bytes(sets, tmp_path):
+@pytest.mark.parametrize("fmt", ["wds", "mds"])
+def test_cli_workers_and_a_weights_file_give_the_same_bytes(sets, tmp_path, fmt):
     """2 worker processes through the CLI, the VAE given as safetensors + --vae-config: the
     shards are byte for byte those of the in-process build."""
     weights = tmp_path / "vae.safetensors"
     shutil.copy(sets["vae"] / "diffusion_pytorch_model.safetensors", weights)
     proc = subprocess.run(
         [sys.executable, "-m", "pretrain", "data", "build", "latents", "--src",
-         str(sets["img-wds"]), "--vae", str(weights), "--vae-config", str(sets["vae"]),
-         "--format", "wds", "--out", str(tmp_path / "out"), "--size", str(SIZE),
+         str(sets[f"img-{fmt}"]), "--vae", str(weights), "--vae-config", str(sets["vae"]),
+         "--format", fmt, "--out", str(tmp_path / "out"), "--size", str(SIZE),
          "--batch-size", "3", "--workers", "2"],
         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "latents 4x8x8" in proc.stdout
     for split in ("train", "val"):
-        assert shard_hashes(tmp_path / "out" / split) == shard_hashes(sets["lat-wds"] / split)
+        assert shard_hashes(tmp_path / "out" / split) == shard_hashes(sets[f"lat-{fmt}"] / split)
 
 
 def test_crashed_build_keeps_finished_shards_and_ends_equal(sets, tmp_path):
@@ -177,6 +178,17 @@ def test_bad_vae_is_one_line_exit_2(sets, tmp_path):
             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # without diffusers: one line naming the extra that installs it
+    argv = ["data", "build", "latents", "--src", str(sets["img-wds"]), "--vae", str(sets["vae"]),
+            "--format", "wds", "--out", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['diffusers'] = None; from pretrain.cli"
+         f" import main; main({argv!r})"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "pretrain data build latents: error: diffusers is not installed (import of diffusers"
+        " halted; None in sys.modules): pip install 'pretrain[vae]'"]
     bad_layout = tmp_path / "bad.safetensors"
     from safetensors.torch import save_file
 

@@ -186,14 +186,13 @@ def _build_images(args: argparse.Namespace) -> int:
 
 def _build_latents(args: argparse.Namespace) -> int:
     from data_pipeline.latent_build import VaeSource, build_latents
-    from pretrain.cli.errors import report
 
     try:
         manifests = build_latents(
             args.src, args.out, args.format, VaeSource(args.vae, args.vae_config), args.size,
             args.batch_size, args.workers, args.dtype, args.device, args.threads)
-    except ImportError as e:  # the optional diffusers: one line naming the extra
-        return report("pretrain data", e)
+    except ImportError as e:  # the optional diffusers: one line naming the extra, exit 2
+        raise SystemExit(str(e)) from e
     for split, m in manifests.items():
         shape = "x".join(str(x) for x in m.meta["latent_shape"])
         print(f"{args.out}/{split}: {m.num_samples} latents {shape} in {len(m.shards)}"
