@@ -15,7 +15,8 @@ Output shard i of a split holds the samples of input shard i, in order, encoded 
 --batch-size from the shard's start, so the bytes depend on neither the worker count nor the
 order the workers finish in (each worker runs torch with --threads threads: the same count gives
 the same floating-point reductions). Resumable shard by shard (`shard_tasks.py`); a shard's
-fingerprint names the input shard's sha256, the VAE's weights and config, size, dtype and batch.
+fingerprint names the input shard's sha256, the VAE's weights and config, size, dtype, batch,
+device and threads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from multiprocessing import get_context
 from typing import Any
 
@@ -192,10 +194,17 @@ def _images(job: LatentJob, split: str, shard: int) -> Iterator[tuple[Image.Imag
             raise ValueError(f"{src.url}/{reader.name} sample {reader.key(index)}: no image/label"
                              f" field among {sorted(raw)}")
         encoding, data = raw[img_key]
-        image = open_image(data) if is_image_encoding(encoding) else decode_field(encoding, data)
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        yield adm_center_crop(image.convert("RGB"), job.size), int(decode_field(*raw[lbl_key]))
+        try:
+            image = open_image(data) if is_image_encoding(encoding) else decode_field(encoding,
+                                                                                     data)
+            if isinstance(image, np.ndarray):
+                image = Image.fromarray(image)
+            label = int(decode_field(*raw[lbl_key]))
+            prepared = adm_center_crop(image.convert("RGB"), job.size)
+        except Exception as e:  # noqa: BLE001 - any decode failure: name the sample
+            raise ValueError(f"{src.url}/{reader.name} sample {reader.key(index)}: cannot"
+                             f" decode: {type(e).__name__}: {e}") from e
+        yield prepared, label
 
 
 def encode_batch(vae: Any, images: list[Image.Image], device: str) -> tuple[Any, Any]:
@@ -208,10 +217,9 @@ def encode_batch(vae: Any, images: list[Image.Image], device: str) -> tuple[Any,
 
 
 def _latent_samples(job: LatentJob, split: str, shard: int) -> Iterator[dict[str, Any]]:
-    batch: list[tuple[Image.Image, int]] = []
     pending = _images(job, split, shard)
     while True:
-        batch = [item for _, item in zip(range(job.batch_size), pending)]
+        batch = list(islice(pending, job.batch_size))
         if not batch:
             return
         mean, logvar = encode_batch(_worker["vae"], [im for im, _ in batch], job.device)
@@ -226,7 +234,7 @@ def _run(args: tuple[Task, LatentJob]) -> tuple[str, int, list[dict]]:
     count = _source(job, split).manifest.shards[index].samples
     fingerprint = hashlib.sha256(json.dumps(
         [split, index, first, digest, job.fmt, job.vae_identity, job.size, job.batch_size,
-         job.dtype]).encode()).hexdigest()
+         job.dtype, job.device, job.threads]).encode()).hexdigest()
 
     def write() -> list[dict]:
         samples = _latent_samples(job, split, index)

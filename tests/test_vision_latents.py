@@ -197,6 +197,18 @@ def test_bad_vae_is_one_line_exit_2(sets, tmp_path):
         VaeSource(str(bad_layout), str(sets["vae"])).load()
 
 
+def test_undecodable_image_names_its_sample(sets, tmp_path):
+    folder = tmp_path / "folder" / "class0"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(folder / "a.jpg")
+    data = (sets["folder"] / "class0" / "000.jpg").read_bytes()
+    (folder / "b.jpg").write_bytes(data[: len(data) // 3])  # a header, then cut short
+    build_image_folder(str(tmp_path / "folder"), str(tmp_path / "img"), "wds", val_fraction=0)
+    with pytest.raises(ValueError, match=r"train/shard-000000.tar sample 000000001: cannot decode"):
+        build_latents(str(tmp_path / "img"), str(tmp_path / "out"), "wds",
+                      VaeSource(str(sets["vae"])), size=SIZE)
+
+
 def latent_cfg(root: Path, fmt: str, **kw) -> DataConfig:
     base = dict(format=fmt, train_url=str(root / "train"), val_url=str(root / "val"),
                 global_batch_size=6, shuffle_window=2, seed=5, num_workers=0, random_flip=True)
