@@ -17,6 +17,7 @@ from pretrain.scaling_laws import synthetic as S
 from pretrain.scaling_laws.branch_plan import branch_length, branched_cost, plan_branched_wsd
 from pretrain.scaling_laws.collect import collect
 from pretrain.scaling_laws.plan import Shape, model_stats_fn
+from pretrain.scaling_laws.runner import run_sweep
 from pretrain.scaling_laws.schedule_curves import scheduled_curves
 from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, read_runs, write_csv
 from pretrain.scaling_laws.validate import ScalingDataError
@@ -46,6 +47,7 @@ def test_plan_shares_one_stable_run_per_size_and_costs_less():
     assert round(500 * branch["schedule.decay_fraction"]) == 100
     ckpt = f"runs/x/vit-w32-d2-stable/checkpoints/{step_dir_name(400)}"
     assert branch["checkpoint.resume"] == "auto" and branch["checkpoint.resume_fallback"] == ckpt
+    assert runs[0].after == () and runs[2].after == ("vit-w32-d2-stable",)
     spent, alone = branched_cost(runs)
     assert alone / spent == pytest.approx((250 + 500 + 1000) / (800 + 50 + 100 + 200))
     with pytest.raises(ScalingDataError, match="after the 10 warmup steps"):
@@ -143,6 +145,20 @@ def test_resume_fallback_needs_auto_and_a_complete_checkpoint(tmp_path):
                           timeout=300)  # fmt: skip
     assert proc.returncode != 0
     assert f"checkpoint.resume_fallback={tmp_path / 'nothing'}: not a complete" in proc.stderr
+
+
+def test_run_skips_the_branches_of_a_failed_stable_run(tmp_path):
+    base = ["model.width=32", "model.depth=2", "model.num_heads=2", "data.format=memory",
+            "data.name=synthetic_images", "schedule.steps=2", "schedule.warmup_steps=0"]
+    sweep = {"base": RECIPE, "runs": [
+        {"name": "stable", "overrides": {**dict(o.split("=") for o in base),
+                                         "checkpoint.resume_fallback": str(tmp_path / "none")}},
+        {"name": "branch", "overrides": dict(o.split("=") for o in base), "after": ["stable"]},
+    ]}  # fmt: skip
+    stable, branch = run_sweep(sweep, tmp_path / "runs")
+    assert stable.state == "failed" and "checkpoint.resume_fallback" in stable.error
+    assert branch.state == "failed" and branch.seconds == 0.0
+    assert branch.error == "not run: it waits for stable, which failed"
 
 
 def test_fit_leaves_out_the_stable_runs_of_branches(tmp_path: Path, capsys):

@@ -164,8 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "at every decay start) and, for each decay start S, a short WSD decay "
                         "branch resumed from the stable run's checkpoint at S (the WSD run of "
                         "S + round(ratio*S) steps, at a fraction of its cost). Writes a sweep "
-                        "whose branches resume from ROOT/NAME-stable/checkpoints; run it in "
-                        "order with `pretrain scaling run SWEEP` and the same --root.")  # fmt: skip
+                        "whose branches resume from ROOT/NAME-stable/checkpoints and wait "
+                        "for their stable run (`after`): `pretrain scaling run SWEEP` runs them "
+                        "in order, `pretrain slurm sweep SWEEP` submits each branch with "
+                        "--dependency=afterok on its stable run's job (use the same --root); "
+                        "a requeued branch resumes from its own newest checkpoint.")  # fmt: skip
     pb.add_argument("--base", required=True, help="base YAML recipe every run starts from")
     pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
                     help="steps at which a branch starts decaying (the stable run's length is "
@@ -415,8 +418,9 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
           f"alone ({alone / spent:.2f}x less)")  # fmt: skip
     root = f" --root {args.root}" if args.root else ""
     print(
-        f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
-        f"pretrain scaling run {args.output}{root}"
+        f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it: pretrain scaling run "
+        f"{args.output}{root}   (or on Slurm, branches after their stable run: pretrain slurm "
+        f"sweep {args.output}{root})"
     )
     stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
     print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "

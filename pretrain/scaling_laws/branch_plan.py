@@ -11,8 +11,10 @@ branch's first step is bitwise the unbranched run's step s + 1 (tests/test_scali
 A branch requeued after a checkpoint of its own resumes from that (`checkpoint.resume=auto`
 comes first), not from the stable run's, so no compute is spent twice.
 `collect` attributes each branch to its stable run (`branch_of`) and decay start
-(`decay_start`). The stable run must finish before its branches start: `pretrain scaling run`
-runs the sweep in order; on Slurm, submit the stable runs first.
+(`decay_start`). The stable run must finish before its branches start, so each branch lists it
+in `after` (launch/sweep.py): `pretrain scaling run` runs the sweep in order and skips the
+branches of a failed stable run; `pretrain slurm sweep` submits each branch with
+`--dependency=afterok:` its stable run's job.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def plan_branched_wsd(
             })  # fmt: skip
             # evaluations fall in the branch's own steps (s, total]
             run.overrides["logging.eval_every_steps"] = max(1, (total - s) // evals_per_run)
+            run.after = (stable,)
             runs.append(run)
     return runs
 
