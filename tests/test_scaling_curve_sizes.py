@@ -73,6 +73,13 @@ def test_schedule_terms_that_change_with_size_are_not_fitted_by_a_shared_law():
     assert worst(shared) > 2 * worst(full)
 
 
+def test_the_annealing_momentum_can_be_picked_by_the_fit():
+    truth = replace(TRUTH, kappa=0.0, mu=0.0, lam=0.99)
+    fit = fit_across_sizes(curves(truth), holdout_sizes=[SIZES[-1]], shared=True, lam=None)
+    assert fit.law.lam == 0.99 and fit.as_dict()["lam"] == 0.99
+    assert max(abs(r["rel_error"]) for r in fit.runs if r["held_out"]) < 0.01
+
+
 def test_too_few_sizes_and_unknown_sizes_are_named():
     data = [c for c in curves(TRUTH) if c.params in SIZES[:3]]
     with pytest.raises(ScalingDataError, match="at least 3 fitted model sizes, got 2"):

@@ -25,6 +25,7 @@ import numpy as np
 
 from pretrain.scaling_laws.bootstrap import replicates, single_threaded_blas
 from pretrain.scaling_laws.curve_fit import (
+    LAM_GRID,
     CurveProblem,
     _quality,
     _Refit,
@@ -168,7 +169,7 @@ def fit_across_sizes(
     *,
     holdout_sizes: list[float] = (),
     shared: bool = False,
-    lam: float = 0.999,
+    lam: float | None = 0.999,
     delta: float = 1e-3,
     n_boot: int = 0,
     level: float = 0.95,
@@ -177,9 +178,10 @@ def fit_across_sizes(
     top_k: int = 4,
 ) -> SizedCurveFit:
     """Fit the across-sizes law to the curves of every size not in `holdout_sizes` (each a
-    model size of the curves, in parameters); score the held-out sizes' runs."""
+    model size of the curves, in parameters); score the held-out sizes' runs. lam None: the
+    momentum of LAM_GRID with the lowest objective on the fitted runs, as in curve_fit."""
     huber_delta(delta)
-    if not 0.0 <= lam < 1.0:
+    if lam is not None and not 0.0 <= lam < 1.0:
         raise ScalingDataError(f"annealing momentum lam must be in [0, 1), got {lam}")
     sizes = sorted({c.params for c in curves})
     unknown = sorted(set(holdout_sizes) - set(sizes))
@@ -194,21 +196,24 @@ def fit_across_sizes(
     n_ref = float(np.exp(np.mean(np.log(fitted))))
     lr_ref = max(float(c.schedule.lrs().max()) for c, h in zip(curves, holdout) if not h)
     terms = SizedLawTerms(shared)
-    feats = [terms.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), lam, c.params / n_ref)
-             for c in curves]  # fmt: skip
 
-    def problem(mask: np.ndarray) -> CurveProblem:
+    def problem(feats: list, mask: np.ndarray) -> CurveProblem:
         idx = np.flatnonzero(mask)
         return CurveProblem(terms, [feats[i] for i in idx], [curves[i].loss for i in idx],
                             np.ones(len(idx)), delta)  # fmt: skip
 
-    prob = problem(~holdout)
-    best = minimize_from(grid_starts(prob, top_k), prob)
+    tried = []
+    for m in LAM_GRID if lam is None else [lam]:
+        feats = [terms.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m,
+                                c.params / n_ref) for c in curves]  # fmt: skip
+        prob = problem(feats, ~holdout)
+        tried.append((minimize_from(grid_starts(prob, top_k), prob), m, feats, prob))
+    best, lam, feats, prob = min(tried, key=lambda t: t[0].objective)
     boot, failed = np.empty((0, len(best.theta))), 0
     if n_boot > 0:
         boot, failed = replicates(_Refit(prob, best.theta), len(prob.y), n_boot, seed, n_jobs)
-    hfit = HuberFit(best, _quality(prob, best.theta), _quality(problem(holdout), best.theta),
-                    boot, failed)  # fmt: skip
+    hfit = HuberFit(best, _quality(prob, best.theta),
+                    _quality(problem(feats, holdout), best.theta), boot, failed)  # fmt: skip
 
     def law_of(t: np.ndarray) -> SizedAnnealingLaw:
         return SizedAnnealingLaw(float(t[0]), float(np.exp(t[1])), float(t[2]),

@@ -120,7 +120,7 @@ def fit_sizes_jointly(curves: list[ScheduledCurve], opts: CurveOptions) -> Sized
     curves = [_from_step(c, opts.min_step) for c in curves]
     return fit_across_sizes(
         curves, holdout_sizes=held_out_sizes(curves, opts.holdout_sizes),
-        shared=opts.shared_schedule_terms, lam=0.999 if opts.lam is None else opts.lam,
+        shared=opts.shared_schedule_terms, lam=opts.lam,
         delta=opts.delta, n_boot=opts.n_boot, level=opts.level, seed=opts.seed,
         n_jobs=opts.n_jobs,
     )  # fmt: skip
