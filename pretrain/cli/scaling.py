@@ -434,9 +434,6 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
         f"{args.output}{root}   (or on Slurm, branches after their stable run: pretrain slurm "
         f"sweep {args.output}{root})"
     )
-    stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
-    print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "
-          f"submit the branches with --only NAME for each")  # fmt: skip
     return 0
 
 
