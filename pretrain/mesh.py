@@ -79,6 +79,10 @@ def check_model_for_tp(model: ModelConfig, tp: int) -> None:
     if hidden % tp:
         raise ValueError(f"parallel.mesh.tp={tp} does not divide the MLP width {hidden} "
                          f"(model.width={model.width}, model.mlp_ratio={model.mlp_ratio})")
+    vocab = model.lm.vocab_size if model.family == "lm" else 0  # 0: not read from data yet
+    if vocab % tp:
+        raise ValueError(f"parallel.mesh.tp={tp} does not divide model.lm.vocab_size={vocab} "
+                         f"(the embedding and readout split by vocabulary; pad the vocabulary)")
     unsupported = {
         "model.sigma_reparam": model.sigma_reparam,  # its spectral norm needs the whole matrix
         "model.attn_entropy": model.attn_entropy,  # would record only this rank's heads

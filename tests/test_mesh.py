@@ -3,6 +3,7 @@ process, exact resume on a mesh, and checkpoints moving between mesh shapes (4 g
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -12,9 +13,9 @@ import torch
 
 from pretrain.engines.base import clip_across_meshes
 from pretrain.mesh import MeshShape, check_model_for_tp, resolve_mesh
-from pretrain.models.config import ModelConfig
+from pretrain.models.config import LMConfig, ModelConfig
 from pretrain.parallel_config import MeshConfig
-from pretrain.run_dir import read_status
+from pretrain.run_dir import read_metrics, read_status
 from tests.conftest import REPO, kill_run_at_step, subprocess_env, train_cmd
 from tests.test_distributed import final_weights, resumed_from, train_losses
 
@@ -53,6 +54,9 @@ def test_impossible_mesh_is_one_line_naming_the_key(mesh, world, backend, messag
     (ModelConfig(sigma_reparam=True), "model.sigma_reparam is not supported with "
      "parallel.mesh.tp=2"),
     (ModelConfig(dropout=0.1), "model.dropout is not supported with parallel.mesh.tp=2"),
+    (ModelConfig(family="lm", lm=LMConfig(vocab_size=257)), "parallel.mesh.tp=2 does not "
+     "divide model.lm.vocab_size=257 (the embedding and readout split by vocabulary; pad the "
+     "vocabulary)"),
 ])
 def test_model_that_tp_cannot_split_is_one_line(model, message):
     with pytest.raises(ValueError) as e:
@@ -104,6 +108,7 @@ TINY_MESH = [
 LINEAR_ADAM = ["optim.eps=1e-3"]
 HSDP = ["parallel.mesh.dp_replicate=2", "parallel.mesh.dp_shard=2"]
 TP = ["parallel.mesh.dp_shard=2", "parallel.mesh.tp=2"]
+EVAL_AT_10 = ["logging.eval_every_steps=10", "logging.eval_batches=2"]
 
 
 def run(nproc: int, family: str, overrides: list[str], check: bool = True,
@@ -123,26 +128,59 @@ def assert_follows(losses: dict, reference: dict, rel: float, what: str) -> None
         assert losses[step] == pytest.approx(reference[step], rel=rel), (what, step)
 
 
+def val_metrics(run_dir) -> dict[str, float]:
+    (last,) = [r for r in read_metrics(run_dir) if r["split"] == "val"]
+    return {k: last[k] for k in ("loss", "accuracy")}
+
+
+def assert_vocab_split(run_dir) -> None:
+    """Every rank holds a 1/world share of the parameters, the embedding and readout included
+    (only the norms' few weights are replicated over tp): the vocabulary is split, not
+    replicated on the TP ranks."""
+    stats = json.loads((run_dir / "model_stats.json").read_text())
+    share = 4 * stats["params"] / len(stats["per_rank"])  # fp32 bytes
+    for rank in stats["per_rank"]:
+        assert rank["param_bytes"] == rank["param_bytes_predicted"] < 1.02 * share, rank
+
+
 @pytest.mark.slow
 def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
     """fp32, same global batch, AdamW with LINEAR_ADAM: HSDP and TP within 1e-4 of one
     process at every step, the tolerance of plain FSDP2 (tests/test_distributed.py): each
     data-parallel rank averages over its own valid targets (packed rows mask document
     boundaries), so the mean of rank means is not quite the one-process mean. Measured at
-    step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9."""
+    step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9. Under TP the embedding and
+    readout are split by vocabulary and the loss is vocabulary-parallel; the validation loss
+    and accuracy (argmax over split logits) agree too."""
     common = ["schedule.steps=10", "checkpoint.every_steps=0", *LINEAR_ADAM]
-    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
+    run(0, "lm", [*common, *EVAL_AT_10, f"run.dir={tmp_path / 'one'}"])
     run(4, "lm", [*common, *HSDP, "checkpoint.save_at_end=false", f"run.dir={tmp_path / 'hsdp'}"])
-    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
+    run(4, "lm", [*common, *TP, *EVAL_AT_10, f"run.dir={tmp_path / 'tp'}"])
     one = train_losses(tmp_path / "one")
     assert sorted(one) == list(range(1, 11))
     assert_follows(train_losses(tmp_path / "hsdp"), one, 1e-4, "hsdp")
     assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
+    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
+    assert_vocab_split(tmp_path / "tp")
     # The TP checkpoint holds the single-device layout (fused qkv/SwiGLU rows unpermuted).
     single, sharded = final_weights(tmp_path / "one"), final_weights(tmp_path / "tp")
     assert single.keys() == sharded.keys()
     for name, value in single.items():
         assert torch.allclose(sharded[name], value, atol=1e-4), name
+
+
+@pytest.mark.slow
+def test_lm_tied_embeddings_under_tp_follow_one_process(tmp_path):
+    """Tied readout: the logits multiply the final norm's output by the vocabulary-split
+    embedding matrix, whose gradient gathers both uses; within 1e-4 of one process over 10
+    steps (as untied, above), validation loss and accuracy included."""
+    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              "model.lm.tie_embeddings=true", *EVAL_AT_10, *LINEAR_ADAM]
+    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
+    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
+    assert_follows(train_losses(tmp_path / "tp"), train_losses(tmp_path / "one"), 1e-4, "tied")
+    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
+    assert_vocab_split(tmp_path / "tp")
 
 
 MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
@@ -210,6 +248,22 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
         for step in losses:
             # 1e-4: a mesh with another dp size averages other per-rank means (see above)
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4), (name, step)
+
+
+@pytest.mark.slow
+def test_tp_checkpoint_resumes_at_dp_shard_4(tmp_path):
+    """The other way: a (dp_shard=2, tp=2) checkpoint, its embedding and readout split by
+    vocabulary, continues at dp_shard=4 following the TP run's own losses."""
+    common = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.save_at_end=false",
+              *LINEAR_ADAM]
+    ref, run_dir = tmp_path / "tp", tmp_path / "dp4"
+    run(4, "lm", [*common, *TP, f"run.dir={ref}"])
+    shutil.copytree(ref / "checkpoints" / "step_00000005",
+                    run_dir / "checkpoints" / "step_00000005")
+    run(4, "lm", [*common, f"run.dir={run_dir}"])
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(6, 11)), "must continue from step 6"
+    assert_follows(losses, {s: v for s, v in train_losses(ref).items() if s > 5}, 1e-4, "dp4")
 
 
 @pytest.mark.slow
