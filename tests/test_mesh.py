@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,20 +251,71 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4), (name, step)
 
 
+@pytest.fixture(scope="module")
+def tp_then_dp4(tmp_path_factory) -> tuple[Path, Path]:
+    """A (dp_shard=2, tp=2) run of 10 steps, and a dp_shard=4 run continuing its step-5
+    checkpoint to step 10: one run's trajectory, both ending in a checkpoint at step 10."""
+    root = tmp_path_factory.mktemp("tp_then_dp4")
+    common = ["schedule.steps=10", "checkpoint.every_steps=5", *LINEAR_ADAM]
+    tp, dp4 = root / "tp", root / "dp4"
+    run(4, "lm", [*common, *TP, f"run.dir={tp}"])
+    shutil.copytree(tp / "checkpoints" / "step_00000005", dp4 / "checkpoints" / "step_00000005")
+    run(4, "lm", [*common, f"run.dir={dp4}"])
+    return tp, dp4
+
+
 @pytest.mark.slow
-def test_tp_checkpoint_resumes_at_dp_shard_4(tmp_path):
+def test_tp_checkpoint_resumes_at_dp_shard_4(tp_then_dp4):
     """The other way: a (dp_shard=2, tp=2) checkpoint, its embedding and readout split by
     vocabulary, continues at dp_shard=4 following the TP run's own losses."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM]
-    ref, run_dir = tmp_path / "tp", tmp_path / "dp4"
-    run(4, "lm", [*common, *TP, f"run.dir={ref}"])
-    shutil.copytree(ref / "checkpoints" / "step_00000005",
-                    run_dir / "checkpoints" / "step_00000005")
-    run(4, "lm", [*common, f"run.dir={run_dir}"])
-    losses = train_losses(run_dir)
+    tp, dp4 = tp_then_dp4
+    losses = train_losses(dp4)
     assert sorted(losses) == list(range(6, 11)), "must continue from step 6"
-    assert_follows(losses, {s: v for s, v in train_losses(ref).items() if s > 5}, 1e-4, "dp4")
+    assert_follows(losses, {s: v for s, v in train_losses(tp).items() if s > 5}, 1e-4, "dp4")
+
+
+def ckpt_cli(*argv: str) -> None:
+    from pretrain.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 0, argv
+
+
+@pytest.mark.slow
+def test_convert_and_export_from_a_tp_checkpoint_match_data_parallel(tp_then_dp4, tmp_path):
+    """`ckpt convert --to deepspeed` and `ckpt export --format hf` of the TP run's step-10
+    checkpoint: exactly the tensors (and AdamW moments) its DCP checkpoint holds in the
+    single-device layout, and within 1e-4 of the same conversions of the dp_shard=4 run's
+    step 10 (one trajectory: a row permuted by the TP layout would differ by O(1))."""
+    from safetensors.torch import load_file
+
+    from pretrain.checkpoint.convert import open_source
+    from pretrain.checkpoint.convert.sources import EXP_AVG, EXP_AVG_SQ, PARAM
+
+    converted, exported = {}, {}
+    for name, run_dir in zip(("tp", "dp4"), tp_then_dp4):
+        ckpt = run_dir / "checkpoints" / "step_00000010"
+        ckpt_cli("ckpt", "convert", "--to", "deepspeed", str(ckpt), str(tmp_path / f"ds_{name}"))
+        ckpt_cli("ckpt", "export", "--format", "hf", str(ckpt), str(tmp_path / f"hf_{name}"))
+        converted[name] = open_source(tmp_path / f"ds_{name}" / "step_00000010")
+        exported[name] = load_file(str(tmp_path / f"hf_{name}" /
+                                       "model-00001-of-00001.safetensors"))
+        if name == "tp":
+            dcp = open_source(ckpt)
+            assert sorted(converted[name].params) == sorted(dcp.params)
+            for tensor in dcp.params:
+                for kind in (PARAM, EXP_AVG, EXP_AVG_SQ):
+                    want, got = dcp.read(tensor, kind), converted[name].read(tensor, kind)
+                    assert torch.equal(got, want), (tensor, kind)
+    tp_ds, dp_ds = converted["tp"], converted["dp4"]
+    assert sorted(tp_ds.params) == sorted(dp_ds.params)
+    for tensor in tp_ds.params:
+        assert torch.allclose(tp_ds.read(tensor), dp_ds.read(tensor), atol=1e-4), tensor
+    assert exported["tp"].keys() == exported["dp4"].keys()
+    assert "lm_head.weight" in exported["tp"]
+    for key, value in exported["dp4"].items():
+        assert torch.allclose(exported["tp"][key], value, atol=1e-4), key
 
 
 @pytest.mark.slow
