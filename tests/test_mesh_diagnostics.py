@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pretrain.config import load_config
 from pretrain.mup.coord_check import read_csv, run_coord_check
+from pretrain.run_dir import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.test_mesh import FAMILY_DATA, TP
+from tests.test_mesh import FAMILY_DATA, LINEAR_ADAM, TP, run
 
 LM_COORD = [*FAMILY_DATA["lm"], "data.num_workers=0", "model.depth=2", "model.num_heads=4",
             "model.mup.base_width=16", "data.global_batch_size=8", "optim.lr=2e-3",
@@ -44,3 +46,25 @@ def test_coord_check_with_tp_records_what_one_process_does(tmp_path):
     assert {k[-1] for k in single} >= {"tok_embed", "logits", "block1.mlp"}
     for key, value in single.items():
         assert sharded[key] == pytest.approx(value, rel=1e-3), key
+
+
+@pytest.mark.slow
+def test_singular_values_under_tp_equal_one_process(tmp_path):
+    """`model.mup.log_singular_values` at (dp_shard=2, tp=2): every matrix's σ_max gathered from
+    its (dp, tp) shards, the vocabulary-split readout and the fused qkv / SwiGLU rows included,
+    within 1e-4 of one process at every logged step."""
+    common = ["schedule.steps=4", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              "model.mup.enabled=true", "model.mup.base_width=16",
+              "model.mup.log_singular_values=true", *LINEAR_ADAM]
+    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
+    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
+
+    def singular_values(run_dir: Path) -> dict[tuple[int, str], float]:
+        return {(r["step"], k): v for r in read_metrics(run_dir) if r["split"] == "sv"
+                for k, v in r.items() if k not in ("step", "split")}
+
+    one, tp = singular_values(tmp_path / "one"), singular_values(tmp_path / "tp")
+    assert tp.keys() == one.keys() and (4, "head.weight") in one
+    assert (4, "blocks.1.attn.qkv.weight") in one
+    for key, value in one.items():
+        assert tp[key] == pytest.approx(value, rel=1e-4), key
