@@ -128,6 +128,14 @@ def build_layout(shape: MeshShape, rank: int, device: torch.device,
     return MeshLayout(shape, mesh, dp_rank=rank // shape.tp, tp_rank=rank % shape.tp)
 
 
+def device_flops(flops: float, shape: MeshShape) -> float:
+    """The share of a global step's training FLOPs (or FLOP/s) one device computes: its
+    data-parallel rank's part of the batch, split tp ways by tensor parallelism (the
+    replicated norms and adds are not counted, as in the models' FLOPs). MFU divides this by
+    one device's peak."""
+    return flops / (shape.dp * shape.tp)
+
+
 def tensor_bytes(tensor: torch.Tensor) -> int:
     """Bytes this rank holds for `tensor` (its local shard when it is a DTensor)."""
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
