@@ -359,8 +359,9 @@ def test_sequence_parallel_refuses_what_it_cannot_split():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, extra", [
-    ("lm", []), ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
-], ids=["lm", "vit-peri"])
+    ("lm", []), ("lm", ["model.lm.tie_embeddings=true"]),
+    ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
+], ids=["lm", "lm-tied", "vit-peri"])
 def test_sequence_parallel_follows_tensor_parallel(tmp_path, family, extra):
     """Tokens split between the projections (norms, Peri-LN output norms, residual stream):
     the same losses as TP alone, which follows one process (above)."""
