@@ -3,8 +3,8 @@
 Every block's attention and MLP are split over the "tp" mesh: the input projection
 column-wise (each rank computes its heads / its slice of the MLP hidden units), the output
 projection row-wise (partial sums all-reduced to a replicated output). Everything between
-(norms, residual stream, adaLN modulation, embeddings, heads) stays replicated on the TP
-ranks, computed identically on each, so its gradients agree without communication; the
+(norms, residual stream, adaLN modulation, ViT/DiT embeddings and heads) stays replicated on
+the TP ranks, computed identically on each, so its gradients agree without communication; the
 column-wise input's backward all-reduces the gradient of the replicated activation.
 
 Fused projections keep their single-device layout: `qkv` is [q; k; v] stacked and SwiGLU's
@@ -27,6 +27,9 @@ on the vocabulary. The cross-entropy runs on those shards under torch's `loss_pa
 (the engine's `loss_context`): a max and a sum of exponentials all-reduced per token, so the
 [B, T, V] logits are never gathered. A tied readout multiplies by the same vocabulary-split
 embedding matrix. ViT and DiT heads are small (classes, patch pixels) and stay replicated.
+
+Compiled blocks (parallel.compile, applied after TP) run with one graph break, at SwiGLU's
+fc2, where the strided fused output enters the row-wise projection.
 """
 
 from __future__ import annotations
