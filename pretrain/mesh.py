@@ -79,6 +79,10 @@ def check_model_for_tp(model: ModelConfig, tp: int) -> None:
     if hidden % tp:
         raise ValueError(f"parallel.mesh.tp={tp} does not divide the MLP width {hidden} "
                          f"(model.width={model.width}, model.mlp_ratio={model.mlp_ratio})")
+    vocab = model.lm.vocab_size if model.family == "lm" else 0  # 0: not read from data yet
+    if vocab % tp:
+        raise ValueError(f"parallel.mesh.tp={tp} does not divide model.lm.vocab_size={vocab} "
+                         f"(the embedding and readout split by vocabulary; pad the vocabulary)")
     unsupported = {
         "model.sigma_reparam": model.sigma_reparam,  # its spectral norm needs the whole matrix
         "model.attn_entropy": model.attn_entropy,  # would record only this rank's heads
@@ -122,6 +126,14 @@ def build_layout(shape: MeshShape, rank: int, device: torch.device,
         mesh = init_device_mesh(device.type, (shape.dp_replicate, shape.dp_shard, shape.tp),
                                 mesh_dim_names=MESH_DIMS)
     return MeshLayout(shape, mesh, dp_rank=rank // shape.tp, tp_rank=rank % shape.tp)
+
+
+def device_flops(flops: float, shape: MeshShape) -> float:
+    """The share of a global step's training FLOPs (or FLOP/s) one device computes: its
+    data-parallel rank's part of the batch, split tp ways by tensor parallelism (the
+    replicated norms and adds are not counted, as in the models' FLOPs). MFU divides this by
+    one device's peak."""
+    return flops / (shape.dp * shape.tp)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

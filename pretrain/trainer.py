@@ -25,7 +25,7 @@ from pretrain.device_defaults import apply_device_flags, describe_device, resolv
 from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
 from pretrain.lm_vocab import bits_per_byte, resolve_vocab
-from pretrain.mesh import rank_memory
+from pretrain.mesh import device_flops, rank_memory
 from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
 from pretrain.models import build_model, count_params, get_family
 from pretrain.mup.singular_values import top_singular_values
@@ -212,8 +212,10 @@ def _train(cfg: TrainConfig) -> dict:
             if cfg.optim.on_nonfinite == "skip":
                 record["skipped_steps"] = agreed.skipped_steps
             record |= train_loader.metrics()  # data/epoch, data/bad_samples (on_bad_sample=skip)
+            record["device_flops_per_s"] = device_flops(window_flops / elapsed,
+                                                        engine.layout.shape)
             if peak:
-                record["mfu"] = window_flops / elapsed / (peak * env.world_size)
+                record["mfu"] = record["device_flops_per_s"] / peak
             logger.log(step, "train", record)
             if cfg.model.mup.log_singular_values:  # a collective under FSDP2 / ZeRO-3: all call it
                 logger.log(step, "sv", top_singular_values(engine.model, kinds))

@@ -3,18 +3,20 @@ process, exact resume on a mesh, and checkpoints moving between mesh shapes (4 g
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from pretrain.engines.base import clip_across_meshes
 from pretrain.mesh import MeshShape, check_model_for_tp, resolve_mesh
-from pretrain.models.config import ModelConfig
+from pretrain.models.config import LMConfig, ModelConfig
 from pretrain.parallel_config import MeshConfig
-from pretrain.run_dir import read_status
+from pretrain.run_dir import read_metrics, read_status
 from tests.conftest import REPO, kill_run_at_step, subprocess_env, train_cmd
 from tests.test_distributed import final_weights, resumed_from, train_losses
 
@@ -53,6 +55,9 @@ def test_impossible_mesh_is_one_line_naming_the_key(mesh, world, backend, messag
     (ModelConfig(sigma_reparam=True), "model.sigma_reparam is not supported with "
      "parallel.mesh.tp=2"),
     (ModelConfig(dropout=0.1), "model.dropout is not supported with parallel.mesh.tp=2"),
+    (ModelConfig(family="lm", lm=LMConfig(vocab_size=257)), "parallel.mesh.tp=2 does not "
+     "divide model.lm.vocab_size=257 (the embedding and readout split by vocabulary; pad the "
+     "vocabulary)"),
 ])
 def test_model_that_tp_cannot_split_is_one_line(model, message):
     with pytest.raises(ValueError) as e:
@@ -104,6 +109,7 @@ TINY_MESH = [
 LINEAR_ADAM = ["optim.eps=1e-3"]
 HSDP = ["parallel.mesh.dp_replicate=2", "parallel.mesh.dp_shard=2"]
 TP = ["parallel.mesh.dp_shard=2", "parallel.mesh.tp=2"]
+EVAL_AT_10 = ["logging.eval_every_steps=10", "logging.eval_batches=2"]
 
 
 def run(nproc: int, family: str, overrides: list[str], check: bool = True,
@@ -123,26 +129,59 @@ def assert_follows(losses: dict, reference: dict, rel: float, what: str) -> None
         assert losses[step] == pytest.approx(reference[step], rel=rel), (what, step)
 
 
+def val_metrics(run_dir) -> dict[str, float]:
+    (last,) = [r for r in read_metrics(run_dir) if r["split"] == "val"]
+    return {k: last[k] for k in ("loss", "accuracy")}
+
+
+def assert_vocab_split(run_dir) -> None:
+    """Every rank holds a 1/world share of the parameters, the embedding and readout included
+    (only the norms' few weights are replicated over tp): the vocabulary is split, not
+    replicated on the TP ranks."""
+    stats = json.loads((run_dir / "model_stats.json").read_text())
+    share = 4 * stats["params"] / len(stats["per_rank"])  # fp32 bytes
+    for rank in stats["per_rank"]:
+        assert rank["param_bytes"] == rank["param_bytes_predicted"] < 1.02 * share, rank
+
+
 @pytest.mark.slow
 def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
     """fp32, same global batch, AdamW with LINEAR_ADAM: HSDP and TP within 1e-4 of one
     process at every step, the tolerance of plain FSDP2 (tests/test_distributed.py): each
     data-parallel rank averages over its own valid targets (packed rows mask document
     boundaries), so the mean of rank means is not quite the one-process mean. Measured at
-    step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9."""
+    step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9. Under TP the embedding and
+    readout are split by vocabulary and the loss is vocabulary-parallel; the validation loss
+    and accuracy (argmax over split logits) agree too."""
     common = ["schedule.steps=10", "checkpoint.every_steps=0", *LINEAR_ADAM]
-    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
+    run(0, "lm", [*common, *EVAL_AT_10, f"run.dir={tmp_path / 'one'}"])
     run(4, "lm", [*common, *HSDP, "checkpoint.save_at_end=false", f"run.dir={tmp_path / 'hsdp'}"])
-    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
+    run(4, "lm", [*common, *TP, *EVAL_AT_10, f"run.dir={tmp_path / 'tp'}"])
     one = train_losses(tmp_path / "one")
     assert sorted(one) == list(range(1, 11))
     assert_follows(train_losses(tmp_path / "hsdp"), one, 1e-4, "hsdp")
     assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
+    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
+    assert_vocab_split(tmp_path / "tp")
     # The TP checkpoint holds the single-device layout (fused qkv/SwiGLU rows unpermuted).
     single, sharded = final_weights(tmp_path / "one"), final_weights(tmp_path / "tp")
     assert single.keys() == sharded.keys()
     for name, value in single.items():
         assert torch.allclose(sharded[name], value, atol=1e-4), name
+
+
+@pytest.mark.slow
+def test_lm_tied_embeddings_under_tp_follow_one_process(tmp_path):
+    """Tied readout: the logits multiply the final norm's output by the vocabulary-split
+    embedding matrix, whose gradient gathers both uses; within 1e-4 of one process over 10
+    steps (as untied, above), validation loss and accuracy included."""
+    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              "model.lm.tie_embeddings=true", *EVAL_AT_10, *LINEAR_ADAM]
+    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
+    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
+    assert_follows(train_losses(tmp_path / "tp"), train_losses(tmp_path / "one"), 1e-4, "tied")
+    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
+    assert_vocab_split(tmp_path / "tp")
 
 
 MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
@@ -212,6 +251,73 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4), (name, step)
 
 
+@pytest.fixture(scope="module")
+def tp_then_dp4(tmp_path_factory) -> tuple[Path, Path]:
+    """A (dp_shard=2, tp=2) run of 10 steps, and a dp_shard=4 run continuing its step-5
+    checkpoint to step 10: one run's trajectory, both ending in a checkpoint at step 10."""
+    root = tmp_path_factory.mktemp("tp_then_dp4")
+    common = ["schedule.steps=10", "checkpoint.every_steps=5", *LINEAR_ADAM]
+    tp, dp4 = root / "tp", root / "dp4"
+    run(4, "lm", [*common, *TP, f"run.dir={tp}"])
+    shutil.copytree(tp / "checkpoints" / "step_00000005", dp4 / "checkpoints" / "step_00000005")
+    run(4, "lm", [*common, f"run.dir={dp4}"])
+    return tp, dp4
+
+
+@pytest.mark.slow
+def test_tp_checkpoint_resumes_at_dp_shard_4(tp_then_dp4):
+    """The other way: a (dp_shard=2, tp=2) checkpoint, its embedding and readout split by
+    vocabulary, continues at dp_shard=4 following the TP run's own losses."""
+    tp, dp4 = tp_then_dp4
+    losses = train_losses(dp4)
+    assert sorted(losses) == list(range(6, 11)), "must continue from step 6"
+    assert_follows(losses, {s: v for s, v in train_losses(tp).items() if s > 5}, 1e-4, "dp4")
+
+
+def ckpt_cli(*argv: str) -> None:
+    from pretrain.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 0, argv
+
+
+@pytest.mark.slow
+def test_convert_and_export_from_a_tp_checkpoint_match_data_parallel(tp_then_dp4, tmp_path):
+    """`ckpt convert --to deepspeed` and `ckpt export --format hf` of the TP run's step-10
+    checkpoint: exactly the tensors (and AdamW moments) its DCP checkpoint holds in the
+    single-device layout, and within 1e-4 of the same conversions of the dp_shard=4 run's
+    step 10 (one trajectory: a row permuted by the TP layout would differ by O(1))."""
+    from safetensors.torch import load_file
+
+    from pretrain.checkpoint.convert import open_source
+    from pretrain.checkpoint.convert.sources import EXP_AVG, EXP_AVG_SQ, PARAM
+
+    converted, exported = {}, {}
+    for name, run_dir in zip(("tp", "dp4"), tp_then_dp4):
+        ckpt = run_dir / "checkpoints" / "step_00000010"
+        ckpt_cli("ckpt", "convert", "--to", "deepspeed", str(ckpt), str(tmp_path / f"ds_{name}"))
+        ckpt_cli("ckpt", "export", "--format", "hf", str(ckpt), str(tmp_path / f"hf_{name}"))
+        converted[name] = open_source(tmp_path / f"ds_{name}" / "step_00000010")
+        exported[name] = load_file(str(tmp_path / f"hf_{name}" /
+                                       "model-00001-of-00001.safetensors"))
+        if name == "tp":
+            dcp = open_source(ckpt)
+            assert sorted(converted[name].params) == sorted(dcp.params)
+            for tensor in dcp.params:
+                for kind in (PARAM, EXP_AVG, EXP_AVG_SQ):
+                    want, got = dcp.read(tensor, kind), converted[name].read(tensor, kind)
+                    assert torch.equal(got, want), (tensor, kind)
+    tp_ds, dp_ds = converted["tp"], converted["dp4"]
+    assert sorted(tp_ds.params) == sorted(dp_ds.params)
+    for tensor in tp_ds.params:
+        assert torch.allclose(tp_ds.read(tensor), dp_ds.read(tensor), atol=1e-4), tensor
+    assert exported["tp"].keys() == exported["dp4"].keys()
+    assert "lm_head.weight" in exported["tp"]
+    for key, value in exported["dp4"].items():
+        assert torch.allclose(exported["tp"][key], value, atol=1e-4), key
+
+
 @pytest.mark.slow
 def test_activation_checkpointing_on_a_tp_mesh_is_exact(tmp_path):
     """TP is applied before activation checkpointing wraps the blocks: the recompute of a
@@ -220,6 +326,21 @@ def test_activation_checkpointing_on_a_tp_mesh_is_exact(tmp_path):
     run(4, "vit", [*common, f"run.dir={tmp_path / 'plain'}"])
     run(4, "vit", [*common, "parallel.activation_checkpointing=true", f"run.dir={tmp_path / 'ac'}"])
     assert train_losses(tmp_path / "ac") == train_losses(tmp_path / "plain")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_on_a_tp_mesh_follow_eager(tmp_path):
+    """TP before compile: each TP-split block compiled (torch.compile on CPU, inductor) gives
+    eager's losses within 1e-5 over 3 steps. Dynamo breaks the graph at SwiGLU's fc2 (the
+    strided fused-output layout entering the row-wise projection ends in a host scalar
+    read), so that part runs eagerly; the rest of each block is compiled."""
+    common = ["schedule.steps=3", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
+              *LINEAR_ADAM, *TP]
+    run(4, "lm", [*common, f"run.dir={tmp_path / 'eager'}"])
+    run(4, "lm", [*common, "parallel.compile=true", f"run.dir={tmp_path / 'compiled'}"],
+        timeout=900)
+    assert_follows(train_losses(tmp_path / "compiled"), train_losses(tmp_path / "eager"), 1e-5,
+                   "compiled")
 
 
 def test_sequence_parallel_refuses_what_it_cannot_split():
@@ -238,8 +359,9 @@ def test_sequence_parallel_refuses_what_it_cannot_split():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, extra", [
-    ("lm", []), ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
-], ids=["lm", "vit-peri"])
+    ("lm", []), ("lm", ["model.lm.tie_embeddings=true"]),
+    ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
+], ids=["lm", "lm-tied", "vit-peri"])
 def test_sequence_parallel_follows_tensor_parallel(tmp_path, family, extra):
     """Tokens split between the projections (norms, Peri-LN output norms, residual stream):
     the same losses as TP alone, which follows one process (above)."""

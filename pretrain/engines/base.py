@@ -85,6 +85,7 @@ class Engine:
     _updates_held_by = None  # a background checkpoint copy still reading the live state
     shards_at_init = False  # True: a meta-built model is materialised after `wrap`, as shards
     uses_mesh = False  # True: builds the DeviceMesh of `parallel.mesh` (pretrain/mesh.py)
+    vocab_parallel = False  # True: the LM's logits are split by vocabulary over the TP ranks
     _pending_init: InitPlan | None = None
 
     def __init__(
@@ -126,7 +127,8 @@ class Engine:
         if self.layout.shape.tp > 1:
             from pretrain.engines.tp import apply_tp
 
-            apply_tp(model, self.layout.tp_mesh(), self.parallel.mesh.sequence_parallel)
+            self.vocab_parallel = apply_tp(model, self.layout.tp_mesh(),
+                                           self.parallel.mesh.sequence_parallel)
         if self.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.parallel.compile is True:  # "auto" unresolved (no trainer): eager
@@ -146,6 +148,15 @@ class Engine:
     def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """Context in which backward runs; DDP/FSDP2 skip the gradient all-reduce until the last."""
         return contextlib.nullcontext()
+
+    def loss_context(self) -> contextlib.AbstractContextManager:
+        """Around a loss's forward and backward: the vocabulary-parallel cross-entropy when
+        tensor parallelism split the LM's readout (pretrain/engines/tp.py)."""
+        if not self.vocab_parallel:
+            return contextlib.nullcontext()
+        from pretrain.engines.tp import loss_context
+
+        return loss_context(True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.parallel.mixed_precision == "bf16":
@@ -170,7 +181,7 @@ class Engine:
         n = len(micro_batches)
         loss_total = torch.zeros((), device=self.env.device)
         for i, batch in enumerate(micro_batches):
-            with self.sync_context(i == n - 1):
+            with self.sync_context(i == n - 1), self.loss_context():
                 with self.autocast():
                     loss, _ = self.loss_fn(self.model, self.to_device(batch))
                 (loss / n).backward()
@@ -206,7 +217,7 @@ class Engine:
     def eval_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per-rank sums (loss_sum, count, ...) for one validation batch."""
         self.model.eval()
-        with self.autocast():
+        with self.autocast(), self.loss_context():
             _, stats = self.loss_fn(self.model, self.to_device(batch))
         return {k: v.detach().float() for k, v in stats.items()}
 

@@ -3,8 +3,8 @@
 Every block's attention and MLP are split over the "tp" mesh: the input projection
 column-wise (each rank computes its heads / its slice of the MLP hidden units), the output
 projection row-wise (partial sums all-reduced to a replicated output). Everything between
-(norms, residual stream, adaLN modulation, embeddings, heads) stays replicated on the TP
-ranks, computed identically on each, so its gradients agree without communication; the
+(norms, residual stream, adaLN modulation, ViT/DiT embeddings and heads) stays replicated on
+the TP ranks, computed identically on each, so its gradients agree without communication; the
 column-wise input's backward all-reduces the gradient of the replicated activation.
 
 Fused projections keep their single-device layout: `qkv` is [q; k; v] stacked and SwiGLU's
@@ -19,10 +19,22 @@ With `parallel.mesh.sequence_parallel` (LM and ViT) the regions between the proj
 split by tokens instead of replicated (`sequence_parallel_plan`): the row-wise outputs
 reduce-scatter, the next input all-gathers, norms hold a token slice's activations. DiT's
 adaLN modulation is a per-sample parameter path inside the blocks, so it stays without SP.
-A vocabulary-parallel loss is not applied: the LM head runs replicated.
+
+The LM's token embedding and readout are split by vocabulary (`vocab_parallel_plan`): each TP
+rank holds V/tp rows of the embedding (a lookup outside its rows gives zeros; the partial
+embeddings are all-reduced) and computes V/tp columns of the logits, which stay a DTensor split
+on the vocabulary. The cross-entropy runs on those shards under torch's `loss_parallel`
+(the engine's `loss_context`): a max and a sum of exponentials all-reduced per token, so the
+[B, T, V] logits are never gathered. A tied readout multiplies by the same vocabulary-split
+embedding matrix. ViT and DiT heads are small (classes, patch pixels) and stay replicated.
+
+Compiled blocks (parallel.compile, applied after TP) run with one graph break, at SwiGLU's
+fc2, where the strided fused output enters the row-wise projection.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -33,6 +45,7 @@ from torch.distributed.tensor.parallel import (
     PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
+    loss_parallel,
     parallelize_module,
 )
 
@@ -96,6 +109,33 @@ def sequence_parallel_plan(model: nn.Module) -> dict[str, object]:
     return plan
 
 
+def has_vocab_head(model: nn.Module) -> bool:
+    """An LM: a token embedding whose rows are also (or beside) the readout's vocabulary."""
+    return isinstance(getattr(model, "tok_embed", None), nn.Embedding)
+
+
+def vocab_parallel_plan(model: nn.Module) -> dict[str, object]:
+    """Embedding rows and readout columns split by vocabulary; the logits leave the model as a
+    DTensor sharded on the vocabulary (Shard(-1)) for `loss_parallel`. Tied: the final norm's
+    output becomes a replicated DTensor so `F.linear(x, tok_embed.weight)` multiplies it by
+    the vocabulary-split matrix (a plain tensor and a DTensor do not mix)."""
+    plan: dict[str, object] = {
+        "tok_embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
+    if model.head is not None:
+        plan["head"] = ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)
+    else:
+        plan["norm"] = PrepareModuleOutput(output_layouts=Replicate(),
+                                           desired_output_layouts=Replicate(),
+                                           use_local_output=False)
+    return plan
+
+
+def loss_context(vocab_parallel: bool) -> contextlib.AbstractContextManager:
+    """Where a step's forward and backward run: `loss_parallel` for vocabulary-split logits
+    (its cross-entropy and that one's backward work on the shards), else nothing."""
+    return loss_parallel() if vocab_parallel else contextlib.nullcontext()
+
+
 def check_tokens_split(model: nn.Module, tp: int) -> None:
     tokens = getattr(model, "num_tokens", None) or getattr(model, "seq_len", 0)
     if tokens % tp:
@@ -103,10 +143,15 @@ def check_tokens_split(model: nn.Module, tp: int) -> None:
                          f"split over tp={tp} (ViT: patches + cls token; LM: model.lm.seq_len)")
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
-    """Split every block's projections over `tp_mesh` (in place; names are unchanged), and
-    with `sequence_parallel` the tokens between them."""
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> bool:
+    """Split every block's projections over `tp_mesh` (in place; names are unchanged), an
+    LM's embedding and readout by vocabulary, and with `sequence_parallel` the tokens between
+    the projections. Returns whether the logits come out vocabulary-parallel (the loss then
+    runs under `loss_context(True)`)."""
     plan = tp_plan(model, tp_mesh.size())
+    vocab_parallel = has_vocab_head(model)
+    if vocab_parallel:
+        plan |= vocab_parallel_plan(model)
     if sequence_parallel:
         sp_plan = sequence_parallel_plan(model)  # refuses a family it does not fit first
         check_tokens_split(model, tp_mesh.size())
@@ -116,3 +161,4 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = Fa
         last = f"blocks.{len(model.blocks) - 1}"
         parallelize_module(model, tp_mesh, {last: PrepareModuleOutput(
             output_layouts=Shard(1), desired_output_layouts=Replicate())})
+    return vocab_parallel

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.attention.flex_attention import BlockMask
 
 from pretrain.models.blocks import (
@@ -127,8 +128,32 @@ def lm_loss(
     loss_sum = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
+    if isinstance(loss_sum, DTensor):  # vocabulary-parallel logits: the sum is replicated
+        loss_sum = loss_sum.full_tensor()
     count = valid.sum()
     stats = {"loss_sum": loss_sum.detach(), "count": count}
     if not torch.is_grad_enabled():  # evaluation; a training step never reads the accuracy
-        stats["correct"] = ((logits.argmax(-1) == targets) & valid).sum()
+        stats["correct"] = ((predicted_tokens(logits) == targets) & valid).sum()
     return loss_sum / count.clamp(min=1), stats
+
+
+def predicted_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the vocabulary, [B, T, V] -> [B, T]. Logits split by vocabulary over ranks
+    (a DTensor from tensor parallelism's readout) are not gathered: each rank's best token and
+    its logit are ([B, T] each), and the first rank holding the maximum wins (the ranks hold
+    consecutive equal slices, so that is argmax's first-index rule)."""
+    if not isinstance(logits, DTensor):
+        return logits.argmax(-1)
+    last = logits.dim() - 1
+    (mesh_dim,) = [i for i, p in enumerate(logits.placements)
+                   if p.is_shard() and p.dim % logits.dim() == last]
+    local = logits.to_local()
+    value, index = local.max(-1, keepdim=True)
+    index = index + local.shape[-1] * logits.device_mesh.get_local_rank(mesh_dim)
+
+    def gathered(t: torch.Tensor) -> torch.Tensor:  # [B, T, 1] per rank -> [B, T, ranks]
+        return DTensor.from_local(t, logits.device_mesh, logits.placements,
+                                  run_check=False).full_tensor()
+
+    best_rank = gathered(value).argmax(-1, keepdim=True)
+    return gathered(index).gather(-1, best_rank).squeeze(-1)

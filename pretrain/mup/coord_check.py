@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from pretrain.config import TrainConfig
 from pretrain.dist import all_reduce_sum
@@ -72,7 +73,7 @@ class CoordRecorder:
 
     def _hook(self, name: str):
         def hook(module, args, output):
-            out = output[0] if isinstance(output, tuple) else output
+            out = local_values(output[0] if isinstance(output, tuple) else output)
             self.sums[name] += torch.tensor(
                 [out.detach().float().abs().sum().item(), out.numel()], dtype=torch.float64
             )
@@ -255,3 +256,11 @@ def read_csv(path: Path) -> list[dict]:
             }
             for r in csv.DictReader(f)
         ]
+
+
+def local_values(out: torch.Tensor) -> torch.Tensor:
+    """This rank's elements of a layer's output: a DTensor split over ranks (an LM's logits,
+    split by vocabulary under tensor parallelism) counts its shard, so the all-reduced sums
+    and counts hold each element once; replicated outputs count once per rank, on both sides
+    of the mean."""
+    return out.to_local() if isinstance(out, DTensor) else out

@@ -77,7 +77,8 @@ def train_steps(
     A non-finite loss stops the run early (a diverged LR); the losses so far are returned.
     """
     accum = cfg.optim.grad_accum
-    loader = iter(build_loader(cfg.data, env.rank, env.world_size, "train", accum))
+    layout = engine.layout  # data-parallel ranks: the TP ranks of one group share a batch
+    loader = iter(build_loader(cfg.data, layout.dp_rank, layout.dp_size, "train", accum))
     losses = []
     for step in range(steps):
         loss = float(train_step(engine, loader, step, cfg.optim.lr, cfg.schedule, accum).loss)

@@ -114,7 +114,8 @@ def run_transfer(
 def _val_loss(engine, cfg: TrainConfig, env) -> float:
     from data_pipeline import build_loader
 
-    return evaluate(engine, build_loader(cfg.data, env.rank, env.world_size, "val"), 0)["loss"]
+    dp_rank, dp_size = engine.layout.dp_rank, engine.layout.dp_size  # TP ranks share a batch
+    return evaluate(engine, build_loader(cfg.data, dp_rank, dp_size, "val"), 0)["loss"]
 
 
 def curves(
