@@ -88,8 +88,9 @@ def main(cases: list[str]) -> None:
                 names = dict(eager_model.named_parameters())
                 want = {k: v.bfloat16() if k in names else v for k, v in want.items()}
             want = {k: v.detach().clone() for k, v in want.items()}
-            eager = engine_for(eager_model, cfg, case, env)
+            # meta first: the trainer's order (no DeepSpeed engine exists yet in the process)
             meta = engine_for(build_model(cfg, seed=7, meta=True), cfg, case, env)
+            eager = engine_for(eager_model, cfg, case, env)
             bad = mismatches(want, gathered(meta)) + mismatches(gathered(eager), gathered(meta))
             bad += [f"master{i}" for i, (a, b) in
                     enumerate(zip(master_partition(eager), master_partition(meta)))

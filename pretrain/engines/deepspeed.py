@@ -74,6 +74,12 @@ class DeepSpeedEngine(Engine):
         plan, self._pending_init = self._pending_init, None
         if plan is None:
             return
+        from deepspeed.accelerator import get_accelerator
+
+        # zero.Init reads the world size from deepspeed.comm, which deepspeed.initialize would
+        # otherwise set up only later (over the same torch process group, as here)
+        deepspeed.init_distributed(get_accelerator().communication_backend_name(),
+                                   dist_init_required=False)
         dtype = torch.bfloat16 if self.parallel.mixed_precision == "bf16" else torch.float32
         partition = compat.deepspeed_zero3_partitioner(deepspeed, config, dtype)
         plan.apply(model, self.env.device, partition=partition)
