@@ -5,6 +5,7 @@ DeepSpeed ZeRO-3 (partitioned module by module as the values are written)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -135,3 +136,23 @@ def test_zero3_partitions_equal_the_eager_build_and_train_alike_on_two_ranks():
              for case in ("mup", "sp", "bf16") for family in FAMILIES}
     assert {(k, c, f) for k, c, f, _ in lines} == cases
     assert [line for line in lines if line[3] != "-"] == []
+
+
+@pytest.mark.slow
+def test_zero3_meta_init_holds_a_partition_not_the_model(tmp_path):
+    """Peak RSS per rank (VmHWM) once a 150M-parameter LM (604 MB fp32, 48 narrow blocks so one
+    parameter is small against the model) is initialised under 2-rank ZeRO-3: this rank's half,
+    plus the drawing of one parameter (torch's trunc_normal_ holds a few copies of it) and
+    allocator slack; an eager build holds the whole model on every rank by then."""
+    pytest.importorskip("deepspeed")
+    cmd = [sys.executable, "bench/bench_meta_init.py", "--backend", "zero3", "--modes", "meta",
+           "--width", "512", "--depth", "48", "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(ranks) == 2
+    for r in ranks:
+        assert r["local_shard_mb"] == pytest.approx(r["model_mb"] / 2, rel=0.01)
+        bound = r["local_shard_mb"] + 8 * r["largest_param_mb"] + 48
+        assert r["init_peak_rise_mb"] < bound < 0.7 * r["model_mb"], r

@@ -30,6 +30,9 @@ they get the whole model, as single and DDP do.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Callable
 
 import torch
@@ -69,6 +72,22 @@ def fill(target: torch.Tensor, full: torch.Tensor) -> None:
         full = distribute_tensor(full.to(target.device), target.device_mesh, target.placements,
                                  src_data_rank=None)
     target.copy_(full)
+
+
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
+def return_freed_memory() -> None:
+    """Hand the pages of freed heap chunks back to the OS (glibc `malloc_trim`; nothing
+    elsewhere). Why: after the first large free, glibc serves allocations up to that size from
+    its heap, and the full values freed between the partitions kept stay resident: measured on
+    a 772 MB LM under 2-rank ZeRO-3, a rank's RSS after init was the whole model, not its half."""
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def adopt_value(module: nn.Module, attr: str, param: nn.Parameter, value: torch.Tensor,
@@ -148,6 +167,8 @@ class InitPlan:
             self._init_buffers(module, prefix, weights)
             if per_module:
                 partition(list(module.parameters(recurse=False)))
+                del weights
+                return_freed_memory()
 
     def _init_buffers(self, module: nn.Module, prefix: str, weights: dict) -> None:
         if hasattr(module, "init_buffers"):
