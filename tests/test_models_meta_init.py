@@ -140,7 +140,7 @@ def test_zero3_partitions_equal_the_eager_build_and_train_alike_on_two_ranks():
 
 @pytest.mark.slow
 def test_zero3_meta_init_holds_a_partition_not_the_model(tmp_path):
-    """Peak RSS per rank (VmHWM) once a 150M-parameter LM (604 MB fp32, 48 narrow blocks so one
+    """Peak RSS per rank (VmHWM) once a 152M-parameter LM (579 MiB fp32, 48 narrow blocks so one
     parameter is small against the model) is initialised under 2-rank ZeRO-3: this rank's half,
     plus the drawing of one parameter (torch's trunc_normal_ holds a few copies of it) and
     allocator slack; an eager build holds the whole model on every rank by then."""
