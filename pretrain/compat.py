@@ -9,6 +9,7 @@ and must not pay for torch.distributed.checkpoint or DeepSpeed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -117,3 +118,22 @@ def deepspeed_engine_config(ds_engine: Any) -> Any:
 def deepspeed_base_optimizer(ds_optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer a ZeRO optimizer wraps (holds the per-parameter Adam state)."""
     return ds_optimizer.optimizer
+
+
+def deepspeed_zero3_partitioner(deepspeed: Any, config: dict, dtype: torch.dtype
+                                ) -> Callable[[list[nn.Parameter]], None]:
+    """A function that turns full parameters into ZeRO-3 parameters, as `deepspeed.zero.Init`
+    does for each module built in its context: cast to the engine's dtype (what
+    `deepspeed.initialize` does to a model it partitions itself), broadcast from rank 0, keep this
+    rank's partition and free the full tensor. `Init(module=...)` is the public form, but it
+    converts a whole module tree at once; its per-list step is private."""
+    zero_init = deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype)
+
+    def partition(params: list[nn.Parameter]) -> None:
+        fresh = [p for p in params if not hasattr(p, "ds_id")]
+        for p in fresh:
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        zero_init._convert_to_zero_parameters(fresh)
+
+    return partition

@@ -126,6 +126,12 @@ def test_deepspeed_shims() -> None:
     # The engine and ZeRO optimizer attributes the shims read are set in their constructors.
     assert "self._config" in _source(DeepSpeedEngine.__init__)
     assert "self.optimizer" in _source(DeepSpeedZeroOptimizer.__init__)
+    # deepspeed_zero3_partitioner's private step (run on 2 ranks by tests/
+    # test_models_meta_init.py): it partitions a list and skips parameters already partitioned
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    convert = _source(Init._convert_to_zero_parameters)
+    assert "param_list" in convert and "is_zero_param(param)" in convert
 
 
 def _source(fn) -> str:

@@ -2,7 +2,12 @@
 
 The model is plain PyTorch, the optimizer is the project's torch AdamW over the
 parametrization's param groups (lr_mult / wd_mult ride along in each group), and DeepSpeed
-shards it. Checkpoints are DeepSpeed's own format (`checkpoint_format = "deepspeed"`): the
+shards it. A model built on `meta` (the trainer's path) is materialised whole on every rank for
+ZeRO-1/2, which keep full parameters by design (they partition optimizer state and gradients
+only); under ZeRO-3 it is materialised module by module, each module's parameters partitioned as
+soon as they are written (`materialize_zero3`), so a rank's peak host memory at init is about one
+module's full parameters plus its 1/N of the model, with the same values an eager build has.
+Checkpoints are DeepSpeed's own format (`checkpoint_format = "deepspeed"`): the
 checkpoint package saves and loads them through `self.model`, DeepSpeed's engine
 (pretrain/checkpoint/deepspeed_format.py).
 """
@@ -53,13 +58,31 @@ class DeepSpeedEngine(Engine):
         self.env, self.loss_fn = env, loss_fn
         self.parallel, self.optim_cfg = parallel, optim
         self.layout = self.make_layout(model_cfg)  # a flat mesh: tp/dp_replicate are refused
+        self.shards_at_init = parallel.deepspeed.zero_stage == 3
         kinds = self.prepare(model)
         deepspeed = import_deepspeed(parallel.deepspeed.shm_comm)
-        optimizer = build_optimizer(model, kinds, optim, model_cfg)
         config = ds_config(parallel, optim, global_batch_size, env.world_size)
+        self.materialize_zero3(model, deepspeed, config)
+        optimizer = build_optimizer(model, kinds, optim, model_cfg)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False,
         )
+
+    def materialize_zero3(self, model: nn.Module, deepspeed, config: dict) -> None:
+        """Allocate a meta-built model (ZeRO-3) one module at a time, each module's parameters
+        handed to ZeRO-3's partitioning as soon as their values are written."""
+        plan, self._pending_init = self._pending_init, None
+        if plan is None:
+            return
+        from deepspeed.accelerator import get_accelerator
+
+        # zero.Init reads the world size from deepspeed.comm, which deepspeed.initialize would
+        # otherwise set up only later (over the same torch process group, as here)
+        deepspeed.init_distributed(get_accelerator().communication_backend_name(),
+                                   dist_init_required=False)
+        dtype = torch.bfloat16 if self.parallel.mixed_precision == "bf16" else torch.float32
+        partition = compat.deepspeed_zero3_partitioner(deepspeed, config, dtype)
+        plan.apply(model, self.env.device, partition=partition)
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
         """DeepSpeed scales each backward by 1/accum and steps (clip, AdamW) at the last
