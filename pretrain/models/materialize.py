@@ -167,8 +167,8 @@ class InitPlan:
             self._init_buffers(module, prefix, weights)
             if per_module:
                 partition(list(module.parameters(recurse=False)))
-                del weights
-                return_freed_memory()
+            del weights
+            return_freed_memory()  # the draw buffers, or glibc keeps them resident (any backend)
 
     def _init_buffers(self, module: nn.Module, prefix: str, weights: dict) -> None:
         if hasattr(module, "init_buffers"):
