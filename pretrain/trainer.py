@@ -65,6 +65,18 @@ def _record_rank_memory(run_dir: Path, engine, env: DistEnv, stats: dict) -> Non
         write_json_atomic(run_dir / "model_stats.json", stats)
 
 
+def _restore_data_position(loader, state: dict, env) -> None:
+    """Put the loader where the checkpoint left it. A checkpoint converted from another tool's
+    (`pretrain ckpt convert`) has no position in this project's sample order: the run resumes
+    its model, optimizer and step, and the data order starts again at the beginning (said once;
+    refusing would leave a migrating user no way in but losing the optimizer state)."""
+    if "loader" in state:
+        loader.load_state_dict(state["loader"])
+    elif env.is_main:
+        log.warning("resuming at step %d from a checkpoint of another tool: it holds no data "
+                    "position, so the data order starts again from its beginning", state["step"])
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) the training described by `cfg`; returns the last metrics.
 
@@ -118,12 +130,13 @@ def _train(cfg: TrainConfig) -> dict:
     step, samples = 0, 0
     # The newest checkpoint that verifies and loads on every rank (older ones are fallbacks).
     resumed = ckpt.resume(cfg.checkpoint.resume, engine, cfg.run.seed,
-                          restore=lambda state: train_loader.load_state_dict(state["loader"]),
+                          restore=lambda state: _restore_data_position(train_loader, state, env),
                           fallback=cfg.checkpoint.resume_fallback)
     resume_from = resumed[0] if resumed is not None else None
     if resumed is not None:
         state = resumed[1]
-        step, samples = state["step"], state["samples"]
+        step = state["step"]
+        samples = state.get("samples", step * cfg.data.global_batch_size)  # foreign: no count
         log.info("resumed from %s at step %d", resume_from, step)
     else:
         seed_rank(cfg.run.seed, dp_rank, 0)  # TP ranks draw the same noise (DiT)

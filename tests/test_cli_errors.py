@@ -137,6 +137,34 @@ def test_console_script_has_no_traceback_unless_debug(bad):
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+# Commands that printed their own error line (and ignored --debug) before they went through
+# the central path; each must now raise its error to it (pretrain/cli/__init__.py).
+OWN_PATHS = [
+    ["train", "{b}/typo.yaml"],
+    ["launch", "local", "--nproc", "0", RECIPE],
+    ["generate", "{b}/notckpt"],
+    ["ckpt", "verify", "{b}/notckpt"],
+    ["mup", "sv-compare", "{b}/missing1", "{b}/missing2"],
+    ["scaling", "plan", "--base", "{b}/typo.yaml", "--budgets", "1e12", "--out", "{b}/s.yaml"],
+    ["scaling", "run", "{b}/evil.yaml"],
+    ["scaling", "collect", "--sweep", "{b}/evil.yaml"],
+    ["scaling", "fit", "{b}/runs.csv"],
+    ["scaling", "fit-curves", "{b}/runs.csv", "--curves", "{b}/runs.csv"],
+    ["scaling", "compare", "{b}/runs.csv", "{b}/runs.csv"],
+]
+
+
+@pytest.mark.parametrize("argv", OWN_PATHS, ids=[" ".join(a[:2]) for a in OWN_PATHS])
+def test_every_command_fails_through_the_one_error_path(bad, monkeypatch, argv):
+    """With PRETRAIN_DEBUG=1 the central path re-raises the error: a command that printed its
+    own line would exit 2 instead, and --debug would not show where it failed."""
+    monkeypatch.setenv("PRETRAIN_DEBUG", "1")
+    monkeypatch.setattr(logging.root, "handlers", [])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - each command has its own error
+        main([a.replace("{b}", str(bad)) for a in argv])
+    assert not isinstance(raised.value, SystemExit)
+
+
 def test_overrides_may_follow_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", RECIPE, "--print-config", "run.name=after_flag", "model.depth=3"])

@@ -304,8 +304,9 @@ class Checkpointer:
 
     def load(self, path: Path, engine, seed: int) -> dict:
         """Restore engine state and this rank's RNG; returns the saved train_state."""
-        load_engine_state(engine, path / "model", process_group=self.pg)
         state = read_train_state(path)
+        load_engine_state(engine, path / "model", process_group=self.pg,
+                          own_param_groups=bool(state.get("foreign")))  # converted, see there
         # A rank's saved RNG is its own only on the same mesh (TP ranks share the DP rank's).
         layout = getattr(engine, "layout", None)
         mesh = layout.shape.as_dict() if layout is not None else None

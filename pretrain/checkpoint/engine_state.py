@@ -42,8 +42,13 @@ def save_engine_state(engine, path: Path, process_group=None, stager=None,
     return None
 
 
-def load_engine_state(engine, path: Path, process_group=None) -> None:
-    """Load `path` into the engine (resharding DCP to however this run is sharded)."""
+def load_engine_state(engine, path: Path, process_group=None,
+                      own_param_groups: bool = False) -> None:
+    """Load `path` into the engine (resharding DCP to however this run is sharded).
+
+    `own_param_groups`: keep this run's optimizer hyperparameter groups and load only the
+    per-parameter state (moments, step) by name. For another tool's checkpoint: its groups
+    are laid out its own way (one group, no muP `lr_mult`), the run's come from its recipe."""
     if engine.checkpoint_format == "deepspeed":
         from pretrain.checkpoint.deepspeed_format import load_deepspeed
 
@@ -55,5 +60,8 @@ def load_engine_state(engine, path: Path, process_group=None) -> None:
             f"{path} was written by DeepSpeed; parallel.backend={engine.name} reads DCP. Convert "
             f"it: pretrain ckpt convert {path.parent} NEW_DIR --to dcp")
     state = engine.state_dict()
+    groups = state["optim"].pop("param_groups") if own_param_groups else None
     dcp_io.load(state, path, process_group)
+    if groups is not None:
+        state["optim"]["param_groups"] = groups
     engine.load_state_dict(state)

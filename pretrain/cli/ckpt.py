@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -142,8 +141,7 @@ def run_verify(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         reason = str(e)
     if reason is not None:
-        print(f"pretrain ckpt verify: error: {args.path}: {reason}", file=sys.stderr)
-        return 2
+        raise CheckpointError(f"{args.path}: {reason}")
     files = len(manifest["files"])
     if "checksums" in manifest:
         print(f"{args.path}: {files} files verified ({manifest['checksum']} checksums and sizes)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -138,18 +137,14 @@ def generate_text(
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        text = generate_text(
-            Path(args.checkpoint),
-            args.prompt,
-            args.max_new_tokens,
-            args.top_k,
-            args.temperature,
-            args.seed,
-            args.tokenizer,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"pretrain generate: error: {e}", file=sys.stderr)
-        return 2
+    text = generate_text(
+        Path(args.checkpoint),
+        args.prompt,
+        args.max_new_tokens,
+        args.top_k,
+        args.temperature,
+        args.seed,
+        args.tokenizer,
+    )
     print(args.prompt + text)
     return 0

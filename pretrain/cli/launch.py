@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 from launch.local import launch_env, run_supervised, supervised_torchrun_command
 
@@ -54,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
 
     if args.nproc < 1:
-        print(
-            f"pretrain launch local: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr
-        )
-        return 2
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = load_config(args.recipe, args.overrides)  # before torchrun: one error line, not 2N+35
     check_data_exists(cfg.data)
     cmd = supervised_torchrun_command(args.nproc, args.recipe, args.overrides)

@@ -347,11 +347,6 @@ def _options(args: argparse.Namespace):
     )  # fmt: skip
 
 
-def _fail(args: argparse.Namespace, e: Exception) -> int:
-    print(f"pretrain scaling {args.scaling_command}: error: {e}", file=sys.stderr)
-    return 2
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
     from pretrain.scaling_laws.plan import (
@@ -363,20 +358,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         write_sweep,
     )  # fmt: skip
 
-    try:
-        extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
-        cfg = load_config(args.base, extra)
-        shapes = candidate_shapes(cfg.model.width, cfg.model.num_heads, cfg.model.depth,
-                                  args.widths, args.depths)  # fmt: skip
-        stats_fn = model_stats_fn(args.base, extra)
-        runs = plan_isoflop(
-            args.budgets, args.points, shapes, stats_fn, cfg.data.global_batch_size,
-            base_steps=cfg.schedule.steps, base_warmup=cfg.schedule.warmup_steps,
-            tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
-            evals_per_run=args.evals, family=cfg.model.family,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
-        return _fail(args, e)
+    extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
+    cfg = load_config(args.base, extra)
+    shapes = candidate_shapes(cfg.model.width, cfg.model.num_heads, cfg.model.depth,
+                              args.widths, args.depths)  # fmt: skip
+    stats_fn = model_stats_fn(args.base, extra)
+    runs = plan_isoflop(
+        args.budgets, args.points, shapes, stats_fn, cfg.data.global_batch_size,
+        base_steps=cfg.schedule.steps, base_warmup=cfg.schedule.warmup_steps,
+        tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
+        evals_per_run=args.evals, family=cfg.model.family,
+    )  # fmt: skip
     fixed = {**parse_sets(extra), **mup_pins(cfg.model)}  # muP: the base head dim
     for r in runs:
         r.overrides = {**fixed, **r.overrides}
@@ -405,20 +397,17 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
         write_sweep,
     )  # fmt: skip
 
-    try:
-        extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
-        cfg = load_config(args.base, extra)
-        m = cfg.model
-        shapes = candidate_shapes(m.width, m.num_heads, m.depth, args.widths or [m.width],
-                                  args.depths)  # fmt: skip
-        runs = plan_branched_wsd(
-            shapes, args.decay_starts, model_stats_fn(args.base, extra),
-            cfg.data.global_batch_size, sweep_root(args.output, args.root),
-            decay_ratio=args.decay_ratio, warmup_steps=cfg.schedule.warmup_steps,
-            evals_per_run=args.evals, family=m.family,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError
-        return _fail(args, e)
+    extra = ([f"model.family={args.family}"] if args.family else []) + args.extra
+    cfg = load_config(args.base, extra)
+    m = cfg.model
+    shapes = candidate_shapes(m.width, m.num_heads, m.depth, args.widths or [m.width],
+                              args.depths)  # fmt: skip
+    runs = plan_branched_wsd(
+        shapes, args.decay_starts, model_stats_fn(args.base, extra),
+        cfg.data.global_batch_size, sweep_root(args.output, args.root),
+        decay_ratio=args.decay_ratio, warmup_steps=cfg.schedule.warmup_steps,
+        evals_per_run=args.evals, family=m.family,
+    )  # fmt: skip
     fixed = {**parse_sets(extra), **mup_pins(cfg.model)}  # muP: the base head dim
     for r in runs:
         r.overrides = {**fixed, **r.overrides}
@@ -443,15 +432,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.runner import LOCAL_OVERRIDES, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
-    try:
-        sweep = read_sweep(args.sweep)
-    except (ScalingDataError, FileNotFoundError) as e:
-        return _fail(args, e)
+    sweep = read_sweep(args.sweep)
     root = sweep_root(args.sweep, args.root)
-    try:
-        outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
-    except ScalingDataError as e:
-        return _fail(args, e)
+    outcomes = run_sweep(sweep, root, [*LOCAL_OVERRIDES, *args.extra], args.threads)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         print(f"failed: {o.name}: {o.error}", file=sys.stderr)
@@ -466,19 +449,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, write_csv
 
     dirs = list(args.run_dirs)
-    try:
-        if args.sweep:
-            root = sweep_root(args.sweep, args.root)
-            dirs += [str(run_dir(root, run["name"])) for run in read_sweep(args.sweep)["runs"]]
-        if not dirs:
-            raise ScalingDataError("give run directories or --sweep")
-        got = collect(dirs, args.smooth, args.include_incomplete)
-    except (ScalingDataError, ValueError, FileNotFoundError) as e:
-        return _fail(args, e)
+    if args.sweep:
+        root = sweep_root(args.sweep, args.root)
+        dirs += [str(run_dir(root, run["name"])) for run in read_sweep(args.sweep)["runs"]]
+    if not dirs:
+        raise ScalingDataError("give run directories or --sweep")
+    got = collect(dirs, args.smooth, args.include_incomplete)
     for d, why in got.skipped:
         print(f"skipped {d}: {why}", file=sys.stderr)
     if not got.runs:
-        return _fail(args, ScalingDataError("no completed runs to collect"))
+        raise ScalingDataError("no completed runs to collect")
     write_csv(args.output, got.runs, RUN_COLUMNS)
     msg = f"wrote {args.output} ({len(got.runs)} runs"
     if args.curves:
@@ -492,18 +472,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.study import fit_and_report, summary
     from pretrain.scaling_laws.table import RunTable, read_curves, read_runs
 
-    try:
-        table = read_runs(args.runs)
-        stable = [r for r in table.rows if r.get("role") == "stable"]
-        if stable:  # a branched WSD plan: the unannealed stable runs are not finished runs
-            table = RunTable([r for r in table.rows if r.get("role") != "stable"])
-            print(f"left out {len(stable)} stable-phase run(s) of branched WSD runs: "
-                  f"{', '.join(r['name'] for r in stable)}")  # fmt: skip
-        curves = read_curves(args.curves) if args.curves else None
-        note = next((r.get("flops_note", "") for r in table.rows if r.get("flops_note")), "")
-        a = fit_and_report(table, curves, _options(args), Path(args.out), note)
-    except ScalingDataError as e:
-        return _fail(args, e)
+    table = read_runs(args.runs)
+    stable = [r for r in table.rows if r.get("role") == "stable"]
+    if stable:  # a branched WSD plan: the unannealed stable runs are not finished runs
+        table = RunTable([r for r in table.rows if r.get("role") != "stable"])
+        print(f"left out {len(stable)} stable-phase run(s) of branched WSD runs: "
+              f"{', '.join(r['name'] for r in stable)}")  # fmt: skip
+    curves = read_curves(args.curves) if args.curves else None
+    note = next((r.get("flops_note", "") for r in table.rows if r.get("flops_note")), "")
+    a = fit_and_report(table, curves, _options(args), Path(args.out), note)
     print("\n".join(summary(a)))
     print(f"wrote {args.out}/report.md, fits.json and figures")
     return 0
@@ -524,21 +501,18 @@ def cmd_fit_curves(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.schedule_curves import parse_schedule, scheduled_curves
     from pretrain.scaling_laws.table import read_runs
 
-    try:
-        opts = CurveOptions(
-            laws=list(dict.fromkeys(args.law)), holdout=list(args.holdout),
-            predict=[parse_schedule(t) for t in args.predict], lam=_lam(args.lam),
-            min_step=args.min_step, delta=args.delta,
-            n_boot=args.boot, level=args.level, seed=args.seed,
-            n_jobs=args.jobs or default_jobs(),
-            across_sizes=args.across_sizes or bool(args.holdout_size or args.predict_size),
-            holdout_sizes=args.holdout_size, predict_sizes=args.predict_size,
-            shared_schedule_terms=args.shared_schedule_terms,
-        )  # fmt: skip
-        curves = scheduled_curves(read_runs(args.runs), args.curves)
-        study = fit_curves_and_report(curves, opts, Path(args.out))
-    except (ScalingDataError, TypeError) as e:  # TypeError: a bad ScheduleConfig value
-        return _fail(args, e)
+    opts = CurveOptions(
+        laws=list(dict.fromkeys(args.law)), holdout=list(args.holdout),
+        predict=[parse_schedule(t) for t in args.predict], lam=_lam(args.lam),
+        min_step=args.min_step, delta=args.delta,
+        n_boot=args.boot, level=args.level, seed=args.seed,
+        n_jobs=args.jobs or default_jobs(),
+        across_sizes=args.across_sizes or bool(args.holdout_size or args.predict_size),
+        holdout_sizes=args.holdout_size, predict_sizes=args.predict_size,
+        shared_schedule_terms=args.shared_schedule_terms,
+    )  # fmt: skip
+    curves = scheduled_curves(read_runs(args.runs), args.curves)
+    study = fit_curves_and_report(curves, opts, Path(args.out))
     print("\n".join(summary(study, opts)))
     sizes = ", curve_sizes.json and curve_sizes.png" if study.joint else ""
     print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png{sizes}")
@@ -563,12 +537,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = args.names or [args.study_a, args.study_b]
     kwargs = dict(delta=args.delta, n_boot=args.boot, level=args.level, n_jobs=args.jobs
                   or default_jobs())  # fmt: skip
-    try:
-        a, b = (fit_study(n, read_runs(p), seed=args.seed + i, **kwargs)
-                for i, (n, p) in enumerate(zip(names, paths)))  # fmt: skip
-        comp = compare_studies(a, b, list(args.target))
-    except ScalingDataError as e:
-        return _fail(args, e)
+    a, b = (fit_study(n, read_runs(p), seed=args.seed + i, **kwargs)
+            for i, (n, p) in enumerate(zip(names, paths)))  # fmt: skip
+    comp = compare_studies(a, b, list(args.target))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(_jsonable(comp.as_dict()), indent=2) + "\n")
@@ -582,15 +553,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     from pretrain.scaling_laws.study import run_study, summary
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
-    try:
-        a, outcomes = run_study(
-            args.base, args.budgets, args.points, Path(args.out), _options(args),
-            family=args.family, widths=args.widths, depths=args.depths,
-            tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
-            evals_per_run=args.evals, extra=args.extra, threads=args.threads,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:  # ScalingDataError, ConfigError, bad family
-        return _fail(args, e)
+    a, outcomes = run_study(
+        args.base, args.budgets, args.points, Path(args.out), _options(args),
+        family=args.family, widths=args.widths, depths=args.depths,
+        tokens_per_param=args.tokens_per_param, min_steps=args.min_steps,
+        evals_per_run=args.evals, extra=args.extra, threads=args.threads,
+    )  # fmt: skip
     done = sum(o.state != "failed" for o in outcomes)
     print(f"{done} of {len(outcomes)} runs completed; results in {args.out}/report.md")
     print("\n".join(summary(a)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """\
 Overrides are dotted keys of the recipe, parsed as YAML values:
@@ -30,13 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from pretrain.config import ConfigError, load_config, to_dict
+    from pretrain.config import load_config, to_dict
 
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"pretrain train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.recipe, args.overrides)  # a ConfigError: one line (pretrain.cli)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
