@@ -14,8 +14,9 @@ into this convention; our weights are in it already). GPT-NeoX fuses q, k, v per
 
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
 1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm), muP's readout
-multiplier into an untied lm_head, σReparam's gamma/sigma(W) into each weight (adapters.py;
-export only). Refused, naming the option: Peri-LN, a bias on
+multiplier into an untied lm_head, the depth rule's branch multiplier into each block's
+attention output and MLP down projection (weight and bias), σReparam's gamma/sigma(W) into
+each weight (adapters.py; export only). Refused, naming the option: Peri-LN, a bias on
 the untied readout, a readout multiplier with tied embeddings, GELU with RMSNorm, SwiGLU with
 LayerNorm, qk_norm with LayerNorm or biases, GPT-NeoX without biases.
 """
@@ -29,7 +30,7 @@ import torch
 from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.blocks import swiglu_hidden
 from pretrain.models.config import ModelConfig
-from pretrain.models.parametrization import attention_scale, output_mult
+from pretrain.models.parametrization import attention_scale, output_mult, residual_mult
 
 NORM_EPS = 1e-5  # blocks.make_norm's default, used by every norm of the LM
 
@@ -118,7 +119,7 @@ def pieces(m: ModelConfig) -> list[Piece]:
     if arch == "GPTNeoXForCausalLM":
         return _neox_pieces(m)
     d, h = m.width, swiglu_hidden(m)
-    qm = query_mult(m)
+    qm, rm = query_mult(m), residual_mult(m)
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
@@ -129,7 +130,8 @@ def pieces(m: ModelConfig) -> list[Piece]:
                           qm if not m.qk_norm else 1.0),
                     Piece(qkv, theirs + f"self_attn.k_proj.{kind}", slice(d, 2 * d)),
                     Piece(qkv, theirs + f"self_attn.v_proj.{kind}", slice(2 * d, 3 * d)),
-                    Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}")]
+                    Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}",
+                          mult=rm)]
         if m.qk_norm:
             out += [Piece(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight",
                           mult=qm),
@@ -139,7 +141,7 @@ def pieces(m: ModelConfig) -> list[Piece]:
             fc1 = ours + f"mlp.fc1.{kind}"
             out += [Piece(fc1, theirs + f"mlp.gate_proj.{kind}", slice(0, h)),
                     Piece(fc1, theirs + f"mlp.up_proj.{kind}", slice(h, 2 * h)),
-                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}")]
+                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}", mult=rm)]
     out.append(Piece("norm.weight", "model.norm.weight"))
     if not m.lm.tie_embeddings:
         out.append(Piece("head.weight", "lm_head.weight", mult=output_mult(m)))
@@ -157,7 +159,7 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
     if query_mult(m) != 1.0:
         raise ExportRefused("model.mup.enabled: GPT-NeoX fuses q with k and v, so muP's "
                             "attention scale cannot be folded into the query rows alone")
-    perm = _neox_qkv_rows(m)
+    perm, rm = _neox_qkv_rows(m), residual_mult(m)
     out = [Piece("tok_embed.weight", "gpt_neox.embed_in.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"gpt_neox.layers.{i}."
@@ -165,10 +167,12 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
             out += [Piece(ours + f"norm1.{kind}", theirs + f"input_layernorm.{kind}"),
                     Piece(ours + f"attn.qkv.{kind}", theirs + f"attention.query_key_value.{kind}",
                           perm),
-                    Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}"),
+                    Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}",
+                          mult=rm),
                     Piece(ours + f"norm2.{kind}", theirs + f"post_attention_layernorm.{kind}"),
                     Piece(ours + f"mlp.fc1.{kind}", theirs + f"mlp.dense_h_to_4h.{kind}"),
-                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.dense_4h_to_h.{kind}")]
+                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.dense_4h_to_h.{kind}",
+                          mult=rm)]
     out += [Piece("norm.weight", "gpt_neox.final_layer_norm.weight"),
             Piece("norm.bias", "gpt_neox.final_layer_norm.bias")]
     if not m.lm.tie_embeddings:
