@@ -240,3 +240,37 @@ def test_hf_export_folds_the_branch_multiplier_exactly(family, tmp_path):
             tokens = torch.randint(0, 256, (2, 16), generator=g)
             diff = (hf(tokens).logits - ours.eval()(tokens)).abs().max().item()
     assert diff <= 1e-5, f"{family}: max abs logit difference {diff}"
+
+
+def test_diffusers_export_folds_the_branch_multiplier_exactly(tmp_path):
+    """The DiT at 3x its base depth under CompleteP, random weights (std 0.2: the adaLN gates
+    far from zero, so every branch matters): DiTTransformer2DModel predicts what we do."""
+    from safetensors.torch import save_file
+
+    from pretrain.checkpoint import read_model_tensors
+    from pretrain.checkpoint.convert import import_safetensors
+    from pretrain.interop import export_folder
+    from pretrain.models import build_model
+    from tests.interop_libs import diffusers
+
+    cfg = load_config(REPO / "configs/dit_digits.yaml", [
+        *TINY, "data.name=digits", "parallel.backend=single", "model.dit.time_freq_shift=1",
+        "model.mup.enabled=true", "model.mup.base_width=16", "model.depth=3",
+        "model.mup.depth_alpha=1", "model.mup.base_depth=1", f"run.dir={tmp_path / 'run'}"])
+    g = torch.Generator().manual_seed(5)
+    weights = {n: torch.randn(p.shape, generator=g) * 0.2
+               for n, p in build_model(cfg.model).named_parameters()}
+    save_file(weights, str(tmp_path / "random.safetensors"))
+    ckpt = import_safetensors(tmp_path / "random.safetensors", tmp_path / "run/checkpoints", cfg)
+    folder = export_folder(ckpt, tmp_path / "dit", "diffusers")
+    theirs = diffusers().DiTTransformer2DModel.from_pretrained(folder).eval()
+    ours = build_model(cfg.model)
+    ours.load_state_dict(read_model_tensors(ckpt))
+    assert {b.residual_mult for b in ours.blocks} == {1 / 3}
+    d = cfg.model.dit
+    x = torch.randn(3, d.in_channels, d.image_size, d.image_size, generator=g)
+    t, labels = torch.tensor([0.0, 250.0, 999.0]), torch.tensor([0, 3, d.num_classes])
+    with torch.no_grad():
+        want = ours.eval()(x, t, labels)
+        got = theirs(x, timestep=t, class_labels=labels).sample
+    assert (got - want).abs().max().item() <= 1e-5
