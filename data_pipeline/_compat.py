@@ -1,8 +1,12 @@
-"""Importing mosaicml-streaming where torchvision cannot load.
+"""Importing mosaicml-streaming and diffusers / transformers where torchvision cannot load.
 
-`import streaming` imports `streaming.vision`, which imports torchvision. On CPU-only machines the
-only torchvision wheel pip finds is a CUDA build that fails at import. Streaming's vision datasets
-are not used here, so a minimal stand-in (`VisionDataset`, `to_tensor`) is registered in its place.
+On CPU-only machines the only torchvision wheel pip finds is a CUDA build that fails at import.
+- `import streaming` imports `streaming.vision`, which imports torchvision. Streaming's vision
+  datasets are not used here, so a minimal stand-in (`VisionDataset`, `to_tensor`) is registered
+  in its place.
+- transformers / diffusers import torchvision whenever its metadata says it is installed, and the
+  stand-in is not enough for them; blocking the module (sys.modules entry None, Python's own way
+  of saying "not installed") makes them run as they do on machines without torchvision.
 The real torchvision is always preferred when it imports.
 """
 
@@ -78,3 +82,37 @@ def import_streaming() -> types.ModuleType:
     import streaming
 
     return streaming
+
+
+def block_broken_torchvision() -> None:
+    """Make transformers / diffusers import as on a machine without torchvision, unless the real
+    torchvision loads (a stand-in installed for streaming is replaced by the block; streaming
+    keeps the references it took)."""
+    existing = sys.modules.get("torchvision", False)
+    if existing is None:
+        return
+    if existing is not False and not getattr(existing, "__torchvision_standin__", False):
+        return  # the real one is loaded
+    if existing is False:
+        try:
+            import torchvision  # noqa: F401
+            return
+        except Exception:  # noqa: BLE001 - a CUDA-only wheel raises RuntimeError
+            pass
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+    sys.modules["torchvision"] = None
+    utils = sys.modules.get("transformers.utils.import_utils")
+    if utils is not None:  # transformers was imported (by streaming) while a stand-in was there
+        utils._torchvision_available = False
+
+
+def import_diffusers() -> types.ModuleType:
+    """`import diffusers` with torchvision blocked if it cannot load; a missing diffusers raises
+    ImportError naming the extra that installs it."""
+    block_broken_torchvision()
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(f"diffusers is not installed ({e}): pip install 'pretrain[vae]'") from e
+    return diffusers

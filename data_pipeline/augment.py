@@ -21,13 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-# op tags: independent streams per transform (3 = the flip, as before this module existed)
-TAG_CROP, TAG_FLIP, TAG_POLICY, TAG_JITTER = 1, 3, 4, 5
+# op tags: independent streams per transform (3 = the flip, as before this module existed;
+# 6 = mixup.TAG_MIX; 8 = the posterior draw of latents.py)
+TAG_CROP, TAG_FLIP, TAG_POLICY, TAG_JITTER, TAG_ERASE, TAG_LATENT = 1, 3, 4, 5, 7, 8
 Box = tuple[float, float, float, float]  # left, upper, right, lower in source pixels
 
 
 AUGMENT_KEYS = ("random_resized_crop", "crop_scale", "crop_ratio", "eval_crop_fraction",
-                "auto_augment", "color_jitter", "mixup_alpha", "cutmix_alpha",
+                "auto_augment", "color_jitter", "hue_jitter", "random_erasing", "erase_mode",
+                "erase_count", "erase_scale", "erase_ratio", "mixup_alpha", "cutmix_alpha",
                 "label_smoothing")
 
 
@@ -207,13 +209,94 @@ def three_augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.1, 2.0))))
 
 
-def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    """Brightness, contrast and saturation, each scaled by a factor ~ U(1 - s, 1 + s), in a
-    random order (torchvision's ColorJitter without hue)."""
+def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator,
+                 hue: float = 0.0) -> Image.Image:
+    """torchvision's ColorJitter: brightness, contrast and saturation factors ~ U(1 - s, 1 + s)
+    and, with `hue` > 0, a hue shift ~ U(-hue, hue) of the colour circle, applied in a random
+    order. Without hue the draws are those of the 3-op version (same pixels as before hue)."""
     ops = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
     factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, 3)
-    for index in rng.permutation(3).tolist():
-        if ops[index] is ImageEnhance.Color and img.mode == "L":
-            continue
-        img = ops[index](img).enhance(float(factors[index]))
+    hue_factor = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
+    for index in rng.permutation(4 if hue > 0 else 3).tolist():
+        if index == 3:
+            img = adjust_hue(img, hue_factor)
+        elif strength > 0 and not (ops[index] is ImageEnhance.Color and img.mode == "L"):
+            img = ops[index](img).enhance(float(factors[index]))
     return img
+
+
+def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
+    """torchvision's PIL `adjust_hue`: rotate PIL's 8-bit HSV hue by int(hue_factor * 255)
+    steps (wrapping); grayscale images are returned as they are."""
+    if img.mode in ("L", "1", "I", "F"):
+        return img
+    mode = img.mode
+    h, s, v = img.convert("HSV").split()
+    hue = (np.asarray(h, np.int16) + int(hue_factor * 255)) % 256
+    return Image.merge("HSV", (Image.fromarray(hue.astype(np.uint8), "L"), s, v)).convert(mode)
+
+
+# ---- random erasing (timm's RandomErasing, on the normalised CHW array) ----
+
+ERASE_MODES = ("pixel", "rand", "const")
+
+
+@dataclass(frozen=True)
+class Erasing:
+    """timm's RandomErasing: with probability `prob`, 1..`count` boxes (the count uniform),
+    each of area ~ U(scale) * area / count and log aspect ~ U(log ratio), 10 tries per box; the
+    box becomes per-pixel normal noise (pixel), one normal colour per channel (rand) or 0 (const,
+    the dataset mean after normalisation)."""
+
+    prob: float
+    scale: tuple[float, float] = (0.02, 1 / 3)
+    ratio: tuple[float, float] = (0.3, 1 / 0.3)
+    mode: str = "pixel"
+    count: int = 1
+
+    def __call__(self, arr: np.ndarray, rng: np.random.Generator) -> list[Box]:
+        """Erase boxes of a float [C, H, W] array in place; returns them (left, top, right,
+        bottom)."""
+        if rng.random() > self.prob:
+            return []
+        channels, height, width = arr.shape
+        count = 1 if self.count == 1 else int(rng.integers(1, self.count + 1))
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        boxes = []
+        for _ in range(count):
+            for _ in range(10):
+                target = rng.uniform(*self.scale) * height * width / count
+                aspect = math.exp(rng.uniform(*log_ratio))
+                h = int(round(math.sqrt(target * aspect)))
+                w = int(round(math.sqrt(target / aspect)))
+                if w < width and h < height:
+                    top = int(rng.integers(0, height - h + 1))
+                    left = int(rng.integers(0, width - w + 1))
+                    arr[:, top:top + h, left:left + w] = self._pixels((channels, h, w), rng)
+                    boxes.append((left, top, left + w, top + h))
+                    break
+        return boxes
+
+    def _pixels(self, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+        if self.mode == "pixel":
+            return rng.standard_normal(shape, np.float32)
+        if self.mode == "rand":
+            return rng.standard_normal((shape[0], 1, 1), np.float32)
+        return np.zeros((shape[0], 1, 1), np.float32)
+
+
+def parse_erasing(prob: float, scale: list[float], ratio: list[float], mode: str,
+                  count: int) -> Erasing | None:
+    """data.random_erasing (+ erase_*) -> an Erasing, None when off; ValueError naming the key."""
+    if not 0 <= prob <= 1:
+        raise ValueError(f"data.random_erasing={prob}: a probability in [0, 1]")
+    if mode not in ERASE_MODES:
+        raise ValueError(f"data.erase_mode={mode!r}: choose one of {ERASE_MODES}")
+    if count < 1:
+        raise ValueError(f"data.erase_count={count}: need at least 1")
+    for name, low_high in (("erase_scale", scale), ("erase_ratio", ratio)):
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ValueError(f"data.{name}={low_high}: need [low, high] with 0 < low <= high")
+    if prob == 0:
+        return None
+    return Erasing(prob, (scale[0], scale[1]), (ratio[0], ratio[1]), mode, count)

@@ -60,6 +60,9 @@ class DataConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5])
     random_flip: bool = False  # horizontal flip (train), seeded by (seed, epoch, sample id)
+    # latent sets (`data build latents`): draw mean + std * noise per (seed, epoch, sample id);
+    # false feeds the posterior mean
+    latent_sample: bool = True
     # --- image augmentation (data_pipeline/augment.py, mixup.py); draws keyed by sample id ---
     random_resized_crop: bool = False  # train: crop of crop_scale area, crop_ratio aspect -> size
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -67,6 +70,13 @@ class DataConfig:
     eval_crop_fraction: float = 0.0  # eval: center crop of this share of the short side; 0 = off
     auto_augment: str = ""  # "" | 3aug (DeiT III) | rand-m9-n2-mstd0.5 (RandAugment, timm spelling)
     color_jitter: float = 0.0  # brightness/contrast/saturation factor ~ U(1-x, 1+x)
+    hue_jitter: float = 0.0  # hue shift ~ U(-x, x) of the colour circle (x <= 0.5), in jitter order
+    # timm's RandomErasing after normalisation: probability, box area share, aspect, fill, boxes
+    random_erasing: float = 0.0
+    erase_scale: list[float] = field(default_factory=lambda: [0.02, 1.0 / 3.0])
+    erase_ratio: list[float] = field(default_factory=lambda: [0.3, 1.0 / 0.3])
+    erase_mode: str = "pixel"  # pixel (per-pixel normal) | rand (one colour per box) | const (0)
+    erase_count: int = 1  # boxes per erased image: uniform in 1..count (timm's re_count)
     jpeg_draft: bool = True  # decode JPEGs at 1/2..1/8 scale when the crop keeps >= image_size px
     mixup_alpha: float = 0.0  # Beta(a, a) mixing weight of neighbouring pairs; 0 = off
     cutmix_alpha: float = 0.0

@@ -139,6 +139,10 @@ def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> Any:
             tok = pick(raw, cfg.tokens_key, TOKEN_KEYS)
             seq_len = int(np.asarray(decode_field(*raw[tok])).size) - 1
         return TokenRows(cfg, int(seq_len))
+    if kind == "latents":
+        from data_pipeline.latents import LatentRows
+
+        return LatentRows(cfg, meta, train)
     img_key = image_field(raw, cfg)
     if img_key is None:
         raise DataError(f"{shard}: sample {key!r} has no image field among {sorted(raw)}")

@@ -1,9 +1,10 @@
 """Raw fields of one sample -> the arrays of one batch row (runs in DataLoader workers).
 
 Images: PIL decode (JPEGs at reduced scale when the crop allows), mode conversion, train-time
-random-resized-crop / flip / RandAugment or 3-Augment / color jitter (`augment.py`) or resize,
-eval-time center crop, normalise to float32 CHW; mixup/cutmix + label smoothing on the collated
-micro-batch (`mixup.py`, applied by the source that knows the stream positions).
+random-resized-crop / flip / RandAugment or 3-Augment / color and hue jitter (`augment.py`) or
+resize, eval-time center crop, normalise to float32 CHW, train-time random erasing; mixup/cutmix
++ label smoothing on the collated micro-batch (`mixup.py`, applied by the source that knows the
+stream positions).
 Tokens: a packed sequence of L+1 ids -> tokens/targets of length L; with packed documents,
 `position_ids` restart at each document and `doc_ids` number them, and the target that would
 cross into the next document is IGNORE_INDEX.
@@ -18,6 +19,7 @@ from PIL import Image
 
 from data_pipeline.augment import (
     TAG_CROP,
+    TAG_ERASE,
     TAG_FLIP,
     TAG_JITTER,
     TAG_POLICY,
@@ -25,6 +27,7 @@ from data_pipeline.augment import (
     center_crop_box,
     color_jitter,
     draft_for,
+    parse_erasing,
     parse_policy,
     random_resized_crop_box,
     sample_rng,
@@ -98,6 +101,10 @@ class ImageRows:
         self.scale = (1.0 / (255.0 * std)).reshape(-1, 1, 1).astype(np.float32)
         self.shift = (mean / std).reshape(-1, 1, 1).astype(np.float32)
         self.policy = parse_policy(cfg.auto_augment)
+        self.erasing = parse_erasing(cfg.random_erasing, cfg.erase_scale, cfg.erase_ratio,
+                                     cfg.erase_mode, cfg.erase_count)
+        if not 0 <= cfg.hue_jitter <= 0.5:
+            raise ValueError(f"data.hue_jitter={cfg.hue_jitter}: need 0..0.5 (of the hue circle)")
         self.crop = train and cfg.random_resized_crop
         self.center_crop = not train and cfg.eval_crop_fraction > 0
         if (self.crop or cfg.eval_crop_fraction) and not cfg.image_size:
@@ -163,13 +170,15 @@ class ImageRows:
             if self.policy is not None:
                 rng = sample_rng(cfg.seed, epoch, sample_id, TAG_POLICY)
                 image = self.policy(_as_pil(image, cfg), rng)
-            if cfg.color_jitter > 0:
+            if cfg.color_jitter > 0 or cfg.hue_jitter > 0:
                 rng = sample_rng(cfg.seed, epoch, sample_id, TAG_JITTER)
-                image = color_jitter(_as_pil(image, cfg), cfg.color_jitter, rng)
+                image = color_jitter(_as_pil(image, cfg), cfg.color_jitter, rng, cfg.hue_jitter)
         # contiguous CHW first: float ops on the transposed HWC view ran ~15x slower
         arr = np.ascontiguousarray(image_array(image, cfg)).astype(np.float32)
         arr *= self.scale
         arr -= self.shift
+        if self.train and self.erasing is not None:
+            self.erasing(arr, sample_rng(cfg.seed, epoch, sample_id, TAG_ERASE))
         return arr
 
     def pad(self) -> dict[str, Any]:

@@ -159,6 +159,18 @@ def render_sbatch(spec: JobSpec) -> str:
     return text
 
 
+def wait_for(spec: JobSpec, job_ids: list[str]) -> None:
+    """Start the job only after jobs `job_ids` completed successfully (`--dependency=afterok`;
+    a job that requeues itself keeps its id, so the wait covers its restarts), and have Slurm
+    cancel it if one of them fails rather than leave it pending forever."""
+    if not job_ids:
+        return
+    ours = "afterok:" + ":".join(job_ids)
+    own = spec.slurm.sbatch.get("dependency")
+    spec.slurm.sbatch["dependency"] = f"{own},{ours}" if own else ours  # ",": all of them
+    spec.slurm.sbatch.setdefault("kill-on-invalid-dep", "yes")
+
+
 # ----------------------------------------------------------------------------- submission
 
 

@@ -118,7 +118,8 @@ def _train(cfg: TrainConfig) -> dict:
     step, samples = 0, 0
     # The newest checkpoint that verifies and loads on every rank (older ones are fallbacks).
     resumed = ckpt.resume(cfg.checkpoint.resume, engine, cfg.run.seed,
-                          restore=lambda state: train_loader.load_state_dict(state["loader"]))
+                          restore=lambda state: train_loader.load_state_dict(state["loader"]),
+                          fallback=cfg.checkpoint.resume_fallback)
     resume_from = resumed[0] if resumed is not None else None
     if resumed is not None:
         state = resumed[1]

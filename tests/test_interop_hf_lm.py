@@ -36,16 +36,28 @@ VARIANTS = {
     "qwen3_qk_norm": ["model.bias=false", "model.qk_norm=true"],
     "neox_layernorm_gelu": ["model.norm=layernorm", "model.mlp=gelu", "model.bias=true",
                             "model.lm.tie_embeddings=true"],
+    "neox_no_bias": ["model.norm=layernorm", "model.mlp=gelu", "model.bias=false"],
     "llama_mup_folded": ["model.bias=false", "model.mup.enabled=true", "model.mup.base_width=32",
-                         "model.mup.output_mult=2.0"],
+                         "model.mup.output_mult=3.0"],
     "qwen3_mup_folded": ["model.bias=false", "model.qk_norm=true", "model.mup.enabled=true",
                          "model.mup.base_width=32"],
+    "llama_mup_tied_folded": ["model.bias=false", "model.mup.enabled=true",
+                              "model.mup.base_width=32", "model.mup.output_mult=3.0",
+                              "model.lm.tie_embeddings=true"],
     "llama_sigma_reparam_folded": ["model.bias=false", "model.sigma_reparam=true"],
+    "gemma2_peri": ["model.bias=false", "model.norm_placement=peri"],
+    "gemma2_peri_tied_mup": ["model.bias=false", "model.norm_placement=peri",
+                             "model.lm.tie_embeddings=true", "model.mup.enabled=true",
+                             "model.mup.base_width=32", "model.mup.output_mult=3.0"],
+    "gemma3_peri_qk_norm": ["model.bias=false", "model.norm_placement=peri", "model.qk_norm=true"],
 }
 ARCH = {"llama": "LlamaForCausalLM", "llama_bias_tied": "LlamaForCausalLM",
         "qwen3_qk_norm": "Qwen3ForCausalLM", "neox_layernorm_gelu": "GPTNeoXForCausalLM",
+        "neox_no_bias": "GPTNeoXForCausalLM",
         "llama_mup_folded": "LlamaForCausalLM", "qwen3_mup_folded": "Qwen3ForCausalLM",
-        "llama_sigma_reparam_folded": "LlamaForCausalLM"}
+        "llama_mup_tied_folded": "LlamaForCausalLM",
+        "llama_sigma_reparam_folded": "LlamaForCausalLM", "gemma2_peri": "Gemma2ForCausalLM",
+        "gemma2_peri_tied_mup": "Gemma2ForCausalLM", "gemma3_peri_qk_norm": "Gemma3ForCausalLM"}
 
 
 def cli_main(argv: list[str]) -> int:
@@ -101,7 +113,9 @@ def test_export_import_export_is_bitwise(trained, tmp_path):
             import_folder(first, new_run / "checkpoints", cfg_for(new_run, variant), "hf")
         return
     imported = import_folder(first, new_run / "checkpoints", cfg_for(new_run, variant), "hf")
-    if "mup" not in variant:  # unfolded weights are the trained ones bit for bit
+    if not any(folded in variant for folded in ("mup", "gemma")):
+        # unfolded weights are the trained ones bit for bit (Gemma stores a gain w as w - 1,
+        # which rounds for w < 0.5; its export -> import -> export is still bitwise)
         original, back = read_model_tensors(ckpt), read_model_tensors(imported)
         assert all(torch.equal(original[k], back[k]) for k in original)
     second = export_folder(imported, tmp_path / "b", "hf", max_shard_bytes=100_000)
@@ -129,10 +143,11 @@ def test_load_lm_applies_mup_multipliers(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, named", [
-    (["model.norm_placement=peri"], "model.norm_placement=peri"),
+    (["model.norm_placement=peri", "model.norm=layernorm", "model.mlp=gelu"],
+     "model.norm_placement=peri with model.norm=layernorm"),
+    (["model.norm_placement=peri", "model.bias=true", "model.lm.tie_embeddings=true"],
+     "model.bias=true with model.norm_placement=peri"),
     (["model.bias=true", "model.lm.tie_embeddings=false"], "head.bias"),
-    (["model.mup.enabled=true", "model.mup.base_width=32", "model.lm.tie_embeddings=true"],
-     "model.mup.output_mult"),
     (["model.norm=layernorm"], "model.norm=layernorm with model.mlp=swiglu"),
     (["model.qk_norm=true", "model.bias=true", "model.lm.tie_embeddings=true"], "model.qk_norm"),
 ])
@@ -196,6 +211,27 @@ def test_bf16_export_loads_in_bf16(trained, tmp_path):
     original = read_model_tensors(ckpt)["tok_embed.weight"]
     assert hf.dtype == torch.bfloat16
     assert torch.equal(hf.model.embed_tokens.weight.data, original.bfloat16())
+
+
+def test_neox_mlp_biases_must_be_zero_to_import_without_biases(trained, tmp_path):
+    """GPT-NeoX's MLP always has biases; model.bias=false exports them as zeros, and a folder
+    whose MLP bias is not zero computes something the model cannot: import names the tensor."""
+    from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError
+
+    variant, ckpt = trained
+    if variant != "neox_no_bias":
+        pytest.skip("the bias-free GPT-NeoX only")
+    hf = _hf_model(export_folder(ckpt, tmp_path / "hf", "hf"))
+    assert hf.config.attention_bias is False
+    assert not hf.gpt_neox.layers[1].mlp.dense_4h_to_h.bias.any()
+    with torch.no_grad():
+        hf.gpt_neox.layers[1].mlp.dense_4h_to_h.bias[3] = 0.25
+    hf.save_pretrained(tmp_path / "changed", safe_serialization=True)
+    new_run = tmp_path / "run"
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"gpt_neox\.layers\.1\.mlp\.dense_4h_to_h\.bias is not zero"):
+        import_folder(tmp_path / "changed", new_run / "checkpoints",
+                      cfg_for(new_run, variant), "hf")
 
 
 def test_a_model_saved_by_transformers_imports_and_computes_the_same_logits(tmp_path):

@@ -205,12 +205,15 @@ EXPORTS = {  # family -> (recipe, overrides, transformers class)
                                      "data.global_batch_size=4", "model.mup.base_width=16"],
            "LlamaForCausalLM"),
 }  # fmt: skip
+EXPORTS["lm_peri"] = (EXPORTS["lm"][0], [*EXPORTS["lm"][1], "model.norm_placement=peri"],
+                      "Gemma2ForCausalLM")  # r after each output norm: folded into its gain
 
 
 @pytest.mark.parametrize("family", sorted(EXPORTS))
 def test_hf_export_folds_the_branch_multiplier_exactly(family, tmp_path):
     """A CompleteP model at 3x its base depth (r = 1/3) exported to transformers computes our
-    logits (the multiplier folded into each branch's output projection, weight and bias)."""
+    logits (the multiplier folded into each branch's output projection, weight and bias, or
+    under Peri-LN into the output norm's gain)."""
     from pretrain.checkpoint import read_model_tensors
     from pretrain.interop import export_folder
     from pretrain.models import build_model

@@ -3,6 +3,8 @@ exactly the WSD run they stand for, and `collect` attributes each branch to its 
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from pretrain.scaling_laws import synthetic as S
 from pretrain.scaling_laws.branch_plan import branch_length, branched_cost, plan_branched_wsd
 from pretrain.scaling_laws.collect import collect
 from pretrain.scaling_laws.plan import Shape, model_stats_fn
+from pretrain.scaling_laws.runner import run_sweep
 from pretrain.scaling_laws.schedule_curves import scheduled_curves
 from pretrain.scaling_laws.table import CURVE_COLUMNS, RUN_COLUMNS, read_runs, write_csv
 from pretrain.scaling_laws.validate import ScalingDataError
-from tests.conftest import TINY, run_train
+from tests.conftest import REPO, TINY, kill_run_at_step, run_train, subprocess_env, train_cmd
 
 RECIPE = "configs/vit_digits.yaml"
 
@@ -43,7 +46,8 @@ def test_plan_shares_one_stable_run_per_size_and_costs_less():
     assert branch["schedule.name"] == "wsd" and branch["schedule.steps"] == 500
     assert round(500 * branch["schedule.decay_fraction"]) == 100
     ckpt = f"runs/x/vit-w32-d2-stable/checkpoints/{step_dir_name(400)}"
-    assert branch["checkpoint.resume"] == ckpt
+    assert branch["checkpoint.resume"] == "auto" and branch["checkpoint.resume_fallback"] == ckpt
+    assert runs[0].after == () and runs[2].after == ("vit-w32-d2-stable",)
     spent, alone = branched_cost(runs)
     assert alone / spent == pytest.approx((250 + 500 + 1000) / (800 + 50 + 100 + 200))
     with pytest.raises(ScalingDataError, match="after the 10 warmup steps"):
@@ -68,7 +72,7 @@ def test_branch_first_step_is_bitwise_the_unbranched_run_and_collect_attributes_
     run_train(0, [*common, *as_args(early.overrides), *every_step, f"run.dir={branch}"])
     ref = tmp_path / "unbranched"
     run_train(0, [*common, *as_args(early.overrides), *every_step, "checkpoint.resume=auto",
-                  f"run.dir={ref}"])  # fmt: skip
+                  "checkpoint.resume_fallback=", f"run.dir={ref}"])  # fmt: skip
 
     # the branch resumed at step 4; its first step (5) and the rest equal the unbranched run's
     assert sorted(train_losses(branch)) == [5, 6]
@@ -89,7 +93,7 @@ def test_branch_first_step_is_bitwise_the_unbranched_run_and_collect_attributes_
                                                 step_dir_name(4))  # fmt: skip
     assert rows[early.name]["schedule"] == "wsd" and rows[early.name]["schedule_steps"] == 6
     assert rows[stable.name]["schedule"] == "constant" and rows[stable.name]["branch_of"] == ""
-    assert late.overrides["checkpoint.resume"].endswith(step_dir_name(6))
+    assert late.overrides["checkpoint.resume_fallback"].endswith(step_dir_name(6))
     assert rows[stable.name]["role"] == "stable" and rows[early.name]["role"] == "branch"
 
     # the curve laws read the branch as the WSD run it stands for, evaluated from step 5 on
@@ -100,6 +104,61 @@ def test_branch_first_step_is_bitwise_the_unbranched_run_and_collect_attributes_
     assert by_name[early.name].steps.tolist() == [5, 6]
     lrs, stable_lrs = by_name[early.name].schedule.lrs(), by_name[stable.name].schedule.lrs()
     assert len(lrs) == 6 and lrs[:4].tolist() == stable_lrs[:4].tolist() and lrs[5] < lrs[3]
+
+
+def test_a_requeued_branch_resumes_from_its_own_checkpoint_not_the_stable_one(tmp_path):
+    root = tmp_path / "runs"
+    stable, branch = plan_branched_wsd([Shape(32, 2, 2)], [6], model_stats_fn(RECIPE, TINY), 12,
+                                       root, decay_ratio=1.0, warmup_steps=2, family="vit")
+    common = [*TINY, "logging.eval_every_steps=0"]
+    run_train(0, [*common, *as_args(stable.overrides), "logging.eval_every_steps=0",
+                  f"run.dir={root / stable.name}"])  # fmt: skip
+    args = [*common, *as_args(branch.overrides), "logging.eval_every_steps=0",
+            "checkpoint.every_steps=2", "checkpoint.keep_last=10"]  # fmt: skip
+    ref = tmp_path / "uninterrupted"  # a fresh branch starts from the stable checkpoint
+    first = run_train(0, [*args, f"run.dir={ref}"]).stderr
+    stable_6 = root / stable.name / "checkpoints" / step_dir_name(6)
+    assert f"resumed from {stable_6} at step 6" in first, first[-2000:]
+
+    victim = root / branch.name  # killed after its own step-8 checkpoint, then requeued
+    killed_at = kill_run_at_step(train_cmd(0, [*args, f"run.dir={victim}"]), victim, 9)
+    again = run_train(0, [*args, f"run.dir={victim}"]).stderr
+    match = re.search(r"resumed from (\S+) at step (\d+)", again)
+    assert match and Path(match.group(1)).parent == victim / "checkpoints", again[-2000:]
+    assert 8 <= int(match.group(2)) <= killed_at
+    resumed_at = int(match.group(2))
+    ref_losses, losses = train_losses(ref), train_losses(victim)
+    assert all(losses[s] == ref_losses[s] for s in range(resumed_at + 1, 13))
+    a = read_model_tensors(victim / "checkpoints" / step_dir_name(12))
+    b = read_model_tensors(ref / "checkpoints" / step_dir_name(12))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_fallback_needs_auto_and_a_complete_checkpoint(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["train", RECIPE, *TINY, "checkpoint.resume=none",
+              f"checkpoint.resume_fallback={tmp_path}"])  # fmt: skip
+    assert e.value.code == 2
+    proc = subprocess.run(train_cmd(0, [*TINY, "schedule.steps=1", f"run.dir={tmp_path / 'r'}",
+                                        f"checkpoint.resume_fallback={tmp_path / 'nothing'}"]),
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    assert f"checkpoint.resume_fallback={tmp_path / 'nothing'}: not a complete" in proc.stderr
+
+
+def test_run_skips_the_branches_of_a_failed_stable_run(tmp_path):
+    base = ["model.width=32", "model.depth=2", "model.num_heads=2", "data.format=memory",
+            "data.name=synthetic_images", "schedule.steps=2", "schedule.warmup_steps=0"]
+    sweep = {"base": RECIPE, "runs": [
+        {"name": "stable", "overrides": {**dict(o.split("=") for o in base),
+                                         "checkpoint.resume_fallback": str(tmp_path / "none")}},
+        {"name": "branch", "overrides": dict(o.split("=") for o in base), "after": ["stable"]},
+    ]}  # fmt: skip
+    stable, branch = run_sweep(sweep, tmp_path / "runs")
+    assert stable.state == "failed" and "checkpoint.resume_fallback" in stable.error
+    assert branch.state == "failed" and branch.seconds == 0.0
+    assert branch.error == "not run: it waits for stable, which failed"
 
 
 def test_fit_leaves_out_the_stable_runs_of_branches(tmp_path: Path, capsys):

@@ -10,6 +10,7 @@ import yaml
 from launch.recipe import apply_overrides, format_override, parse_override
 from launch.sweep import expand, load_sweep
 from pretrain.cli import main as pretrain_main
+from pretrain.run_dir import COMPLETED, write_status
 
 
 def test_grid_is_a_cartesian_product_with_readable_names() -> None:
@@ -102,3 +103,43 @@ def test_sweep_only_selects_runs(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         pretrain_main([*argv, "--only", "c"])
     assert exit_info.value.code == 2 and "names no run" in capsys.readouterr().err
+
+
+def test_after_names_earlier_runs_only_and_not_with_a_grid() -> None:
+    sweep = expand({"base": "b", "runs": [{"name": "a"}, {"name": "b", "after": ["a", "a"]}]})
+    assert [run.after for run in sweep.runs] == [(), ("a",)]
+    for runs, message in [
+        ([{"name": "b", "after": ["a"]}, {"name": "a"}], "names a: not a run listed before it"),
+        ([{"name": "a", "after": ["a"]}], "not a run listed before it"),
+        ([{"name": "a"}, {"name": "b", "after": "a"}], "must be a list of run names"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            expand({"base": "b", "runs": runs})
+    with pytest.raises(ValueError, match="cannot be combined with a grid"):
+        expand({"base": "b", "runs": [{"name": "a"}, {"name": "b", "after": ["a"]}],
+                "grid": {"optim.lr": [1, 2]}})  # fmt: skip
+
+
+def test_sweep_waits_only_for_an_upstream_run_it_can_start_from(tmp_path: Path, capsys) -> None:
+    """A branch submitted without its stable run needs the stable run completed (or active:
+    then it depends on that job); otherwise nothing is submitted and the culprit is named."""
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.1}\n")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("base: base.yaml\nruns: [{name: stable}, "
+                          "{name: branch, after: [stable]}]\n")  # fmt: skip
+    root = tmp_path / "r"
+    argv = ["slurm", "sweep", str(sweep_file), "--root", str(root), "--dry-run"]
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main(argv)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"# ---- {root / 'branch'} (after stable)" in out and "--dependency" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main([*argv, "--only", "branch"])
+    assert exit_info.value.code == 2
+    assert "run branch waits for stable, which is not submitted now" in capsys.readouterr().err
+    (root / "stable").mkdir(parents=True)
+    write_status(root / "stable", state=COMPLETED, step=10)
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main([*argv, "--only", "branch"])
+    assert exit_info.value.code == 0 and "--dependency" not in capsys.readouterr().out

@@ -23,7 +23,8 @@ RECIPE = "configs/vit_b16_224.yaml"
 GLOBAL_BATCH = 12  # even per-rank micro-batches on 1, 2 and 3 ranks (mixing pairs stay whole)
 AUGMENT = dict(image_mode="RGB", image_size=24, random_resized_crop=True, crop_scale=[0.3, 1.0],
                random_flip=True, auto_augment="rand-m9-n2-mstd0.5", color_jitter=0.3,
-               mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, eval_crop_fraction=0.875,
+               hue_jitter=0.1, random_erasing=0.5, erase_count=2, mixup_alpha=0.8,
+               cutmix_alpha=1.0, label_smoothing=0.1, eval_crop_fraction=0.875,
                image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 
 

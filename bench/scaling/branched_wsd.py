@@ -64,7 +64,7 @@ def main() -> int:
     held = runs[-1].name  # the longest branch
     opts = CurveOptions(laws=["lr_annealing", "multi_power"], holdout=[held], lam=None,
                         min_step=MIN_STEP, n_boot=args.boot, n_jobs=1)  # fmt: skip
-    (size,) = fit_curves_and_report(curves, opts, OUT)
+    (size,) = fit_curves_and_report(curves, opts, OUT).sizes
     spent, alone = branched_cost(runs)
     rows = []
     for law, fit in size.fits.items():

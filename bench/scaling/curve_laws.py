@@ -67,7 +67,7 @@ def main() -> int:
         opts = CurveOptions(laws=["lr_annealing", "multi_power"], holdout=[held], lam=None,
                             min_step=MIN_STEP, n_boot=args.boot, n_jobs=1)  # fmt: skip
         target = OUT if held == "lm-wsd" else Path(args.root) / f"holdout-{held}"
-        (size,) = fit_curves_and_report(curves, opts, target)
+        (size,) = fit_curves_and_report(curves, opts, target).sizes
         for law, fit in size.fits.items():
             r = next(r for r in fit.runs if r["held_out"])
             iv = r["predicted_interval"] or {}

@@ -35,6 +35,7 @@ from pretrain.checkpoint.commit import (
     check_complete,
     commit,
     complete_checkpoints,
+    latest_complete,
     list_checkpoints,
     partial_dir,
     read_manifest,
@@ -237,25 +238,30 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
 
     def resume(self, resume: str, engine, seed: int,
-               restore: Callable[[dict], None] = lambda state: None) -> tuple[Path, dict] | None:
+               restore: Callable[[dict], None] = lambda state: None, *,
+               fallback: str = "") -> tuple[Path, dict] | None:
         """Load the checkpoint `resume` names into `engine`, this rank's RNG and, through
         `restore(train_state)`, anything else (the data loader's position); returns (path,
         train_state), or None when there is nothing to resume.
 
         `auto`: the newest complete checkpoint here that verifies and loads on every rank, falling
         back to older ones with a warning; CheckpointError when there are checkpoints and none
-        loads. An explicit path must verify and load. `none`: start fresh.
+        loads; with none here, the checkpoint `fallback` names (if any), so a requeued branch
+        resumes from its own progress rather than from where it first started. An explicit path
+        must verify and load. `none`: start fresh.
         """
+        key = "checkpoint.resume"
         if resume == "none":
             return None
+        if resume == "auto" and fallback and latest_complete(self.root, warn=False) is None:
+            resume, key = fallback, "checkpoint.resume_fallback"
         if resume == "auto":
             candidates = complete_checkpoints(self.root, warn=self.env.is_main)
         else:
             path = Path(resume)
             reason = check_complete(path)
             if reason is not None:
-                raise CheckpointError(
-                    f"checkpoint.resume={resume}: not a complete checkpoint ({reason})")
+                raise CheckpointError(f"{key}={resume}: not a complete checkpoint ({reason})")
             candidates = iter([path])
         tried, error = 0, None
         for path in candidates:
@@ -271,7 +277,7 @@ class Checkpointer:
         if tried == 0:
             return None
         if resume != "auto":
-            raise CheckpointError(f"checkpoint.resume={resume} cannot be loaded: {error}")
+            raise CheckpointError(f"{key}={resume} cannot be loaded: {error}")
         raise CheckpointError(f"none of the {tried} complete checkpoint(s) in {self.root} loads; "
                               f"the oldest: {error}")
 

@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format",
         choices=["safetensors", "hf", "diffusers"],
         default="safetensors",
-        help="hf: LM -> Llama/Qwen3/GPT-NeoX, ViT -> ViTForImageClassification; "
+        help="hf: LM -> Llama/Qwen3/GPT-NeoX (pre-norm), Gemma2/Gemma3 (Peri-LN), "
+        "ViT -> ViTForImageClassification; "
         "diffusers: DiT -> DiTTransformer2DModel",
     )
     s.add_argument(

@@ -42,6 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (default: keep)")
     p.add_argument("--mode", default="RGB", help="PIL mode to convert to (default RGB)")
     p.add_argument("--workers", type=int, default=1, help="shard-writing processes (default 1)")
+    p = kinds.add_parser(
+        "latents", help="an image set (from `build images`) encoded by a VAE (latent diffusion)",
+        description="Encode SRC/train and SRC/val through diffusers' AutoencoderKL into the"
+        " posterior's mean and logvar per image (labels kept); training draws from them. Needs"
+        " diffusers (pip install 'pretrain[vae]'). Output shard i holds input shard i: the same"
+        " bytes for any --workers; a rerun after a crash keeps the shards already finished.")
+    p.add_argument("--src", required=True, help="OUT of `data build images` (train/, val/)")
+    p.add_argument("--vae", required=True, help="AutoencoderKL save_pretrained folder, or a"
+                   " .safetensors file in its layout (with --vae-config); nothing is downloaded")
+    p.add_argument("--vae-config", default="", help="config.json (or its folder) for a"
+                   " .safetensors --vae")
+    p.add_argument("--format", choices=("wds", "mds"), required=True, help=FORMAT_HELP)
+    p.add_argument("--out", required=True, help="output directory; train/ and val/ are made in it")
+    p.add_argument("--size", type=int, default=256, help="image side encoded (DiT's center"
+                   " crop; default 256: 32x32 latents with SD's VAE)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encode (default 32)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="stored dtype of mean/logvar (default float32)")
+    p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1;"
+                   " the same count gives the same bytes)")
+    p.add_argument("--device", default="cpu", help="torch device of the VAE (cpu, cuda...)")
     p = kinds.add_parser("numpy", help="uint8 image array and label array (.npy, no pickle)")
     _common(p)
     p.add_argument("--images", required=True, help=".npy uint8 [N,H,W] or [N,H,W,C]")
@@ -115,6 +137,8 @@ def _build(args: argparse.Namespace) -> int:
     from data_pipeline import sources
     from data_pipeline.writers import write_splits
 
+    if args.source == "latents":  # no --val-fraction: the splits are the image set's
+        return _build_latents(args)
     vf = args.val_fraction
     if args.source == "digits":
         samples, meta = sources.digits(vf)
@@ -157,6 +181,22 @@ def _build_images(args: argparse.Namespace) -> int:
             f"{args.out}/{split}: {m.num_samples} images in {len(m.shards)} {args.format}"
             f" shards ({m.meta['num_classes']} classes)"
         )
+    return 0
+
+
+def _build_latents(args: argparse.Namespace) -> int:
+    from data_pipeline.latent_build import VaeSource, build_latents
+
+    try:
+        manifests = build_latents(
+            args.src, args.out, args.format, VaeSource(args.vae, args.vae_config), args.size,
+            args.batch_size, args.workers, args.dtype, args.device, args.threads)
+    except ImportError as e:  # the optional diffusers: one line naming the extra, exit 2
+        raise SystemExit(str(e)) from e
+    for split, m in manifests.items():
+        shape = "x".join(str(x) for x in m.meta["latent_shape"])
+        print(f"{args.out}/{split}: {m.num_samples} latents {shape} in {len(m.shards)}"
+              f" {args.format} shards ({m.meta['num_classes']} classes)")
     return 0
 
 

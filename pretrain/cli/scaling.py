@@ -164,8 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "at every decay start) and, for each decay start S, a short WSD decay "
                         "branch resumed from the stable run's checkpoint at S (the WSD run of "
                         "S + round(ratio*S) steps, at a fraction of its cost). Writes a sweep "
-                        "whose branches resume from ROOT/NAME-stable/checkpoints; run it in "
-                        "order with `pretrain scaling run SWEEP` and the same --root.")  # fmt: skip
+                        "whose branches resume from ROOT/NAME-stable/checkpoints and wait "
+                        "for their stable run (`after`): `pretrain scaling run SWEEP` runs them "
+                        "in order, `pretrain slurm sweep SWEEP` submits each branch with "
+                        "--dependency=afterok on its stable run's job (use the same --root); "
+                        "a requeued branch resumes from its own newest checkpoint.")  # fmt: skip
     pb.add_argument("--base", required=True, help="base YAML recipe every run starts from")
     pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
                     help="steps at which a branch starts decaying (the stable run's length is "
@@ -279,6 +282,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="leave out evaluations before this step (the early transient)",
     )
+    ps = pk.add_argument_group("one law across model sizes (curve_sizes.py)")
+    ps.add_argument("--across-sizes", action="store_true",
+                    help="also fit the LR-annealing law with its coefficients power laws in the "
+                    "model size N, to every size not held out (needs 3 or more sizes)")
+    ps.add_argument("--holdout-size", action="append", default=[], metavar="N",
+                    help="runs of this size (parameters, or 'largest') are scored, not fitted, "
+                    "by the law across sizes (repeatable)")  # fmt: skip
+    ps.add_argument("--predict-size", action="append", default=[], type=float, metavar="N",
+                    help="predict the final loss of a model of N parameters under each "
+                    "--predict schedule (else each trained schedule); repeatable")  # fmt: skip
+    ps.add_argument("--shared-schedule-terms", action="store_true",
+                    help="across sizes, only L0 depends on N (A, C shared): fewer parameters")
     _add_bootstrap_args(pk, 200, "Huber threshold on relative residuals")
     pk.set_defaults(func=cmd_fit_curves)
 
@@ -415,12 +430,10 @@ def cmd_plan_branches(args: argparse.Namespace) -> int:
           f"alone ({alone / spent:.2f}x less)")  # fmt: skip
     root = f" --root {args.root}" if args.root else ""
     print(
-        f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it in order: "
-        f"pretrain scaling run {args.output}{root}"
+        f"wrote {args.output} ({len(runs)} runs) and {sidecar}; run it: pretrain scaling run "
+        f"{args.output}{root}   (or on Slurm, branches after their stable run: pretrain slurm "
+        f"sweep {args.output}{root})"
     )
-    stables = " ".join(f"--only {r.name}" for r in runs if r.name.endswith("-stable"))
-    print(f"on Slurm: pretrain slurm sweep {args.output}{root} {stables}; once they complete, "
-          f"submit the branches with --only NAME for each")  # fmt: skip
     return 0
 
 
@@ -518,13 +531,17 @@ def cmd_fit_curves(args: argparse.Namespace) -> int:
             min_step=args.min_step, delta=args.delta,
             n_boot=args.boot, level=args.level, seed=args.seed,
             n_jobs=args.jobs or default_jobs(),
+            across_sizes=args.across_sizes or bool(args.holdout_size or args.predict_size),
+            holdout_sizes=args.holdout_size, predict_sizes=args.predict_size,
+            shared_schedule_terms=args.shared_schedule_terms,
         )  # fmt: skip
         curves = scheduled_curves(read_runs(args.runs), args.curves)
-        sizes = fit_curves_and_report(curves, opts, Path(args.out))
+        study = fit_curves_and_report(curves, opts, Path(args.out))
     except (ScalingDataError, TypeError) as e:  # TypeError: a bad ScheduleConfig value
         return _fail(args, e)
-    print("\n".join(summary(sizes, opts)))
-    print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png")
+    print("\n".join(summary(study, opts)))
+    sizes = ", curve_sizes.json and curve_sizes.png" if study.joint else ""
+    print(f"wrote {args.out}/curve_report.md, curve_fits.json and curve_fits.png{sizes}")
     return 0
 
 

@@ -21,8 +21,9 @@ from launch.slurm import (
     mesh_for_nodes,
     render_sbatch,
     submit,
+    wait_for,
 )
-from launch.sweep import load_sweep, sweep_root
+from launch.sweep import load_sweep, sweep_root, upstream_jobs
 from launch.sweep import run_dir as sweep_run_dir
 
 # flag -> SlurmConfig field, for flags that replace a field of the recipe's `slurm` section.
@@ -116,16 +117,18 @@ def refuse_active(specs: list[JobSpec], args: argparse.Namespace) -> None:
         raise SystemExit("still active, not submitting (use --force): " + ", ".join(busy))
 
 
-def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> None:
+def launch(spec: JobSpec, recipe: dict, args: argparse.Namespace) -> str:
+    """Submit (or with --dry-run print) the job; returns its id ("" for a dry run)."""
     if args.dry_run:
         print(render_sbatch(spec))
-        return
+        return ""
     dump_recipe(recipe, spec.recipe)
     try:
         job_id = submit(spec, force=True)  # refuse_active has checked
     except RuntimeError as e:
         raise SystemExit(str(e)) from None  # sbatch refused: one error line (pretrain/cli)
     print(f"submitted job {job_id}: {spec.run_dir} (log {spec.run_dir}/slurm/{job_id}.out)")
+    return job_id
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -154,10 +157,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = [prepare(apply_overrides(base, run.overrides), sweep_run_dir(root, run.name), args)
             for run in runs]  # fmt: skip
     refuse_active([spec for spec, _ in jobs], args)
-    for spec, recipe in jobs:
+    # runs with `after` start once those completed (a decay branch after its stable run)
+    submitting = {run.name for run in runs}
+    upstream = {run.name: upstream_jobs(run, root, submitting) for run in runs}  # before sbatch
+    submitted: dict[str, str] = {}
+    for run, (spec, recipe) in zip(runs, jobs):
+        now = [name for name in run.after if name in submitting]
         if args.dry_run:
-            print(f"# ---- {spec.run_dir}")
-        launch(spec, recipe, args)
+            print(f"# ---- {spec.run_dir}" + (f" (after {', '.join(now)})" if now else ""))
+        wait_for(spec, [*upstream[run.name], *filter(None, (submitted[name] for name in now))])
+        submitted[run.name] = launch(spec, recipe, args)
     return 0
 
 

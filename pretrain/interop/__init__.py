@@ -1,7 +1,8 @@
 """Weights that leave and enter the ecosystem: a checkpoint <-> a transformers / diffusers
 model folder, through one small adapter per (family, format).
 
-    hf_lm.py      lm  -> LlamaForCausalLM / Qwen3ForCausalLM / GPTNeoXForCausalLM   (--format hf)
+    hf_lm.py      lm  -> Llama / Qwen3 / GPTNeoX (pre-norm), Gemma2 / Gemma3 (Peri-LN)
+                  ...ForCausalLM; imports GQA folders too                       (--format hf)
     hf_vit.py     vit -> ViTForImageClassification                                  (--format hf)
     diffusers_dit.py  dit -> DiTTransformer2DModel                           (--format diffusers)
     plan.py       the tensor table both directions read (split, fuse, permute, fold a multiplier)

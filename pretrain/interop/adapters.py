@@ -4,7 +4,7 @@ export a checkpoint to a model folder, import a model folder into a step-0 check
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,14 @@ from pretrain.interop.folder import (
     write_json,
     write_weights,
 )
-from pretrain.interop.plan import ExportRefused, Piece, PlanSource, export_entries, import_entries
+from pretrain.interop.plan import (
+    ExportRefused,
+    Piece,
+    PlanSource,
+    export_entries,
+    import_entries,
+    nonzero_constant,
+)
 from pretrain.interop.tokenizer import special_ids, write_tokenizer
 from pretrain.models.config import ModelConfig
 
@@ -33,22 +40,25 @@ class Adapter:
     config_json: Callable[[ModelConfig, dict], dict]  # (model cfg, special token ids) -> config
     pieces: Callable[[ModelConfig], list[Piece]]  # our tensors <-> theirs
     math_keys: tuple[str, ...]  # config fields an imported folder must match
-    defaults: dict[str, Any] = field(default_factory=dict)  # the library's value of a missing key
+    # the library's value of a key a folder omits, for the expected config.json
+    defaults: Callable[[dict], dict[str, Any]] = lambda expected: {}
     weights: str = "model"  # file prefix: model(-0000i-of-0000n).safetensors
     tied: tuple[str, ...] = ()  # their tensors a folder may carry for tied embeddings
+    # (model cfg, found config.json) -> keywords of config_json/pieces for a folder that
+    # differs from our own export but imports exactly (e.g. GQA); export passes none
+    layout: Callable[[ModelConfig, dict], dict] = lambda m, found: {}
 
 
 ADAPTERS: dict[tuple[str, str], Adapter] = {
     ("lm", "hf"): Adapter(hf_lm.config_json, hf_lm.pieces, hf_lm.MATH_KEYS,
-                          defaults={"rope_theta": 10000.0, "rope_scaling": None,
-                                    "tie_word_embeddings": False, "attention_bias": False,
-                                    "mlp_bias": False, "rms_norm_eps": 1e-6,
-                                    "use_parallel_residual": True, "rotary_pct": 0.25},
-                          tied=("lm_head.weight", "embed_out.weight")),
+                          defaults=hf_lm.library_defaults,
+                          tied=("lm_head.weight", "embed_out.weight"),
+                          layout=hf_lm.foreign_layout),
     ("vit", "hf"): Adapter(hf_vit.config_json, hf_vit.pieces, hf_vit.MATH_KEYS,
-                           defaults={"qkv_bias": True, "layer_norm_eps": 1e-12}),
+                           defaults=lambda _: {"qkv_bias": True, "layer_norm_eps": 1e-12}),
     ("dit", "diffusers"): Adapter(diffusers_dit.config_json, diffusers_dit.pieces,
-                                  diffusers_dit.MATH_KEYS, defaults=diffusers_dit.DEFAULTS,
+                                  diffusers_dit.MATH_KEYS,
+                                  defaults=lambda _: diffusers_dit.DEFAULTS,
                                   weights="diffusion_pytorch_model"),
 }
 def adapter_for(family: str, fmt: str) -> Adapter:
@@ -141,10 +151,11 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
 
 def _check_config(found: dict, expected: dict, adapter: Adapter, folder: Path) -> None:
     """Every field that changes the math must agree (a missing one takes the library default)."""
+    defaults = adapter.defaults(expected)
     for key in adapter.math_keys:
         if key not in expected:
             continue
-        value = found.get(key, adapter.defaults.get(key, expected[key]))
+        value = found.get(key, defaults.get(key, expected[key]))
         if value != expected[key]:
             raise CheckpointMismatchError(
                 f"{folder / 'config.json'}: {key}={value!r}, but the configured model needs "
@@ -167,12 +178,18 @@ def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:
         raise ExportRefused("model.sigma_reparam: an imported weight cannot be split back into "
                             "σReparam's W, gamma and u (import into a model without it)")
     adapter = adapter_for(m.family, fmt)
-    _check_config(read_config(src), adapter.config_json(m, {}), adapter, src)
-    table = adapter.pieces(m)
+    found = read_config(src)
+    layout = adapter.layout(m, found)
+    _check_config(found, adapter.config_json(m, {}, **layout), adapter, src)
+    table = adapter.pieces(m, **layout)
     ours = _param_shapes(m)
     reader = FolderReader(src, adapter.weights)
     theirs = {e.name: e.shape for e in export_entries(table, ours)}
-    found = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
-    check_compatible(found, theirs, str(src))
+    shapes = {n: s for n, s in reader.shapes.items() if not (n in adapter.tied and n not in theirs)}
+    check_compatible(shapes, theirs, str(src))
+    nonzero = nonzero_constant(table, reader.read)
+    if nonzero is not None:
+        raise CheckpointMismatchError(f"{src}: {nonzero} is not zero, and the configured model "
+                                      "has no such tensor (exact only at zero)")
     plan = PlanSource(import_entries(table, ours), reader.read, meta={"format": fmt})
     return import_weights(plan, dst, cfg, str(src))

@@ -39,7 +39,8 @@ Rows = slice | torch.Tensor | None  # which rows of our tensor a piece holds (No
 
 @dataclass(frozen=True)
 class Piece:
-    """Their tensor `theirs` = our tensor `ours`[rows][:, cols] * mult, reshaped to `shape`.
+    """Their tensor `theirs` = our tensor `ours`[rows][:, cols] * mult + offset, reshaped to
+    `shape` (offset: a norm gain stored as weight - 1, as Gemma's (1 + weight) RMSNorm).
 
     One table of pieces per family serves both directions: export computes each of theirs from
     ours, import assembles each of ours from its pieces (dividing the multiplier back out,
@@ -47,14 +48,17 @@ class Piece:
     (e.g. muP's readout multiplier); at 1.0 no arithmetic is done, so an unfolded tensor
     round-trips bit for bit. Several full pieces of one of ours are replicas (a table the
     other layout keeps once per block): import takes the first and requires the rest equal.
+    `ours=None`: a tensor of theirs our model does not have, exact only at zero (a bias our
+    layer lacks): export writes zeros of `shape`, import requires zeros (`nonzero_constant`).
     """
 
-    ours: str
+    ours: str | None
     theirs: str
     rows: Rows = None
     mult: float = 1.0
     shape: tuple[int, ...] | None = None
     cols: torch.Tensor | None = None  # a permutation of dim 1
+    offset: float = 0.0
 
 
 def _take(t: torch.Tensor, p: Piece) -> torch.Tensor:
@@ -62,11 +66,13 @@ def _take(t: torch.Tensor, p: Piece) -> torch.Tensor:
     return t if p.cols is None else t[:, p.cols]
 
 
-def scaled(t: torch.Tensor, mult: float) -> torch.Tensor:
-    return t if mult == 1.0 else t * mult
+def scaled(t: torch.Tensor, mult: float, offset: float = 0.0) -> torch.Tensor:
+    t = t if mult == 1.0 else t * mult
+    return t if offset == 0.0 else t + offset
 
 
-def unscaled(t: torch.Tensor, mult: float) -> torch.Tensor:
+def unscaled(t: torch.Tensor, mult: float, offset: float = 0.0) -> torch.Tensor:
+    t = t if offset == 0.0 else t - offset
     return t if mult == 1.0 else t / mult
 
 
@@ -74,19 +80,26 @@ def export_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
     """Their tensors, in table order, each computed from one of ours."""
     out = []
     for p in pieces:
+        if p.ours is None:
+            out.append(Entry(p.theirs, p.shape, lambda read, s=p.shape: torch.zeros(s)))
+            continue
         taken = _take(torch.empty(ours[p.ours], device="meta"), p)
         shape = p.shape or tuple(taken.shape)
 
         def make(read: Read, p: Piece = p, shape: tuple[int, ...] = shape) -> torch.Tensor:
-            return scaled(_take(read(p.ours), p), p.mult).reshape(shape)
+            return scaled(_take(read(p.ours), p), p.mult, p.offset).reshape(shape)
 
         out.append(Entry(p.theirs, shape, make))
     return out
 
 
 def _untake(theirs: torch.Tensor, p: Piece, region: torch.Size) -> torch.Tensor:
-    """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape."""
-    value = unscaled(theirs, p.mult).reshape(region)
+    """Our region ours[rows] from their tensor: the inverse of `_take` + scale + reshape.
+    A folded value is computed in float32, as the libraries compute (1 + w) or w * scale for
+    bf16 weights (unfolded ones keep their dtype, cast bit-exactly later)."""
+    folded = p.mult != 1.0 or p.offset != 0.0
+    theirs = theirs.to(torch.float32) if folded and theirs.is_floating_point() else theirs
+    value = unscaled(theirs, p.mult, p.offset).reshape(region)
     return value if p.cols is None else value[:, torch.argsort(p.cols)]
 
 
@@ -94,7 +107,8 @@ def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
     """Our tensors, in our model's order, each assembled from its pieces of theirs."""
     by_ours: dict[str, list[Piece]] = {}
     for p in pieces:
-        by_ours.setdefault(p.ours, []).append(p)
+        if p.ours is not None:
+            by_ours.setdefault(p.ours, []).append(p)
     missing = [n for n in ours if n not in by_ours]
     if missing:
         raise ExportRefused(f"no foreign tensor maps to {missing[0]} ({len(missing)} unmapped)")
@@ -118,6 +132,14 @@ def import_entries(pieces: list[Piece], ours: dict[str, tuple[int, ...]]) -> lis
 
         out.append(Entry(name, tuple(shape), make))
     return out
+
+
+def nonzero_constant(pieces: list[Piece], read: Read) -> str | None:
+    """The first of their tensors that must be zero for import (`Piece.ours=None`) but is not."""
+    for p in pieces:
+        if p.ours is None and torch.count_nonzero(read(p.theirs)):
+            return p.theirs
+    return None
 
 
 class PlanSource(Source):

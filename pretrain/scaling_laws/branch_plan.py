@@ -5,12 +5,16 @@ A WSD run of T steps with its decay starting at step s has the LR of a constant 
 warmup) up to step s (pretrain/schedule.py). So a stable run `NAME-stable` (schedule constant,
 steps = the last decay start, a checkpoint at every decay start) followed by, for each decay
 start s, a branch `NAME-decayS` (schedule wsd, steps T = s + d with d = round(ratio * s) decay
-steps, `checkpoint.resume` = the stable run's checkpoint of step s) trains exactly the WSD run
-of length T: checkpoints restore the model, optimizer, loader position and RNG, so the branch's
-first step is bitwise the unbranched run's step s + 1 (tests/test_scaling_branches.py).
+steps, `checkpoint.resume_fallback` = the stable run's checkpoint of step s) trains exactly the
+WSD run of length T: checkpoints restore the model, optimizer, loader position and RNG, so the
+branch's first step is bitwise the unbranched run's step s + 1 (tests/test_scaling_branches.py).
+A branch requeued after a checkpoint of its own resumes from that (`checkpoint.resume=auto`
+comes first), not from the stable run's, so no compute is spent twice.
 `collect` attributes each branch to its stable run (`branch_of`) and decay start
-(`decay_start`). The stable run must finish before its branches start: `pretrain scaling run`
-runs the sweep in order; on Slurm, submit the stable runs first.
+(`decay_start`). The stable run must finish before its branches start, so each branch lists it
+in `after` (launch/sweep.py): `pretrain scaling run` runs the sweep in order and skips the
+branches of a failed stable run; `pretrain slurm sweep` submits each branch with
+`--dependency=afterok:` its stable run's job.
 """
 
 from __future__ import annotations
@@ -95,12 +99,21 @@ def plan_branched_wsd(
             ckpt = Path(root) / stable / "checkpoints" / step_dir_name(s)
             run = planned(f"{base}-decay{s}", total, {
                 "schedule.name": "wsd", "schedule.decay_fraction": fraction,
-                "checkpoint.resume": str(ckpt),
+                "checkpoint.resume": "auto", "checkpoint.resume_fallback": str(ckpt),
             })  # fmt: skip
             # evaluations fall in the branch's own steps (s, total]
             run.overrides["logging.eval_every_steps"] = max(1, (total - s) // evals_per_run)
+            run.after = (stable,)
             runs.append(run)
     return runs
+
+
+def branch_source(overrides: dict) -> str:
+    """The checkpoint a branch starts from: `checkpoint.resume_fallback` (this plan's), or an
+    explicit `checkpoint.resume` path (plans written before the fallback existed); "" if none."""
+    fallback = str(overrides.get("checkpoint.resume_fallback", "") or "")
+    resume = str(overrides.get("checkpoint.resume", "auto"))
+    return fallback or ("" if resume in ("auto", "none") else resume)
 
 
 def branched_cost(runs: list[PlannedRun]) -> tuple[float, float]:
@@ -111,7 +124,7 @@ def branched_cost(runs: list[PlannedRun]) -> tuple[float, float]:
         if r.overrides.get("schedule.name") == "constant":
             spent += r.steps * per_step
             continue
-        start = int(Path(str(r.overrides["checkpoint.resume"])).name.removeprefix("step_"))
+        start = int(Path(str(branch_source(r.overrides))).name.removeprefix("step_"))
         spent += (r.steps - start) * per_step
         alone += r.steps * per_step
     return spent, alone

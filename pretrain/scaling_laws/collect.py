@@ -8,7 +8,8 @@ back to the mean of its last `smooth` training records ("train[k]"), which is no
 so. Runs that are not completed are skipped with a reason unless `include_incomplete`.
 Each row also records the run's LR schedule (optim.lr and the `schedule` section), which the
 curve laws read, and for a WSD run the step its decay starts; a run resumed from another run's
-checkpoint (`checkpoint.resume=PATH`: a decay branch of a stable run) names it in `branch_of`.
+checkpoint (`checkpoint.resume_fallback`, or `checkpoint.resume=PATH`: a decay branch of a
+stable run) names it in `branch_of`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from pretrain.overrides import get_dotted, read_yaml_file
 from pretrain.run_dir import COMPLETED, read_metrics, read_status
+from pretrain.scaling_laws.branch_plan import branch_source
 from pretrain.scaling_laws.validate import ScalingDataError
 
 
@@ -68,8 +70,8 @@ def _schedule_columns(cfg: dict) -> dict:
     if sched.get("name") == "wsd" and sched.get("steps"):
         steps = int(sched["steps"])  # the decay length exactly as pretrain/schedule.py rounds it
         out["decay_start"] = steps - max(int(round(steps * float(sched["decay_fraction"]))), 1)
-    resume = str(get_dotted(cfg, "checkpoint.resume", "auto"))
-    out["branch_of"] = "" if resume in ("auto", "none") else resume
+    ckpt = get_dotted(cfg, "checkpoint", {}) or {}
+    out["branch_of"] = branch_source({f"checkpoint.{k}": v for k, v in ckpt.items()})
     return out
 
 

@@ -1,5 +1,6 @@
-"""The figure of `fit-curves`: observed evaluations and each law's fitted or predicted curve,
-per law and model size, drawn on `matplotlib.figure.Figure` (Agg, no pyplot state)."""
+"""The figures of `fit-curves`: observed evaluations and each law's fitted or predicted curve,
+per law and model size, and the law across sizes with one panel per size, drawn on
+`matplotlib.figure.Figure` (Agg, no pyplot state)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,36 @@ def plot_curve_fits(sizes: list, predict: list[Schedule], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=130)
+
+
+def plot_size_fit(fit, curves: list, path: Path) -> None:
+    """Observed (dots) and the law across sizes (lines; dashed with its bootstrap band for a
+    held-out size), one panel per model size. `fit`: curve_sizes.SizedCurveFit."""
+    sizes = sorted({c.params for c in curves})
+    fig = Figure(figsize=(4.8 * len(sizes), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(sizes), sharey=True))
+    cmap = colormaps["tab10"]
+    observed = np.concatenate([c.loss for c in curves])
+    for ax, n in zip(axes, sizes):
+        held = n in fit.held_out_sizes
+        group = [c for c in curves if c.params == n]
+        first = min(int(c.steps.min()) for c in group)
+        for i, c in enumerate(group):
+            x = np.arange(first, c.schedule.cfg.steps + 1)
+            lrs = c.schedule.lrs()
+            ax.plot(c.steps, c.loss, "o", ms=3, color=cmap(i % 10),
+                    label=f"{c.schedule.label()}, observed")  # fmt: skip
+            ax.plot(x, fit.predict(lrs, x, n), ls="--" if held else "-", color=cmap(i % 10),
+                    lw=1.3, label="law (predicted)" if held else "law (fitted)")  # fmt: skip
+            band = fit.band(lrs, x, n) if held else None
+            if band is not None:
+                ax.fill_between(x, band[0], band[1], color=cmap(i % 10), alpha=0.15, lw=0)
+        ax.set_title(f"N = {n:.3g}" + (" (held out)" if held else " (fitted)"), fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7)
+    pad = 0.05 * (observed.max() - observed.min())
+    axes[0].set_ylim(observed.min() - pad, observed.max() + pad)
+    axes[0].set_ylabel("loss")
+    fig.suptitle("LR-annealing law across model sizes: observed vs fitted / predicted")
+    fig.savefig(path, dpi=110)

@@ -65,6 +65,7 @@ class PlannedRun:
     steps: int
     overrides: dict
     batch: int  # global batch size (samples per optimizer step)
+    after: tuple[str, ...] = ()  # runs that must complete first (a branch's stable run)
 
     @property
     def samples(self) -> int:
@@ -206,7 +207,9 @@ def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:
     """Write the sweep YAML and its sidecar plan table (PATH with suffix .plan.csv)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"base": str(base), "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
+    doc = {"base": str(base), "runs": [
+        {"name": r.name, "overrides": r.overrides, **({"after": list(r.after)} if r.after else {})}
+        for r in runs]}  # fmt: skip
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     sidecar = path.with_suffix(".plan.csv")
     write_csv(sidecar, [r.row() for r in runs], list(runs[0].row()) if runs else ["name"])
@@ -214,7 +217,7 @@ def write_sweep(path: str | Path, base: str, runs: list[PlannedRun]) -> Path:
 
 
 def read_sweep(path: str | Path) -> dict:
-    """The sweep as the mapping `run_sweep` takes: {base: str, runs: [{name, overrides}]}.
+    """The sweep as the mapping `run_sweep` takes: {base: str, runs: [{name, overrides, after}]}.
 
     Reading and checking (names, keys, a base relative to the sweep's folder) are
     `launch.sweep.load_sweep`'s, the one reader of the format; its errors come back as
@@ -224,7 +227,8 @@ def read_sweep(path: str | Path) -> dict:
         sweep = load_sweep(path)
     except ValueError as e:
         raise ScalingDataError(f"{path}: {e}") from None
-    runs = [{"name": run.name, "overrides": dict(run.overrides)} for run in sweep.runs]
+    runs = [{"name": run.name, "overrides": dict(run.overrides), "after": list(run.after)}
+            for run in sweep.runs]  # fmt: skip
     return {"base": str(sweep.base), "runs": runs}
 
 

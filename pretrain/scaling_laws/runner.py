@@ -67,15 +67,21 @@ def run_sweep(
             cfg = load_config(sweep["base"], overrides)
         except ValueError as e:  # ConfigError
             raise ScalingDataError(f"sweep run {run['name']!r}: {e}") from None
-        runs.append((run["name"], cfg, overrides))
+        runs.append((run["name"], cfg, overrides, run.get("after") or []))
     env = run_env()  # each run is a job of its own, whatever group this process is in
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
-    outcomes = []
-    for i, (name, cfg, overrides) in enumerate(runs, 1):
+    outcomes: list[RunOutcome] = []
+    for i, (name, cfg, overrides, after) in enumerate(runs, 1):
         run_dir = str(cfg.run_dir)
         if read_status(run_dir).get("state") == COMPLETED:
             outcomes.append(RunOutcome(name, run_dir, "skipped", 0.0))
+            continue
+        failed = [o.name for o in outcomes if o.state == "failed" and o.name in after]
+        if failed:  # a branch of a failed stable run has no checkpoint to start from
+            outcomes.append(RunOutcome(name, run_dir, "failed", 0.0,
+                                       f"not run: it waits for {', '.join(failed)}, which failed"))
+            log.error("%s not run: %s failed", name, ", ".join(failed))
             continue
         log.info("[%d/%d] %s: %d steps", i, len(runs), name, cfg.schedule.steps)
         t0 = time.perf_counter()
