@@ -11,7 +11,11 @@ from torch import nn
 from torch.optim import AdamW, Optimizer
 
 from pretrain.models.config import ModelConfig
-from pretrain.models.parametrization import group_multipliers
+from pretrain.models.parametrization import (
+    eps_multiplier,
+    group_multipliers,
+    in_residual_block,
+)
 from pretrain.optim_config import OptimConfig
 
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
@@ -27,23 +31,28 @@ def canonical_name(name: str) -> str:
 def param_groups(
     model: nn.Module, kinds: dict[str, str], optim: OptimConfig, model_cfg: ModelConfig
 ) -> list[dict]:
-    """One group per (lr_mult, wd_mult), in a fixed order so every rank builds the same list;
-    the multipliers come from each parameter's role under `model_cfg`'s parametrization."""
-    groups: dict[tuple[float, float], list] = {}
+    """One group per (lr_mult, wd_mult, eps factor), in a fixed order so every rank builds the
+    same list; the multipliers come from each parameter's role (and, under the depth rule,
+    whether it sits in a residual block) under `model_cfg`'s parametrization."""
+    groups: dict[tuple[float, float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr_mult, wd_mult = group_multipliers(kinds[canonical_name(name)], model_cfg)
-        groups.setdefault((lr_mult, wd_mult), []).append(p)
+        name = canonical_name(name)
+        in_block = in_residual_block(name)
+        lr_mult, wd_mult = group_multipliers(kinds[name], model_cfg, in_block)
+        eps_mult = eps_multiplier(model_cfg, in_block)
+        groups.setdefault((lr_mult, wd_mult, eps_mult), []).append(p)
     return [
         {
             "params": params,
             "lr": optim.lr * lr_mult,
             "weight_decay": optim.weight_decay * wd_mult,
+            "eps": optim.eps * eps_mult,
             "lr_mult": lr_mult,
             "wd_mult": wd_mult,
         }
-        for (lr_mult, wd_mult), params in sorted(groups.items())
+        for (lr_mult, wd_mult, eps_mult), params in sorted(groups.items())
     ]
 
 

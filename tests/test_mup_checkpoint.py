@@ -1,4 +1,5 @@
-"""muP multipliers live in the optimizer's param groups: saved by DCP, unchanged by resharding."""
+"""muP multipliers (width and depth rules) live in the optimizer's param groups: saved by DCP,
+unchanged by resharding."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import torch.distributed.checkpoint as dcp
 from pretrain.checkpoint import dcp_io, latest_complete
 from pretrain.config import load_config
 from pretrain.models import build_model
-from pretrain.models.parametrization import group_multipliers
+from pretrain.models.parametrization import (
+    eps_multiplier,
+    group_multipliers,
+    in_residual_block,
+)
 from tests.conftest import REPO, TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -22,10 +27,11 @@ MUP = [
     "model.mup.base_width=32",
     "model.mup.wd_width_exponent=0.5",
 ]
+DEPTH = ["model.mup.depth_alpha=0.5", "model.mup.base_depth=1"]  # TINY's depth 2: m_L = 2
 
 
-def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
-    """Parameter name -> (lr_mult, wd_mult, weight_decay) as stored in a checkpoint.
+def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float, float]]:
+    """Parameter name -> (lr_mult, wd_mult, weight_decay, eps) as stored in a checkpoint.
 
     Read without a process group."""
     metadata = dcp_io.read_metadata(ckpt / "model")
@@ -34,7 +40,7 @@ def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
         for k in metadata.state_dict_metadata
         if k.startswith("optim.param_groups.")
     )
-    fields = ("lr_mult", "wd_mult", "weight_decay", "params")
+    fields = ("lr_mult", "wd_mult", "weight_decay", "eps", "params")
     state = {"optim": {"param_groups": [{f: None for f in fields} for _ in range(n)]}}
     dcp.load(
         state,
@@ -45,24 +51,28 @@ def saved_groups(ckpt: Path) -> dict[str, tuple[float, float, float]]:
     out = {}
     for group in state["optim"]["param_groups"]:
         for name in group["params"]:
-            out[name] = (group["lr_mult"], group["wd_mult"], group["weight_decay"])
+            out[name] = (group["lr_mult"], group["wd_mult"], group["weight_decay"], group["eps"])
     return out
 
 
-def expected_groups() -> dict[str, tuple[float, float, float]]:
-    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, *MUP])
+def expected_groups(rules: list[str]) -> dict[str, tuple[float, float, float, float]]:
+    cfg = load_config(REPO / "configs/vit_digits.yaml", [*TINY, *rules])
     model = build_model(cfg.model)
     out = {}
     for name, kind in model.param_kinds().items():
-        lr_mult, wd_mult = group_multipliers(kind, cfg.model)
-        out[name] = (lr_mult, wd_mult, cfg.optim.weight_decay * wd_mult)
+        block = in_residual_block(name)
+        lr_mult, wd_mult = group_multipliers(kind, cfg.model, block)
+        eps = cfg.optim.eps * eps_multiplier(cfg.model, block)
+        out[name] = (lr_mult, wd_mult, cfg.optim.weight_decay * wd_mult, eps)
     return out
 
 
-def test_group_multipliers_survive_save_reshard_and_load(tmp_path):
+@pytest.mark.parametrize("rules", [MUP, [*MUP, *DEPTH]], ids=["width", "width_and_depth"])
+def test_group_multipliers_survive_save_reshard_and_load(tmp_path, rules):
     """FSDP2 at 2 ranks saves; 1 process and 3 FSDP2 ranks resume, train and save again: every
-    parameter's group keeps the muP lr/wd multipliers derived from its role."""
-    common = [*TINY, *MUP, "checkpoint.keep_last=5"]
+    parameter's group keeps the muP lr/wd multipliers (and the depth rule's eps) derived from
+    its role and place."""
+    common = [*TINY, *rules, "checkpoint.keep_last=5"]
     ref = tmp_path / "ref"
     run_train(
         2,
@@ -74,8 +84,9 @@ def test_group_multipliers_survive_save_reshard_and_load(tmp_path):
             f"run.dir={ref}",
         ],
     )
-    expected = expected_groups()
-    assert {m for m, _, _ in expected.values()} == {0.5, 1.0}  # hidden lr is 1/width_mult
+    expected = expected_groups(rules)
+    lr_mults = {0.5, 1.0} if rules == MUP else {0.5 * 2**-0.5, 2**-0.5, 1.0}  # × m_L^(α-1)
+    assert sorted({m for m, *_ in expected.values()}) == pytest.approx(sorted(lr_mults))
     first = saved_groups(latest_complete(ref / "checkpoints"))
     assert first == expected
     for nproc, backend in ((0, "single"), (3, "fsdp2")):

@@ -2,7 +2,9 @@
 
 coord-check and transfer train width variants of the recipe through the real engine (the
 recipe's parallel.backend; under torchrun the ranks share each run), in SP and in muP
-(model.mup.base_width from the recipe).
+(model.mup.base_width from the recipe). With --depths they sweep depth at one width instead, muP
+with and without the depth rule (depth-mup: α = 1/2, completep: α = 1; base depth: the recipe's
+model.mup.base_depth, else its depth).
 Files are written by rank 0. sv-compare reads two finished runs' logged singular values.
 """
 
@@ -21,19 +23,33 @@ examples:
       parallel.backend=fsdp2 --out runs/coord2
   pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
       --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
+  pretrain mup coord-check configs/mup_lm_bytes.yaml --widths 64 --depths 2 4 8 16 \
+      --parametrizations mup completep --out runs/coord_depth
+  pretrain mup transfer configs/mup_lm_bytes.yaml --widths 64 --depths 2 4 8 \
+      --parametrizations mup completep --lr-factor 1.4142135623730951 --out runs/transfer_depth
   pretrain mup sv-compare runs/w32 runs/w512 --out runs/sv   # model.mup.log_singular_values=true
 """
+
+# pretrain.mup.runner.PARAMETRIZATIONS (not imported here: `pretrain --help` stays light)
+PARAMETRIZATIONS = ["sp", "mup", "depth-mup", "completep"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="YAML recipe, e.g. configs/vit_digits.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    p.add_argument(
+        "--depths", type=int, nargs="+",
+        help="sweep depth (at the one width given by --widths) instead of width",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=5)
     p.add_argument(
         "--seeds", type=int, default=1, help="independent inits (and data orders) averaged"
     )
-    p.add_argument("--parametrizations", nargs="+", default=["sp", "mup"], choices=["sp", "mup"])
+    p.add_argument(
+        "--parametrizations", nargs="+", default=["sp", "mup"], choices=PARAMETRIZATIONS,
+        help="mup: width rules only; depth-mup / completep: with the depth rule, α = 1/2 / 1",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output directory (CSV, PNG, JSON)")
 
 
@@ -91,6 +107,14 @@ def _load(args: argparse.Namespace):
     return cfg
 
 
+def _bases(cfg, args: argparse.Namespace) -> str:
+    """The base shape a plot's title names: base width, and base depth in a depth sweep."""
+    if not args.depths:
+        return f"base width {cfg.model.mup.base_width}"
+    base_depth = cfg.model.mup.base_depth or cfg.model.depth
+    return f"width {args.widths[0]}, base depth {base_depth}"
+
+
 def _is_main() -> bool:
     import torch.distributed as dist
 
@@ -106,8 +130,9 @@ def coord_check(args: argparse.Namespace) -> int:
     try:
         progress = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_main() else None
         records = run_coord_check(
-            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations), progress
-        )
+            cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations), progress,
+            args.depths,
+        )  # fmt: skip
         if _is_main():
             args.out.mkdir(parents=True, exist_ok=True)
             write_csv(records, args.out / "coord_check.csv")
@@ -115,8 +140,7 @@ def coord_check(args: argparse.Namespace) -> int:
             plot_coord_check(
                 records,
                 args.out / "coord_check.png",
-                title=f"{cfg.model.family}: coordinate check, "
-                f"base width {cfg.model.mup.base_width}",
+                title=f"{cfg.model.family}: coordinate check, {_bases(cfg, args)}",
             )
             summary = {
                 f"{v.parametrization}/{v.layer}": {
@@ -168,15 +192,17 @@ def transfer(args: argparse.Namespace) -> int:
             args.out / "transfer.csv",
             args.seeds,
             tuple(args.parametrizations),
+            depths=args.depths,
         )
-        rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps]
+        rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps
+                and (not args.depths or r["depth"] in args.depths)]  # fmt: skip
         if _is_main():
             plot_transfer(
                 rows,
                 args.out / "transfer.png",
                 args.metric,
                 title=f"{cfg.model.family}: LR transfer, {args.steps} steps, "
-                f"base width {cfg.model.mup.base_width}",
+                f"{_bases(cfg, args)}",
             )
             best = optima(rows, args.metric)
             summary = {

@@ -13,7 +13,8 @@ The same network, written differently in three places, each converted exactly:
   column) here: a row permutation.
 
 Folded when exact: muP's attention scale into the query rows and bias, the readout multiplier
-into proj_out_2, σReparam into each weight (export only). Refused, naming the option:
+into proj_out_2, the depth rule's branch multiplier into to_out.0 and ff.net.2 (weight and
+bias), σReparam into each weight (export only). Refused, naming the option:
 model.dit.time_freq_shift=0 (diffusers embeds timesteps at 10000^(-i/127), the original DiT
 at 10000^(-i/128); train with model.dit.time_freq_shift=1 to export), SwiGLU,
 mlp_ratio != 4, RMSNorm, Peri-LN, qk_norm, model.bias=false.
@@ -26,7 +27,7 @@ import torch
 from pretrain.interop.hf_lm import query_mult
 from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.config import ModelConfig
-from pretrain.models.parametrization import output_mult
+from pretrain.models.parametrization import output_mult, residual_mult
 
 CHECKED_WITH = "0.36.0"  # the diffusers version whose DiTTransformer2DModel the tests load
 NORM_EPS = 1e-6  # the DiT blocks' LayerNorm eps
@@ -94,7 +95,7 @@ def pieces(m: ModelConfig) -> list[Piece]:
     check_expressible(m)
     d, dit = m.width, m.dit
     s = _stream(d)
-    qm = query_mult(m)
+    qm, rm = query_mult(m), residual_mult(m)
     out = [Piece("x_embed.weight", "pos_embed.proj.weight", s,
                  shape=(d, dit.in_channels, dit.patch_size, dit.patch_size)),
            Piece("x_embed.bias", "pos_embed.proj.bias", s)]
@@ -113,12 +114,12 @@ def pieces(m: ModelConfig) -> list[Piece]:
             rows = slice(j * d, (j + 1) * d)
             out += [Piece(qkv + "weight", attn + f"{name}.weight", rows, mult, cols=s),
                     Piece(qkv + "bias", attn + f"{name}.bias", rows, mult)]
-        out += [Piece(ours + "attn.proj.weight", attn + "to_out.0.weight", s),
-                Piece(ours + "attn.proj.bias", attn + "to_out.0.bias", s),
+        out += [Piece(ours + "attn.proj.weight", attn + "to_out.0.weight", s, rm),
+                Piece(ours + "attn.proj.bias", attn + "to_out.0.bias", s, rm),
                 Piece(ours + "mlp.fc1.weight", theirs + "ff.net.0.proj.weight", cols=s),
                 Piece(ours + "mlp.fc1.bias", theirs + "ff.net.0.proj.bias"),
-                Piece(ours + "mlp.fc2.weight", theirs + "ff.net.2.weight", s),
-                Piece(ours + "mlp.fc2.bias", theirs + "ff.net.2.bias", s)]
+                Piece(ours + "mlp.fc2.weight", theirs + "ff.net.2.weight", s, rm),
+                Piece(ours + "mlp.fc2.bias", theirs + "ff.net.2.bias", s, rm)]
     rows, om = _patch_rows(m), output_mult(m)
     out += [Piece("final.modulation.weight", "proj_out_1.weight", _chunks(s, 2)),
             Piece("final.modulation.bias", "proj_out_1.bias", _chunks(s, 2)),

@@ -20,12 +20,13 @@ says what is switched off and what is folded.
 Folded when exact: muP's attention scale (sqrt(base_head_dim)/head_dim instead of
 1/sqrt(head_dim)) into the query rows (or the q_norm gain under qk_norm; Gemma's
 query_pre_attn_scalar), muP's readout multiplier into an untied lm_head or, when tied, into
-the final norm (its only consumer is the readout), σReparam's gamma/sigma(W) into each weight
-(adapters.py; export only). Imported exactly: a folder with grouped-query attention (fewer
-key/value heads, each copied into the query heads sharing it; `foreign_layout`); our model
-has no GQA, so none is exported. Refused, naming the option: a bias on the untied readout,
-GELU with RMSNorm, SwiGLU with LayerNorm, qk_norm with LayerNorm or biases, Peri-LN with
-LayerNorm, GELU or biases.
+the final norm (its only consumer is the readout), the depth rule's branch multiplier into
+each block's attention output and MLP down projection (weight and bias; under Peri-LN into the
+output norms' gains), σReparam's gamma/sigma(W) into each weight (adapters.py; export only).
+Imported exactly: a folder with grouped-query attention (fewer key/value heads, each copied
+into the query heads sharing it; `foreign_layout`); our model has no GQA, so none is exported.
+Refused, naming the option: a bias on the untied readout, GELU with RMSNorm, SwiGLU with
+LayerNorm, qk_norm with LayerNorm or biases, Peri-LN with LayerNorm, GELU or biases.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError
 from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.blocks import swiglu_hidden
 from pretrain.models.config import ModelConfig
-from pretrain.models.parametrization import attention_scale, output_mult
+from pretrain.models.parametrization import attention_scale, output_mult, residual_mult
 
 NORM_EPS = 1e-5  # blocks.make_norm's default, used by every norm of the LM
 
@@ -101,18 +102,19 @@ def _gemma_pieces(m: ModelConfig, kv_heads: int | None) -> list[Piece]:
     embeddings the readout sees that division too, so the final norm's gain takes the scale
     (and muP's readout multiplier) back: its only consumer is the readout."""
     tied, om, scale = m.lm.tie_embeddings, output_mult(m), embed_scale(m)
+    rm = residual_mult(m)  # after each output norm: folded into its gain
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight", mult=1.0 / scale)]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         out.append(Piece(ours + "norm1.weight", theirs + "input_layernorm.weight", offset=-1.0))
         out += _attention_pieces(m, ours, theirs, kv_heads, 1.0, norm_offset=-1.0)
         out += [Piece(ours + "attn_out_norm.weight", theirs + "post_attention_layernorm.weight",
-                      offset=-1.0),
+                      mult=rm, offset=-1.0),
                 Piece(ours + "norm2.weight", theirs + "pre_feedforward_layernorm.weight",
                       offset=-1.0)]
         out += _mlp_pieces(m, ours, theirs)
         out.append(Piece(ours + "mlp_out_norm.weight",
-                         theirs + "post_feedforward_layernorm.weight", offset=-1.0))
+                         theirs + "post_feedforward_layernorm.weight", mult=rm, offset=-1.0))
     out.append(Piece("norm.weight", "model.norm.weight", mult=scale * final_norm_mult(m)
                      if tied else 1.0, offset=-1.0))
     if not tied:
@@ -248,14 +250,14 @@ def pieces(m: ModelConfig, kv_heads: int | None = None) -> list[Piece]:
         return _neox_pieces(m)
     if arch in GEMMA:
         return _gemma_pieces(m, kv_heads)
-    qm = query_mult(m)
+    qm, rm = query_mult(m), residual_mult(m)
     out = [Piece("tok_embed.weight", "model.embed_tokens.weight")]
     for i in range(m.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         out.append(Piece(ours + "norm1.weight", theirs + "input_layernorm.weight"))
-        out += _attention_pieces(m, ours, theirs, kv_heads, qm)
+        out += _attention_pieces(m, ours, theirs, kv_heads, qm, branch_mult=rm)
         out.append(Piece(ours + "norm2.weight", theirs + "post_attention_layernorm.weight"))
-        out += _mlp_pieces(m, ours, theirs)
+        out += _mlp_pieces(m, ours, theirs, rm)
     out.append(Piece("norm.weight", "model.norm.weight", mult=final_norm_mult(m)))
     if not m.lm.tie_embeddings:
         out.append(Piece("head.weight", "lm_head.weight", mult=output_mult(m)))
@@ -263,8 +265,10 @@ def pieces(m: ModelConfig, kv_heads: int | None = None) -> list[Piece]:
 
 
 def _attention_pieces(m: ModelConfig, ours: str, theirs: str, kv_heads: int | None,
-                      qm: float, norm_offset: float = 0.0) -> list[Piece]:
-    """q/k/v/o projections (and q/k norms) of one block; `qm` folded into the queries."""
+                      qm: float, norm_offset: float = 0.0,
+                      branch_mult: float = 1.0) -> list[Piece]:
+    """q/k/v/o projections (and q/k norms) of one block; `qm` folded into the queries,
+    `branch_mult` (the depth rule's, pre-norm blocks) into the output projection."""
     d, out = m.width, []
     k_rows, v_rows = _kv_rows(m, kv_heads, 1), _kv_rows(m, kv_heads, 2)
     for kind in ("weight", "bias") if m.bias else ("weight",):
@@ -273,7 +277,8 @@ def _attention_pieces(m: ModelConfig, ours: str, theirs: str, kv_heads: int | No
                          qm if not m.qk_norm else 1.0))
         out += [Piece(qkv, theirs + f"self_attn.k_proj.{kind}", rows) for rows in k_rows]
         out += [Piece(qkv, theirs + f"self_attn.v_proj.{kind}", rows) for rows in v_rows]
-        out.append(Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}"))
+        out.append(Piece(ours + f"attn.proj.{kind}", theirs + f"self_attn.o_proj.{kind}",
+                         mult=branch_mult))
     if m.qk_norm:
         out += [Piece(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight",
                       mult=qm, offset=norm_offset),
@@ -282,14 +287,16 @@ def _attention_pieces(m: ModelConfig, ours: str, theirs: str, kv_heads: int | No
     return out
 
 
-def _mlp_pieces(m: ModelConfig, ours: str, theirs: str) -> list[Piece]:
-    """SwiGLU's fused fc1 split into gate and up, fc2 as down."""
+def _mlp_pieces(m: ModelConfig, ours: str, theirs: str,
+                branch_mult: float = 1.0) -> list[Piece]:
+    """SwiGLU's fused fc1 split into gate and up, fc2 as down (`branch_mult` folded in)."""
     h, out = swiglu_hidden(m), []
     for kind in ("weight", "bias") if m.bias else ("weight",):
         fc1 = ours + f"mlp.fc1.{kind}"
         out += [Piece(fc1, theirs + f"mlp.gate_proj.{kind}", slice(0, h)),
                 Piece(fc1, theirs + f"mlp.up_proj.{kind}", slice(h, 2 * h)),
-                Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}")]
+                Piece(ours + f"mlp.fc2.{kind}", theirs + f"mlp.down_proj.{kind}",
+                      mult=branch_mult)]
     return out
 
 
@@ -304,7 +311,7 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
     if query_mult(m) != 1.0:
         raise ExportRefused("model.mup.enabled: GPT-NeoX fuses q with k and v, so muP's "
                             "attention scale cannot be folded into the query rows alone")
-    perm = _neox_qkv_rows(m)
+    perm, rm = _neox_qkv_rows(m), residual_mult(m)
     hidden = int(m.width * m.mlp_ratio)
     out = [Piece("tok_embed.weight", "gpt_neox.embed_in.weight")]
     for i in range(m.depth):
@@ -315,11 +322,13 @@ def _neox_pieces(m: ModelConfig) -> list[Piece]:
             if linear:
                 out += [Piece(ours + f"attn.qkv.{kind}",
                               theirs + f"attention.query_key_value.{kind}", perm),
-                        Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}")]
+                        Piece(ours + f"attn.proj.{kind}", theirs + f"attention.dense.{kind}",
+                              mult=rm)]
             out += [Piece(ours + f"norm2.{kind}", theirs + f"post_attention_layernorm.{kind}")]
             fc1, fc2 = theirs + f"mlp.dense_h_to_4h.{kind}", theirs + f"mlp.dense_4h_to_h.{kind}"
             if linear:
-                out += [Piece(ours + f"mlp.fc1.{kind}", fc1), Piece(ours + f"mlp.fc2.{kind}", fc2)]
+                out += [Piece(ours + f"mlp.fc1.{kind}", fc1),
+                        Piece(ours + f"mlp.fc2.{kind}", fc2, mult=rm)]
             else:  # GPT-NeoX's MLP always has biases: zero is our bias-free layer
                 out += [Piece(None, fc1, shape=(hidden,)), Piece(None, fc2, shape=(m.width,))]
     out += [Piece("norm.weight", "gpt_neox.final_layer_norm.weight", mult=final_norm_mult(m)),

@@ -6,7 +6,9 @@ The class token, position table (class position first), pre-norm blocks with Lay
 exact-erf GELU, final LayerNorm and the class-token readout are ViT's own.
 
 Folded when exact: muP's attention scale into the query rows and bias; muP's readout
-multiplier into the classifier weight; σReparam into each weight (export only).
+multiplier into the classifier weight; the depth rule's branch multiplier into each
+block's attention output and MLP output dense (weight and bias); σReparam into each weight
+(export only).
 Refused, naming the option: mean pooling (ViTForImageClassification reads the class token),
 RMSNorm, SwiGLU, Peri-LN, qk_norm, and model.bias=false (ViT's attention output and MLP
 layers always have biases).
@@ -17,7 +19,7 @@ from __future__ import annotations
 from pretrain.interop.hf_lm import query_mult
 from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.config import ModelConfig
-from pretrain.models.parametrization import output_mult
+from pretrain.models.parametrization import output_mult, residual_mult
 
 NORM_EPS = 1e-5  # blocks.make_norm's default
 
@@ -61,7 +63,7 @@ def config_json(m: ModelConfig, special: dict) -> dict:
 def pieces(m: ModelConfig) -> list[Piece]:
     check_expressible(m)
     d, v = m.width, m.vit
-    qm, om = query_mult(m), output_mult(m)
+    qm, om, rm = query_mult(m), output_mult(m), residual_mult(m)
     emb = "vit.embeddings."
     out = [Piece("cls_token", emb + "cls_token"),
            Piece("pos_embed", emb + "position_embeddings"),
@@ -76,10 +78,11 @@ def pieces(m: ModelConfig) -> list[Piece]:
                     Piece(qkv, theirs + f"attention.attention.query.{kind}", slice(0, d), qm),
                     Piece(qkv, theirs + f"attention.attention.key.{kind}", slice(d, 2 * d)),
                     Piece(qkv, theirs + f"attention.attention.value.{kind}", slice(2 * d, 3 * d)),
-                    Piece(ours + f"attn.proj.{kind}", theirs + f"attention.output.dense.{kind}"),
+                    Piece(ours + f"attn.proj.{kind}", theirs + f"attention.output.dense.{kind}",
+                          mult=rm),  # the depth rule's branch multiplier, weight and bias
                     Piece(ours + f"norm2.{kind}", theirs + f"layernorm_after.{kind}"),
                     Piece(ours + f"mlp.fc1.{kind}", theirs + f"intermediate.dense.{kind}"),
-                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"output.dense.{kind}")]
+                    Piece(ours + f"mlp.fc2.{kind}", theirs + f"output.dense.{kind}", mult=rm)]
     out += [Piece("norm.weight", "vit.layernorm.weight"), Piece("norm.bias", "vit.layernorm.bias"),
             Piece("head.weight", "classifier.weight", mult=om),
             Piece("head.bias", "classifier.bias")]  # the multiplier scales the input only

@@ -247,8 +247,15 @@ def resolve_mlp(cfg: ModelConfig, family_default: str) -> str:
     return family_default if cfg.mlp == "auto" else cfg.mlp
 
 
+def scale_branch(branch: torch.Tensor, residual_mult: float) -> torch.Tensor:
+    """A residual branch times the depth rule's multiplier; untouched at 1 (no extra op)."""
+    return branch if residual_mult == 1.0 else branch * residual_mult
+
+
 class TransformerBlock(nn.Module):
-    """Residual block. pre: x + f(norm(x)); peri: x + norm_out(f(norm(x))), for f = attn, mlp."""
+    """Residual block. pre: x + r*f(norm(x)); peri: x + r*norm_out(f(norm(x))), for f = attn,
+    mlp; r = `residual_mult`, the depth rule's branch multiplier (1 unless the
+    parametrization sets it)."""
 
     def __init__(self, cfg: ModelConfig, causal: bool = False, mlp: str = "gelu"):
         super().__init__()
@@ -259,6 +266,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(cfg.norm, cfg.width)
         self.mlp = MLP(cfg, mlp)
         self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
+        self.residual_mult = 1.0
 
     def forward(
         self,
@@ -266,8 +274,9 @@ class TransformerBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, rope))
-        return x + self.mlp_out_norm(self.mlp(self.norm2(x)))
+        r = self.residual_mult
+        x = x + scale_branch(self.attn_out_norm(self.attn(self.norm1(x), attn_mask, rope)), r)
+        return x + scale_branch(self.mlp_out_norm(self.mlp(self.norm2(x))), r)
 
 
 def block_matmul_flops(

@@ -30,6 +30,7 @@ from pretrain.models.blocks import (
     block_matmul_flops,
     make_norm,
     resolve_mlp,
+    scale_branch,
     unwrap,
 )
 from pretrain.models.config import ModelConfig
@@ -85,8 +86,9 @@ class TimestepEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """x + gate * f(modulate(norm(x), shift, scale)) for f = attention, MLP; Peri-LN adds an
-    output norm before the gate. Norms carry no affine parameters: adaLN supplies them."""
+    """x + gate * r * f(modulate(norm(x), shift, scale)) for f = attention, MLP; Peri-LN adds an
+    output norm before the gate; r = `residual_mult`, the depth rule's branch multiplier. Norms
+    carry no affine parameters: adaLN supplies them."""
 
     def __init__(self, cfg: ModelConfig, mlp: str):
         super().__init__()
@@ -98,12 +100,16 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(cfg, mlp)
         self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
         self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
+        self.residual_mult = 1.0
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x [B, N, D]; c [B, D], the SiLU of the condition."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
-        x = x + gate1 * self.attn_out_norm(self.attn(modulate(self.norm1(x), shift1, scale1)))
-        return x + gate2 * self.mlp_out_norm(self.mlp(modulate(self.norm2(x), shift2, scale2)))
+        r = self.residual_mult
+        attn = self.attn_out_norm(self.attn(modulate(self.norm1(x), shift1, scale1)))
+        x = x + gate1 * scale_branch(attn, r)
+        mlp = self.mlp_out_norm(self.mlp(modulate(self.norm2(x), shift2, scale2)))
+        return x + gate2 * scale_branch(mlp, r)
 
 
 class FinalLayer(nn.Module):

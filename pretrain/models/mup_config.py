@@ -35,3 +35,20 @@ class MupConfig:
     # which is stable at init and blows up in training (the coordinate check's SP contrast)
     sp_fan_in_init: bool = False
     log_singular_values: bool = False  # log every matrix's top singular value at log steps
+    # Depth rule (depth-muP / CompleteP, parametrization.py), on top of the width rules: each
+    # residual branch is multiplied by (depth/base_depth)^-depth_alpha and the blocks' learning
+    # rate and AdamW eps follow. 0 = off (every run as without it); 0.5 = depth-muP (Yang et
+    # al. 2023); 1.0 = CompleteP (Dey et al. 2025). Ignored in SP (enabled false)
+    depth_alpha: float = 0.0
+    # depth the hyperparameters were tuned at (where the depth rule is the identity); required
+    # with depth_alpha != 0. `pretrain scaling plan` pins it to the base recipe's depth
+    base_depth: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.depth_alpha <= 1.0:
+            raise ValueError(f"model.mup.depth_alpha must be in [0, 1] (0.5: depth-muP, "
+                             f"1: CompleteP), got {self.depth_alpha}")
+        if self.base_depth < 0 or (self.depth_alpha and self.base_depth == 0):
+            raise ValueError(f"model.mup.base_depth must be > 0 with model.mup.depth_alpha="
+                             f"{self.depth_alpha} (the depth the hyperparameters were tuned "
+                             f"at), got {self.base_depth}")

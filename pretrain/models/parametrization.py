@@ -50,12 +50,42 @@ attention scale 1/sqrt(head_dim), readout multiplier 1, every lr multiplier 1, w
 hidden and readout matrices only; with model.mup.sp_fan_in_init the hidden and readout stds
 scale as 1/sqrt(fan_in) from the base width (TP5's SP baseline, the coordinate check's).
 
+Depth rule (off unless model.mup.depth_alpha = α > 0; muP only), with the depth multiplier
+m_L = model.depth / model.mup.base_depth, for the parameters of the residual blocks (every
+parameter under `blocks.`; embeddings, readout and the final norm are outside the depth
+rule):
+
+| what                                  | value            |
+|---------------------------------------|------------------|
+| residual branch: x + r·f(x)           | r = m_L^-α (6)   |
+| block parameters' lr (matrices: ×1/m) | × m_L^(α-1)      |
+| block parameters' AdamW eps           | × m_L^-α (7)     |
+| init, weight decay multiplier         | unchanged (8)    |
+
+α = 1 is CompleteP, α = 0.5 depth-muP. (6) on the branch's output, after a Peri-LN output
+norm and before DiT's adaLN gate; (7) a block parameter's gradient carries the factor r, so
+eps follows it and stays as negligible as at the base depth; (8) the init variance stays
+σ²/m (the branch multiplier keeps the residual stream Θ(1)), λ keeps its width rule: AdamW's
+decay is lr·λ, so it follows the block lr (fixed across depth at α = 1). At m_L = 1 every
+factor is exactly 1: the same model, groups and updates as without the rule.
+Sources: Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep
+transformers" (arXiv 2505.01618; rules summarised in its Table 1), as its reference
+implementation writes them (EleutherAI/nanoGPT-mup, branch completep, model.py: `residual_scaling =
+depth_multiplier**-depth_alpha_exp`; hidden weights, hidden norms and biases take
+`lr_scale = depth_multiplier**(depth_alpha_exp - 1)`; `adam_eps *= depth_multiplier**
+-depth_alpha_exp`; hidden weight decay has no depth factor). That code scales the one global
+eps, embeddings' included; here only the block groups' eps scale (the gradients that carry
+r; the others do not shrink with depth, so their eps keeps its meaning unscaled). α = 0.5:
+Yang et al. 2023, "Tensor Programs VI: Feature Learning in Infinite-Depth Neural Networks"
+(arXiv 2310.02244), and Bordelon et al. 2023 (arXiv 2309.16620): branch 1/sqrt(L), Adam lr
+∝ 1/sqrt(L).
+
 Seams a model provides: `param_kinds()` (built with `param_roles`: a family names its embedding
 and readout parameters, the shape decides the rest); `output_mult` on the root module (readout
-multiplier); attention modules with `head_dim` and `scale`; optionally `query_param_slices()`
-(name -> row slice of the query projection inside a fused weight) and `zero_init_param_names()`
-(weights the architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and
-muP).
+multiplier); attention modules with `head_dim` and `scale`; residual blocks in `blocks`
+with `residual_mult` (the depth rule's r); optionally `query_param_slices()` (name -> row
+slice of the query projection inside a fused weight) and `zero_init_param_names()` (weights
+the architecture wants zero, e.g. DiT's adaLN-Zero modulation; they stay zero in SP and muP).
 """
 
 from __future__ import annotations
@@ -99,6 +129,41 @@ def width_mult(cfg: ModelConfig) -> float:
     if cfg.mup.base_width <= 0:
         raise ValueError(f"model.mup.base_width must be positive, got {cfg.mup.base_width}")
     return cfg.width / cfg.mup.base_width
+
+
+BLOCK_PREFIX = "blocks."  # every family keeps its residual blocks in `self.blocks`
+
+
+def in_residual_block(name: str) -> bool:
+    """Whether a (canonical) parameter name belongs to a residual block (the depth rule's
+    parameters)."""
+    return name.startswith(BLOCK_PREFIX)
+
+
+def depth_mult(cfg: ModelConfig) -> float:
+    """m_L = model.depth / model.mup.base_depth with the depth rule on (muP, depth_alpha > 0);
+    1 otherwise."""
+    if not (cfg.mup.enabled and cfg.mup.depth_alpha):
+        return 1.0
+    return cfg.depth / cfg.mup.base_depth
+
+
+def residual_mult(cfg: ModelConfig) -> float:
+    """The residual branch multiplier m_L^-α (1 without the depth rule)."""
+    m_l = depth_mult(cfg)
+    return 1.0 if m_l == 1.0 else m_l**-cfg.mup.depth_alpha
+
+
+def block_lr_mult(cfg: ModelConfig) -> float:
+    """Extra lr factor m_L^(α-1) of every residual-block parameter (Adam; 1 without the rule)."""
+    m_l = depth_mult(cfg)
+    return 1.0 if m_l == 1.0 else m_l ** (cfg.mup.depth_alpha - 1.0)
+
+
+def eps_multiplier(cfg: ModelConfig, in_block: bool) -> float:
+    """AdamW eps factor: m_L^-α for residual-block parameters (their gradients carry the branch
+    multiplier), 1 elsewhere and without the depth rule."""
+    return residual_mult(cfg) if in_block else 1.0
 
 
 def base_head_dim(cfg: ModelConfig) -> int:
@@ -172,12 +237,15 @@ def initial_value(
 
 
 def set_forward_multipliers(model: nn.Module, cfg: ModelConfig) -> None:
-    """The readout multiplier and every attention module's logit scale (SP or muP)."""
+    """The readout multiplier, every attention module's logit scale (SP or muP) and every
+    residual block's branch multiplier (the depth rule)."""
     if hasattr(model, "output_mult"):
         model.output_mult = output_mult(cfg)
     for module in model.modules():
         if hasattr(module, "head_dim") and hasattr(module, "scale"):
             module.scale = attention_scale(module.head_dim, cfg)
+        if hasattr(module, "residual_mult"):
+            module.residual_mult = residual_mult(cfg)
 
 
 def query_slices(model: nn.Module) -> dict[str, slice]:
@@ -192,15 +260,17 @@ def query_slices(model: nn.Module) -> dict[str, slice]:
     return out
 
 
-def group_multipliers(kind: str, cfg: ModelConfig) -> tuple[float, float]:
-    """(lr multiplier, weight-decay multiplier) for a parameter role; see the module table."""
+def group_multipliers(kind: str, cfg: ModelConfig, in_block: bool = False) -> tuple[float, float]:
+    """(lr multiplier, weight-decay multiplier) for a parameter role, inside a residual block
+    or not (the depth rule's lr factor); see the module tables."""
     if kind not in KINDS:
         raise ValueError(f"unknown parameter role {kind!r} (one of {', '.join(KINDS)})")
     if not cfg.mup.enabled:
         return 1.0, (1.0 if kind in DECAYED_KINDS else 0.0)
     m = width_mult(cfg)
+    depth_lr = block_lr_mult(cfg) if in_block else 1.0
     if kind == "hidden":
-        return 1.0 / m, m**cfg.mup.wd_width_exponent
+        return 1.0 / m * depth_lr, m**cfg.mup.wd_width_exponent
     if kind == "readout":
-        return 1.0, 1.0
-    return 1.0, 0.0  # embedding, vector: Θ(1) lr, no decay
+        return depth_lr, 1.0
+    return depth_lr, 0.0  # embedding, vector: Θ(1) lr, no decay

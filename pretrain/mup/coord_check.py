@@ -13,12 +13,22 @@ steps after the first `skip_steps` (the trend in training, not one early step: a
 still carries its init, which shrinks as 1/sqrt(width) under the 1/m multiplier). |slope| <=
 tolerance passes, except for the logits, which theory lets shrink: only growth fails there.
 
+Across depth (`depths`, at one width) the same machinery checks the depth rule (Dey et al.
+2025, CompleteP, Fig. 7): recorded are what exists at every depth: the embeddings, `residual`
+(the last block's output, the stream the readout reads), `residual_change` (that output minus
+the initial model's on the same input: what training has moved) and the logits. With muP's
+width rules alone each block's update is Θ(lr) whatever the depth, so the residual stream
+moves Θ(depth); under depth-muP / CompleteP the branch multiplier and the block lr keep the
+change Θ(1): flat in depth. `residual` may shrink (one-sided, as the logits): at α = 1 the
+initial branches' sum falls as depth^-1/2 under the embedding's part.
+
 Under several ranks (DDP, FSDP2) each rank sees a slice of the batch; the sums and counts are
 all-reduced, so the record is the global mean and equals the single-process one.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import re
@@ -33,18 +43,22 @@ from torch.distributed.tensor import DTensor
 
 from pretrain.config import TrainConfig
 from pretrain.dist import all_reduce_sum
-from pretrain.mup.runner import build, setup, train_steps, variant
+from pretrain.mup.runner import build, setup, sizes, sweep_axis, train_steps, variant
 from pretrain.optim import canonical_name
 
 LOGITS = "logits"
+RESIDUAL = "residual"  # the last block's output (depth sweeps)
+RESIDUAL_CHANGE = "residual_change"  # ... minus the initial model's on the same input
 _BLOCK_PART = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
 
 
-def coord_layers(model: nn.Module) -> dict[str, nn.Module]:
+def coord_layers(model: nn.Module, depth_sweep: bool = False) -> dict[str, nn.Module]:
     """Label -> module whose output is recorded: embeddings, blocks.i.attn/mlp, the root (logits).
 
     Embedding modules are the owners of parameters tagged `embedding` that are module weights
     (patch or token embedding); bare parameters (position embedding) have no module of their own.
+    `depth_sweep`: no per-block layers (they differ between depths): the last block's output
+    (`residual`) instead.
     """
     kinds = model.param_kinds()
     modules = {canonical_name(n): m for n, m in model.named_modules()}
@@ -55,34 +69,63 @@ def coord_layers(model: nn.Module) -> dict[str, nn.Module]:
             layers[owner] = modules[owner]
     for name, module in modules.items():
         match = _BLOCK_PART.match(name)
-        if match:
+        if match and not depth_sweep:
             layers[f"block{match.group(1)}.{match.group(2)}"] = module
+    if depth_sweep:
+        layers[RESIDUAL] = modules[f"blocks.{len(model.blocks) - 1}"]
     layers[LOGITS] = model
     return layers
 
 
 class CoordRecorder:
-    """Forward hooks that sum |output| and element counts per layer until `flush`."""
+    """Forward hooks that sum |output| and element counts per layer until `flush`.
 
-    def __init__(self, model: nn.Module):
-        self.layers = coord_layers(model)
-        self.sums = {name: torch.zeros(2, dtype=torch.float64) for name in self.layers}
+    `depth_sweep`: also `residual_change`, from a frozen copy of the initial model run on each
+    training input (one process: the copy is a plain module)."""
+
+    def __init__(self, model: nn.Module, depth_sweep: bool = False):
+        # copied before any hook is registered: the copy must not feed this recorder's sums
+        self.initial = copy.deepcopy(model).eval() if depth_sweep else None
+        self.layers = coord_layers(model, depth_sweep)
+        names = [*self.layers, RESIDUAL_CHANGE] if depth_sweep else list(self.layers)
+        self.sums = {name: torch.zeros(2, dtype=torch.float64) for name in names}
         self.handles = [
             m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()
         ]
+        self.outputs: dict[str, torch.Tensor] = {}
+        if self.initial is not None:
+            self.handles += [
+                self.layers[RESIDUAL].register_forward_hook(self._keep("now")),
+                self.initial.blocks[-1].register_forward_hook(self._keep("initial")),
+                model.register_forward_hook(self._change, with_kwargs=True),
+            ]
+
+    def _add(self, name: str, values: torch.Tensor) -> None:
+        values = local_values(values)  # a vocabulary-split DTensor counts its own shard
+        self.sums[name] += torch.tensor(
+            [values.detach().float().abs().sum().item(), values.numel()], dtype=torch.float64
+        )
 
     def _hook(self, name: str):
         def hook(module, args, output):
-            out = local_values(output[0] if isinstance(output, tuple) else output)
-            self.sums[name] += torch.tensor(
-                [out.detach().float().abs().sum().item(), out.numel()], dtype=torch.float64
-            )
+            self._add(name, output[0] if isinstance(output, tuple) else output)
 
         return hook
 
+    def _keep(self, key: str):
+        def hook(module, args, output):
+            self.outputs[key] = output.detach()
+
+        return hook
+
+    @torch.no_grad()
+    def _change(self, module, args, kwargs, output) -> None:
+        self.initial(*args, **kwargs)
+        self._add(RESIDUAL_CHANGE, self.outputs.pop("now") - self.outputs.pop("initial"))
+
     def flush(self) -> dict[str, float]:
         """Global mean |activation| per layer since the last flush (all ranks must call)."""
-        names = list(self.layers)
+        names = list(self.sums)
         totals = all_reduce_sum(torch.stack([self.sums[n] for n in names]))
         for n in names:
             self.sums[n].zero_()
@@ -97,8 +140,6 @@ def coord_config(cfg: TrainConfig) -> TrainConfig:
     """The recipe with what would confound width scaling removed: constant lr without warmup,
     no gradient clipping (a global norm couples all layers), no recomputation (hooks would fire
     twice)."""
-    import copy
-
     out = copy.deepcopy(cfg)
     out.schedule.name, out.schedule.warmup_steps = "constant", 0
     out.optim.grad_clip = 0.0
@@ -114,31 +155,40 @@ def run_coord_check(
     seeds: int = 1,
     parametrizations: tuple[str, ...] = ("sp", "mup"),
     progress: Callable[[str], None] | None = None,
+    depths: list[int] | None = None,
 ) -> list[dict]:
-    """Records {parametrization, width, seed, step, layer, mean_abs}; step 1: the initial model.
+    """Records {parametrization, width, depth, seed, step, layer, mean_abs}; step 1: the initial
+    model. `depths`: sweep depth at the one width in `widths` instead of width.
 
     `progress` gets one line per trained variant (its final loss), e.g. print on rank 0."""
     cfg = coord_config(cfg)
+    points = sizes(cfg, widths, depths)
+    if depths and cfg.parallel.backend != "single":
+        raise ValueError(f"a depth coordinate check runs in one process (parallel.backend="
+                         f"single; got {cfg.parallel.backend}): it keeps a plain copy of the "
+                         "initial model")
     env = setup(cfg)
     records = []
-    total, done = len(parametrizations) * len(widths) * seeds, 0
+    total, done = len(parametrizations) * len(points) * seeds, 0
     for param in parametrizations:
-        for width in widths:
+        for width, depth in points:
             for seed in range(seeds):
-                vcfg = variant(cfg, width, param)
+                vcfg = variant(cfg, width, param, depth=depth)
                 vcfg.model.mup.sp_fan_in_init = param == "sp"  # TP5's SP: fan-in init
                 vcfg.data.seed = cfg.data.seed + seed
                 engine = build(vcfg, env, cfg.run.seed + seed)
-                recorder = CoordRecorder(engine.model)
+                recorder = CoordRecorder(engine.model, depth_sweep=bool(depths))
 
                 def after(
-                    step: int, loss: float, recorder=recorder, width=width, seed=seed, param=param
-                ) -> None:
+                    step: int, loss: float, recorder=recorder, width=width, depth=depth,
+                    seed=seed, param=param,
+                ) -> None:  # fmt: skip
                     for layer, value in recorder.flush().items():
                         records.append(
                             {
                                 "parametrization": param,
                                 "width": width,
+                                "depth": depth,
                                 "seed": seed,
                                 "step": step + 1,
                                 "layer": layer,
@@ -150,8 +200,9 @@ def run_coord_check(
                 recorder.close()
                 done += 1
                 if progress is not None:
-                    progress(f"coord-check {done}/{total}: {param} width {width} seed {seed}: "
-                             f"{len(losses)} steps, loss {losses[-1]:.4g}")  # fmt: skip
+                    what = f"{param} width {width} depth {depth} seed {seed}"
+                    progress(f"coord-check {done}/{total}: {what}: {len(losses)} steps, "
+                             f"loss {losses[-1]:.4g}")  # fmt: skip
     return records
 
 
@@ -163,16 +214,20 @@ def slope(widths: list[float], values: list[float]) -> float:
 
 
 def mean_over_seeds(records: list[dict]) -> dict[tuple[str, str, int, int], float]:
-    """(parametrization, layer, step, width) -> mean over seeds of mean |activation|."""
+    """(parametrization, layer, step, size) -> mean over seeds of mean |activation|; size is the
+    swept axis (`runner.sweep_axis`): the width, or the depth in a depth sweep."""
+    axis = sweep_axis(records)
     acc: dict[tuple, list[float]] = {}
     for r in records:
-        acc.setdefault((r["parametrization"], r["layer"], r["step"], r["width"]), []).append(
+        acc.setdefault((r["parametrization"], r["layer"], r["step"], r[axis]), []).append(
             r["mean_abs"]
         )
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-MAY_SHRINK = (LOGITS,)  # layers theory lets shrink with width (the readout's init part)
+# layers theory lets shrink with width (the readout's init part) or depth (the initial
+# branches' sum under the depth rule)
+MAY_SHRINK = (LOGITS, RESIDUAL)
 SKIP_STEPS = 2  # the first steps the verdict does not read (the initial model, one update)
 
 
@@ -180,10 +235,11 @@ SKIP_STEPS = 2  # the first steps the verdict does not read (the initial model, 
 class LayerVerdict:
     parametrization: str
     layer: str
-    slope: float  # mean over the verdict's steps of the per-step slope across widths
+    slope: float  # mean over the verdict's steps of the per-step slope across sizes
     ok: bool
     steps: tuple[int, ...] = ()  # the steps read
     one_sided: bool = False  # only growth fails (MAY_SHRINK)
+    axis: str = "width"  # what the slope is taken against (width, or depth in a depth sweep)
 
 
 def verdict_steps(records: list[dict], skip_steps: int = SKIP_STEPS) -> tuple[int, ...]:
@@ -195,10 +251,12 @@ def verdict_steps(records: list[dict], skip_steps: int = SKIP_STEPS) -> tuple[in
 def verdict(
     records: list[dict], tolerance: float = 0.1, skip_steps: int = SKIP_STEPS
 ) -> list[LayerVerdict]:
-    """Per parametrization and layer: the slope across widths, averaged over the steps after
-    the first `skip_steps`; two-sided, one-sided (growth only) for MAY_SHRINK layers."""
+    """Per parametrization and layer: the slope across widths (or depths), averaged over the
+    steps after the first `skip_steps`; two-sided, one-sided (growth only) for MAY_SHRINK
+    layers."""
     means = mean_over_seeds(records)
     steps = verdict_steps(records, skip_steps)
+    axis = sweep_axis(records)
     out = []
     params = list(dict.fromkeys(r["parametrization"] for r in records))
     layers = list(dict.fromkeys(r["layer"] for r in records))
@@ -215,28 +273,29 @@ def verdict(
             k = float(np.mean(per_step))
             one_sided = layer in MAY_SHRINK
             ok = k <= tolerance if one_sided else abs(k) <= tolerance
-            out.append(LayerVerdict(param, layer, k, ok, steps, one_sided))
+            out.append(LayerVerdict(param, layer, k, ok, steps, one_sided, axis))
     return out
 
 
 def format_verdict(verdicts: list[LayerVerdict], tolerance: float) -> str:
     steps = verdicts[0].steps if verdicts else ()
+    axis = verdicts[0].axis if verdicts else "width"
     lines = [
-        f"slope of log mean|act| vs log width, mean over steps {', '.join(map(str, steps))} "
-        f"(|slope| <= {tolerance} is width-stable; {', '.join(MAY_SHRINK)}: may shrink)"
+        f"slope of log mean|act| vs log {axis}, mean over steps {', '.join(map(str, steps))} "
+        f"(|slope| <= {tolerance} is {axis}-stable; {', '.join(MAY_SHRINK)}: may shrink)"
     ]
     for v in verdicts:
         mark = "ok" if v.ok else "GROWS" if v.slope > 0 else "SHRINKS"
         lines.append(f"  {v.parametrization:4s} {v.layer:14s} {v.slope:+.3f}  {mark}")
     for param in dict.fromkeys(v.parametrization for v in verdicts):
         bad = [v.layer for v in verdicts if v.parametrization == param and not v.ok]
-        status = f"not width-stable: {', '.join(bad)}" if bad else "every layer width-stable"
+        status = f"not {axis}-stable: {', '.join(bad)}" if bad else f"every layer {axis}-stable"
         lines.append(f"{param}: {status}")
     return "\n".join(lines)
 
 
 def write_csv(records: list[dict], path: Path) -> None:
-    fields = ["parametrization", "width", "seed", "step", "layer", "mean_abs"]
+    fields = ["parametrization", "width", "depth", "seed", "step", "layer", "mean_abs"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -249,6 +308,7 @@ def read_csv(path: Path) -> list[dict]:
             {
                 "parametrization": r["parametrization"],
                 "width": int(r["width"]),
+                "depth": int(r.get("depth") or 0),  # files written before depth sweeps: 0
                 "seed": int(r["seed"]),
                 "step": int(r["step"]),
                 "layer": r["layer"],

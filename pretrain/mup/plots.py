@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from pretrain.mup.coord_check import mean_over_seeds
+from pretrain.mup.runner import sweep_axis
 from pretrain.mup.transfer import curves, optima
 
 
@@ -19,12 +20,15 @@ def _pyplot():
 
 
 def _label(parametrization: str) -> str:
-    return {"mup": "muP", "sp": "SP"}.get(parametrization, parametrization)
+    names = {"mup": "muP", "sp": "SP", "depth-mup": "depth-muP (α=½)", "completep": "CompleteP"}
+    return names.get(parametrization, parametrization)
 
 
 def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title: str = "") -> None:
-    """One row per parametrization, one column per step shown: mean |act| vs width per layer."""
+    """One row per parametrization, one column per step shown: mean |act| vs width (or depth)
+    per layer."""
     plt = _pyplot()
+    axis = sweep_axis(records)
     means = mean_over_seeds(records)
     params = list(dict.fromkeys(r["parametrization"] for r in records))
     layers = list(dict.fromkeys(r["layer"] for r in records))
@@ -66,7 +70,7 @@ def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title
             ax.set_title(f"{_label(param)}  step {step}", fontsize=9)
             ax.tick_params(labelsize=7)
             if i == len(params) - 1:
-                ax.set_xlabel("width", fontsize=8)
+                ax.set_xlabel(axis, fontsize=8)
             if j == 0:
                 ax.set_ylabel("mean |activation|", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="best")
@@ -80,8 +84,10 @@ def plot_coord_check(records: list[dict], path: Path, max_panels: int = 4, title
 def plot_transfer(
     rows: list[dict], path: Path, metric: str = "train_loss", title: str = ""
 ) -> None:
-    """One panel per parametrization: loss vs LR, one curve per width, the optimum starred."""
+    """One panel per parametrization: loss vs LR, one curve per width (or depth), the optimum
+    starred."""
     plt = _pyplot()
+    axis = sweep_axis(rows)
     data = curves(rows, metric)
     best = optima(rows, metric)
     params = list(dict.fromkeys(p for p, _ in data))
@@ -111,7 +117,7 @@ def plot_transfer(
                 ms=3,
                 lw=1.3,
                 color=color,
-                label=f"width {width}",
+                label=f"{axis} {width}",
             )
             if (param, width) in best:
                 lr = best[(param, width)]

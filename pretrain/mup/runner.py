@@ -21,27 +21,56 @@ from pretrain.engines.base import Engine
 from pretrain.models import build_model, get_family
 from pretrain.step import train_step
 
-PARAMETRIZATIONS = ("sp", "mup")
+PARAMETRIZATIONS = ("sp", "mup", "depth-mup", "completep")
+# the depth rule's exponent α of each muP variant: "mup" is the width rules alone
+DEPTH_ALPHA = {"mup": 0.0, "depth-mup": 0.5, "completep": 1.0}
 
 
 def variant(
-    cfg: TrainConfig, width: int, parametrization: str, lr: float | None = None
+    cfg: TrainConfig,
+    width: int,
+    parametrization: str,
+    lr: float | None = None,
+    depth: int | None = None,
 ) -> TrainConfig:
-    """`cfg` at another width, in SP or muP, optionally with another lr.
+    """`cfg` at another width (and depth), in SP, muP, depth-muP or CompleteP, optionally with
+    another lr.
 
-    muP keeps the recipe's base_width."""
+    The muP variants keep the recipe's base_width; the depth rule's base depth is the recipe's
+    model.mup.base_depth, else its depth (so the recipe itself is the base model)."""
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
             f"parametrization {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
         )
     out = copy.deepcopy(cfg)
     out.model.width = width
-    out.model.mup.enabled = parametrization == "mup"
+    out.model.depth = cfg.model.depth if depth is None else depth
+    out.model.mup.enabled = parametrization != "sp"
+    if parametrization in DEPTH_ALPHA:
+        out.model.mup.depth_alpha = DEPTH_ALPHA[parametrization]
+        out.model.mup.base_depth = cfg.model.mup.base_depth or cfg.model.depth
     if lr is not None:
         out.optim.lr = lr
     if width % out.model.num_heads:
         raise ValueError(f"width {width} is not divisible by model.num_heads={out.model.num_heads}")
+    if out.model.depth < 1:
+        raise ValueError(f"depth {out.model.depth} must be >= 1")
     return out
+
+
+def sizes(cfg: TrainConfig, widths: list[int], depths: list[int] | None) -> list[tuple[int, int]]:
+    """The (width, depth) points of a sweep: across widths at the recipe's depth, or across
+    `depths` at one width (one axis at a time, so every verdict reads one slope)."""
+    if not depths:
+        return [(w, cfg.model.depth) for w in widths]
+    if len(widths) != 1:
+        raise ValueError(f"a depth sweep runs at one width, got widths {widths}")
+    return [(widths[0], d) for d in depths]
+
+
+def sweep_axis(rows: list[dict]) -> str:
+    """"depth" when the rows' depths differ, else "width" (rows without a depth: width)."""
+    return "depth" if len({r.get("depth") for r in rows}) > 1 else "width"
 
 
 def setup(cfg: TrainConfig) -> DistEnv:

@@ -5,6 +5,10 @@ drifts (smaller at larger width with Adam). Every (parametrization, width, lr, s
 training run through the real engine on the recipe's data and schedule; the loss is the mean
 training loss over the last `tail` steps (the metric of TP5's transfer plots), the validation
 loss is recorded too. Rows are appended to the CSV as runs finish, so an interrupted sweep resumes.
+
+With `depths` (at one width) the sweep is across depth instead: with muP's width rules alone the
+optimum drifts with depth (each block's update is Θ(lr) and there are more of them), under
+CompleteP / depth-muP it should not (Dey et al. 2025, Fig. 1).
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.config import TrainConfig
-from pretrain.mup.runner import build, setup, train_steps, variant
+from pretrain.mup.runner import build, setup, sizes, sweep_axis, train_steps, variant
 from pretrain.step import evaluate
 
 log = logging.getLogger(__name__)
 
-FIELDS = ["parametrization", "width", "lr", "seed", "steps", "train_loss", "val_loss"]
+FIELDS = ["parametrization", "width", "depth", "lr", "seed", "steps", "train_loss", "val_loss"]
 
 
 def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
@@ -31,7 +35,8 @@ def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
     return [lr_min * factor**i for i in range(n)]
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, default_depth: int = 0) -> list[dict]:
+    """The rows of a sweep CSV; files written before depth sweeps get `default_depth`."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -39,6 +44,7 @@ def read_rows(path: Path) -> list[dict]:
             {
                 "parametrization": r["parametrization"],
                 "width": int(r["width"]),
+                "depth": int(r.get("depth") or default_depth),
                 "lr": float(r["lr"]),
                 "seed": int(r["seed"]),
                 "steps": int(r["steps"]),
@@ -53,6 +59,7 @@ def _key(r: dict) -> tuple:
     return (
         r["parametrization"],
         int(r["width"]),
+        int(r["depth"]),
         f"{float(r['lr']):.6g}",
         int(r["seed"]),
         int(r["steps"]),
@@ -68,25 +75,31 @@ def run_transfer(
     seeds: int = 1,
     parametrizations: tuple[str, ...] = ("sp", "mup"),
     tail: int = 0,
+    depths: list[int] | None = None,
 ) -> list[dict]:
-    """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows."""
+    """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows.
+    `depths`: sweep depth at the one width in `widths` instead of width."""
+    points = sizes(cfg, widths, depths)
     env = setup(cfg)
     tail = tail or max(steps // 10, 1)
-    rows = read_rows(csv_path) if csv_path is not None else []
+    rows = read_rows(csv_path, cfg.model.depth) if csv_path is not None else []
     done = {_key(r) for r in rows}
-    if csv_path is not None and env.is_main and not csv_path.exists():
+    if csv_path is not None and env.is_main and (not csv_path.exists() or _old_header(csv_path)):
         csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            csv.DictWriter(f, fieldnames=FIELDS).writeheader()
-    total, started = len(parametrizations) * len(widths) * len(lrs) * seeds, 0
+        with open(csv_path, "w", newline="") as f:  # new, or rewritten with the depth column
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    total, started = len(parametrizations) * len(points) * len(lrs) * seeds, 0
     for param in parametrizations:
-        for width in widths:
+        for width, depth in points:
             for lr in lrs:
                 for seed in range(seeds):
                     started += 1
                     row = {
                         "parametrization": param,
                         "width": width,
+                        "depth": depth,
                         "lr": lr,
                         "seed": seed,
                         "steps": steps,
@@ -94,9 +107,10 @@ def run_transfer(
                     if _key(row) in done:
                         continue
                     if env.is_main:  # minutes per run on a CPU: say what is running
-                        log.info("transfer %d/%d: %s width=%d lr=%.3g seed=%d (%d steps)",
-                                 started, total, param, width, lr, seed, steps)
-                    vcfg = variant(cfg, width, param, lr=lr)
+                        size = f"width={width}" + (f" depth={depth}" if depths else "")
+                        log.info("transfer %d/%d: %s %s lr=%.3g seed=%d (%d steps)",
+                                 started, total, param, size, lr, seed, steps)
+                    vcfg = variant(cfg, width, param, lr=lr, depth=depth)
                     vcfg.data.seed = cfg.data.seed + seed
                     vcfg.schedule.steps = steps
                     engine = build(vcfg, env, cfg.run.seed + seed)
@@ -111,6 +125,11 @@ def run_transfer(
     return rows
 
 
+def _old_header(path: Path) -> bool:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), FIELDS) != FIELDS
+
+
 def _val_loss(engine, cfg: TrainConfig, env) -> float:
     from data_pipeline import build_loader
 
@@ -121,10 +140,12 @@ def _val_loss(engine, cfg: TrainConfig, env) -> float:
 def curves(
     rows: list[dict], metric: str = "train_loss"
 ) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    """(parametrization, width) -> [(lr, loss averaged over seeds; nan if any seed diverged)]."""
+    """(parametrization, size) -> [(lr, loss averaged over seeds; nan if any seed diverged)];
+    size is the swept axis (`runner.sweep_axis`): the width, or the depth."""
+    axis = sweep_axis(rows)
     acc: dict[tuple[str, int, float], list[float]] = {}
     for r in rows:
-        acc.setdefault((r["parametrization"], r["width"], r["lr"]), []).append(r[metric])
+        acc.setdefault((r["parametrization"], r[axis], r["lr"]), []).append(r[metric])
     out: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for (p, w, lr), losses in sorted(acc.items()):
         out.setdefault((p, w), []).append((lr, float(np.mean(losses))))
@@ -132,7 +153,7 @@ def curves(
 
 
 def optima(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int], float]:
-    """(parametrization, width) -> the grid LR with the lowest loss (diverged runs never win)."""
+    """(parametrization, size) -> the grid LR with the lowest loss (diverged runs never win)."""
     best = {}
     for key, pts in curves(rows, metric).items():
         finite = [(loss, lr) for lr, loss in pts if math.isfinite(loss)]
@@ -144,7 +165,7 @@ def optima(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int]
 def optimum_shift(
     rows: list[dict], factor: float = 2.0, metric: str = "train_loss"
 ) -> dict[str, float]:
-    """Per parametrization: largest minus smallest optimum lr over the widths, in grid steps.
+    """Per parametrization: largest minus smallest optimum lr over the sizes, in grid steps.
 
     That is log_factor(largest / smallest)."""
     best = optima(rows, metric)
@@ -158,7 +179,7 @@ def optimum_shift(
 def format_report(rows: list[dict], factor: float = 2.0, metric: str = "train_loss") -> str:
     best = optima(rows, metric)
     shift = optimum_shift(rows, factor, metric)
-    lines = [f"LR minimising {metric} per width (grid factor {factor:g}):"]
+    lines = [f"LR minimising {metric} per {sweep_axis(rows)} (grid factor {factor:g}):"]
     for param in dict.fromkeys(p for p, _ in best):
         per_width = ", ".join(f"{w}: {lr:.3g}" for (p, w), lr in sorted(best.items()) if p == param)
         lines.append(f"  {param:4s} {per_width}  -> optimum moves {shift[param]:.0f} grid step(s)")
