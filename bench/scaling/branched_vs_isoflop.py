@@ -154,7 +154,9 @@ def report(outcomes: dict, branched: list, truth: list, flops: dict, out: Path, 
 
     curves = scheduled_curves(read_runs(out / "runs.csv"), out / "curves.csv")
     names = {r.name for r in branched} | {t.name for t in truth}
-    curves = [c for c in curves if c.name in names]  # the references are held out (by size)
+    # the references are held out (by size); a branch that ends before min_step (an early decay
+    # start) has no evaluation the curve law reads: it counts in L(N, D) above only
+    curves = [c for c in curves if c.name in names and c.steps.max() >= min_step]
     opts = CurveOptions(laws=["lr_annealing"], holdout=[t.name for t in truth], lam=None,
                         min_step=min_step, n_boot=boot, n_jobs=1, across_sizes=True,
                         holdout_sizes=["largest"])  # fmt: skip
