@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.augment import TAG_FLIP, TAG_LATENT, augment_keys_set, sample_rng
-from data_pipeline.config import IGNORE_INDEX, DataConfig
+from data_pipeline.config import DataConfig
 from data_pipeline.decode import decode_field
 from data_pipeline.errors import BadSampleError, where
-from data_pipeline.transforms import LABEL_KEYS, pick
+from data_pipeline.transforms import LABEL_KEYS, LabelledArrays, pick
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps logvar so
 
@@ -28,7 +28,7 @@ def _field(raw: dict, name: str) -> str | None:
     return pick(raw, "", (name, f"{name}.npy"))
 
 
-class LatentRows:
+class LatentRows(LabelledArrays):
     """Decodes latent samples (`mean`, `logvar`, label) into scaled posterior draws."""
 
     kind = "latents"
@@ -78,12 +78,3 @@ class LatentRows:
             if sample_rng(cfg.seed, epoch, sample_id, TAG_FLIP).random() < 0.5:
                 x = x[..., ::-1]
         return np.ascontiguousarray(x, np.float32)
-
-    def pad(self) -> dict[str, Any]:
-        return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
-
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {
-            "image": np.stack([r["image"] for r in rows]),
-            "label": np.asarray([r["label"] for r in rows], np.int64),
-        }

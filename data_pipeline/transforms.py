@@ -85,9 +85,24 @@ def detect_kind(field_names: list[str], cfg: DataConfig) -> str:
                      "data.image_key/label_key or data.tokens_key")
 
 
-class ImageRows:
-    """Decodes and augments image samples; `pad()` is the row used for padding and skipped
-    samples."""
+class LabelledArrays:
+    """The batch side shared by image and latent rows: an `image` array of `self.shape` and an
+    integer label; `pad()` is the row used for padding and skipped samples."""
+
+    shape: tuple[int, ...]
+
+    def pad(self) -> dict[str, Any]:
+        return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {
+            "image": np.stack([r["image"] for r in rows]),
+            "label": np.asarray([r["label"] for r in rows], np.int64),
+        }
+
+
+class ImageRows(LabelledArrays):
+    """Decodes and augments image samples."""
 
     kind = "images"
 
@@ -180,15 +195,6 @@ class ImageRows:
         if self.train and self.erasing is not None:
             self.erasing(arr, sample_rng(cfg.seed, epoch, sample_id, TAG_ERASE))
         return arr
-
-    def pad(self) -> dict[str, Any]:
-        return {"image": np.zeros(self.shape, np.float32), "label": IGNORE_INDEX}
-
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {
-            "image": np.stack([r["image"] for r in rows]),
-            "label": np.asarray([r["label"] for r in rows], np.int64),
-        }
 
 
 def _as_pil(image: Image.Image, cfg: DataConfig) -> Image.Image:
