@@ -276,6 +276,22 @@ def test_dit_xl2_recipe_is_the_paper_model():
     assert abs(params - 675e6) / 675e6 < 0.01, params  # DiT-XL/2: 675M (Table 4 of the paper)
 
 
+def test_gpu_check_measures_the_recipes_models(monkeypatch):
+    """bench/gpu_check.py's DiT-XL/2 and ViT-B/16 are the recipes' models (it once measured a
+    flow-matching DiT while the recipe trains DDPM)."""
+    import importlib.util
+
+    from pretrain.config import load_config
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look it up
+    spec.loader.exec_module(gpu_check)
+    cases = {c.name: gpu_check.model_config(c) for c in gpu_check.FULL}
+    assert cases["dit_xl2_32x32x4"] == load_config(REPO / RECIPE, []).model
+    assert cases["vit_b16_224"] == load_config(REPO / "configs/vit_b16_224.yaml", []).model
+
+
 def shrunk_recipe(root: Path, run_dir: Path, *extra: str) -> list[str]:
     """configs/dit_xl2_latents.yaml at toy size on a built latent set: 4 steps, a grid at 4."""
     return [
