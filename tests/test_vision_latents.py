@@ -338,6 +338,23 @@ def test_dit_xl2_recipe_shrunk_trains_on_built_latents_and_its_grid_decodes_thro
     assert pixels.std() > 0.01  # a real picture, not a constant the comparison would miss
 
 
+def test_latent_decoder_undoes_scale_and_shift_in_chunks_with_autocast_off(sets):
+    """diffusers' convention, latents = (z - shift) * scale: the decoder feeds z back, chunk by
+    chunk, in float32 even inside the trainer's bf16 autocast."""
+    from pretrain.latent_decoder import LatentDecoder
+
+    vae = diffusers().AutoencoderKL.from_pretrained(sets["vae"]).eval()
+    latents = torch.randn(5, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))
+    decode = LatentDecoder(vae, scaling_factor=0.5, shift_factor=0.3, chunk=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = decode(latents.bfloat16())
+    with torch.no_grad():
+        want = torch.cat([vae.decode(x / 0.5 + 0.3).sample for x in latents.bfloat16().float()
+                          .split(2)])
+    assert got.dtype == torch.float32 and got.shape == (5, 3, SIZE, SIZE)
+    assert torch.equal(got, want)
+
+
 def test_latent_set_without_vae_keeps_the_channel_view_and_says_so(sets, caplog):
     from pretrain.config import load_config
     from pretrain.latent_decoder import latent_decoder
