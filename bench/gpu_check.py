@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,13 +46,16 @@ class Case:
     batch: int
 
 
+def recipe_model(recipe: str) -> dict:
+    """The model section of a recipe in configs/, so the check measures what users train."""
+    from pretrain.config import load_config
+
+    return asdict(load_config(REPO / recipe, []).model)
+
+
 FULL = [
-    Case("vit_b16_224", {"family": "vit", "width": 768, "depth": 12, "num_heads": 12,
-                         "vit": {"image_size": 224, "patch_size": 16, "in_channels": 3,
-                                 "num_classes": 1000}}, batch=128),
-    Case("dit_xl2_32x32x4", {"family": "dit", "width": 1152, "depth": 28, "num_heads": 16,
-                             "dit": {"image_size": 32, "patch_size": 2, "in_channels": 4,
-                                     "num_classes": 1000}}, batch=128),
+    Case("vit_b16_224", recipe_model("configs/vit_b16_224.yaml"), batch=128),
+    Case("dit_xl2_32x32x4", recipe_model("configs/dit_xl2_latents.yaml"), batch=128),
     Case("lm_1b_2048", {"family": "lm", "width": 2048, "depth": 18, "num_heads": 16,
                         "bias": False, "norm": "rmsnorm",
                         "lm": {"vocab_size": 32768, "seq_len": 2048}}, batch=8),

@@ -40,10 +40,19 @@ def token_meta(cfg: DataConfig, split: str = "train") -> dict:
 
         tok = load_tokenizer(cfg.tokenizer)
         return {"kind": "tokens", **tok.token_meta(), "seq_len": cfg.seq_len, "url": url}
+    meta = manifest_meta(cfg, split)
+    return {k: meta[k] for k in TOKEN_KEYS if k in meta} | {"url": url}
+
+
+def manifest_meta(cfg: DataConfig, split: str = "train") -> dict:
+    """The whole meta of a shard set's manifest ({} for in-memory data or no manifest), e.g. a
+    latent set's VAE identity and scaling factor."""
+    url = dataset_url(cfg, split)
+    if cfg.format not in ("wds", "mds") or not url:
+        return {}
     from data_pipeline.shard_urls import split_shard_spec
     from data_pipeline.storage import ShardStore
 
     root, _ = split_shard_spec(url, cfg.storage_options)
     raw = ShardStore(root, cfg.storage_options).read_small(MANIFEST_NAME)
-    meta = json.loads(raw).get("meta", {}) if raw is not None else {}
-    return {k: meta[k] for k in TOKEN_KEYS if k in meta} | {"url": url}
+    return json.loads(raw).get("meta", {}) if raw is not None else {}

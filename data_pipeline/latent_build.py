@@ -72,25 +72,27 @@ class VaeSource:
 
     path: str
     config: str = ""
+    flag: str = "--vae"  # how error messages name the two (a CLI flag or a config key)
+    config_flag: str = "--vae-config"
 
     def check(self) -> None:
         """One-line errors naming the culprit, before any worker starts."""
         if os.path.isdir(self.path):
             for name in ("config.json", WEIGHTS_NAME):
                 if not os.path.isfile(os.path.join(self.path, name)):
-                    raise ValueError(f"--vae {self.path}: no {name} (a diffusers AutoencoderKL"
-                                     " save_pretrained folder holds config.json and"
+                    raise ValueError(f"{self.flag} {self.path}: no {name} (a diffusers"
+                                     " AutoencoderKL save_pretrained folder holds config.json and"
                                      f" {WEIGHTS_NAME})")
         elif not os.path.isfile(self.path):
-            raise ValueError(f"--vae {self.path}: no such file or folder")
+            raise ValueError(f"{self.flag} {self.path}: no such file or folder")
         elif not self.path.endswith(".safetensors"):
-            raise ValueError(f"--vae {self.path}: give a .safetensors file (other formats are"
-                             " pickles, never loaded here) or a save_pretrained folder")
+            raise ValueError(f"{self.flag} {self.path}: give a .safetensors file (other formats"
+                             " are pickles, never loaded here) or a save_pretrained folder")
         elif not self.config:
-            raise ValueError(f"--vae {self.path} is a weights file: pass its config.json with"
-                             " --vae-config")
+            raise ValueError(f"{self.flag} {self.path} is a weights file: pass its config.json"
+                             f" with {self.config_flag}")
         elif not os.path.isfile(self._config_path()):
-            raise ValueError(f"--vae-config {self.config}: no such file")
+            raise ValueError(f"{self.config_flag} {self.config}: no such file")
 
     def _config_path(self) -> str:
         if os.path.isdir(self.path):

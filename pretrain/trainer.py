@@ -24,6 +24,7 @@ from pretrain.config import TrainConfig, save_config, to_dict
 from pretrain.device_defaults import apply_device_flags, describe_device, resolve_auto
 from pretrain.dist import DistEnv, barrier, init_distributed, note_step
 from pretrain.engines import build_engine
+from pretrain.latent_decoder import with_latent_decoder
 from pretrain.lm_vocab import bits_per_byte, resolve_vocab
 from pretrain.mesh import device_flops, rank_memory
 from pretrain.metrics import MetricsLogger, device_peak_flops, matmul_dtype, sync_debug
@@ -105,7 +106,7 @@ def _train(cfg: TrainConfig) -> dict:
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format="[pretrain] %(message)s")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    family = get_family(cfg.model.family)
+    family = with_latent_decoder(get_family(cfg.model.family), cfg, env.is_main)  # model.dit.vae
     resolve_vocab(cfg.model, cfg.data)  # model.lm.vocab_size from the dataset manifest, or checked
     val_meta = token_meta(cfg.data, "val") if cfg.model.family == "lm" else {}
     model = build_model(cfg.model, meta=True)  # the engine allocates it (sharded, on device)

@@ -22,7 +22,7 @@ from data_pipeline.decode import decode_field
 from data_pipeline.image_build import build_image_folder
 from data_pipeline.latent_build import VaeSource, build_latents
 from data_pipeline.source import ShardedSource
-from tests.conftest import REPO, run_train, subprocess_env
+from tests.conftest import REPO, run_train, subprocess_env, train_cmd
 from tests.interop_libs import diffusers
 from tests.test_vision_resume import global_batches, jpeg_folder
 
@@ -276,19 +276,118 @@ def test_dit_xl2_recipe_is_the_paper_model():
     assert abs(params - 675e6) / 675e6 < 0.01, params  # DiT-XL/2: 675M (Table 4 of the paper)
 
 
-@pytest.mark.slow
-def test_dit_xl2_recipe_shrunk_trains_on_built_latents(sets, tmp_path):
-    root = sets["lat-wds"]
-    overrides = [
+def test_gpu_check_measures_the_recipes_models(monkeypatch):
+    """bench/gpu_check.py's DiT-XL/2 and ViT-B/16 are the recipes' models (it once measured a
+    flow-matching DiT while the recipe trains DDPM)."""
+    import importlib.util
+
+    from pretrain.config import load_config
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look it up
+    spec.loader.exec_module(gpu_check)
+    cases = {c.name: gpu_check.model_config(c) for c in gpu_check.FULL}
+    assert cases["dit_xl2_32x32x4"] == load_config(REPO / RECIPE, []).model
+    assert cases["vit_b16_224"] == load_config(REPO / "configs/vit_b16_224.yaml", []).model
+
+
+def shrunk_recipe(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """configs/dit_xl2_latents.yaml at toy size on a built latent set: 4 steps, a grid at 4."""
+    return [
         "model.width=32", "model.depth=2", "model.num_heads=2", f"model.dit.image_size={SIZE // 2}",
         "model.dit.num_classes=3", "model.dit.sample_steps=2", f"data.train_url={root}/train",
         f"data.val_url={root}/val", "data.global_batch_size=6", "data.eval_batch_size=6",
         "data.num_workers=1", "schedule.steps=4", "checkpoint.every_steps=2",
         "logging.every_steps=1", "logging.eval_every_steps=4", "logging.eval_batches=1",
         "logging.progress_bar=false", "logging.tensorboard=false", "parallel.backend=single",
-        f"run.dir={tmp_path / 'run'}"]
-    proc = run_train(0, overrides, recipe=RECIPE)
-    from pretrain.checkpoint import latest_complete
+        f"run.dir={run_dir}", *extra]
 
-    assert latest_complete(tmp_path / "run" / "checkpoints") is not None, proc.stderr[-2000:]
-    assert list((tmp_path / "run" / "samples").glob("step_00000004.png")), proc.stderr[-2000:]
+
+@pytest.mark.slow
+def test_dit_xl2_recipe_shrunk_trains_on_built_latents_and_its_grid_decodes_through_the_vae(
+        sets, tmp_path):
+    """The PNG grid is the trainer's own samples decoded by AutoencoderKL.decode: at the image
+    resolution, equal to decoding the latents that the sampler (same seed) draws from the
+    checkpointed weights, directly through diffusers."""
+    from pretrain.checkpoint import latest_complete, read_model_tensors
+    from pretrain.config import load_config
+    from pretrain.diffusion.grid import make_grid
+    from pretrain.models import build_model
+    from pretrain.models.dit import sample_images
+
+    run = tmp_path / "run"
+    proc = run_train(0, shrunk_recipe(sets["lat-wds"], run, f"model.dit.vae={sets['vae']}"),
+                     recipe=RECIPE)
+    ckpt = latest_complete(run / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step_00000004", proc.stderr[-2000:]
+    png = np.asarray(Image.open(run / "samples" / "step_00000004.png"))
+    rows, pad = 3, 1  # one row per class, one sample per class, 1 px between
+    assert png.shape == (rows * (SIZE + pad) + pad, SIZE + 2 * pad, 3)  # pixels, not 8x8 latents
+    cfg = load_config(run / "config.yaml", [])
+    model = build_model(cfg.model)
+    model.load_state_dict(read_model_tensors(ckpt))
+    model.eval()
+    latents = sample_images(model, torch.arange(3))
+    assert latents.shape == (3, 4, SIZE // 2, SIZE // 2)
+    vae = diffusers().AutoencoderKL.from_pretrained(sets["vae"]).eval()
+    with torch.no_grad():
+        pixels = vae.decode(latents / SCALE).sample  # the set's shift_factor is 0
+    want = make_grid(pixels, rows=rows, upscale=1).permute(1, 2, 0).numpy()
+    assert np.array_equal(png, want), np.abs(png.astype(int) - want).max()
+    assert pixels.std() > 0.01  # a real picture, not a constant the comparison would miss
+
+
+def test_latent_decoder_undoes_scale_and_shift_in_chunks_with_autocast_off(sets):
+    """diffusers' convention, latents = (z - shift) * scale: the decoder feeds z back, chunk by
+    chunk, in float32 even inside the trainer's bf16 autocast."""
+    from pretrain.latent_decoder import LatentDecoder
+
+    vae = diffusers().AutoencoderKL.from_pretrained(sets["vae"]).eval()
+    latents = torch.randn(5, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))
+    decode = LatentDecoder(vae, scaling_factor=0.5, shift_factor=0.3, chunk=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = decode(latents.bfloat16())
+    with torch.no_grad():
+        want = torch.cat([vae.decode(x / 0.5 + 0.3).sample for x in latents.bfloat16().float()
+                          .split(2)])
+    assert got.dtype == torch.float32 and got.shape == (5, 3, SIZE, SIZE)
+    assert torch.equal(got, want)
+
+
+def test_latent_set_without_vae_keeps_the_channel_view_and_says_so(sets, caplog):
+    from pretrain.config import load_config
+    from pretrain.latent_decoder import latent_decoder
+
+    root = sets["lat-wds"]
+    cfg = load_config(REPO / RECIPE, [f"data.train_url={root}/train", "model.dit.vae="])
+    with caplog.at_level("INFO", logger="pretrain.latent_decoder"):
+        assert latent_decoder(cfg.model, cfg.data, is_main=True) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the sample grid shows latent channels 0-2 of {root}/train (set model.dit.vae to the"
+        " VAE it was encoded with to see images)"]
+    pixels = load_config(REPO / RECIPE, [f"data.train_url={sets['img-wds']}/train"])
+    with pytest.raises(ValueError, match="is not a latent set"):
+        latent_decoder(pixels.model, pixels.data, is_main=True)
+
+
+def test_a_vae_other_than_the_encoder_is_refused_in_one_line(sets, tmp_path):
+    """Same architecture, other weights: `pretrain train` exits 2 before any step, naming the
+    configured VAE and the one the manifest records."""
+    other = tmp_path / "other-vae"
+    diffusers().AutoencoderKL.from_pretrained(sets["vae"]).save_pretrained(other)
+    state = other / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(state))
+    weights["decoder.conv_out.bias"] = weights["decoder.conv_out.bias"] + 1
+    save_file(weights, str(state))
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        train_cmd(0, shrunk_recipe(sets["lat-wds"], run, f"model.dit.vae={other}"), RECIPE),
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"model.dit.vae {other} (identity" in lines[0], proc.stderr
+    assert f"is not the VAE that encoded {sets['lat-wds']}/train (vae, identity" in lines[0]
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())

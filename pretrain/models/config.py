@@ -46,6 +46,11 @@ class DiTConfig:
     # DiTTransformer2DModel (only then can `ckpt export --format diffusers` express the model)
     time_freq_shift: Literal[0, 1] = 0
     samples_per_class: int = 8  # eval grid: one row per class
+    # eval grid of a latent set: decode through the diffusers AutoencoderKL the set was encoded
+    # with (`data build latents --vae`: a save_pretrained folder, or a .safetensors file plus
+    # vae_config); checked against the manifest's VAE identity. Empty: latent channels 0-2
+    vae: str = ""
+    vae_config: str = ""
 
     def __post_init__(self) -> None:
         require_positive("model.dit", self, "image_size", "patch_size", "in_channels",

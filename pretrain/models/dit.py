@@ -15,6 +15,7 @@ layer and every adaLN modulation map width -> k*width -> hidden; the final patch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -318,13 +319,19 @@ def sample_images(
     )
 
 
-def dit_eval_extras(model: nn.Module, batch: dict, step: int, out_dir: Path | None) -> dict:
-    """A class-conditional sample grid (one row per class) -> PNG under out_dir + TensorBoard."""
+def dit_eval_extras(model: nn.Module, batch: dict, step: int, out_dir: Path | None,
+                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """A class-conditional sample grid (one row per class) -> PNG under out_dir + TensorBoard.
+    `decode` maps sampled latents to pixels in [-1, 1] (a VAE's decoder), shown at their own
+    resolution; without it the samples are shown as they are, upscaled for viewing."""
     d = unwrap(model).cfg.dit
     device = batch["image"].device
     labels = torch.arange(d.num_classes, device=device).repeat_interleave(d.samples_per_class)
     images = sample_images(model, labels)
-    grid = make_grid(images, rows=d.num_classes)
+    if decode is not None:
+        grid = make_grid(decode(images), rows=d.num_classes, upscale=1)
+    else:
+        grid = make_grid(images, rows=d.num_classes)
     if out_dir is not None:
         save_png(grid, Path(out_dir) / f"step_{step:08d}.png")
     return {"image/samples": grid}
