@@ -30,6 +30,8 @@ VARIANTS = {
                     "model.mup.enabled=true", "model.mup.base_width=32",
                     "model.mup.output_mult=2.0", "model.mup.depth_alpha=0.5",
                     "model.mup.base_depth=1"],
+    # muP at twice the base width: the attention scale folds into the q_norm gain and bias
+    "mup_qk_norm": ["model.qk_norm=true", "model.mup.enabled=true", "model.mup.base_width=16"],
     "sigma_reparam": ["model.sigma_reparam=true"],  # folded on export; import refuses it
 }
 

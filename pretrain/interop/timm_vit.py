@@ -10,10 +10,11 @@ Linear over (channel, row, column) patches), fused qkv in the same row order, ex
 pre-norm blocks, the class token (global_pool=token) or the mean of the normed tokens
 (global_pool=avg with fc_norm=false), qk_norm per head before the product.
 Folded when exact: muP's readout multiplier into head.weight, the depth rule's branch
-multiplier into attn.proj and mlp.fc2 (weight and bias), σReparam into each weight (export).
+multiplier into attn.proj and mlp.fc2 (weight and bias), muP's attention scale into the q_norm
+gain and bias under qk_norm, σReparam into each weight (export).
 Refused, naming the option: model.norm_eps other than timm's 1e-6 (timm's config cannot name
-another eps), muP's attention scale (timm's fused qkv keeps 1/sqrt(head_dim)), RMSNorm,
-SwiGLU, Peri-LN.
+another eps), muP's attention scale without qk_norm (it would scale only the query rows of
+timm's fused qkv, one tensor that a plan entry maps whole), RMSNorm, SwiGLU, Peri-LN.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def check_expressible(m: ModelConfig) -> None:
         (m.family != "vit", f"model.family={m.family!r} is not a vit"),
         (m.norm_eps != TIMM_NORM_EPS, f"model.norm_eps={m.norm_eps}: timm's ViT LayerNorm eps "
                                       f"is {TIMM_NORM_EPS} and its config cannot name another"),
-        (query_mult(m) != 1.0, f"model.mup (attention scale {query_mult(m):g} x "
-                               "1/sqrt(head_dim)): timm's fused qkv keeps 1/sqrt(head_dim)"),
+        (query_mult(m) != 1.0 and not m.qk_norm,
+         f"model.mup (attention scale {query_mult(m):g} x 1/sqrt(head_dim)) without "
+         "model.qk_norm: timm's fused qkv keeps 1/sqrt(head_dim)"),
         (m.norm != "layernorm", f"model.norm={m.norm}: timm's ViT uses LayerNorm"),
         (m.mlp not in ("auto", "gelu"), f"model.mlp={m.mlp}: timm's ViT MLP is GELU"),
         (m.norm_placement != "pre", f"model.norm_placement={m.norm_placement}: timm's ViT is "
@@ -88,7 +90,7 @@ def config_json(m: ModelConfig, special: dict) -> dict:
 def pieces(m: ModelConfig) -> list[Piece]:
     check_expressible(m)
     d, v = m.width, m.vit
-    om, rm = output_mult(m), residual_mult(m)
+    om, rm, qm = output_mult(m), residual_mult(m), query_mult(m)
     out = [Piece("cls_token", "cls_token")] if v.pooling == "cls" else []
     out += [Piece("pos_embed", "pos_embed"),
             Piece("patch_embed.weight", "patch_embed.proj.weight",
@@ -100,9 +102,11 @@ def pieces(m: ModelConfig) -> list[Piece]:
         out += [Piece(b + "norm1.weight", b + "norm1.weight"),
                 Piece(b + "norm1.bias", b + "norm1.bias")]
         out += [Piece(b + f"attn.qkv.{k}", b + f"attn.qkv.{k}") for k in kinds]
-        if m.qk_norm:
-            out += [Piece(b + f"attn.{n}.{k}", b + f"attn.{n}.{k}")
-                    for n in ("q_norm", "k_norm") for k in ("weight", "bias")]
+        if m.qk_norm:  # the attention scale rides on the normalised query
+            out += [Piece(b + f"attn.q_norm.{k}", b + f"attn.q_norm.{k}", mult=qm)
+                    for k in ("weight", "bias")]
+            out += [Piece(b + f"attn.k_norm.{k}", b + f"attn.k_norm.{k}")
+                    for k in ("weight", "bias")]
         out += [Piece(b + f"attn.proj.{k}", b + f"attn.proj.{k}", mult=rm) for k in kinds]
         out += [Piece(b + "norm2.weight", b + "norm2.weight"),
                 Piece(b + "norm2.bias", b + "norm2.bias")]
