@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="",
         help="LM: tokenizer.json to ship (default: the run's, from data.tokenizer or its dataset)",
     )
-    s.add_argument("--max-shard-mb", type=int, default=5120, help="folder formats: shard size")
+    s.add_argument("--max-shard-mb", type=int, default=5120,
+                   help="hf / diffusers folders: shard size (timm reads one file)")
     s.set_defaults(func=run_export)
 
     s = sub.add_parser(
