@@ -110,6 +110,33 @@ def test_cli_round_trip_and_config_checks(trained, tmp_path, capsys):
     assert "model_args.num_heads=4" in capsys.readouterr().err
 
 
+def test_a_model_saved_by_timm_imports_and_computes_the_same_logits(tmp_path):
+    """timm's own save_for_hf folder (img_size as [H, W], model_args only as given, defaults
+    for the rest) imports into the configured model; the imported run computes timm's logits."""
+    lib = timm()
+    cfg = cfg_for(tmp_path / "run", "cls")
+    v = cfg.model.vit
+    torch.manual_seed(0)
+    theirs = lib.create_model("vit_small_patch16_224", pretrained=False, img_size=v.image_size,
+                              patch_size=v.patch_size, in_chans=v.in_channels,
+                              num_classes=v.num_classes, embed_dim=cfg.model.width,
+                              depth=cfg.model.depth, num_heads=cfg.model.num_heads).eval()
+    with torch.no_grad():  # timm inits cls_token/pos_embed small and biases at zero: perturb
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    lib.models.save_for_hf(theirs, tmp_path / "saved", safe_serialization=True)
+    assert json.loads((tmp_path / "saved/config.json").read_text())["model_args"]["img_size"] \
+        == [v.image_size, v.image_size]
+    assert folder_format(tmp_path / "saved") == "timm"
+    ckpt = import_folder(tmp_path / "saved", tmp_path / "run/checkpoints", cfg, "timm")
+    ours = build_model(cfg.model)
+    ours.load_state_dict(read_model_tensors(ckpt))
+    images = torch.randn(4, v.in_channels, v.image_size, v.image_size)
+    with torch.no_grad():
+        diff = (theirs(images) - ours.eval()(images)).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
 @pytest.mark.parametrize("override, named", [
     ("model.norm_eps=1e-5", "model.norm_eps"),
     ("model.norm=rmsnorm", "model.norm=rmsnorm"),

@@ -62,7 +62,8 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                                   defaults=lambda _: diffusers_dit.DEFAULTS,
                                   weights="diffusion_pytorch_model"),
     ("vit", "timm"): Adapter(timm_vit.config_json, timm_vit.pieces, timm_vit.MATH_KEYS,
-                             defaults=lambda _: timm_vit.DEFAULTS, sharded=False),
+                             defaults=lambda _: timm_vit.DEFAULTS, sharded=False,
+                             layout=timm_vit.foreign_layout),
 }
 def adapter_for(family: str, fmt: str) -> Adapter:
     if (family, fmt) not in ADAPTERS:

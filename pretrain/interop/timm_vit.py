@@ -65,16 +65,32 @@ def check_expressible(m: ModelConfig) -> None:
             raise ExportRefused(why)
 
 
-def config_json(m: ModelConfig, special: dict) -> dict:
+def foreign_layout(m: ModelConfig, found: dict) -> dict:
+    """Spellings of the same model a folder may use: img_size as an int or [H, W] (timm's own
+    save writes the list); under the class token, fc_norm None (timm's default: a norm after
+    pooling for avg pooling only) or false."""
+    args = found.get("model_args")
+    args = args if isinstance(args, dict) else {}
+    size, square = args.get("img_size"), m.vit.image_size
+    layout = {"img_size": size} if size in (square, [square, square]) else {}
+    if m.vit.pooling == "cls" and args.get("fc_norm") in (None, False):  # absent: None
+        layout["fc_norm"] = args.get("fc_norm")
+    return layout
+
+
+def config_json(m: ModelConfig, special: dict, img_size: int | list[int] | None = None,
+                fc_norm: bool | None = False) -> dict:
+    """timm's save_for_hf config (`img_size`, `fc_norm`: a folder's spelling, on import)."""
     check_expressible(m)
     v = m.vit
     pool = "token" if v.pooling == "cls" else "avg"
     model_args = {
-        "num_classes": v.num_classes, "img_size": v.image_size, "patch_size": v.patch_size,
+        "num_classes": v.num_classes, "patch_size": v.patch_size,
+        "img_size": [v.image_size, v.image_size] if img_size is None else img_size,
         "in_chans": v.in_channels, "embed_dim": m.width, "depth": m.depth,
         "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio, "qkv_bias": m.bias,
         "proj_bias": m.bias, "qk_norm": m.qk_norm, "class_token": v.pooling == "cls",
-        "global_pool": pool, "fc_norm": False,  # our final norm acts before the pooling
+        "global_pool": pool, "fc_norm": fc_norm,  # our final norm acts before the pooling
     }
     return {
         "architecture": ARCHITECTURE, "num_classes": v.num_classes, "num_features": m.width,
@@ -87,7 +103,9 @@ def config_json(m: ModelConfig, special: dict) -> dict:
     }
 
 
-def pieces(m: ModelConfig) -> list[Piece]:
+def pieces(m: ModelConfig, **spelling: object) -> list[Piece]:
+    """Our tensors <-> timm's (`spelling`: foreign_layout's keywords; no tensor depends on
+    them)."""
     check_expressible(m)
     d, v = m.width, m.vit
     om, rm, qm = output_mult(m), residual_mult(m), query_mult(m)
