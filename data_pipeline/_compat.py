@@ -4,6 +4,10 @@ On CPU-only machines the only torchvision wheel pip finds is a CUDA build that f
 - `import streaming` imports `streaming.vision`, which imports torchvision. Streaming's vision
   datasets are not used here, so a minimal stand-in (`VisionDataset`, `to_tensor`) is registered
   in its place.
+- timm imports torchvision at module level (FrozenBatchNorm2d, a few transforms and datasets,
+  InterpolationMode) though its models never use it; the same stand-in carries those names
+  (`import_timm`), so timm's real model code imports and runs. Anything only torchvision can
+  do raises, naming the missing piece.
 - transformers / diffusers import torchvision whenever its metadata says it is installed, and the
   stand-in is not enough for them; blocking the module (sys.modules entry None, Python's own way
   of saying "not installed") makes them run as they do on machines without torchvision.
@@ -12,6 +16,7 @@ The real torchvision is always preferred when it imports.
 
 from __future__ import annotations
 
+import enum
 import importlib.machinery
 import sys
 import types
@@ -26,6 +31,28 @@ def _module(name: str, is_package: bool = False) -> types.ModuleType:
         mod.__path__ = []
     mod.__dict__["__torchvision_standin__"] = True
     return mod
+
+
+class InterpolationMode(enum.Enum):
+    """torchvision.transforms.InterpolationMode's members (timm maps them to names at import)."""
+
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
+
+
+def _unavailable(qualname: str) -> type:
+    """A class that can be named and subclassed but raises when built: what only the real
+    torchvision provides."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ImportError(f"{qualname} needs the real torchvision, which cannot load here")
+
+    return type(qualname.rsplit(".", 1)[1], (), {"__init__": __init__})
 
 
 def _install_torchvision_standin() -> None:
@@ -48,16 +75,27 @@ def _install_torchvision_standin() -> None:
         tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
         return tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float()
 
+    class ToTensor:
+        def __call__(self, pic: Any) -> torch.Tensor:
+            return to_tensor(pic)
+
     root = _module("torchvision", is_package=True)
     datasets = _module("torchvision.datasets", is_package=True)
     transforms = _module("torchvision.transforms", is_package=True)
     functional = _module("torchvision.transforms.functional")
+    ops = _module("torchvision.ops", is_package=True)
+    misc = _module("torchvision.ops.misc")
     datasets.VisionDataset = VisionDataset
-    functional.to_tensor = to_tensor
-    transforms.functional = functional
-    root.datasets, root.transforms = datasets, transforms
+    for name in ("CIFAR10", "CIFAR100", "FashionMNIST", "ImageFolder", "KMNIST", "MNIST"):
+        setattr(datasets, name, _unavailable(f"torchvision.datasets.{name}"))
+    misc.FrozenBatchNorm2d = _unavailable("torchvision.ops.misc.FrozenBatchNorm2d")
+    functional.to_tensor, functional.InterpolationMode = to_tensor, InterpolationMode
+    transforms.functional, transforms.ToTensor = functional, ToTensor
+    transforms.InterpolationMode = InterpolationMode
+    ops.misc = misc
+    root.datasets, root.transforms, root.ops = datasets, transforms, ops
     root.__version__ = "0.0.0+standin"
-    for mod in (root, datasets, transforms, functional):
+    for mod in (root, datasets, transforms, functional, ops, misc):
         sys.modules[mod.__name__] = mod
 
 
@@ -82,6 +120,17 @@ def import_streaming() -> types.ModuleType:
     import streaming
 
     return streaming
+
+
+def import_timm() -> types.ModuleType:
+    """`import timm` with the torchvision stand-in installed first if needed (also after a
+    block: transformers keeps the answer it read then); a missing timm raises ImportError."""
+    ensure_torchvision_importable()
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(f"timm is not installed ({e}): pip install timm") from e
+    return timm
 
 
 def block_broken_torchvision() -> None:

@@ -29,7 +29,7 @@ examples:
   pretrain ckpt export runs/lm_bytes hf_out --format hf
       (a transformers folder: AutoModelForCausalLM.from_pretrained("hf_out"); the tokenizer too)
   pretrain ckpt import hf_out runs/e/checkpoints --config configs/lm_bytes.yaml
-      (a transformers / diffusers folder: config fields, names and shapes checked first)
+      (a transformers / diffusers / timm folder: config fields, names and shapes checked first)
 """
 
 
@@ -70,25 +70,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "export",
         help="weights to one .safetensors file, or a transformers "
-        "(--format hf) / diffusers (--format diffusers) model folder",
+        "(--format hf) / diffusers (--format diffusers) / timm (--format timm) model folder",
     )
     s.add_argument("src", type=Path, help="checkpoint, or run directory (its latest checkpoint)")
     s.add_argument("out", type=Path)
     s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     s.add_argument(
         "--format",
-        choices=["safetensors", "hf", "diffusers"],
+        choices=["safetensors", "hf", "diffusers", "timm"],
         default="safetensors",
         help="hf: LM -> Llama/Qwen3/GPT-NeoX (pre-norm), Gemma2/Gemma3 (Peri-LN), "
         "ViT -> ViTForImageClassification; "
-        "diffusers: DiT -> DiTTransformer2DModel",
+        "diffusers: DiT -> DiTTransformer2DModel; "
+        "timm: ViT -> timm.create_model('local-dir:OUT', pretrained=True)",
     )
     s.add_argument(
         "--tokenizer",
         default="",
         help="LM: tokenizer.json to ship (default: the run's, from data.tokenizer or its dataset)",
     )
-    s.add_argument("--max-shard-mb", type=int, default=5120, help="folder formats: shard size")
+    s.add_argument("--max-shard-mb", type=int, default=5120,
+                   help="hf / diffusers folders: shard size (timm reads one file)")
     s.set_defaults(func=run_export)
 
     s = sub.add_parser(

@@ -12,7 +12,7 @@ import torch
 
 from pretrain.checkpoint.convert.mismatch import CheckpointMismatchError, check_compatible
 from pretrain.checkpoint.convert.sources import open_source
-from pretrain.interop import diffusers_dit, hf_lm, hf_vit
+from pretrain.interop import diffusers_dit, hf_lm, hf_vit, timm_vit
 from pretrain.interop.folder import (
     DEFAULT_SHARD_BYTES,
     FolderReader,
@@ -43,6 +43,7 @@ class Adapter:
     # the library's value of a key a folder omits, for the expected config.json
     defaults: Callable[[dict], dict[str, Any]] = lambda expected: {}
     weights: str = "model"  # file prefix: model(-0000i-of-0000n).safetensors
+    sharded: bool = True  # False: one <weights>.safetensors, no index (timm reads only that)
     tied: tuple[str, ...] = ()  # their tensors a folder may carry for tied embeddings
     # (model cfg, found config.json) -> keywords of config_json/pieces for a folder that
     # differs from our own export but imports exactly (e.g. GQA); export passes none
@@ -60,6 +61,9 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
                                   diffusers_dit.MATH_KEYS,
                                   defaults=lambda _: diffusers_dit.DEFAULTS,
                                   weights="diffusion_pytorch_model"),
+    ("vit", "timm"): Adapter(timm_vit.config_json, timm_vit.pieces, timm_vit.MATH_KEYS,
+                             defaults=lambda _: timm_vit.DEFAULTS, sharded=False,
+                             layout=timm_vit.foreign_layout),
 }
 def adapter_for(family: str, fmt: str) -> Adapter:
     if (family, fmt) not in ADAPTERS:
@@ -142,7 +146,8 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
 
     def fill(partial: Path) -> None:
         write_json(partial / "config.json", config)
-        write_weights(plan, partial, adapter.weights, max_shard_bytes, progress)
+        shard_bytes = max_shard_bytes if adapter.sharded else None
+        write_weights(plan, partial, adapter.weights, shard_bytes, progress)
         if tokenizer is not None:
             write_tokenizer(tokenizer, partial, m.lm.seq_len)
 
@@ -150,21 +155,39 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
 
 
 def _check_config(found: dict, expected: dict, adapter: Adapter, folder: Path) -> None:
-    """Every field that changes the math must agree (a missing one takes the library default)."""
+    """Every field that changes the math must agree (a missing one takes the library default);
+    a dotted key names a nested field (timm's model_args.embed_dim)."""
     defaults = adapter.defaults(expected)
     for key in adapter.math_keys:
-        if key not in expected:
+        want = _nested(expected, key)
+        if want is _ABSENT:
             continue
-        value = found.get(key, defaults.get(key, expected[key]))
-        if value != expected[key]:
+        value = _nested(found, key)
+        value = defaults.get(key, want) if value is _ABSENT else value
+        if value != want:
             raise CheckpointMismatchError(
                 f"{folder / 'config.json'}: {key}={value!r}, but the configured model needs "
-                f"{key}={expected[key]!r}")
+                f"{key}={want!r}")
+
+
+_ABSENT = object()
+
+
+def _nested(config: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
 
 
 def folder_format(folder: Path) -> str:
-    """"diffusers" for a diffusers model folder (its config names a `_class_name`), else "hf"."""
-    return "diffusers" if "_class_name" in read_config(folder) else "hf"
+    """"diffusers" for a diffusers model folder (its config names a `_class_name`), "timm" for
+    a timm one (`architecture` and `pretrained_cfg`, as `save_for_hf` writes), else "hf"."""
+    config = read_config(folder)
+    if "_class_name" in config:
+        return "diffusers"
+    return "timm" if "architecture" in config and "pretrained_cfg" in config else "hf"
 
 
 def import_folder(src: Path, dst: Path, cfg: Any, fmt: str) -> Path:

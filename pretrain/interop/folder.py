@@ -48,9 +48,14 @@ def shard_names(source: PlanSource, max_shard_bytes: int) -> list[list[str]]:
     return shards
 
 
-def write_weights(source: PlanSource, out: Path, prefix: str, max_shard_bytes: int,
+def write_weights(source: PlanSource, out: Path, prefix: str, max_shard_bytes: int | None,
                   progress: Callable[[str], None] = lambda _: None) -> None:
-    """Shards and index of `source` (one tensor in memory at a time) into directory `out`."""
+    """Shards and index of `source` (one tensor in memory at a time) into directory `out`;
+    `max_shard_bytes=None`: one `<prefix>.safetensors` and no index (timm's layout)."""
+    if max_shard_bytes is None:
+        write_safetensors(source, out / f"{prefix}.safetensors", metadata={"format": "pt"},
+                          progress=progress)
+        return
     groups = shard_names(source, max_shard_bytes)
     n = len(groups)
     weight_map = {}

@@ -41,8 +41,6 @@ from pretrain.models.blocks import swiglu_hidden
 from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import attention_scale, output_mult, residual_mult
 
-NORM_EPS = 1e-5  # blocks.make_norm's default, used by every norm of the LM
-
 
 def architecture(m: ModelConfig) -> str:
     """The transformers class whose forward equals ours, or ExportRefused naming the option."""
@@ -176,12 +174,12 @@ def config_json(m: ModelConfig, special: dict[str, int | None],
         return common | {
             "model_type": "gpt_neox", "intermediate_size": int(m.width * m.mlp_ratio),
             "hidden_act": "gelu", "rotary_pct": 1.0, "rotary_emb_base": m.lm.rope_theta,
-            "layer_norm_eps": NORM_EPS, "use_parallel_residual": False,
+            "layer_norm_eps": m.norm_eps, "use_parallel_residual": False,
             "attention_bias": m.bias, "hidden_dropout": 0.0, "classifier_dropout": 0.1,
         }
     out = common | {
         "intermediate_size": swiglu_hidden(m), "num_key_value_heads": kv_heads or m.num_heads,
-        "head_dim": head_dim, "hidden_act": "silu", "rms_norm_eps": NORM_EPS,
+        "head_dim": head_dim, "hidden_act": "silu", "rms_norm_eps": m.norm_eps,
         "attention_bias": m.bias,
     }
     if arch == "LlamaForCausalLM":

@@ -21,8 +21,6 @@ from pretrain.interop.plan import ExportRefused, Piece
 from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import output_mult, residual_mult
 
-NORM_EPS = 1e-5  # blocks.make_norm's default
-
 MATH_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size", "hidden_act", "layer_norm_eps", "image_size", "patch_size",
              "num_channels", "qkv_bias")
@@ -52,7 +50,7 @@ def config_json(m: ModelConfig, special: dict) -> dict:
         "hidden_size": m.width, "num_hidden_layers": m.depth, "num_attention_heads": m.num_heads,
         "intermediate_size": int(m.width * m.mlp_ratio), "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": m.dropout,
-        "initializer_range": m.init_std, "layer_norm_eps": NORM_EPS,
+        "initializer_range": m.init_std, "layer_norm_eps": m.norm_eps,
         "image_size": m.vit.image_size, "patch_size": m.vit.patch_size,
         "num_channels": m.vit.in_channels, "qkv_bias": True, "encoder_stride": m.vit.patch_size,
         "id2label": labels, "label2id": {v: int(k) for k, v in labels.items()},

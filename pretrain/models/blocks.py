@@ -39,6 +39,11 @@ def make_norm(kind: str, dim: int, affine: bool = True, eps: float = 1e-5) -> nn
     raise ValueError(f"unknown norm {kind!r} (layernorm | rmsnorm)")
 
 
+def model_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The affine norm `model.norm` / `model.norm_eps` configure (every one but DiT's adaLN)."""
+    return make_norm(cfg.norm, dim, eps=cfg.norm_eps)
+
+
 class SigmaReparamLinear(nn.Linear):
     """Linear layer with weight W' = (gamma / sigma(W)) W ("Stabilizing Transformer Training by
     Preventing Attention Entropy Collapse", Zhai et al. 2023).
@@ -168,8 +173,8 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.qkv = make_linear(cfg, cfg.width, 3 * cfg.width)
         self.proj = make_linear(cfg, cfg.width, cfg.width)
-        self.q_norm = make_norm(cfg.norm, self.head_dim) if cfg.qk_norm else nn.Identity()
-        self.k_norm = make_norm(cfg.norm, self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.q_norm = model_norm(cfg, self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = model_norm(cfg, self.head_dim) if cfg.qk_norm else nn.Identity()
         self.dropout = cfg.dropout
         self.record_entropy = False
         self.entropy: torch.Tensor | None = None
@@ -260,12 +265,12 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool = False, mlp: str = "gelu"):
         super().__init__()
         peri = cfg.norm_placement == "peri"
-        self.norm1 = make_norm(cfg.norm, cfg.width)
+        self.norm1 = model_norm(cfg, cfg.width)
         self.attn = Attention(cfg, causal=causal)
-        self.attn_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
-        self.norm2 = make_norm(cfg.norm, cfg.width)
+        self.attn_out_norm = model_norm(cfg, cfg.width) if peri else nn.Identity()
+        self.norm2 = model_norm(cfg, cfg.width)
         self.mlp = MLP(cfg, mlp)
-        self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
+        self.mlp_out_norm = model_norm(cfg, cfg.width) if peri else nn.Identity()
         self.residual_mult = 1.0
 
     def forward(

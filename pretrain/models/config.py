@@ -86,6 +86,9 @@ class ModelConfig:
     mlp: Literal["auto", "gelu", "swiglu"] = "auto"  # auto: swiglu for lm, gelu otherwise
     bias: bool = True  # biases in the blocks' linear layers
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    # eps of every affine norm (blocks, qk_norm, the final norm); DiT's adaLN norms keep 1e-6.
+    # 1e-6 is timm's ViT / DeiT value (`ckpt export --format timm` needs it)
+    norm_eps: float = 1e-5
     norm_placement: Literal["pre", "peri"] = "pre"  # peri: also normalise each sublayer's output
     qk_norm: bool = False  # normalise queries and keys per head before the dot product
     sigma_reparam: bool = False  # block linears use W' = (gamma / sigma(W)) W (Zhai et al. 2023)
@@ -101,7 +104,7 @@ class ModelConfig:
     mup: MupConfig = field(default_factory=MupConfig)
 
     def __post_init__(self) -> None:
-        require_positive("model", self, "width", "depth", "num_heads", "mlp_ratio")
+        require_positive("model", self, "width", "depth", "num_heads", "mlp_ratio", "norm_eps")
         if self.width % self.num_heads:
             raise ValueError(f"model.width={self.width} is not divisible by "
                              f"model.num_heads={self.num_heads}")

@@ -30,6 +30,7 @@ from pretrain.models.blocks import (
     Attention,
     block_matmul_flops,
     make_norm,
+    model_norm,
     resolve_mlp,
     scale_branch,
     unwrap,
@@ -96,10 +97,10 @@ class DiTBlock(nn.Module):
         peri = cfg.norm_placement == "peri"
         self.norm1 = make_norm(cfg.norm, cfg.width, affine=False, eps=1e-6)
         self.attn = Attention(cfg)
-        self.attn_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
+        self.attn_out_norm = model_norm(cfg, cfg.width) if peri else nn.Identity()
         self.norm2 = make_norm(cfg.norm, cfg.width, affine=False, eps=1e-6)
         self.mlp = MLP(cfg, mlp)
-        self.mlp_out_norm = make_norm(cfg.norm, cfg.width) if peri else nn.Identity()
+        self.mlp_out_norm = model_norm(cfg, cfg.width) if peri else nn.Identity()
         self.modulation = nn.Linear(cfg.width, 6 * cfg.width)
         self.residual_mult = 1.0
 

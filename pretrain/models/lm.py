@@ -19,7 +19,7 @@ from pretrain.models.blocks import (
     TransformerBlock,
     block_matmul_flops,
     document_block_mask,
-    make_norm,
+    model_norm,
     resolve_mlp,
     rope_tables,
 )
@@ -50,7 +50,7 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, causal=True, mlp=self.mlp_kind) for _ in range(cfg.depth)
         )
-        self.norm = make_norm(cfg.norm, cfg.width)
+        self.norm = model_norm(cfg, cfg.width)
         self.head = (
             None if lm.tie_embeddings else nn.Linear(cfg.width, lm.vocab_size, bias=cfg.bias)
         )

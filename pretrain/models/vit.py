@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.blocks import TransformerBlock, block_matmul_flops, make_norm, resolve_mlp
+from pretrain.models.blocks import TransformerBlock, block_matmul_flops, model_norm, resolve_mlp
 from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import param_roles
 
@@ -34,7 +34,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, mlp=self.mlp_kind) for _ in range(cfg.depth)
         )
-        self.norm = make_norm(cfg.norm, cfg.width)
+        self.norm = model_norm(cfg, cfg.width)
         self.head = nn.Linear(cfg.width, v.num_classes)
         self.output_mult = 1.0  # readout input multiplier; muP sets output_mult/width_mult
 
