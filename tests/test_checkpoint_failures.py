@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -150,7 +151,18 @@ def test_real_full_disk_during_save(tmp_path):
         assert [p.name for p in sorted(ckpts.iterdir())] == ["step_00000002", "step_00000004"]
         assert all(verify_checkpoint(p) is None for p in ckpts.iterdir())
     finally:
-        subprocess.run(["umount", str(run_dir / "checkpoints")], check=True)
+        _unmount(run_dir / "checkpoints")
+
+
+def _unmount(path: Path) -> None:
+    """Unmount the test's tmpfs. Once (1 in ~10 full-suite runs) umount found it busy right
+    after the failed run, a file still open for a moment; retry, then detach it lazily (the
+    kernel frees it when the last file closes) rather than fail a test whose checks passed."""
+    for _ in range(5):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(1)
+    subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
 def test_status_json_is_strict_json_without_nan(tmp_path):
