@@ -8,17 +8,29 @@ import pytest
 
 from pretrain.cli import build_parser
 from pretrain.config import load_config
-from pretrain.mup.transfer import lr_grid, optima, optimum_shift, read_rows, run_transfer
+from pretrain.mup.transfer import (
+    FIELDS,
+    loss_at_base_optimum,
+    lr_grid,
+    optima,
+    optimum_shift,
+    read_rows,
+    run_transfer,
+    seed_shifts,
+)
 from tests.conftest import REPO, TINY
 
 
-def rows_from(curves: dict[tuple[str, int], list[float]], lrs: list[float]) -> list[dict]:
+def rows_from(
+    curves: dict[tuple[str, int], list[float]], lrs: list[float], seed: int = 0
+) -> list[dict]:
     return [
         {
             "parametrization": p,
             "width": w,
+            "depth": 2,
             "lr": lr,
-            "seed": 0,
+            "seed": seed,
             "steps": 10,
             "train_loss": loss,
             "val_loss": loss,
@@ -79,3 +91,47 @@ def test_mup_subcommands_are_registered():
     assert args.func.__name__ == "coord_check" and args.widths == [64, 128, 256, 512, 1024]
     args = parser.parse_args(["mup", "transfer", "r.yaml", "--lrs", "1e-3", "2e-3", "--out", "y"])
     assert args.func.__name__ == "transfer" and args.lrs == [1e-3, 2e-3]
+
+
+def test_each_seed_has_its_own_shift_and_the_transferred_loss_is_read_at_the_base_optimum():
+    """Two seeds whose optima wander in opposite directions: the mean curve says 0 steps, each
+    seed alone moves 1 (the median over seeds the issue's bar reads)."""
+    lrs = [1e-3, 2e-3, 4e-3]
+    rows = rows_from({("mup", 32): [2, 1, 2], ("mup", 256): [0.8, 0.9, 1.4]}, lrs, seed=0)
+    rows += rows_from({("mup", 32): [2, 1, 2], ("mup", 256): [1.4, 0.9, 0.8]}, lrs, seed=1)
+    rows += rows_from({("mup", 32): [2, 1, 2], ("mup", 256): [1.2, 1.0, 1.1]}, lrs, seed=2)
+    assert optimum_shift(rows) == {"mup": 0.0}
+    assert seed_shifts(rows) == {"mup": [1.0, 1.0, 0.0]}
+    at_base = loss_at_base_optimum(rows)  # the base (width 32) optimum is 2e-3 in every seed
+    assert at_base[("mup", 32)] == 1.0
+    assert at_base[("mup", 256)] == pytest.approx((0.9 + 0.9 + 1.0) / 3)
+
+
+def test_report_only_rereads_merged_shards_without_training(tmp_path, capsys):
+    """Shards of one sweep run in parallel are concatenated, then reported without a rerun."""
+    import csv
+    import json
+
+    from pretrain.cli import main
+
+    lrs = [1e-3, 2e-3, 4e-3]
+    rows = rows_from({("mup", 32): [2, 1, 2], ("mup", 64): [2, 0.8, 2]}, lrs)
+    rows += rows_from({("sp", 32): [2, 1, 2], ("sp", 64): [0.9, 1.5, 2]}, lrs)
+    with open(tmp_path / "transfer.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows({**r, "steps": 7} for r in rows)
+    argv = ["mup", "transfer", str(REPO / "configs/mup_vit_digits.yaml"), "--widths", "32", "64",
+            "--steps", "7", "--report-only", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    summary = json.loads((tmp_path / "transfer.json").read_text())
+    assert summary["shift_grid_steps"] == {"mup": 0.0, "sp": 1.0}
+    assert summary["loss_at_base_optimum"]["sp/64"] == 1.5
+    assert len(read_rows(tmp_path / "transfer.csv")) == 12  # nothing trained, nothing appended
+    assert (tmp_path / "transfer.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as refused:  # no rows at these steps: one line, exit 2
+        main([*argv[:-3], "--steps", "8", "--report-only", "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    assert "no rows for these widths and steps" in capsys.readouterr().err

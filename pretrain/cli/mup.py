@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -94,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--lr-max", type=float, default=3.2e-2)
     tr.add_argument("--lr-factor", type=float, default=2.0)
     tr.add_argument("--metric", default="train_loss", choices=["train_loss", "val_loss"])
+    tr.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: re-read --out/transfer.csv (e.g. shards of one sweep, run in "
+        "parallel and concatenated) and rewrite the PNG, JSON and report",
+    )
     tr.set_defaults(func=transfer)
 
 
@@ -179,23 +186,38 @@ def transfer(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from pretrain.dist import barrier, shutdown
     from pretrain.mup.plots import plot_transfer
-    from pretrain.mup.transfer import format_report, lr_grid, optima, optimum_shift, run_transfer
+    from pretrain.mup.transfer import (
+        format_report,
+        loss_at_base_optimum,
+        lr_grid,
+        optima,
+        optimum_shift,
+        read_rows,
+        run_transfer,
+        seed_shifts,
+    )
 
     lrs = args.lrs or lr_grid(args.lr_min, args.lr_max, args.lr_factor)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        rows = run_transfer(
-            cfg,
-            args.widths,
-            lrs,
-            args.steps,
-            args.out / "transfer.csv",
-            args.seeds,
-            tuple(args.parametrizations),
-            depths=args.depths,
-        )
+        if args.report_only:
+            rows = read_rows(args.out / "transfer.csv", cfg.model.depth)
+            rows = [r for r in rows if r["parametrization"] in args.parametrizations]
+        else:
+            rows = run_transfer(
+                cfg,
+                args.widths,
+                lrs,
+                args.steps,
+                args.out / "transfer.csv",
+                args.seeds,
+                tuple(args.parametrizations),
+                depths=args.depths,
+            )
         rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps
                 and (not args.depths or r["depth"] in args.depths)]  # fmt: skip
+        if not rows:
+            raise ValueError(f"{args.out / 'transfer.csv'}: no rows for these widths and steps")
         if _is_main():
             plot_transfer(
                 rows,
@@ -208,6 +230,11 @@ def transfer(args: argparse.Namespace) -> int:
             summary = {
                 "optimum_lr": {f"{p}/{w}": lr for (p, w), lr in best.items()},
                 "shift_grid_steps": optimum_shift(rows, args.lr_factor, args.metric),
+                "shift_grid_steps_per_seed": seed_shifts(rows, args.lr_factor, args.metric),
+                "loss_at_base_optimum": {
+                    f"{p}/{w}": x if math.isfinite(x) else None
+                    for (p, w), x in loss_at_base_optimum(rows, args.metric).items()
+                },
             }
             (args.out / "transfer.json").write_text(json.dumps(summary, indent=2))
             print(format_report(rows, args.lr_factor, args.metric))

@@ -176,11 +176,52 @@ def optimum_shift(
     return out
 
 
+def seed_shifts(
+    rows: list[dict], factor: float = 2.0, metric: str = "train_loss"
+) -> dict[str, list[float]]:
+    """Per parametrization: each seed's own optimum shift across the sizes, in grid steps.
+
+    The mean curve can hide a seed whose optimum wanders (or average two that wander apart);
+    the median of these is the issue's "moves at most one grid step (median over seeds)"."""
+    by_seed: dict[int, list[dict]] = {}
+    for r in rows:
+        by_seed.setdefault(int(r["seed"]), []).append(r)
+    out: dict[str, list[float]] = {}
+    for seed in sorted(by_seed):
+        for param, shift in optimum_shift(by_seed[seed], factor, metric).items():
+            out.setdefault(param, []).append(shift)
+    return out
+
+
+def loss_at_base_optimum(
+    rows: list[dict], metric: str = "train_loss"
+) -> dict[tuple[str, int], float]:
+    """(parametrization, size) -> the seed-mean loss at the smallest size's optimum LR.
+
+    That is the LR a user would transfer from the proxy; under muP the loss there should fall
+    with width ("wider is better at the transferred LR"). nan where that LR was not run."""
+    best, out = optima(rows, metric), {}
+    for (param, size), pts in curves(rows, metric).items():
+        base = min(s for p, s in best if p == param)
+        lr = best[(param, base)]
+        out[(param, size)] = next((loss for x, loss in pts if math.isclose(x, lr)), math.nan)
+    return out
+
+
 def format_report(rows: list[dict], factor: float = 2.0, metric: str = "train_loss") -> str:
     best = optima(rows, metric)
     shift = optimum_shift(rows, factor, metric)
-    lines = [f"LR minimising {metric} per {sweep_axis(rows)} (grid factor {factor:g}):"]
+    per_seed = seed_shifts(rows, factor, metric)
+    at_base = loss_at_base_optimum(rows, metric)
+    lines = [f"LR minimising {metric} (mean over seeds) per {sweep_axis(rows)} "
+             f"(grid factor {factor:g}):"]  # fmt: skip
     for param in dict.fromkeys(p for p, _ in best):
         per_width = ", ".join(f"{w}: {lr:.3g}" for (p, w), lr in sorted(best.items()) if p == param)
         lines.append(f"  {param:4s} {per_width}  -> optimum moves {shift[param]:.0f} grid step(s)")
+        seeds = per_seed.get(param, [])
+        if len(seeds) > 1:
+            each = ", ".join(f"{s:.0f}" for s in seeds)
+            lines.append(f"       per seed: {each} grid step(s), median {np.median(seeds):.1f}")
+        losses = ", ".join(f"{w}: {x:.4g}" for (p, w), x in sorted(at_base.items()) if p == param)
+        lines.append(f"       {metric} at the smallest size's optimum LR: {losses}")
     return "\n".join(lines)
