@@ -16,6 +16,7 @@ keeps it, and predictions take LRs in the runs' own units.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -172,6 +173,41 @@ def _quality(prob: CurveProblem, theta: np.ndarray) -> FitQuality | None:
 
 
 @single_threaded_blas
+def fit_over_lams(
+    law: Any,
+    features_of: Callable[[float], list],
+    ys: list[np.ndarray],
+    holdout: np.ndarray,
+    lams: list[float],
+    delta: float,
+    top_k: int,
+    n_boot: int,
+    seed: int,
+    n_jobs: int,
+) -> tuple[HuberFit, float, list]:
+    """Fit `law` to the runs not in `holdout` once per annealing momentum in `lams` and keep the
+    lowest objective (the held-out runs never choose it); bootstrap at that momentum, score both
+    sets. Returns (fit, its momentum, every run's features at it). One path for the per-schedule
+    and the across-sizes curve laws."""
+    def problem(feats: list, mask: np.ndarray) -> CurveProblem:
+        idx = np.flatnonzero(mask)
+        return CurveProblem(law, [feats[i] for i in idx], [ys[i] for i in idx],
+                            np.ones(len(idx)), delta)  # fmt: skip
+
+    tried = []
+    for m in lams:
+        feats = features_of(m)
+        prob = problem(feats, ~holdout)
+        tried.append((minimize_from(grid_starts(prob, top_k), prob), m, feats, prob))
+    best, lam, feats, prob = min(tried, key=lambda t: t[0].objective)
+    boot, failed = np.empty((0, len(best.theta))), 0
+    if n_boot > 0:
+        boot, failed = replicates(_Refit(prob, best.theta), len(prob.y), n_boot, seed, n_jobs)
+    hfit = HuberFit(best, _quality(prob, best.theta),
+                    _quality(problem(feats, holdout), best.theta), boot, failed)  # fmt: skip
+    return hfit, lam, feats
+
+
 def fit_curve_law(
     curves: list[ScheduledCurve],
     law: str = LRAnnealingLaw.NAME,
@@ -204,25 +240,13 @@ def fit_curve_law(
                                f"{len(cls.PARAM_NAMES) + 2} evaluations, got {int(train.sum())} "
                                f"runs and {n_points}")  # fmt: skip
     lr_ref = max(float(c.schedule.lrs().max()) for c, t in zip(curves, train) if t)
-    ys = [c.loss for c in curves]
-
-    def problem(feats: list, mask: np.ndarray) -> CurveProblem:
-        idx = np.flatnonzero(mask)
-        return CurveProblem(cls, [feats[i] for i in idx], [ys[i] for i in idx],
-                            np.ones(len(idx)), delta)  # fmt: skip
-
-    tried = []
     lams = [lam] if lam is not None or cls is not LRAnnealingLaw else LAM_GRID
-    for m in lams:
-        feats = [cls.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m) for c in curves]
-        prob = problem(feats, train)
-        tried.append((minimize_from(grid_starts(prob, top_k), prob), m, feats, prob))
-    best, lam, feats, prob = min(tried, key=lambda t: t[0].objective)
-    boot, failed = np.empty((0, len(best.theta))), 0
-    if n_boot > 0:
-        boot, failed = replicates(_Refit(prob, best.theta), len(prob.y), n_boot, seed, n_jobs)
-    hfit = HuberFit(best, _quality(prob, best.theta),
-                    _quality(problem(feats, holdout), best.theta), boot, failed)  # fmt: skip
+    hfit, lam, feats = fit_over_lams(
+        cls,
+        lambda m: [cls.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m) for c in curves],
+        [c.loss for c in curves], holdout, lams, delta, top_k, n_boot, seed, n_jobs,
+    )  # fmt: skip
+    best = hfit.best
     fit = FITS[law].of(hfit, lambda t, m=lam: cls.from_theta(t, m), delta, level, lr_ref=lr_ref)
     for c, f, held in zip(curves, feats, holdout):
         pred = float(cls.predict_jac(best.theta, f)[0][-1])

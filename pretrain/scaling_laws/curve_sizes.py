@@ -23,17 +23,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from pretrain.scaling_laws.bootstrap import replicates, single_threaded_blas
-from pretrain.scaling_laws.curve_fit import (
-    LAM_GRID,
-    CurveProblem,
-    _quality,
-    _Refit,
-    grid_starts,
-    minimize_from,
-)
+from pretrain.scaling_laws.bootstrap import single_threaded_blas
+from pretrain.scaling_laws.curve_fit import LAM_GRID, fit_over_lams
 from pretrain.scaling_laws.curve_laws import CurveData, LRAnnealingLaw
-from pretrain.scaling_laws.huber_fit import HuberFit, LawFit
+from pretrain.scaling_laws.huber_fit import LawFit
 from pretrain.scaling_laws.quality import Estimate, percentile_interval
 from pretrain.scaling_laws.schedule_curves import Schedule, ScheduledCurve
 from pretrain.scaling_laws.validate import ScalingDataError, huber_delta
@@ -196,24 +189,14 @@ def fit_across_sizes(
     n_ref = float(np.exp(np.mean(np.log(fitted))))
     lr_ref = max(float(c.schedule.lrs().max()) for c, h in zip(curves, holdout) if not h)
     terms = SizedLawTerms(shared)
-
-    def problem(feats: list, mask: np.ndarray) -> CurveProblem:
-        idx = np.flatnonzero(mask)
-        return CurveProblem(terms, [feats[i] for i in idx], [curves[i].loss for i in idx],
-                            np.ones(len(idx)), delta)  # fmt: skip
-
-    tried = []
-    for m in LAM_GRID if lam is None else [lam]:
-        feats = [terms.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m,
-                                c.params / n_ref) for c in curves]  # fmt: skip
-        prob = problem(feats, ~holdout)
-        tried.append((minimize_from(grid_starts(prob, top_k), prob), m, feats, prob))
-    best, lam, feats, prob = min(tried, key=lambda t: t[0].objective)
-    boot, failed = np.empty((0, len(best.theta))), 0
-    if n_boot > 0:
-        boot, failed = replicates(_Refit(prob, best.theta), len(prob.y), n_boot, seed, n_jobs)
-    hfit = HuberFit(best, _quality(prob, best.theta),
-                    _quality(problem(feats, holdout), best.theta), boot, failed)  # fmt: skip
+    hfit, lam, feats = fit_over_lams(
+        terms,
+        lambda m: [terms.features(CurveData(c.steps, c.schedule.lrs() / lr_ref), m,
+                                  c.params / n_ref) for c in curves],
+        [c.loss for c in curves], holdout, LAM_GRID if lam is None else [lam], delta, top_k,
+        n_boot, seed, n_jobs,
+    )  # fmt: skip
+    best = hfit.best
 
     def law_of(t: np.ndarray) -> SizedAnnealingLaw:
         return SizedAnnealingLaw(float(t[0]), float(np.exp(t[1])), float(t[2]),
