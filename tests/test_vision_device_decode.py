@@ -1,0 +1,183 @@
+"""data.decode_device=cuda: workers make the CPU path's draws and hand over JPEG bytes; the
+device decodes and replays the ops in torch. Here the device is the CPU and the decoder PIL
+(torchvision cannot load on this machine), so everything but the nvJPEG call is exercised:
+the draws are the CPU path's, the pixels match the PIL path within one uint8 level (three with
+colour jitter, which scales a one-level difference), labels and soft labels are
+bitwise equal, a resume is bitwise, and what the GPU path cannot do is refused at config load."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline import DataConfig, build_loader
+from data_pipeline.augment import (
+    TAG_CROP,
+    TAG_ERASE,
+    TAG_FLIP,
+    TAG_JITTER,
+    jitter_draws,
+    random_resized_crop_box,
+    sample_rng,
+)
+from data_pipeline.device_decode import DeferredImageRows
+from data_pipeline.sharded import ShardedBatches
+from data_pipeline.sources import image_folder
+from data_pipeline.stream import SourceEvalLoader, SourceTrainLoader
+from data_pipeline.writers import write_splits
+from pretrain.config import ConfigError, load_config
+from tests.test_vision_resume import jpeg_folder
+
+CPU = torch.device("cpu")
+STD = [0.229, 0.224, 0.225]
+BASE = dict(image_mode="RGB", image_size=24, random_resized_crop=True, crop_scale=[0.3, 1.0],
+            random_flip=True, eval_crop_fraction=0.875, jpeg_draft=False,
+            image_mean=[0.485, 0.456, 0.406], image_std=STD)
+FULL = dict(BASE, color_jitter=0.3, random_erasing=0.5, erase_count=2, mixup_alpha=0.8,
+            cutmix_alpha=1.0, label_smoothing=0.1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("device_decode")
+    samples, meta = image_folder(jpeg_folder(str(root / "folder")), 0.2)
+    write_splits(samples, str(root / "wds"), "wds", samples_per_shard=10, meta=meta)
+    return str(root / "wds")
+
+
+def cfg_for(root: str, **kw) -> DataConfig:
+    return DataConfig(format="wds", train_url=f"{root}/train", val_url=f"{root}/val",
+                      global_batch_size=12, shuffle_window=2, seed=3, num_workers=0, **kw)
+
+
+def device_loader(cfg: DataConfig, rank: int = 0, world: int = 1, split: str = "train"):
+    """The loader of data.decode_device=cuda, with the device step on the CPU."""
+    dcfg = replace(cfg, decode_device="cuda")
+    source = ShardedBatches(dcfg, train=split == "train", finish_device=CPU)
+    if split == "train":
+        return SourceTrainLoader(source, dcfg, rank, world)
+    return SourceEvalLoader(source, dcfg, rank, world)
+
+
+def levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| of normalised images in uint8 levels (per channel std)."""
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((a - b).abs() * 255 * std).round(decimals=3)
+
+
+def test_the_draws_are_the_cpu_paths(shards):
+    cfg = replace(cfg_for(shards, **FULL), decode_device="cuda")
+    rows = DeferredImageRows(cfg, 3, 24, 24, train=True)
+    cpu_rows = ShardedBatches(cfg_for(shards, **FULL), train=True).rows
+    for sample_id in range(40):
+        for epoch in (0, 1, 7):
+            size = (60 + sample_id, 90 - sample_id)
+            got = rows.draws(size, sample_id, epoch)
+            box = random_resized_crop_box(*size, (0.3, 1.0), (0.75, 4 / 3),
+                                          sample_rng(3, epoch, sample_id, TAG_CROP))
+            assert tuple(got["box"]) == box
+            assert got["flip"] == (sample_rng(3, epoch, sample_id, TAG_FLIP).random() < 0.5)
+            factors, _, order = jitter_draws(0.3, sample_rng(3, epoch, sample_id, TAG_JITTER))
+            assert got["jitter"].tolist() == np.float32(factors).tolist()
+            assert got["jitter_order"].tolist() == order
+            # the CPU path erases an array in place: the same boxes and the same fill
+            arr = np.full((3, 24, 24), 7.0, np.float32)
+            boxes = cpu_rows.erasing(arr, sample_rng(3, epoch, sample_id, TAG_ERASE))
+            assert [b for b, _ in got["erase"]] == boxes
+            replayed = np.full((3, 24, 24), 7.0, np.float32)
+            for (left, top, right, bottom), fill in got["erase"]:
+                replayed[:, top:bottom, left:right] = fill
+            assert np.array_equal(replayed, arr)
+
+
+# one level from the resize (see pixel_ops); colour jitter (0.3) scales it by up to 1.3 per
+# enhance op, three ops, each truncating: three levels
+@pytest.mark.parametrize("augment, tolerance", [(BASE, 1.0), (FULL, 3.0)])
+def test_pixels_match_the_pil_path_and_labels_are_bitwise(shards, augment, tolerance):
+    cfg = cfg_for(shards, **augment)
+    diffs = []
+    for ref, got in zip(build_loader(cfg, 0, 1), device_loader(cfg)):
+        assert set(ref) == set(got)
+        for key in ref.keys() - {"image"}:
+            assert torch.equal(ref[key], got[key]), key
+        diffs.append(levels(ref["image"], got["image"]))
+        if len(diffs) == 6:  # 72 samples: past the first epoch (57)
+            break
+    diff = torch.cat(diffs)
+    assert diff.max() <= tolerance, diff.max()
+    assert (diff == 0).float().mean() > 0.85  # most pixels are bitwise PIL's
+    evals = zip(build_loader(cfg, 0, 1, "val"), device_loader(cfg, split="val"))
+    for ref, got in evals:
+        assert torch.equal(ref["label"], got["label"])
+        assert levels(ref["image"], got["image"]).max() <= 1.0
+
+
+def test_resume_is_bitwise_with_the_device_decode(shards):
+    cfg = cfg_for(shards, **FULL)
+    full = device_loader(cfg, 0, 2)
+    it = iter(full)
+    expected = [next(it) for _ in range(6)]
+    first = device_loader(cfg, 0, 2)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = device_loader(cfg, 0, 2)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    for want in expected[3:]:
+        got = next(it)
+        for key in want:
+            assert torch.equal(want[key], got[key]), key
+
+
+def test_workers_hand_over_bytes_not_pixels(shards):
+    """The worker's batch is the JPEG bytes and the draws; the image only exists after the
+    device step (what makes the GPU, not the workers, pay for decoding)."""
+    cfg = replace(cfg_for(shards, **FULL), decode_device="cuda")
+    source = ShardedBatches(cfg, train=True, finish_device=CPU)
+    batch = source.batch(np.arange(12), None)
+    assert "image" not in batch and batch["jpeg"].dtype == torch.uint8
+    assert batch["jpeg_offsets"][-1] == len(batch["jpeg"])
+    assert source.finish(batch)["image"].shape == (12, 3, 24, 24)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.auto_augment=3aug", "data.auto_augment='3aug' has no GPU version (RandAugment/"
+                               "3-Augment are PIL ops): use data.decode_device=cpu"),
+    ("data.hue_jitter=0.1", "data.hue_jitter=0.1 has no GPU version (the hue shift is PIL's HSV"
+                            " conversion): use data.decode_device=cpu"),
+])
+def test_config_load_refuses_what_the_gpu_path_would_do_differently(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.format=wds", "data.image_size=24", "data.decode_device=cuda",
+                           override])
+    assert str(e.value) == message
+
+
+def test_config_load_refuses_unknown_devices_and_unsized_images():
+    with pytest.raises(ConfigError, match="data.decode_device='gpu': choose cpu or cuda"):
+        load_config(None, ["data.decode_device=gpu"])
+    with pytest.raises(ConfigError, match="needs data.image_size"):
+        load_config(None, ["data.format=wds", "data.decode_device=cuda"])
+    with pytest.raises(ConfigError, match="decodes JPEG shards"):
+        load_config(None, ["data.decode_device=cuda", "data.image_size=8"])
+
+
+def test_cuda_without_torchvision_is_one_line(shards):
+    try:
+        import torchvision.io  # noqa: F401
+
+        pytest.skip("torchvision imports here: the message is for machines without it")
+    except Exception:
+        pass
+    cfg = replace(cfg_for(shards, **BASE), decode_device="cuda")
+    with pytest.raises(ValueError) as e:
+        ShardedBatches(cfg, train=True)
+    assert str(e.value).startswith("data.decode_device=cuda needs torchvision"
+                                   " (torchvision.io.decode_jpeg)")
+    assert "\n" not in str(e.value)
