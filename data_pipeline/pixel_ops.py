@@ -15,8 +15,6 @@ Pixels stay integer-valued float32 until the normalisation.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -100,9 +98,9 @@ def enhance(image: torch.Tensor, op: int, factor: float) -> torch.Tensor:
         return blend(torch.zeros_like(image), image, factor)
     if luma is None:
         luma = to_luma(image)
-    if op == 1:
-        mean = math.floor(float(luma.to(torch.float64).sum()) / luma.numel() + 0.5)
-        return blend(torch.full_like(image, float(mean)), image, factor)
+    if op == 1:  # int(mean + 0.5) of the L image, on the device (no host sync per image)
+        mean = torch.floor(luma.to(torch.float64).sum() / luma.numel() + 0.5)
+        return blend(torch.zeros_like(image) + mean.to(image.dtype), image, factor)
     return blend(luma.expand_as(image), image, factor)
 
 
