@@ -157,13 +157,22 @@ def decode_images(batch: dict[str, torch.Tensor], device: torch.device, mode: st
 
         decode_jpeg = cuda_decoder()
         read = ImageReadMode.RGB if mode in ("RGB", "L") else ImageReadMode.UNCHANGED
-        try:
-            images = decode_jpeg(chunks, mode=read, device=device) if chunks else []
-        except Exception as e:
-            raise DataError(f"nvJPEG cannot decode a JPEG of sample ids"
-                            f" {batch['sample_id'][rows].tolist()}: {e}") from e
+
+        def decode(chunk_list: list[torch.Tensor]) -> list[torch.Tensor]:
+            return decode_jpeg(chunk_list, mode=read, device=device)
     else:
-        images = [_pil_tensor(bytes(c.numpy())) for c in chunks]
+        def decode(chunk_list: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [_pil_tensor(bytes(c.numpy())) for c in chunk_list]
+    try:
+        images = decode(chunks) if chunks else []
+    except Exception:  # noqa: BLE001 - find and name the sample that fails
+        for j, chunk in zip(rows, chunks):
+            try:
+                decode([chunk])
+            except Exception as e:  # noqa: BLE001
+                raise DataError(f"sample id {int(batch['sample_id'][j])}: cannot decode its JPEG"
+                                f" on {device.type}: {type(e).__name__}: {e}") from e
+        raise
     for j, image in zip(rows, images):
         out[j] = image
     return out

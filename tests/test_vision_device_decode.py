@@ -26,6 +26,7 @@ from data_pipeline.augment import (
     sample_rng,
 )
 from data_pipeline.device_decode import DeferredImageRows
+from data_pipeline.errors import DataError
 from data_pipeline.sharded import ShardedBatches
 from data_pipeline.sources import image_folder
 from data_pipeline.stream import SourceEvalLoader, SourceTrainLoader
@@ -184,6 +185,18 @@ def test_workers_hand_over_bytes_not_pixels(shards):
     assert "image" not in batch and batch["jpeg"].dtype == torch.uint8
     assert batch["jpeg_offsets"][-1] == len(batch["jpeg"])
     assert source.finish(batch)["image"].shape == (12, 3, 24, 24)
+
+
+def test_a_corrupt_jpeg_is_named_at_the_device_step(shards):
+    """The workers read headers only; the decode on the device names the sample it fails on."""
+    cfg = replace(cfg_for(shards, **BASE), decode_device="cuda")
+    source = ShardedBatches(cfg, train=True, finish_device=CPU)
+    batch = source.batch(np.arange(12), None)
+    start, end = batch["jpeg_offsets"][5:7].tolist()
+    batch["jpeg"][start + (end - start) // 3:end] = 0  # the scan data of row 5 zeroed
+    with pytest.raises(DataError, match=rf"^sample id {int(batch['sample_id'][5])}: cannot"
+                                        " decode its JPEG on cpu"):
+        source.finish(batch)
 
 
 @pytest.mark.parametrize("override, message", [
