@@ -57,18 +57,17 @@ def resize_box(image: torch.Tensor, box: tuple[float, float, float, float], size
     dtype) -> float32 [C, size, size] integer values, bitwise PIL's."""
     channels, height, width = image.shape
     left, top, right, bottom = box
-    x = image.to(torch.float64)
     if (height, width) == (size, size) and tuple(box) == (0, 0, width, height):
-        return x.to(torch.float32)
+        return image.to(torch.float32)
     row0, rows = pil_weights(height, top, bottom, size)
     need_h = size != width or left != 0 or right != width
     need_v = size != height or top != 0 or bottom != height
+    x = image[:, row0:row0 + rows.shape[1]]  # only the span the taps reach, then float64
     if need_h:
         col0, cols = pil_weights(width, left, right, size)
-        x = x[:, row0:row0 + rows.shape[1], col0:col0 + cols.shape[1]]
-        x = _pass(x, cols.to(x.device))
+        x = _pass(x[:, :, col0:col0 + cols.shape[1]].to(torch.float64), cols.to(x.device))
     else:
-        x = x[:, row0:row0 + rows.shape[1]]
+        x = x.to(torch.float64)
     if need_v:
         x = _pass(x.transpose(1, 2), rows.to(x.device)).transpose(1, 2)
     return x.to(torch.float32).contiguous()
