@@ -153,9 +153,9 @@ def decode_images(batch: dict[str, torch.Tensor], device: torch.device, mode: st
     chunks = [data[offsets[j]:offsets[j + 1]] for j in rows]
     out: list[torch.Tensor | None] = [None] * (len(offsets) - 1)
     if device.type == "cuda":
+        decode_jpeg = cuda_decoder()  # first: its message names what is missing
         from torchvision.io import ImageReadMode
 
-        decode_jpeg = cuda_decoder()
         read = ImageReadMode.RGB if mode in ("RGB", "L") else ImageReadMode.UNCHANGED
 
         def decode(chunk_list: list[torch.Tensor]) -> list[torch.Tensor]:
