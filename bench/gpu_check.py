@@ -8,6 +8,8 @@ the project's steps/s to a plain loop's over the same model with the same bf16 /
 fused-AdamW settings (goal: >= 0.95). Then the checkpoint save rate of the LM's GPU state
 (model + AdamW), and the real trainer (`pretrain train` under torchrun) with FSDP2 and DDP at
 world size 1 through evaluation and an async checkpoint, under NCCL on a GPU (gloo on a CPU).
+The JPEG case (`gpu_decode_check.py`, `--decode-only`) times data.decode_device=cuda against
+decoding in the loader workers and measures nvJPEG's pixels against PIL's.
 Data is synthetic and in memory: nothing here imports deepspeed, webdataset or streaming
 (gpu_check.sh blocks those imports to prove it). Results also go to --out as JSON.
 """
@@ -291,6 +293,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps (default 10; tiny 1)")
     parser.add_argument("--models", default="", help="comma-separated subset of the model names")
     parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true", help="no JPEG decode case")
+    parser.add_argument("--decode-only", action="store_true", help="only the JPEG decode case")
     parser.add_argument("--out", default="", help="write the results here as JSON")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -301,6 +305,7 @@ def main() -> int:
     warmup = args.warmup or (1 if args.tiny else 10)
     cases = [c for c in (TINY if args.tiny else FULL)
              if not args.models or c.name in args.models.split(",")]
+    cases = [] if args.decode_only else cases
     parallel = ParallelConfig()  # auto: bf16 + compile + TF32 + fused AdamW on a GPU
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -325,6 +330,18 @@ def main() -> int:
                 print(f"checkpoint save: {c['checkpoint_gb']:.2f} GB in {c['checkpoint_s']:.2f} s "
                       f"= {c['checkpoint_gb_per_s']:.2f} GB/s", flush=True)
             del engine
+        if not args.skip_decode:
+            from bench.gpu_decode_check import decode_check
+
+            results["jpeg_decode"] = d = decode_check(device, args.tiny, work)
+            print(f"JPEG {d['size']} px, batch {d['batch']}, {d['workers']} workers: decode on "
+                  f"{device.type} {d['device_decode_samples_per_s']:.0f} samples/s, in CPU "
+                  f"workers {d['cpu_workers_samples_per_s']:.0f} samples/s, ratio "
+                  f"{d['ratio']:.2f}; pixels vs PIL: max {d['max_levels']:.0f} levels, mean "
+                  f"{d['mean_levels']:.3f}, {d['equal_share']:.1%} equal, labels equal "
+                  f"{d['labels_equal']}", flush=True)
+        if args.decode_only:
+            return finish(results, args.out)
         results["flex_attention"] = f = flex_check(device, args.tiny)
         print(f"flex vs dense document mask: max |diff| {f['max_abs_diff']:.2e} "
               f"(grad {f.get('grad_max_abs_diff', float('nan')):.2e}), peak memory "
@@ -339,10 +356,17 @@ def main() -> int:
                       f"checkpoints {r['checkpoints']}{tail}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return finish(results, args.out)
+
+
+def finish(results: dict, out: str) -> int:
+    """Write the JSON; 1 when something failed (a blocked import, a trainer run, labels of
+    the device decode differing from the CPU path's)."""
     results["unexpected_imports"] = blocked_imports()
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2))
     failed = results["unexpected_imports"] or any(not r["ok"] for r in results.get("trainer", []))
+    failed = failed or not results.get("jpeg_decode", {}).get("labels_equal", True)
     return 1 if failed else 0
 
 

@@ -215,14 +215,22 @@ def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator,
     and, with `hue` > 0, a hue shift ~ U(-hue, hue) of the colour circle, applied in a random
     order. Without hue the draws are those of the 3-op version (same pixels as before hue)."""
     ops = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
-    factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, 3)
-    hue_factor = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
-    for index in rng.permutation(4 if hue > 0 else 3).tolist():
+    factors, hue_factor, order = jitter_draws(strength, rng, hue)
+    for index in order:
         if index == 3:
             img = adjust_hue(img, hue_factor)
         elif strength > 0 and not (ops[index] is ImageEnhance.Color and img.mode == "L"):
             img = ops[index](img).enhance(float(factors[index]))
     return img
+
+
+def jitter_draws(strength: float, rng: np.random.Generator, hue: float = 0.0
+                 ) -> tuple[list[float], float, list[int]]:
+    """color_jitter's draws: (brightness, contrast, saturation factors; hue shift; op order,
+    3 = hue), apart from the pixels so the device decode replays them."""
+    factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, 3)
+    hue_factor = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
+    return factors.tolist(), hue_factor, rng.permutation(4 if hue > 0 else 3).tolist()
 
 
 def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
@@ -257,9 +265,19 @@ class Erasing:
     def __call__(self, arr: np.ndarray, rng: np.random.Generator) -> list[Box]:
         """Erase boxes of a float [C, H, W] array in place; returns them (left, top, right,
         bottom)."""
+        boxes = []
+        for (left, top, right, bottom), pixels in self.draw(arr.shape, rng):
+            arr[:, top:bottom, left:right] = pixels
+            boxes.append((left, top, right, bottom))
+        return boxes
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator
+             ) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+        """The boxes and their fill ([C, h, w] or [C, 1, 1]) for an image of `shape`, drawn
+        apart from the pixels so the device decode replays them."""
         if rng.random() > self.prob:
             return []
-        channels, height, width = arr.shape
+        channels, height, width = shape
         count = 1 if self.count == 1 else int(rng.integers(1, self.count + 1))
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         boxes = []
@@ -272,8 +290,8 @@ class Erasing:
                 if w < width and h < height:
                     top = int(rng.integers(0, height - h + 1))
                     left = int(rng.integers(0, width - w + 1))
-                    arr[:, top:top + h, left:left + w] = self._pixels((channels, h, w), rng)
-                    boxes.append((left, top, left + w, top + h))
+                    pixels = self._pixels((channels, h, w), rng)
+                    boxes.append(((left, top, left + w, top + h), pixels))
                     break
         return boxes
 

@@ -78,6 +78,9 @@ class DataConfig:
     erase_mode: str = "pixel"  # pixel (per-pixel normal) | rand (one colour per box) | const (0)
     erase_count: int = 1  # boxes per erased image: uniform in 1..count (timm's re_count)
     jpeg_draft: bool = True  # decode JPEGs at 1/2..1/8 scale when the crop keeps >= image_size px
+    # cpu: loader workers decode (PIL); cuda: workers send JPEG bytes + the keyed draws and the
+    # batch is decoded on the GPU (nvJPEG) with the ops in torch (device_decode.py)
+    decode_device: str = "cpu"
     mixup_alpha: float = 0.0  # Beta(a, a) mixing weight of neighbouring pairs; 0 = off
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0  # share of pairs mixed
@@ -117,6 +120,9 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        refused = device_decode_refusal(self)
+        if refused:
+            raise ValueError(refused)
         if not self.image_mean:
             raise ValueError("data.image_mean must have one value, or one per channel")
         if not self.image_std or min(self.image_std) <= 0:
@@ -128,3 +134,27 @@ class DataConfig:
     def loader_workers(self) -> int:
         """num_workers, with an unresolved "auto" read as 0 (the CPU default)."""
         return 0 if self.num_workers == "auto" else self.num_workers
+
+
+def device_decode_refusal(cfg: DataConfig) -> str:
+    """Why data.decode_device cannot be honoured with these settings ("" when it can): the GPU
+    path ports crop/resize, flip, colour jitter, erasing and mixup/cutmix, not the PIL-only ops,
+    and refuses them rather than differ from the CPU path in silence."""
+    if cfg.decode_device not in ("cpu", "cuda"):
+        return f"data.decode_device={cfg.decode_device!r}: choose cpu or cuda"
+    if cfg.decode_device == "cpu":
+        return ""
+    ported_not = [("auto_augment", "RandAugment/3-Augment are PIL ops"),
+                  ("hue_jitter", "the hue shift is PIL's HSV conversion"),
+                  ("patch_pack", "NaViT packing resizes each image its own way")]
+    for key, why in ported_not:
+        if getattr(cfg, key):
+            return (f"data.{key}={getattr(cfg, key)!r} has no GPU version ({why}): use"
+                    " data.decode_device=cpu")
+    if cfg.format not in ("wds", "mds"):
+        return f"data.decode_device=cuda decodes JPEG shards (wds, mds), not format={cfg.format}"
+    if not cfg.image_size:
+        return "data.decode_device=cuda needs data.image_size (one batch shape for the device)"
+    if cfg.image_mode not in ("", "L", "RGB"):
+        return f"data.decode_device=cuda supports image_mode '', L or RGB, not {cfg.image_mode!r}"
+    return ""

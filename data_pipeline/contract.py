@@ -73,3 +73,6 @@ class BatchSource(Protocol):
         """The batch at these positions, with "sample_id" (-1 for padding and skipped samples);
         `upcoming` are the positions this worker reads next (to prefetch), if any."""
         ...
+
+    # Optional: `finish(batch) -> batch`, run in the trainer's process on each batch a worker
+    # built (ShardedBatches decodes JPEGs on the GPU there under data.decode_device=cuda).

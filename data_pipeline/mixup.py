@@ -74,26 +74,56 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator
     return top, bottom, left, right
 
 
-def mix_pair(images: np.ndarray, a: int, b: int, mix: MixConfig, rng: np.random.Generator
-             ) -> float:
-    """Mix rows a and b of `images` in place; returns the weight of each row's own label."""
+@dataclass(frozen=True)
+class PairMix:
+    """One pair's draw: rows a and b, blended with weight `lam` (mixup) or swapped inside
+    `box` = (top, bottom, left, right) (cutmix); `lam` is each row's own-label weight."""
+
+    a: int
+    b: int
+    lam: float
+    box: tuple[int, int, int, int] | None = None
+
+
+def draw_pair(a: int, b: int, height: int, width: int, mix: MixConfig,
+              rng: np.random.Generator) -> PairMix | None:
+    """The draw of one pair (None: left unmixed), apart from the pixels so the device decode
+    replays it."""
     if rng.random() >= mix.prob:
-        return 1.0
+        return None
     use_cutmix = mix.cutmix_alpha > 0 and (mix.mixup_alpha <= 0 or rng.random() < mix.switch_prob)
     if use_cutmix:
         lam = float(rng.beta(mix.cutmix_alpha, mix.cutmix_alpha))
-        height, width = images.shape[-2:]
         top, bottom, left, right = cutmix_box(height, width, lam, rng)
+        area = (bottom - top) * (right - left) / (height * width)
+        return PairMix(a, b, 1.0 - area, (top, bottom, left, right))
+    return PairMix(a, b, float(rng.beta(mix.mixup_alpha, mix.mixup_alpha)))
+
+
+def apply_pair(images: np.ndarray, pair: PairMix) -> None:
+    """Mix rows pair.a and pair.b of float32 [B, C, H, W] `images` in place."""
+    a, b = pair.a, pair.b
+    if pair.box is not None:
+        top, bottom, left, right = pair.box
         region = (slice(None), slice(top, bottom), slice(left, right))
         patch_a = images[a][region].copy()
         images[a][region] = images[b][region]
         images[b][region] = patch_a
-        return 1.0 - (bottom - top) * (right - left) / (height * width)
-    lam = float(rng.beta(mix.mixup_alpha, mix.mixup_alpha))
+        return
+    lam = pair.lam
     xa, xb = images[a].copy(), images[b]
     images[a] = xa * np.float32(lam) + xb * np.float32(1 - lam)
     images[b] = xb * np.float32(lam) + xa * np.float32(1 - lam)
-    return lam
+
+
+def mix_pair(images: np.ndarray, a: int, b: int, mix: MixConfig, rng: np.random.Generator
+             ) -> float:
+    """Mix rows a and b of `images` in place; returns the weight of each row's own label."""
+    pair = draw_pair(a, b, images.shape[-2], images.shape[-1], mix, rng)
+    if pair is None:
+        return 1.0
+    apply_pair(images, pair)
+    return pair.lam
 
 
 def mix_batch(images: np.ndarray, labels: np.ndarray, positions: np.ndarray,
@@ -101,9 +131,21 @@ def mix_batch(images: np.ndarray, labels: np.ndarray, positions: np.ndarray,
               ) -> np.ndarray:
     """Mix `images` (float32 [B, C, H, W], in place) in position pairs; returns the soft targets
     float32 [B, K]. Rows of skipped samples (sample id -1) are neither mixed nor partners."""
+    targets, pairs = mix_draws(labels, positions, sample_ids, epochs, seed, mix,
+                               images.shape[-2], images.shape[-1])
+    for pair in pairs:
+        apply_pair(images, pair)
+    return targets
+
+
+def mix_draws(labels: np.ndarray, positions: np.ndarray, sample_ids: np.ndarray,
+              epochs: np.ndarray, seed: int, mix: MixConfig, height: int, width: int
+              ) -> tuple[np.ndarray, list[PairMix]]:
+    """The soft targets float32 [B, K] and the pairs' draws, without touching pixels."""
     targets = smoothed_one_hot(labels, mix.num_classes, mix.label_smoothing)
+    pairs: list[PairMix] = []
     if not mix.mixes:
-        return targets
+        return targets, pairs
     row_of = {int(p): j for j, p in enumerate(positions.tolist())}
     for j, pos in enumerate(positions.tolist()):
         k = row_of.get(pos ^ 1)
@@ -113,8 +155,12 @@ def mix_batch(images: np.ndarray, labels: np.ndarray, positions: np.ndarray,
         if pos % 2 or sample_ids[j] < 0 or sample_ids[k] < 0:
             continue
         rng = sample_rng(seed, int(epochs[j]), int(sample_ids[j]), TAG_MIX)
-        lam = mix_pair(images, j, k, mix, rng)
+        pair = draw_pair(j, k, height, width, mix, rng)
+        if pair is None:
+            continue
+        pairs.append(pair)
+        lam = pair.lam
         own_j, own_k = targets[j].copy(), targets[k].copy()
         targets[j] = own_j * np.float32(lam) + own_k * np.float32(1 - lam)
         targets[k] = own_k * np.float32(lam) + own_j * np.float32(1 - lam)
-    return targets
+    return targets, pairs

@@ -11,6 +11,12 @@ import torch
 
 from data_pipeline.config import DataConfig
 from data_pipeline.decode import decode_field
+from data_pipeline.device_decode import (
+    DEFERRED_KEY,
+    DeferredImageRows,
+    cuda_decoder,
+    finish_batch,
+)
 from data_pipeline.errors import ChecksumError, DataError, ShardNotFoundError
 from data_pipeline.mixup import mix_batch, mix_config
 from data_pipeline.order import Mixture
@@ -60,7 +66,9 @@ class ShardedBatches:
     eval positions are canonical ids of the validation shards.
     """
 
-    def __init__(self, cfg: DataConfig, train: bool):
+    def __init__(self, cfg: DataConfig, train: bool, finish_device: torch.device | None = None):
+        """`finish_device`: where data.decode_device=cuda decodes (None = the current CUDA
+        device; the tests pass the CPU, where the same ops run on PIL-decoded pixels)."""
         self.skip_bad = _check_policy(cfg)
         entries = sorted(cfg.mixture.items()) if train and cfg.mixture else [
             (cfg.train_url if train else cfg.val_url, 1.0)]
@@ -70,6 +78,11 @@ class ShardedBatches:
         mixture = Mixture(self.weights, cfg.seed, cfg.mixture_block) if len(entries) > 1 else None
         self.resolver = Resolver(self.sources, mixture, shuffled=shuffle)
         self.rows = make_rows(cfg, self.sources[0], train=train)
+        self.finish_device = finish_device
+        if cfg.decode_device == "cuda":
+            self.rows = _deferred(self.rows, cfg, train)
+            if finish_device is None:
+                cuda_decoder()  # one line naming what is missing, before any worker starts
         self.num_samples = sum(s.num_samples for s in self.sources)
         self.tokens_per_sample = self.rows.seq_len if isinstance(self.rows, TokenRows) else 0
         classes = int(self.sources[0].manifest.meta.get("num_classes", 0))
@@ -116,11 +129,22 @@ class ShardedBatches:
         if self.mix is not None:
             all_epochs = np.zeros(len(pos), np.int64)
             all_epochs[valid] = epochs
-            arrays["soft_label"] = mix_batch(arrays["image"], arrays["label"], pos, sample_ids,
-                                             all_epochs, self.seed, self.mix)
+            if isinstance(self.rows, DeferredImageRows):
+                self.rows.add_mix(arrays, pos, sample_ids, all_epochs, self.seed, self.mix)
+            else:
+                arrays["soft_label"] = mix_batch(arrays["image"], arrays["label"], pos,
+                                                 sample_ids, all_epochs, self.seed, self.mix)
         batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
         batch["sample_id"] = torch.from_numpy(sample_ids)
         return batch
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """In the trainer's process: decode a deferred batch (data.decode_device=cuda) on the
+        device; other batches pass through."""
+        if DEFERRED_KEY not in batch:
+            return batch
+        device = self.finish_device or torch.device("cuda", torch.cuda.current_device())
+        return finish_batch(batch, self.rows, device)
 
     def _prefetch(self, pos: np.ndarray) -> None:
         which, ids, _, _ = self.resolver(pos[pos >= 0])
@@ -155,6 +179,14 @@ def make_rows(cfg: DataConfig, source: ShardedSource, train: bool) -> Any:
         return PatchPackRows(cfg, len(image.getbands()))
     c, h, w = image_array(image, cfg).shape
     return ImageRows(cfg, c, h, w, train)
+
+
+def _deferred(rows: Any, cfg: DataConfig, train: bool) -> DeferredImageRows:
+    """The device-decode row builder in place of the PIL one (images only)."""
+    if not isinstance(rows, ImageRows):
+        raise ValueError(f"data.decode_device=cuda decodes JPEG images; this is a"
+                         f" {getattr(rows, 'kind', type(rows).__name__)} set")
+    return DeferredImageRows(cfg, *rows.shape, train)
 
 
 def _check_policy(cfg: DataConfig) -> bool:

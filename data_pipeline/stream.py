@@ -119,7 +119,12 @@ def pin_batches(cfg: DataConfig) -> bool:
 
 def _batches(plan: TrainPlan | EvalPlan, source: BatchSource, cfg: DataConfig,
              num_workers: int) -> Iterator[Batch]:
-    return worker_stream(BatchStream(plan, source), cfg, num_workers)
+    return map(finisher(source), worker_stream(BatchStream(plan, source), cfg, num_workers))
+
+
+def finisher(source: BatchSource) -> Any:
+    """The source's last step in the trainer's process (the device decode), if it has one."""
+    return getattr(source, "finish", None) or (lambda batch: batch)
 
 
 def _bad_rows(batch: Batch) -> int:
@@ -203,7 +208,7 @@ class SourceEvalLoader:
         if self._loader is None:
             self._loader = worker_loader(BatchStream(self.plan, self.source), self.cfg,
                                          self.num_workers, persistent=True)
-        for k, batch in enumerate(map(unwrap, self._loader)):
+        for k, batch in enumerate(map(finisher(self.source), map(unwrap, self._loader))):
             padding = int((self.plan.positions(k) < 0).sum())
             self.bad_samples += _bad_rows(batch) - padding
             yield batch

@@ -1,6 +1,7 @@
 """bench/gpu_check.sh at toy sizes on the CPU, so the GPU check cannot rot between GPU loans:
 every model trains through the engine and a plain loop, a checkpoint is timed, the real trainer
-runs FSDP2 and DDP at world size 1 through evaluation and an async checkpoint, all with
+runs FSDP2 and DDP at world size 1 through evaluation and an async checkpoint, the JPEG
+device-decode loader runs its torch ops on PIL-decoded input, all with
 deepspeed / webdataset / streaming unimportable (as on the GPU image)."""
 
 from __future__ import annotations
@@ -42,3 +43,7 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     assert [(r["backend"], r["ok"]) for r in results["trainer"]] == [("fsdp2", True), ("ddp", True)]
     assert all(r["val_steps"] and r["checkpoints"] for r in results["trainer"])
     assert results["unexpected_imports"] == []
+    # the device-decode loader (device step on the CPU, PIL-decoded input) against the workers'
+    decode = results["jpeg_decode"]
+    assert decode["device_decode_samples_per_s"] > 0 and decode["cpu_workers_samples_per_s"] > 0
+    assert decode["labels_equal"] and decode["max_levels"] <= 3

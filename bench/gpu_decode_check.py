@@ -1,0 +1,91 @@
+"""The GPU check's JPEG case (bench/gpu_check.py): data.decode_device=cuda against the
+CPU-worker path on the same WDS shards, same workers, same augmentation (random-resized-crop,
+flip, colour jitter, random erasing, mixup/cutmix, label smoothing at 224 px); samples/s of
+each with the batch on the device, and how far the device's pixels are from the PIL path's
+(nvJPEG vs libjpeg-turbo, in uint8 levels). Under --tiny on a CPU the device step runs on the
+CPU with PIL-decoded input, so the suite exercises everything but the nvJPEG call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.bench_vision import make_folder
+from data_pipeline import DataConfig, build_loader
+from data_pipeline.image_build import build_image_folder
+from data_pipeline.sharded import ShardedBatches
+from data_pipeline.stream import SourceTrainLoader
+
+STD = [0.229, 0.224, 0.225]
+
+
+def decode_cfg(train_url: str, size: int, batch: int, workers: int) -> DataConfig:
+    return DataConfig(format="wds", train_url=train_url, global_batch_size=batch,
+                      num_workers=workers, seed=0, image_mode="RGB", image_size=size,
+                      random_resized_crop=True, random_flip=True, color_jitter=0.3,
+                      random_erasing=0.25, mixup_alpha=0.8, cutmix_alpha=1.0,
+                      label_smoothing=0.1, num_classes=10, image_mean=[0.485, 0.456, 0.406],
+                      image_std=STD)
+
+
+def device_loader(cfg: DataConfig, device: torch.device) -> SourceTrainLoader:
+    """The trainer's loader under data.decode_device=cuda (on a CPU: the same path with the
+    device step on the CPU and PIL decoding)."""
+    dcfg = replace(cfg, decode_device="cuda")
+    finish = None if device.type == "cuda" else device
+    return SourceTrainLoader(ShardedBatches(dcfg, train=True, finish_device=finish), dcfg, 0, 1)
+
+
+def rate(loader, device: torch.device, warmup: int, batches: int) -> float:
+    """samples/s of `loader` with each batch's images on `device` (as the trainer needs them)."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)["image"].to(device)
+    torch.cuda.synchronize(device) if device.type == "cuda" else None
+    start = time.perf_counter()
+    samples = 0
+    for _ in range(batches):
+        image = next(it)["image"].to(device, non_blocking=True)
+        samples += image.shape[0]
+    torch.cuda.synchronize(device) if device.type == "cuda" else None
+    return samples / (time.perf_counter() - start)
+
+
+def pixel_gap(cfg: DataConfig, device: torch.device, batches: int) -> dict:
+    """The device path against the PIL path with full-size decoding (draft off): uint8 levels
+    of difference in the normalised images; labels and soft labels must be bitwise equal."""
+    ref_cfg = replace(cfg, jpeg_draft=False, num_workers=0)
+    ref, got = iter(build_loader(ref_cfg, 0, 1)), iter(device_loader(ref_cfg, device))
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    worst, total, equal, count, labels_equal = 0.0, 0.0, 0, 0, True
+    for _ in range(batches):
+        a, b = next(ref), next(got)
+        labels_equal &= all(torch.equal(a[k], b[k].cpu()) for k in ("label", "soft_label"))
+        diff = ((a["image"] - b["image"].cpu()).abs() * 255 * std).round(decimals=3)
+        worst, total = max(worst, diff.max().item()), total + diff.sum().item()
+        equal, count = equal + int((diff == 0).sum()), count + diff.numel()
+    return {"max_levels": worst, "mean_levels": total / count, "equal_share": equal / count,
+            "labels_equal": labels_equal}
+
+
+def decode_check(device: torch.device, tiny: bool, work: Path) -> dict:
+    """ImageNet-like JPEGs (~500x375) into WDS shards, then both paths' samples/s and the
+    device path's distance from the PIL pixels."""
+    images, size, batch = (16, 24, 4) if tiny else (1024, 224, 128)
+    workers = 0 if tiny else min(8, os.cpu_count() or 1)
+    warmup, batches = (1, 3) if tiny else (3, 12)
+    folder, shards = work / "jpeg_folder", work / "jpeg_wds"
+    make_folder(str(folder), images)
+    build_image_folder(str(folder), str(shards), "wds", shard_samples=max(1, images // 16),
+                       val_fraction=0.0, workers=1)
+    cfg = decode_cfg(str(shards / "train"), size, batch, workers)
+    cpu_path = rate(build_loader(cfg, 0, 1), device, warmup, batches)
+    device_path = rate(device_loader(cfg, device), device, warmup, batches)
+    return {"images": images, "size": size, "batch": batch, "workers": workers,
+            "cpu_workers_samples_per_s": cpu_path, "device_decode_samples_per_s": device_path,
+            "ratio": device_path / cpu_path, **pixel_gap(cfg, device, 2)}
