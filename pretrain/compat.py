@@ -9,6 +9,8 @@ and must not pay for torch.distributed.checkpoint or DeepSpeed.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +65,25 @@ def strided_shard(dim: int, parts: int) -> Any:
     from torch.distributed.tensor.placement_types import _StridedShard
 
     return _StridedShard(dim, split_factor=parts)
+
+
+def release_dtensor_caches() -> None:
+    """Empty DTensor's process-wide caches. Their keys hold DTensorSpecs, and through them the
+    DeviceMesh and its process groups, which then outlive `destroy_process_group` (a gloo
+    group's threads end only when its last reference goes): sharding propagation (the Python
+    cache and the C++ fast path's), tensor-meta propagation, redistribute planners and
+    transforms, and the mesh-topology cache of collective cost estimates."""
+    if "torch.distributed.tensor" not in sys.modules:  # never imported: nothing cached
+        return
+    from torch.distributed.tensor import DTensor, _redistribute
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    _clear_sharding_prop_cache()
+    DTensor._op_dispatcher.sharding_propagator._propagate_tensor_meta_cached.cache_clear()
+    _redistribute.clear_redistribute_planner_cache()
+    _redistribute._gen_transform_infos.cache_clear()
+    MeshTopoInfo.build_from_mesh.cache_clear()
 
 
 # ---------------------------------------------------------------- torch.distributed.checkpoint
@@ -137,3 +158,34 @@ def deepspeed_zero3_partitioner(deepspeed: Any, config: dict, dtype: torch.dtype
         zero_init._convert_to_zero_parameters(fresh)
 
     return partition
+
+
+def deepspeed_release_references() -> None:
+    """Drop the references DeepSpeed keeps in globals after `engine.destroy()` and
+    `deepspeed.comm.destroy_process_group()`, each of which keeps a process group alive (and
+    with it its gloo threads) to interpreter exit:
+    - ZeRO-3's stack of modules in forward (`FWD_MODULE_STACK`) holds the model;
+    - the class-level lru_cache of `PartitionedParameterCoordinator.__params_to_release` is
+      keyed by every coordinator and module it ever saw;
+    - `TorchBackend.barrier` / `monitored_barrier` default to `GroupMember.WORLD` evaluated when
+      `deepspeed.comm` was imported, which here is after init_process_group: the default is the
+      world group itself. Their bodies read None as the world group, so None is the same default.
+    """
+    if "deepspeed.comm" not in sys.modules:
+        return
+    from deepspeed.comm.torch import TorchBackend
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import (
+        PartitionedParameterCoordinator,
+    )
+
+    parameter_offload.FWD_MODULE_STACK.clear()
+    coordinator = PartitionedParameterCoordinator
+    nvtx_wrapped = coordinator._PartitionedParameterCoordinator__params_to_release
+    inspect.getclosurevars(nvtx_wrapped).nonlocals["func"].cache_clear()  # under nvtx's wrapper
+    from torch.distributed import ProcessGroup
+
+    for method in (TorchBackend.barrier, TorchBackend.monitored_barrier):
+        fn = inspect.unwrap(method)
+        fn.__defaults__ = tuple(None if isinstance(d, ProcessGroup) else d
+                                for d in fn.__defaults__ or ())

@@ -17,14 +17,18 @@ returning; the timeout for both is `run.collective_timeout_s`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from pretrain import compat
 
 
 @dataclass(frozen=True)
@@ -142,5 +146,23 @@ def barrier(op: str = "barrier") -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Destroy every process group and let each one's threads end before this returns.
+
+    `destroy_process_group` only unregisters the groups: a gloo group joins its worker threads
+    when its last reference goes, and caches in DTensor and DeepSpeed keep references (meshes,
+    the world group, the model) until interpreter exit. A gloo thread that then drops a
+    tensor's last reference needs the GIL after Python began finalising; Python ends the thread
+    inside a noexcept frame and the process aborts ("terminate called without an active
+    exception", SIGABRT at exit). So the references go here, while the interpreter is whole, and
+    the cycles that hold groups are collected. An engine's own references go first, in
+    `Engine.close` (DeepSpeed's need its comm layer alive)."""
+    if not dist.is_initialized():
+        return
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()  # torch's, then DeepSpeed's own group references
+    else:
         dist.destroy_process_group()
+    compat.deepspeed_release_references()
+    compat.release_dtensor_caches()
+    gc.collect()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,10 +86,11 @@ def train(cfg: TrainConfig) -> dict:
     so launchers do not requeue a crash that would only repeat. That includes BaseExceptions
     (torch's CheckpointException is one); KeyboardInterrupt and SystemExit (a signal, an exit)
     are not failures of the run. Whichever rank fails writes it: a rank that waits in a
-    collective for the failed one never gets to.
+    collective for the failed one never gets to. The engine is closed on every way out.
     """
     try:
-        return _train(cfg)
+        with contextlib.ExitStack() as closing:
+            return _train(cfg, closing)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:
@@ -98,7 +100,7 @@ def train(cfg: TrainConfig) -> dict:
         raise
 
 
-def _train(cfg: TrainConfig) -> dict:
+def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict:
     env = init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single",
                            timeout_s=cfg.run.collective_timeout_s)
     cfg = resolve_auto(cfg, describe_device(env.device))  # GPU defaults; saved in config.yaml
@@ -121,6 +123,7 @@ def _train(cfg: TrainConfig) -> dict:
     run_dir = _setup_run_dir(cfg, env, stats)
     engine = build_engine(model, family.loss, env, parallel=cfg.parallel, optim=cfg.optim,
                           model_cfg=cfg.model, global_batch_size=cfg.data.global_batch_size)
+    closing.callback(engine.close)
     # Data-parallel ranks only: the TP ranks of one group train on the same batch.
     dp_rank, dp_size = engine.layout.dp_rank, engine.layout.dp_size
     train_loader = build_loader(cfg.data, dp_rank, dp_size, "train", cfg.optim.grad_accum)

@@ -6,7 +6,10 @@ When an upgrade of torch or DeepSpeed moves a private name, the failure is here,
 from __future__ import annotations
 
 import ast
+import gc
+import inspect
 import io
+import weakref
 from pathlib import Path
 
 import pytest
@@ -132,6 +135,56 @@ def test_deepspeed_shims() -> None:
 
     convert = _source(Init._convert_to_zero_parameters)
     assert "param_list" in convert and "is_zero_param(param)" in convert
+
+
+def _gloo_threads() -> list[str]:
+    names = [(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+    return [n for n in names if "gloo" in n]
+
+
+def test_release_dtensor_caches_lets_the_mesh_and_its_threads_go(monkeypatch) -> None:
+    """After a DTensor redistribute and matmul, DTensor's caches hold the mesh (and its group,
+    whose gloo threads then outlive destroy_process_group); released, both go."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    assert not dist.is_initialized()
+    before = len(_gloo_threads())  # another test's groups, if any: not ours to judge
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        x = distribute_tensor(torch.ones(4, 4), mesh, [Shard(0)])
+        assert torch.equal((x @ x.redistribute(mesh, [Replicate()])).full_tensor(),
+                           torch.full((4, 4), 4.0))  # fmt: skip
+        mesh_ref = weakref.ref(mesh)
+        del x, mesh
+    finally:
+        dist.destroy_process_group()
+    gc.collect()
+    assert mesh_ref() is not None and len(_gloo_threads()) > before  # what the caches hold
+    compat.release_dtensor_caches()
+    gc.collect()
+    assert mesh_ref() is None and len(_gloo_threads()) == before
+
+
+def test_deepspeed_release_references() -> None:
+    pytest.importorskip("deepspeed")
+    import deepspeed.comm  # noqa: F401  (the shim acts once deepspeed.comm is imported)
+    from deepspeed.comm.torch import TorchBackend
+    from deepspeed.runtime.zero import parameter_offload
+
+    parameter_offload.FWD_MODULE_STACK.append(nn.Linear(1, 1))
+    compat.deepspeed_release_references()
+    assert parameter_offload.FWD_MODULE_STACK == []
+    # The bodies read a None group as the world group: None is the same default.
+    for method in (TorchBackend.barrier, TorchBackend.monitored_barrier):
+        assert inspect.signature(method).parameters["group"].default is None
+        assert "if group is None:\n            group = torch.distributed.GroupMember.WORLD" in (
+            _source(method)
+        )
 
 
 def _source(fn) -> str:

@@ -233,3 +233,7 @@ class Engine:
     def hold_updates_until(self, future) -> None:
         """The next optimizer step waits for `future` (a checkpoint copying the live state)."""
         self._updates_held_by = future
+
+    def close(self) -> None:
+        """Release what the engine's objects keep alive beyond Python's reach (nothing here);
+        called once its owner is done with it, before `pretrain.dist.shutdown`."""

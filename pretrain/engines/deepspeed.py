@@ -106,3 +106,10 @@ class DeepSpeedEngine(Engine):
         norm = norm.to(self.env.device, torch.float32)
         loss_mean = all_reduce_sum(loss_total / n, "all_reduce(loss)") / self.env.world_size
         return StepOutput(loss_mean, norm, torch.isfinite(loss_mean) & torch.isfinite(norm))
+
+    def close(self) -> None:
+        """Remove DeepSpeed's hooks. They close cycles through C++ autograd nodes (a parameter's
+        hook holds the optimizer, which holds the parameters), which the garbage collector
+        cannot see: the model, the optimizer and the process groups they name would live to
+        interpreter exit, and a muP sweep would keep every variant it built."""
+        self.model.destroy()

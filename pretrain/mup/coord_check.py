@@ -198,6 +198,7 @@ def run_coord_check(
 
                 losses = train_steps(vcfg, env, engine, steps, after_step=after)
                 recorder.close()
+                engine.close()
                 done += 1
                 if progress is not None:
                     what = f"{param} width {width} depth {depth} seed {seed}"

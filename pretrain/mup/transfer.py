@@ -118,6 +118,7 @@ def run_transfer(
                     finite = len(losses) == steps and all(math.isfinite(x) for x in losses[-tail:])
                     row["train_loss"] = float(np.mean(losses[-tail:])) if finite else float("nan")
                     row["val_loss"] = _val_loss(engine, vcfg, env) if finite else float("nan")
+                    engine.close()
                     rows.append(row)
                     if csv_path is not None and env.is_main:
                         with open(csv_path, "a", newline="") as f:
