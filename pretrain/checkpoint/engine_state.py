@@ -8,11 +8,14 @@ DCP (dcp_io.py), so single, DDP and FSDP2 read each other's checkpoints at any w
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pretrain.checkpoint import dcp_io
 from pretrain.checkpoint.commit import CheckpointError
 from pretrain.checkpoint.integrity import ChecksumRecorder
+
+log = logging.getLogger(__name__)
 
 ASYNC_FORMATS = frozenset({"dcp"})  # formats whose save can run in the background
 
@@ -61,7 +64,18 @@ def load_engine_state(engine, path: Path, process_group=None,
             f"it: pretrain ckpt convert {path.parent} NEW_DIR --to dcp")
     state = engine.state_dict()
     groups = state["optim"].pop("param_groups") if own_param_groups else None
+    ema_missing = "ema" in state and not _holds_ema(path)
+    if ema_missing:  # EMA newly enabled, or another tool's / an imported checkpoint
+        del state["ema"]
     dcp_io.load(state, path, process_group)
     if groups is not None:
         state["optim"]["param_groups"] = groups
     engine.load_state_dict(state)
+    if ema_missing:
+        log.warning("%s holds no EMA of the weights: the EMA starts from the loaded weights",
+                    path.parent)
+        engine.ema.restart()
+
+
+def _holds_ema(path: Path) -> bool:
+    return any(k.startswith("ema.") for k in dcp_io.read_metadata(path).state_dict_metadata)

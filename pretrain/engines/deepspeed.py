@@ -55,6 +55,9 @@ class DeepSpeedEngine(Engine):
         if optim.on_nonfinite == "skip":
             raise ValueError("optim.on_nonfinite=skip is not supported by parallel.backend="
                              "deepspeed (DeepSpeed applies the update itself); use fail")
+        if optim.ema_decay > 0:
+            raise ValueError("optim.ema_decay is not supported by parallel.backend=deepspeed "
+                             "(its checkpoints hold no EMA yet); use fsdp2, ddp or single")
         self.env, self.loss_fn = env, loss_fn
         self.parallel, self.optim_cfg = parallel, optim
         self.layout = self.make_layout(model_cfg)  # a flat mesh: tp/dp_replicate are refused

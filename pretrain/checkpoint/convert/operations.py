@@ -161,10 +161,14 @@ def export_safetensors(
     out: Path,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[str], None] = lambda _: None,
+    ema: bool = False,
 ) -> Path:
-    """Consolidated weights of any checkpoint (fp32 master weights where the format has them)."""
-    source = open_source(src)
+    """Consolidated weights of any checkpoint (fp32 master weights where the format has them);
+    `ema`: its EMA of the weights instead (optim.ema_decay)."""
+    source = open_source(src, "ema" if ema else "model")
     meta = {"source_format": source.meta.get("format", source.format)}
+    if ema:
+        meta["weights"] = "ema"
     ts = Path(src) / TRAIN_STATE
     if ts.exists():
         meta["step"] = json.loads(ts.read_text())["step"]
