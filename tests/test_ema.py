@@ -119,8 +119,11 @@ def test_export_ema_weights_and_refuse_a_run_without(tmp_path):
 
 # ------------------------------------------------------------- 2 ranks (FSDP2), slow
 
+# Evaluations (on the EMA) between the steps, with FSDP2 keeping the weights it gathers for a
+# forward: training after one must read its own weights again, not the EMA it evaluated.
 COMMON = [*TINY, "schedule.steps=16", "checkpoint.every_steps=4", "checkpoint.keep_last=5",
-          "parallel.backend=fsdp2", f"optim.ema_decay={DECAY}"]
+          "parallel.backend=fsdp2", f"optim.ema_decay={DECAY}", "logging.eval_every_steps=3",
+          "logging.eval_batches=1", "parallel.reshard_after_forward=false"]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,8 @@ def test_ema_reshards_from_two_ranks_to_one(tmp_path, fsdp2_reference):
     assert saved.keys() == engine.ema.shadow.keys()
     assert all(torch.equal(saved[n], e) for n, e in engine.ema.shadow.items())
 
-    one = [c.replace("parallel.backend=fsdp2", "parallel.backend=single") for c in COMMON]
+    one = [c.replace("parallel.backend=fsdp2", "parallel.backend=single") for c in COMMON
+           if not c.startswith("parallel.reshard")]
     run_train(0, [*one, f"run.dir={run_dir}"])
     ref = read_model_tensors(latest_complete(fsdp2_reference / "checkpoints"), "ema.")
     got = read_model_tensors(latest_complete(run_dir / "checkpoints"), "ema.")
