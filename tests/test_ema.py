@@ -91,11 +91,13 @@ def test_a_checkpoint_without_ema_starts_it_from_the_loaded_weights(tmp_path):
     assert all(torch.equal(saved[n], e) for n, e in engine.ema.shadow.items())
 
 
-def test_ema_decay_out_of_range_and_deepspeed_are_refused_at_load():
+def test_ema_decay_out_of_range_and_zero3_are_refused_at_load():
     with pytest.raises(ConfigError, match="optim.ema_decay"):
         load_config(None, ["optim.ema_decay=1.0"])
-    with pytest.raises(ConfigError, match="optim.ema_decay .*deepspeed"):
-        load_config(None, ["optim.ema_decay=0.99", "parallel.backend=deepspeed"])
+    with pytest.raises(ConfigError, match="optim.ema_decay .*ZeRO-3"):
+        load_config(None, ["optim.ema_decay=0.99", "parallel.backend=deepspeed",
+                           "parallel.deepspeed.zero_stage=3"])
+    load_config(None, ["optim.ema_decay=0.99", "parallel.backend=deepspeed"])  # ZeRO-2
 
 
 def test_export_ema_weights_and_refuse_a_run_without(tmp_path):

@@ -6,6 +6,8 @@ One fp32 tensor per trainable parameter, laid out as the parameter is: under FSD
 the EMA of a DTensor shard is a DTensor with the same placements, so each rank updates only its
 own shard (a local lerp, no communication) and DCP saves and reshards it like the weights.
 Keys are canonical parameter names, so `ema.<name>` in a checkpoint sits next to `model.<name>`.
+Under DeepSpeed ZeRO-1/2 every rank holds the full module (bf16 under bf16: its EMA is of
+those rounded weights) and so the full EMA; ZeRO-3 is refused (pretrain/engines/deepspeed.py).
 """
 
 from __future__ import annotations
@@ -60,19 +62,29 @@ class WeightEMA:
     def swapped_in(self) -> Iterator[None]:
         """The model holds the EMA weights inside the block, its own weights again after it.
 
-        An exact swap (fp32 on both sides), one parameter's copy in flight at a time, so
-        training after the block is bitwise what it would have been without it."""
-        self._swap()
+        fp32 weights: an exact swap, one parameter's copy in flight at a time; other dtypes
+        (DeepSpeed's bf16 module): the weights are copied aside and back. Either way training
+        after the block is bitwise what it would have been without it."""
+        pairs = [(_local(p), _local(self.shadow[n])) for n, p in self.params.items()]
+        exact = all(w.dtype == e.dtype for w, e in pairs)
+        held = None if exact else [w.clone() for w, _ in pairs]
+        if exact:
+            self._swap(pairs)
+        else:
+            for weight, ema in pairs:
+                weight.copy_(ema)
         try:
             yield
         finally:
-            self._swap()
+            if exact:
+                self._swap(pairs)
+            else:
+                for (w, _), saved in zip(pairs, held):
+                    w.copy_(saved)
 
-    def _swap(self) -> None:
-        for name, p in self.params.items():
-            weight, ema = _local(p), _local(self.shadow[name])
-            if weight.dtype != ema.dtype:
-                raise TypeError(f"cannot swap the EMA of {name}: the weight is {weight.dtype}")
+    @staticmethod
+    def _swap(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for weight, ema in pairs:
             held = weight.clone()
             weight.copy_(ema)
             ema.copy_(held)

@@ -125,8 +125,9 @@ class DCPSource(Source):
             "optim.",
         )
         self._model = "model." if any(k.startswith("model.") for k in self._keys) else ""
+        self.holds_ema = any(k.startswith("ema.") for k in self._keys)
         if weights == "ema":
-            if not any(k.startswith("ema.") for k in self._keys):
+            if not self.holds_ema:
                 raise CheckpointFormatError(f"{path} holds no EMA of the weights (the run had "
                                             "optim.ema_decay=0)")
             self._model = "ema."
@@ -539,8 +540,11 @@ def open_source(path: Path, weights: str = "model") -> Source:
     d = deepspeed_tag_dir(model_dir(path))
     if (d / ".metadata").exists():
         return DCPSource(d, weights)
-    if weights == "ema":
-        raise CheckpointFormatError(f"{path} is not a DCP checkpoint: only those hold an EMA")
+    if weights == "ema":  # DeepSpeed ZeRO-1/2: the full EMA beside DeepSpeed's files
+        if not (d / "ema.safetensors").is_file():
+            raise CheckpointFormatError(f"{path} holds no EMA of the weights (the run had "
+                                        "optim.ema_decay=0)")
+        return SafetensorsSource(d / "ema.safetensors")
     if (d / "zero").is_dir():
         return UniversalSource(d)
     if any(d.glob("*_optim_states.pt")):
