@@ -140,8 +140,10 @@ def test_ema_is_bitwise_after_sigkill_and_resume(tmp_path, fsdp2_reference):
     victim = tmp_path / "victim"
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(5, 13)
-    killed_at = kill_run_at_step(train_cmd(2, [*COMMON, f"run.dir={victim}"]), victim, kill_step)
-    run_train(2, [*COMMON, f"run.dir={victim}"])
+    # The victim saves in the background: its checkpoints stage the EMA while training goes on.
+    overrides = [*COMMON, "checkpoint.async_save=true", f"run.dir={victim}"]
+    killed_at = kill_run_at_step(train_cmd(2, overrides), victim, kill_step)
+    run_train(2, overrides)
     assert read_status(victim)["state"] == "completed"
     for prefix in ("ema.", "model."):
         ref = read_model_tensors(latest_complete(fsdp2_reference / "checkpoints"), prefix)
