@@ -54,6 +54,13 @@ def skip_update_where(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> N
     optimizer.found_inf = skip
 
 
+def foreach_lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor],
+                  weight: float) -> None:
+    """targets[i] += weight * (sources[i] - targets[i]) in place, one fused kernel per device
+    and dtype (the weight EMA's update). torch exposes it only as a private foreach op."""
+    torch._foreach_lerp_(targets, sources, weight)
+
+
 # ---------------------------------------------------------------- DTensor
 
 

@@ -212,6 +212,10 @@ def check_across_sections(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than the LM's context "
                           f"model.lm.seq_len={lm_context}: raise model.lm.seq_len or lower "
                           "data.seq_len")
+    if (cfg.optim.ema_decay > 0 and cfg.parallel.backend == "deepspeed"
+            and cfg.parallel.deepspeed.zero_stage == 3):
+        raise ConfigError("optim.ema_decay is not supported by DeepSpeed ZeRO-3 (its gathered "
+                          "and persistent parameters); use ZeRO-1/2 or fsdp2")
     if cfg.checkpoint.agree_every_steps < 1:
         raise ConfigError("checkpoint.agree_every_steps must be >= 1")
     if cfg.run.collective_timeout_s <= 0:

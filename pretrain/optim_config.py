@@ -21,6 +21,10 @@ class OptimConfig:
     # skips it on device) and counts it; more than max_consecutive_skips in a row fails.
     on_nonfinite: Literal["fail", "skip"] = "fail"
     max_consecutive_skips: int = 10
+    # Exponential moving average of the trained weights, updated after every optimizer step
+    # (ema <- decay * ema + (1 - decay) * w, fp32, sharded like the weights) and checkpointed;
+    # evaluation and samples use it, `ckpt export --ema` exports it. DiT: 0.9999. 0: off
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("lr", "eps", "grad_accum", "max_consecutive_skips"):
@@ -29,6 +33,8 @@ class OptimConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.on_nonfinite == "skip" and self.fused is False:

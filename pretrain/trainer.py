@@ -241,8 +241,10 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict:
             window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
 
         if eval_due:
-            results = evaluate(engine, val_loader, cfg.logging.eval_batches)
-            results |= run_eval_extras(engine, family, val_loader, step, run_dir, env, logger)
+            with engine.ema_weights():  # optim.ema_decay: evaluate and sample the EMA
+                results = evaluate(engine, val_loader, cfg.logging.eval_batches)
+                results |= run_eval_extras(engine, family, val_loader, step, run_dir, env,
+                                           logger)
             if family.eval_summary is not None:  # e.g. perplexity from the mean loss
                 results |= family.eval_summary(results)
             results |= bits_per_byte(results, val_meta)  # LM: comparable across tokenizers

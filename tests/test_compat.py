@@ -79,6 +79,13 @@ def test_skip_update_where_leaves_parameters_and_state_untouched() -> None:
     assert not torch.equal(p.detach(), before[0]) and opt.state[p]["step"].item() == 2
 
 
+def test_foreach_lerp_moves_each_target_towards_its_source() -> None:
+    targets = [torch.zeros(3), torch.full((2, 2), 4.0)]
+    compat.foreach_lerp_(targets, [torch.ones(3), torch.zeros(2, 2)], 0.25)
+    assert torch.equal(targets[0], torch.full((3,), 0.25))
+    assert torch.equal(targets[1], torch.full((2, 2), 3.0))
+
+
 def test_strided_shard_splits_each_stacked_part() -> None:
     """On a 1-rank mesh the placement keeps the tensor whole; its layout rule on 2 ranks."""
     placement = compat.strided_shard(0, 3)

@@ -28,7 +28,10 @@ RECIPE = REPO / "configs/dit_digits.yaml"
 BASE = [*TINY, "data.name=digits", "parallel.backend=single", "schedule.steps=2",
         "checkpoint.every_steps=2", "model.dit.time_freq_shift=1"]
 VARIANTS = {"sp": [], "mup_folded": ["model.mup.enabled=true", "model.mup.base_width=16",
-                                     "model.mup.output_mult=2.0"]}
+                                     "model.mup.output_mult=2.0"],
+            # 2x output channels (noise, variance values), as DiT's release; and an EMA
+            "learn_sigma": ["model.dit.objective=ddpm", "model.dit.learn_sigma=true",
+                            "model.dit.sampler=ddpm", "optim.ema_decay=0.5"]}
 
 
 def cfg_for(run_dir: Path, variant: str):
@@ -36,7 +39,8 @@ def cfg_for(run_dir: Path, variant: str):
 
 
 @pytest.fixture(scope="module", params=[("sp", "trained"), ("sp", "random"),
-                                        ("mup_folded", "random")], ids="-".join)
+                                        ("mup_folded", "random"), ("learn_sigma", "trained"),
+                                        ("learn_sigma", "random")], ids="-".join)
 def checkpoint(request, tmp_path_factory):
     variant, origin = request.param
     run_dir = tmp_path_factory.mktemp(variant) / "run"
@@ -69,6 +73,27 @@ def test_dit_transformer_2d_model_computes_our_prediction(checkpoint, tmp_path):
         got = theirs(x, timestep=t, class_labels=labels).sample
     diff = (got - want).abs().max().item()
     assert diff <= 1e-5, f"{variant}: max abs difference {diff} (output scale {want.abs().max()})"
+
+
+def test_export_of_the_ema_weights_computes_the_ema_prediction(checkpoint, tmp_path):
+    variant, cfg, ckpt = checkpoint
+    if cfg.optim.ema_decay == 0 or "step_00000000" in str(ckpt):
+        pytest.skip("a trained run with optim.ema_decay > 0 holds an EMA")
+    folder = export_folder(ckpt, tmp_path / "dit", "diffusers", ema=True)
+    theirs = diffusers().DiTTransformer2DModel.from_pretrained(folder).eval()
+    assert theirs.config.out_channels == 2 * cfg.model.dit.in_channels
+    ours = build_model(cfg.model)
+    ema = read_model_tensors(ckpt, "ema.")
+    assert any(not torch.equal(ema[n], w) for n, w in read_model_tensors(ckpt).items())
+    ours.load_state_dict(ema)
+    d = cfg.model.dit
+    x = torch.randn(3, d.in_channels, d.image_size, d.image_size,
+                    generator=torch.Generator().manual_seed(3))
+    t, labels = torch.tensor([0.0, 10.0, 999.0]), torch.tensor([1, d.num_classes, 4])
+    with torch.no_grad():
+        want = ours.eval()(x, t, labels)
+        got = theirs(x, timestep=t, class_labels=labels).sample
+    assert want.shape[1] == 2 * d.in_channels and (got - want).abs().max().item() <= 1e-5
 
 
 def test_export_import_export_is_bitwise(checkpoint, tmp_path):

@@ -272,6 +272,7 @@ def test_dit_xl2_recipe_is_the_paper_model():
     assert (m.depth, m.width, m.num_heads, d.patch_size) == (28, 1152, 16, 2)
     assert (d.image_size, d.in_channels, d.num_classes) == (32, 4, 1000)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.global_batch_size) == (1e-4, 0.0, 256)
+    assert (cfg.optim.ema_decay, d.learn_sigma, d.objective) == (0.9999, True, "ddpm")
     params = model_stats(m)["params"]
     assert abs(params - 675e6) / 675e6 < 0.01, params  # DiT-XL/2: 675M (Table 4 of the paper)
 
@@ -309,7 +310,7 @@ def test_dit_xl2_recipe_shrunk_trains_on_built_latents_and_its_grid_decodes_thro
         sets, tmp_path):
     """The PNG grid is the trainer's own samples decoded by AutoencoderKL.decode: at the image
     resolution, equal to decoding the latents that the sampler (same seed) draws from the
-    checkpointed weights, directly through diffusers."""
+    checkpointed EMA weights (the recipe's optim.ema_decay), directly through diffusers."""
     from pretrain.checkpoint import latest_complete, read_model_tensors
     from pretrain.config import load_config
     from pretrain.diffusion.grid import make_grid
@@ -326,7 +327,7 @@ def test_dit_xl2_recipe_shrunk_trains_on_built_latents_and_its_grid_decodes_thro
     assert png.shape == (rows * (SIZE + pad) + pad, SIZE + 2 * pad, 3)  # pixels, not 8x8 latents
     cfg = load_config(run / "config.yaml", [])
     model = build_model(cfg.model)
-    model.load_state_dict(read_model_tensors(ckpt))
+    model.load_state_dict(read_model_tensors(ckpt, "ema."))
     model.eval()
     latents = sample_images(model, torch.arange(3))
     assert latents.shape == (3, 4, SIZE // 2, SIZE // 2)

@@ -4,7 +4,8 @@ On disk, one directory per step under RUN/checkpoints/:
 
     step_00000100/
         model/             the engine's state: DCP shards (single, DDP, FSDP2; any world size
-                           loads them) or DeepSpeed's ZeRO / universal files
+                           loads them; `ema.*` beside `model.*` with optim.ema_decay) or
+                           DeepSpeed's ZeRO / universal files (and the EMA: ema.safetensors)
         train_state.json   step, samples, data-loader position, config, world size, backend
         rng/               rank_00000.safetensors + rank_00000.json per rank
         manifest.json      every file above with its size and checksum; written last

@@ -271,11 +271,12 @@ def read_model_tensors(path: Path, prefix: str = "model.") -> dict[str, torch.Te
         for key, meta in metadata.state_dict_metadata.items()
         if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
     }
-    nested = {"model": {k[len(prefix) :]: v for k, v in state.items()}}
+    root = prefix.rstrip(".")  # "model", or "ema" (the weight EMA)
+    nested = {root: {k[len(prefix) :]: v for k, v in state.items()}}
     dcp.load(
         nested,
         storage_reader=SafeFileSystemReader(str(path / "model")),
         planner=SafeLoadPlanner(),
         no_dist=True,
     )
-    return nested["model"]
+    return nested[root]

@@ -119,3 +119,25 @@ def load_deepspeed(ds_engine, path: Path, world_size: int) -> None:
     for state in compat.deepspeed_base_optimizer(optimizer).state.values():
         if isinstance(state.get("step"), torch.Tensor):
             state["step"] = state["step"].clone()
+
+
+EMA_FILE = "ema.safetensors"  # the weight EMA of a ZeRO-1/2 run: full tensors, canonical names
+
+
+def save_ema_file(ema: dict[str, torch.Tensor], path: Path) -> None:
+    """The EMA (the same on every rank under ZeRO-1/2) into `path`/ema.safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({n: t.detach().cpu().contiguous() for n, t in ema.items()}, str(path / EMA_FILE))
+
+
+def load_ema_file(ema: dict[str, torch.Tensor], path: Path) -> None:
+    """`path`/ema.safetensors into the live EMA tensors; names and shapes must match."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / EMA_FILE))
+    check_compatible({n: tuple(t.shape) for n, t in saved.items()},
+                     {n: tuple(t.shape) for n, t in ema.items()}, str(path / EMA_FILE))
+    with torch.no_grad():
+        for name, tensor in ema.items():
+            tensor.copy_(saved[name])

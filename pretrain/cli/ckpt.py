@@ -91,6 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--max-shard-mb", type=int, default=5120,
                    help="hf / diffusers folders: shard size (timm reads one file)")
+    s.add_argument("--ema", action="store_true",
+                   help="export the EMA of the weights (a run with optim.ema_decay > 0)")
     s.set_defaults(func=run_export)
 
     s = sub.add_parser(
@@ -184,8 +186,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format != "safetensors":
         return run_export_folder(args)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    out = export_safetensors(args.src, args.out, dtype=dtype)
-    print(f"wrote {out} ({args.dtype})")
+    out = export_safetensors(args.src, args.out, dtype=dtype, ema=args.ema)
+    print(f"wrote {out} ({args.dtype}{', EMA weights' if args.ema else ''})")
     return 0
 
 
@@ -202,8 +204,10 @@ def run_export_folder(args: argparse.Namespace) -> int:
     if cfg.model.family == "lm":
         tok = run_tokenizer(cfg, args.tokenizer or cfg.data.tokenizer)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    out = export_folder(ckpt, args.out, args.format, dtype, tok, args.max_shard_mb * 2**20)
-    print(f"wrote {out} ({args.format}, {args.dtype}, from {ckpt})")
+    out = export_folder(ckpt, args.out, args.format, dtype, tok, args.max_shard_mb * 2**20,
+                        ema=args.ema)
+    weights = "EMA weights of " if args.ema else ""
+    print(f"wrote {out} ({args.format}, {args.dtype}, from {weights}{ckpt})")
     return 0
 
 

@@ -22,6 +22,7 @@ from pretrain import compat
 from pretrain.compat import checkpoint_wrapper
 from pretrain.device_defaults import describe_device, resolve_optim, resolve_parallel
 from pretrain.dist import DistEnv, all_reduce_sum
+from pretrain.engines.ema import WeightEMA
 from pretrain.mesh import MeshLayout, build_layout, check_model_for_tp, resolve_mesh
 from pretrain.models.config import ModelConfig
 from pretrain.models.materialize import InitPlan, on_meta
@@ -87,6 +88,7 @@ class Engine:
     uses_mesh = False  # True: builds the DeviceMesh of `parallel.mesh` (pretrain/mesh.py)
     vocab_parallel = False  # True: the LM's logits are split by vocabulary over the TP ranks
     _pending_init: InitPlan | None = None
+    ema: WeightEMA | None = None  # optim.ema_decay > 0
 
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, env: DistEnv, *, parallel: ParallelConfig,
@@ -102,6 +104,8 @@ class Engine:
         self.model = self.wrap(model)
         self.materialize(self.model)
         self.optimizer = build_optimizer(self.model, kinds, optim, model_cfg)
+        if optim.ema_decay > 0:
+            self.ema = WeightEMA(self.model, optim.ema_decay)
 
     def make_layout(self, model_cfg: ModelConfig) -> MeshLayout:
         """This rank's place in `parallel.mesh` (checked against the backend and the model);
@@ -212,6 +216,8 @@ class Engine:
             self._updates_held_by = None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:  # a skipped (non-finite) update still counts as a step
+            self.ema.update()
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -221,10 +227,31 @@ class Engine:
             _, stats = self.loss_fn(self.model, self.to_device(batch))
         return {k: v.detach().float() for k, v in stats.items()}
 
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside the block the model holds its EMA weights (evaluation, samples); a no-op
+        without an EMA."""
+        if self.ema is None:
+            yield
+            return
+        self.drop_gathered_weights()
+        with self.ema.swapped_in():
+            try:
+                yield
+            finally:
+                self.drop_gathered_weights()
+
+    def drop_gathered_weights(self) -> None:
+        """Forget any full copy of the weights gathered from their shards (FSDP2 keeps one
+        after a forward when it does not reshard), so the next forward reads the shards."""
+
     # ---- checkpoint interface
     def state_dict(self) -> dict:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
+        state = {"model": model_sd, "optim": optim_sd}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],

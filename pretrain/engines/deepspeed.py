@@ -24,6 +24,7 @@ from pretrain import compat
 from pretrain.dist import DistEnv, all_reduce_sum
 from pretrain.engines.base import Engine, LossFn, StepOutput
 from pretrain.engines.deepspeed_config import ds_config
+from pretrain.engines.ema import WeightEMA
 from pretrain.models.config import ModelConfig
 from pretrain.optim import build_optimizer
 from pretrain.optim_config import OptimConfig
@@ -55,6 +56,9 @@ class DeepSpeedEngine(Engine):
         if optim.on_nonfinite == "skip":
             raise ValueError("optim.on_nonfinite=skip is not supported by parallel.backend="
                              "deepspeed (DeepSpeed applies the update itself); use fail")
+        if optim.ema_decay > 0 and parallel.deepspeed.zero_stage == 3:
+            raise ValueError("optim.ema_decay is not supported by DeepSpeed ZeRO-3 (its gathered "
+                             "and persistent parameters); use ZeRO-1/2 or fsdp2")
         self.env, self.loss_fn = env, loss_fn
         self.parallel, self.optim_cfg = parallel, optim
         self.layout = self.make_layout(model_cfg)  # a flat mesh: tp/dp_replicate are refused
@@ -67,6 +71,8 @@ class DeepSpeedEngine(Engine):
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False,
         )
+        if optim.ema_decay > 0:  # ZeRO-1/2: the full module on every rank
+            self.ema = WeightEMA(self.model.module, optim.ema_decay)
 
     def materialize_zero3(self, model: nn.Module, deepspeed, config: dict) -> None:
         """Allocate a meta-built model (ZeRO-3) one module at a time, each module's parameters
@@ -100,6 +106,8 @@ class DeepSpeedEngine(Engine):
             self.model.backward(loss)
             self.model.step()
             loss_total += loss.detach().float()
+        if self.ema is not None:  # DeepSpeed stepped at the last micro-batch
+            self.ema.update()
         norm = self.model.get_global_grad_norm()
         if not isinstance(norm, torch.Tensor):  # a float, or None before the first step
             norm = torch.tensor(float("nan") if norm is None else norm)

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from pretrain.engines.base import Engine
 
@@ -39,3 +39,8 @@ class FSDP2Engine(Engine):
     def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
         self.model.set_requires_gradient_sync(is_last_micro_batch)
         return contextlib.nullcontext()
+
+    def drop_gathered_weights(self) -> None:
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()

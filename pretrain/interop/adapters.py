@@ -125,8 +125,9 @@ def checkpoint_config(checkpoint: Path) -> Any:
 
 def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = torch.float32,
                   tokenizer: Any | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  progress: Callable[[str], None] = lambda _: None) -> Path:
-    """The model folder of checkpoint `checkpoint` at `out`, for the model its config names.
+                  progress: Callable[[str], None] = lambda _: None, ema: bool = False) -> Path:
+    """The model folder of checkpoint `checkpoint` at `out`, for the model its config names
+    (`ema`: from its EMA of the weights, optim.ema_decay).
 
     Refuses (ExportRefused, naming the option) a model the format cannot express exactly;
     checks the checkpoint's tensors against the configured model before writing anything.
@@ -138,7 +139,7 @@ def export_folder(checkpoint: Path, out: Path, fmt: str, dtype: torch.dtype = to
         config["torch_dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
     table = adapter.pieces(m)
     ours = _param_shapes(m)
-    source = open_source(checkpoint)
+    source = open_source(checkpoint, "ema" if ema else "model")
     check_compatible({n: i.shape for n, i in source.params.items()}, _saved_shapes(m),
                      str(checkpoint))
     read = _effective_weights(m, lambda name: source.read(name))

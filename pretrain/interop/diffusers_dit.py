@@ -10,7 +10,8 @@ The same network, written differently in three places, each converted exactly:
   rows swapped by halves, every weight that reads it its input columns; LayerNorm without
   affine parameters and the per-channel adaLN modulation are indifferent to the relabelling.
 - the output projection emits each patch as (row, column, channel) there, (channel, row,
-  column) here: a row permutation.
+  column) here: a row permutation. With model.dit.learn_sigma both emit 2C channels (noise,
+  then the variance values), diffusers' `out_channels = 2 * in_channels`, as DiT's release.
 
 Folded when exact: muP's attention scale into the query rows and bias, the readout multiplier
 into proj_out_2, the depth rule's branch multiplier into to_out.0 and ff.net.2 (weight and
@@ -65,7 +66,8 @@ def config_json(m: ModelConfig, special: dict) -> dict:
     return {
         "_class_name": "DiTTransformer2DModel", "_diffusers_version": CHECKED_WITH,
         "num_attention_heads": m.num_heads, "attention_head_dim": m.width // m.num_heads,
-        "in_channels": m.dit.in_channels, "out_channels": None, "num_layers": m.depth,
+        "in_channels": m.dit.in_channels, "out_channels": _out_channels(m) if
+        m.dit.learn_sigma else None, "num_layers": m.depth,
         "dropout": 0.0, "norm_num_groups": 32, "attention_bias": True,
         "sample_size": m.dit.image_size, "patch_size": m.dit.patch_size,
         "activation_fn": "gelu", "num_embeds_ada_norm": m.dit.num_classes,
@@ -85,9 +87,13 @@ def _chunks(perm: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([k * d + perm for k in range(n)])
 
 
+def _out_channels(m: ModelConfig) -> int:
+    return m.dit.in_channels * (2 if m.dit.learn_sigma else 1)
+
+
 def _patch_rows(m: ModelConfig) -> torch.Tensor:
     """Their output row (row, col, channel) of a patch is our row (channel, row, col)."""
-    c, p = m.dit.in_channels, m.dit.patch_size
+    c, p = _out_channels(m), m.dit.patch_size
     return torch.arange(c * p * p).view(c, p, p).permute(1, 2, 0).reshape(-1)
 
 

@@ -39,6 +39,9 @@ class DiTConfig:
     logit_normal_std: float = 1.0
     ddpm_schedule: Literal["linear", "cosine"] = "linear"
     ddpm_steps: int = 1000  # training timesteps T of the DDPM chain
+    # DDPM only: also predict the reverse step's variance (2x output channels), trained by
+    # L_simple + 0.001 * L_vlb, used by sampler=ddpm (Improved DDPM; DiT). ddim ignores it
+    learn_sigma: bool = False
     sampler: Literal["auto", "euler", "ddim", "ddpm"] = "auto"  # auto: euler (flow), ddim (ddpm)
     sample_steps: int = 50
     guidance_scale: float = 2.0  # classifier-free guidance weight w (1 = conditional only)
@@ -58,6 +61,12 @@ class DiTConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"model.dit.image_size={self.image_size} is not divisible by "
                              f"model.dit.patch_size={self.patch_size}")
+        if self.learn_sigma and self.objective != "ddpm":
+            raise ValueError(f"model.dit.learn_sigma needs model.dit.objective=ddpm (a learned "
+                             f"variance has no meaning for {self.objective!r})")
+        if self.learn_sigma and self.sample_steps > self.ddpm_steps:
+            raise ValueError(f"model.dit.sample_steps={self.sample_steps} exceeds ddpm_steps="
+                             f"{self.ddpm_steps}: the respaced chain would repeat a step")
 
 
 @dataclass

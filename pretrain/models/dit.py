@@ -24,7 +24,8 @@ from torch import nn
 from pretrain.diffusion import flow
 from pretrain.diffusion.ddpm import DDPMSchedule
 from pretrain.diffusion.grid import make_grid, save_png
-from pretrain.diffusion.sampling import ddim, euler_flow
+from pretrain.diffusion.learned_variance import VLB_WEIGHT, GaussianChain, vlb_bits_per_dim
+from pretrain.diffusion.sampling import ddim, ddpm_learned_variance, euler_flow
 from pretrain.models.blocks import (
     MLP,
     Attention,
@@ -146,6 +147,7 @@ class DiT(nn.Module):
         self.grid = d.image_size // d.patch_size
         self.num_patches = self.grid**2
         self.patch_dim = d.in_channels * d.patch_size**2
+        self.out_channels = d.in_channels * (2 if d.learn_sigma else 1)  # eps (and v)
         self.null_label = d.num_classes
         self.mlp_kind = resolve_mlp(cfg, "gelu")
         self.x_embed = nn.Linear(self.patch_dim, cfg.width)
@@ -155,7 +157,7 @@ class DiT(nn.Module):
         self.t_embed = TimestepEmbedder(cfg.width, d.time_freq_shift)
         self.y_embed = nn.Embedding(d.num_classes + 1, cfg.width)  # + the null label
         self.blocks = nn.ModuleList(DiTBlock(cfg, self.mlp_kind) for _ in range(cfg.depth))
-        self.final = FinalLayer(cfg, self.patch_dim)
+        self.final = FinalLayer(cfg, self.out_channels * d.patch_size**2)
         self.output_mult = 1.0  # readout multiplier; muP sets it
 
     @torch.no_grad()
@@ -170,8 +172,8 @@ class DiT(nn.Module):
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, C*p*p] -> [B, C, H, W] (inverse of patchify)."""
-        p, g, c = self.patch_size, self.grid, self.in_channels
+        """[B, N, C*p*p] -> [B, C, H, W] (inverse of patchify; C = out_channels)."""
+        p, g, c = self.patch_size, self.grid, self.out_channels
         x = x.reshape(x.shape[0], g, g, c, p, p).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(x.shape[0], c, g * p, g * p)
 
@@ -180,7 +182,8 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Noisy input [B, C, H, W], time [B] (flow: 1000*t; DDPM: step index), labels [B]
-        (num_classes = unconditional) -> prediction [B, C, H, W] (velocity or noise).
+        (num_classes = unconditional) -> prediction [B, C, H, W] (velocity or noise), with
+        learn_sigma [B, 2C, H, W]: noise, then the variance interpolation v in channels C..2C.
 
         Under FSDP2 bf16 mixed precision the float inputs (x and time) arrive in bf16, as with
         autocast elsewhere: time keeps ~3 significant digits; its features are computed in fp32.
@@ -225,7 +228,7 @@ class DiT(nn.Module):
         c, n, w = self.cfg, self.num_patches, self.cfg.width
         fwd = 2 * n * self.patch_dim * w + 2 * (FREQ_DIM * w + w * w)
         fwd += c.depth * (block_matmul_flops(c, n, mlp=self.mlp_kind) + 2 * w * 6 * w)
-        fwd += 2 * w * 2 * w + 2 * n * w * self.patch_dim
+        fwd += 2 * w * 2 * w + 2 * n * w * self.final.linear.out_features
         return 3 * fwd
 
 
@@ -246,7 +249,8 @@ def prediction_error(
     """Per-sample mean squared error of the objective at data x0, noise and uniform draws u:
 
     flow: t = time(u), x_t = (1 - t) x0 + t noise, error of model(x_t, 1000 t) against noise - x0;
-    ddpm: t = floor(u T), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, error against noise.
+    ddpm: t = floor(u T), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, error against noise;
+    with learn_sigma plus VLB_WEIGHT * T * L_t (pretrain/diffusion/learned_variance.py).
     """
     d = unwrap(model).cfg.dit
     if d.objective == "flow":
@@ -256,8 +260,15 @@ def prediction_error(
     else:
         schedule = DDPMSchedule(d.ddpm_schedule, d.ddpm_steps)
         t = (u * d.ddpm_steps).long().clamp(max=d.ddpm_steps - 1)
-        pred = model(schedule.q_sample(x0, noise, t), t.float(), labels)
+        xt = schedule.q_sample(x0, noise, t)
+        pred = model(xt, t.float(), labels)
         target = noise
+        if d.learn_sigma:
+            eps, v = pred.float().chunk(2, dim=1)
+            mse = (eps - target.float()).pow(2).flatten(1).mean(1)
+            chain = GaussianChain(schedule.alphas_cumprod)
+            vlb = vlb_bits_per_dim(chain, x0.float(), xt.float(), t, eps.detach(), v)
+            return mse + VLB_WEIGHT * d.ddpm_steps * vlb
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
@@ -307,6 +318,14 @@ def sample_images(
     if d.objective == "flow":
         return euler_flow(model, noise, labels, steps, scale, net.null_label)
     schedule = DDPMSchedule(d.ddpm_schedule, d.ddpm_steps)
+    if d.learn_sigma and d.sampler == "ddpm":
+        return ddpm_learned_variance(model, schedule, noise, labels, steps, scale,
+                                     net.null_label, generator=g)
+    if d.learn_sigma:  # DDIM is deterministic: the noise channels only
+        def eps_only(x, time, y, full=model, c=d.in_channels):
+            return full(x, time, y)[:, :c]
+
+        model = eps_only
     return ddim(
         model,
         schedule,

@@ -37,6 +37,7 @@ from pretrain.checkpoint.convert.sources import (
     DeepSpeedSource,
     Source,
     TensorInfo,
+    model_dir,
     open_source,
 )
 from pretrain.run_dir import write_json_atomic
@@ -132,6 +133,7 @@ def convert(
             write_universal(
                 source, partial / "model", global_steps=int(state["step"]), progress=progress
             )
+            _carry_ema(src, source, partial / "model" / "ema.safetensors")
         if (src / "rng").is_dir():
             shutil.copytree(src / "rng", partial / "rng")
         state = {
@@ -145,6 +147,17 @@ def convert(
         _discard(partial, created)
         raise
     return dst
+
+
+def _carry_ema(src: Path, source: Source, out: Path) -> None:
+    """The weight EMA into a DeepSpeed checkpoint (ZeRO-1/2 read it at any world size): copied
+    from a DeepSpeed one, assembled from a DCP one's `ema.*`. Into DCP it is not carried (a
+    resume then restarts it from the weights, saying so)."""
+    ema = model_dir(src) / out.name
+    if ema.is_file():
+        shutil.copy2(ema, out)
+    elif isinstance(source, DCPSource) and source.holds_ema:
+        write_safetensors(DCPSource(source.path, "ema"), out)
 
 
 def reshard(src: Path, dst: Path, progress: Callable[[str], None] = lambda _: None) -> Path | None:
@@ -161,10 +174,14 @@ def export_safetensors(
     out: Path,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[str], None] = lambda _: None,
+    ema: bool = False,
 ) -> Path:
-    """Consolidated weights of any checkpoint (fp32 master weights where the format has them)."""
-    source = open_source(src)
+    """Consolidated weights of any checkpoint (fp32 master weights where the format has them);
+    `ema`: its EMA of the weights instead (optim.ema_decay)."""
+    source = open_source(src, "ema" if ema else "model")
     meta = {"source_format": source.meta.get("format", source.format)}
+    if ema:
+        meta["weights"] = "ema"
     ts = Path(src) / TRAIN_STATE
     if ts.exists():
         meta["step"] = json.loads(ts.read_text())["step"]

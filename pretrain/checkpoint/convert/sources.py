@@ -87,11 +87,12 @@ class Source:
 class DCPSource(Source):
     """A DCP directory: this project's (`model.*`, `optim.*` from `get_state_dict`) or a plain
     script's (`{"model": ..., "optimizer": ...}`, or a bare model state dict). Buffers and frozen
-    parameters are read like parameters; only the optimized ones carry Adam state."""
+    parameters are read like parameters; only the optimized ones carry Adam state.
+    `weights="ema"` reads the weight EMA (`ema.*`, optim.ema_decay) as the parameters."""
 
     format = "dcp"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, weights: str = "model"):
         super().__init__()
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -124,6 +125,12 @@ class DCPSource(Source):
             "optim.",
         )
         self._model = "model." if any(k.startswith("model.") for k in self._keys) else ""
+        self.holds_ema = any(k.startswith("ema.") for k in self._keys)
+        if weights == "ema":
+            if not self.holds_ema:
+                raise CheckpointFormatError(f"{path} holds no EMA of the weights (the run had "
+                                            "optim.ema_decay=0)")
+            self._model = "ema."
         for key, m in md.state_dict_metadata.items():
             if not isinstance(m, TensorStorageMetadata) or not key.startswith(self._model):
                 continue
@@ -520,8 +527,9 @@ def deepspeed_tag_dir(path: Path) -> Path:
     return path / tag
 
 
-def open_source(path: Path) -> Source:
-    """The right reader for a checkpoint directory, a model/ directory or a .safetensors file."""
+def open_source(path: Path, weights: str = "model") -> Source:
+    """The right reader for a checkpoint directory, a model/ directory or a .safetensors file.
+    `weights="ema"`: the weight EMA as the parameters (DCP checkpoints of this project)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -531,7 +539,12 @@ def open_source(path: Path) -> Source:
         raise CheckpointFormatError(f"{path}: single files must be .safetensors")
     d = deepspeed_tag_dir(model_dir(path))
     if (d / ".metadata").exists():
-        return DCPSource(d)
+        return DCPSource(d, weights)
+    if weights == "ema":  # DeepSpeed ZeRO-1/2: the full EMA beside DeepSpeed's files
+        if not (d / "ema.safetensors").is_file():
+            raise CheckpointFormatError(f"{path} holds no EMA of the weights (the run had "
+                                        "optim.ema_decay=0)")
+        return SafetensorsSource(d / "ema.safetensors")
     if (d / "zero").is_dir():
         return UniversalSource(d)
     if any(d.glob("*_optim_states.pt")):
