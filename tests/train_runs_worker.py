@@ -10,7 +10,7 @@ check a run batched here bitwise against one launched by the CLI).
 
 SPEC.json: [{"name": ..., "recipe": ..., "overrides": [...], "copy": [SRC, DST] or null}, ...].
 `copy` puts a checkpoint from an earlier run in place before the run starts (rank 0 copies, the
-others wait: such a run must follow another run of the same launch, which set up the group).
+others wait in the process group the run joins, as train() would join it).
 Rank 0 prints `TRAIN_RUN_DONE <name>` after each; the first run that fails ends the process
 (exit 1) naming it on stderr.
 """
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 
-from pretrain.config import load_config
-from pretrain.dist import barrier, shutdown
+from pretrain.config import TrainConfig, load_config
+from pretrain.dist import barrier, init_distributed, shutdown
 from pretrain.trainer import train
 
 WORKER = Path(__file__).resolve()
@@ -63,10 +62,12 @@ class RunBatch:
         return mark
 
     def start(self, request: pytest.FixtureRequest, root: Path, cwd: Path,
-              env: dict[str, str]) -> Path:
-        """Run the needed runs into root/NAME; fails the requesting test if one fails."""
-        wanted = {name for item in request.session.items if item.module is request.module
-                  for name in self.needed_by.get(item.originalname, ())}
+              env: dict[str, str], every_run: bool = False) -> Path:
+        """Run the needed runs (all with `every_run`) into root/NAME; fails the requesting
+        test if one fails."""
+        wanted = set(self.runs) if every_run else {
+            name for item in request.session.items if item.module is request.module
+            for name in self.needed_by.get(item.originalname, ())}
         wanted |= {self.runs[name].copy[0] for name in wanted if self.runs[name].copy}
         for nproc in self._launch_order(wanted):
             names = [name for name, run in self.runs.items()
@@ -118,9 +119,10 @@ def launch(nproc: int, runs: list[dict], spec_path: Path, cwd: Path, env: dict[s
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def copy_checkpoint(source: str, target: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        raise RuntimeError("a run that copies a checkpoint must follow a run of its launch")
+def copy_checkpoint(cfg: TrainConfig, source: str, target: str) -> None:
+    """Rank 0 copies; every rank waits for it in the group `cfg`'s run uses."""
+    init_distributed(cfg.run.device, need_group=cfg.parallel.backend != "single",
+                     timeout_s=cfg.run.collective_timeout_s)  # train() joins it the same way
     if int(os.environ.get("RANK", 0)) == 0:
         shutil.copytree(source, target)
     barrier()
@@ -132,9 +134,10 @@ def main(spec_path: str) -> int:
     try:
         for run in runs:
             try:
+                cfg = load_config(run["recipe"], run["overrides"])
                 if run.get("copy"):
-                    copy_checkpoint(*run["copy"])
-                train(load_config(run["recipe"], run["overrides"]))
+                    copy_checkpoint(cfg, *run["copy"])
+                train(cfg)
             except BaseException:
                 print(f"TRAIN_RUN_FAILED {run['name']}", file=sys.stderr, flush=True)
                 raise
