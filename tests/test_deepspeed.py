@@ -1,8 +1,9 @@
 """DeepSpeed ZeRO-1/2/3 through the real CLI under torchrun (gloo, CPU), and checkpoints moving
 between DeepSpeed and FSDP2 at other world sizes.
 
-Runs that do not depend on each other are launched together (the machine has few cores, most of
-a run's wall time is start-up). No DeepSpeed op is JIT-built: the optimizer is torch's AdamW and
+The runs the tests only read start in one launch (tests/train_runs_worker.py); runs that do not
+depend on each other are launched together (the machine has few cores, most of a run's wall
+time is start-up). No DeepSpeed op is JIT-built: the optimizer is torch's AdamW and
 the shared-memory all-reduce op is switched off (parallel.deepspeed.shm_comm=false).
 """
 
@@ -30,6 +31,7 @@ from pretrain.checkpoint.deepspeed_format import check_loadable
 from pretrain.checkpoint.torch_files import safe_torch_load
 from pretrain.run_dir import read_metrics, read_status
 from tests.conftest import REPO, TINY, kill_run_at_step, subprocess_env, train_cmd
+from tests.train_runs_worker import Run, RunBatch
 
 pytestmark = pytest.mark.slow
 
@@ -84,20 +86,21 @@ def resumed_step(stderr: str) -> int:
     return int(match.group(1))
 
 
+BATCH = RunBatch({
+    "fsdp2": Run(2, "configs/vit_digits.yaml", (*COMMON, "parallel.backend=fsdp2")),
+    **{f"zero{s}": Run(2, "configs/vit_digits.yaml", (*COMMON, *zero(s))) for s in (1, 2, 3)},
+    "bf16": Run(2, "configs/vit_digits.yaml",
+                (*COMMON, *zero(2), "parallel.mixed_precision=bf16")),
+})
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """FSDP2 and ZeRO-1/2/3, 2 ranks each, same data and seed, checkpoints every 4 steps."""
-    root = tmp_path_factory.mktemp("ds")
-    dirs = {
-        "fsdp2": root / "fsdp2",
-        **{f"zero{s}": root / f"zero{s}" for s in (1, 2, 3)},
-        "bf16": root / "bf16",
-    }
-    jobs = [(2, [*COMMON, "parallel.backend=fsdp2", f"run.dir={dirs['fsdp2']}"])]
-    jobs += [(2, [*COMMON, *zero(s), f"run.dir={dirs[f'zero{s}']}"]) for s in (1, 2, 3)]
-    jobs += [(2, [*COMMON, *zero(2), "parallel.mixed_precision=bf16", f"run.dir={dirs['bf16']}"])]
-    run_together(jobs)
-    return dirs
+def runs(request, tmp_path_factory) -> dict[str, Path]:
+    """FSDP2 and ZeRO-1/2/3, 2 ranks each, same data and seed, checkpoints every 4 steps; one
+    launch, the runs one after another (the SIGKILL test resumes CLI launches to their end)."""
+    root = BATCH.start(request, tmp_path_factory.mktemp("ds"), REPO, subprocess_env(),
+                       every_run=True)
+    return {name: root / name for name in BATCH.runs}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

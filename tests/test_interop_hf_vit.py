@@ -14,27 +14,23 @@ from pretrain.config import load_config
 from pretrain.interop import ExportRefused, export_folder, import_folder
 from pretrain.interop.hf_vit import check_expressible
 from pretrain.models import build_model
-from pretrain.trainer import train
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY
 from tests.interop_libs import transformers
+from tests.interop_vit import VIT_RECIPE as RECIPE
+from tests.interop_vit import trained_vit, vit_config
 
-RECIPE = REPO / "configs/vit_digits.yaml"
 VARIANTS = {"sp": [], "mup_folded": ["model.mup.enabled=true", "model.mup.base_width=16",
                                      "model.mup.output_mult=2.0"]}
 
 
 def cfg_for(run_dir: Path, variant: str):
-    return load_config(RECIPE, [*TINY, "parallel.backend=single", "schedule.steps=2",
-                                "checkpoint.every_steps=2", *VARIANTS[variant],
-                                f"run.dir={run_dir}"])
+    return vit_config(run_dir, *VARIANTS[variant])
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def trained(request, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp(request.param) / "run"
-    cfg = cfg_for(run_dir, request.param)
-    train(cfg)
-    return request.param, cfg, run_dir / "checkpoints/step_00000002"
+    return request.param, *trained_vit(tmp_path_factory, request.param,
+                                       *VARIANTS[request.param])
 
 
 def test_vit_for_image_classification_computes_our_logits(trained, tmp_path):

@@ -17,11 +17,11 @@ from pretrain.config import load_config
 from pretrain.interop import ExportRefused, export_folder, folder_format, import_folder
 from pretrain.interop.timm_vit import check_expressible
 from pretrain.models import build_model
-from pretrain.trainer import train
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY
 from tests.interop_libs import timm
+from tests.interop_vit import VIT_RECIPE as RECIPE
+from tests.interop_vit import trained_vit, vit_config
 
-RECIPE = REPO / "configs/vit_digits.yaml"
 TIMM_EPS = "model.norm_eps=1e-6"
 VARIANTS = {
     "cls": [],
@@ -44,18 +44,14 @@ def cli_main(argv: list[str]) -> int:
     return done.value.code
 
 
-def cfg_for(run_dir: Path, variant: str, *extra: str):
-    return load_config(RECIPE, [*TINY, TIMM_EPS, "parallel.backend=single", "schedule.steps=2",
-                                "checkpoint.every_steps=2", *VARIANTS[variant], *extra,
-                                f"run.dir={run_dir}"])
+def cfg_for(run_dir: Path, variant: str):
+    return vit_config(run_dir, TIMM_EPS, *VARIANTS[variant])
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def trained(request, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp(request.param) / "run"
-    cfg = cfg_for(run_dir, request.param)
-    train(cfg)
-    return request.param, cfg, run_dir / "checkpoints/step_00000002"
+    return request.param, *trained_vit(tmp_path_factory, request.param, TIMM_EPS,
+                                       *VARIANTS[request.param])
 
 
 def test_timm_create_model_computes_our_logits(trained, tmp_path):

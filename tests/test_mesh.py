@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pretrain.parallel_config import MeshConfig
 from pretrain.run_dir import read_metrics, read_status
 from tests.conftest import REPO, kill_run_at_step, subprocess_env, train_cmd
 from tests.test_distributed import final_weights, resumed_from, train_losses
+from tests.train_runs_worker import Run, RunBatch
 
 # ---------------------------------------------------------------- layout rules (no processes)
 
@@ -112,12 +112,17 @@ TP = ["parallel.mesh.dp_shard=2", "parallel.mesh.tp=2"]
 EVAL_AT_10 = ["logging.eval_every_steps=10", "logging.eval_batches=2"]
 
 
+def mesh_args(nproc: int, family: str, overrides: list[str]) -> list[str]:
+    backend = "parallel.backend=single" if nproc == 0 else "parallel.backend=fsdp2"
+    return [*FAMILY_DATA[family], *TINY_MESH, backend, *overrides]
+
+
 def run(nproc: int, family: str, overrides: list[str], check: bool = True,
         timeout: float = 400) -> subprocess.CompletedProcess:
-    backend = "parallel.backend=single" if nproc == 0 else "parallel.backend=fsdp2"
-    args = [*FAMILY_DATA[family], *TINY_MESH, backend, *overrides]
-    proc = subprocess.run(train_cmd(nproc, args, RECIPES[family]), cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    """One `pretrain train` through the CLI (torchrun for nproc ranks)."""
+    proc = subprocess.run(train_cmd(nproc, mesh_args(nproc, family, overrides), RECIPES[family]),
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"training failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
     return proc
@@ -144,8 +149,77 @@ def assert_vocab_split(run_dir) -> None:
         assert rank["param_bytes"] == rank["param_bytes_predicted"] < 1.02 * share, rank
 
 
+# ------------------------------------------------ the runs the comparisons read, batched
+# A tiny run's steps take milliseconds and a launch seconds: the runs below start in one launch
+# per world size (tests/train_runs_worker.py: the trainer's own train(), one run after another
+# in one process group), once per module, and only those that the selected tests read.
+
+
+def mesh_run(nproc: int, family: str, overrides: list[str], copy: str | None = None) -> Run:
+    """A run of RUNS; `copy`: the run whose step-5 checkpoint it starts from."""
+    return Run(nproc, RECIPES[family], tuple(mesh_args(nproc, family, overrides)),
+               copy and (copy, CKPT_5))
+
+
+CKPT_5 = "checkpoints/step_00000005"
+NO_EVERY = ["checkpoint.every_steps=0"]
+NO_SAVE = ["checkpoint.save_at_end=false"]
+STEPS_10 = ["schedule.steps=10", *NO_EVERY, *LINEAR_ADAM]
+LM_TIED = [*STEPS_10, *NO_SAVE, "model.lm.tie_embeddings=true", *EVAL_AT_10]
+MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
+       "model.mup.output_mult=2.0"]  # width 32 = 2x the base: every multiplier is not 1
+# bf16 parameters (FSDP2's policy), fp32 reductions: TP's row-parallel partial sums are
+# rounded to bf16 before they are added; measured 3e-4 over 6 steps
+VISION_TP = {"vit": ("vit", [], 1e-5), "dit": ("dit", [], 1e-5), "vit-mup": ("vit", MUP, 1e-5),
+             "vit-bf16": ("vit", ["parallel.mixed_precision=bf16"], 3e-3)}
+SIGKILL = ["schedule.steps=14", "checkpoint.every_steps=3", "checkpoint.keep_last=2", *TP]
+RESUME = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.keep_last=3", *NO_SAVE,
+          *LINEAR_ADAM]
+RESUME_MESHES = {"tp": (4, TP), "hsdp": (4, HSDP), "tp4": (4, ["parallel.mesh.tp=4"]),
+                 "one": (0, [])}
+TP_THEN_DP4 = ["schedule.steps=10", "checkpoint.every_steps=5", *LINEAR_ADAM]
+AC = ["schedule.steps=4", *NO_EVERY, *NO_SAVE, *TP]
+EAGER_TP = ["schedule.steps=3", *NO_EVERY, *NO_SAVE, *LINEAR_ADAM, *TP]
+SEQUENCE_PARALLEL = {"lm": ("lm", []), "lm-tied": ("lm", ["model.lm.tie_embeddings=true"]),
+                     "vit-peri": ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"])}
+SP_COMMON = ["schedule.steps=6", *NO_EVERY, *NO_SAVE, *LINEAR_ADAM, *TP]
+
+RUNS: dict[str, Run] = {
+    "lm_one": mesh_run(0, "lm", [*STEPS_10, *EVAL_AT_10]),
+    "lm_hsdp": mesh_run(4, "lm", [*STEPS_10, *HSDP, *NO_SAVE]),
+    "lm_tp": mesh_run(4, "lm", [*STEPS_10, *TP, *EVAL_AT_10]),
+    "lm_tied_one": mesh_run(0, "lm", LM_TIED),
+    "lm_tied_tp": mesh_run(4, "lm", [*LM_TIED, *TP]),
+    **{f"{name}_{mesh}": mesh_run(nproc, family, [*STEPS_10, *NO_SAVE, *extra, *layout])
+       for name, (family, extra, _) in VISION_TP.items()
+       for mesh, nproc, layout in (("dp", 2, []), ("tp", 4, TP))},
+    **{f"{family}_{mesh}": mesh_run(4, family, [*STEPS_10, *NO_SAVE, *layout])
+       for family in ("vit", "dit") for mesh, layout in (("dp4", []), ("hsdp", HSDP))},
+    "sigkill_ref": mesh_run(4, "lm", SIGKILL),
+    "resume_dp4": mesh_run(4, "lm", RESUME),
+    **{f"resume_{name}": mesh_run(nproc, "lm", [*RESUME, *layout], copy="resume_dp4")
+       for name, (nproc, layout) in RESUME_MESHES.items()},
+    "tp_then": mesh_run(4, "lm", [*TP_THEN_DP4, *TP]),
+    "dp4_after_tp": mesh_run(4, "lm", TP_THEN_DP4, copy="tp_then"),
+    "ac_plain": mesh_run(4, "vit", AC),
+    "ac": mesh_run(4, "vit", [*AC, "parallel.activation_checkpointing=true"]),
+    "eager_tp": mesh_run(4, "lm", EAGER_TP),
+    **{f"sp_{name}_{mode}": mesh_run(4, family, [*SP_COMMON, *extra, *sp])
+       for name, (family, extra) in SEQUENCE_PARALLEL.items()
+       for mode, sp in (("tp", []), ("sp", ["parallel.mesh.sequence_parallel=true"]))},
+}
+BATCH = RunBatch(RUNS)
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory) -> Path:
+    """A directory holding a run directory per name in RUNS that a selected test needs."""
+    return BATCH.start(request, tmp_path_factory.mktemp("mesh_runs"), REPO, subprocess_env())
+
+
 @pytest.mark.slow
-def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
+@BATCH.needs("lm_one", "lm_hsdp", "lm_tp")
+def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(runs):
     """fp32, same global batch, AdamW with LINEAR_ADAM: HSDP and TP within 1e-4 of one
     process at every step, the tolerance of plain FSDP2 (tests/test_distributed.py): each
     data-parallel rank averages over its own valid targets (packed rows mask document
@@ -153,114 +227,91 @@ def test_lm_hsdp_and_tp_follow_one_process_for_10_steps(tmp_path):
     step 10: HSDP 1e-6, TP 2e-6; the largest, 3e-5, at step 9. Under TP the embedding and
     readout are split by vocabulary and the loss is vocabulary-parallel; the validation loss
     and accuracy (argmax over split logits) agree too."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", *LINEAR_ADAM]
-    run(0, "lm", [*common, *EVAL_AT_10, f"run.dir={tmp_path / 'one'}"])
-    run(4, "lm", [*common, *HSDP, "checkpoint.save_at_end=false", f"run.dir={tmp_path / 'hsdp'}"])
-    run(4, "lm", [*common, *TP, *EVAL_AT_10, f"run.dir={tmp_path / 'tp'}"])
-    one = train_losses(tmp_path / "one")
+    one = train_losses(runs / "lm_one")
     assert sorted(one) == list(range(1, 11))
-    assert_follows(train_losses(tmp_path / "hsdp"), one, 1e-4, "hsdp")
-    assert_follows(train_losses(tmp_path / "tp"), one, 1e-4, "tp")
-    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
-    assert_vocab_split(tmp_path / "tp")
+    assert_follows(train_losses(runs / "lm_hsdp"), one, 1e-4, "hsdp")
+    assert_follows(train_losses(runs / "lm_tp"), one, 1e-4, "tp")
+    assert_follows(val_metrics(runs / "lm_tp"), val_metrics(runs / "lm_one"), 1e-4, "val")
+    assert_vocab_split(runs / "lm_tp")
     # The TP checkpoint holds the single-device layout (fused qkv/SwiGLU rows unpermuted).
-    single, sharded = final_weights(tmp_path / "one"), final_weights(tmp_path / "tp")
+    single, sharded = final_weights(runs / "lm_one"), final_weights(runs / "lm_tp")
     assert single.keys() == sharded.keys()
     for name, value in single.items():
         assert torch.allclose(sharded[name], value, atol=1e-4), name
 
 
 @pytest.mark.slow
-def test_lm_tied_embeddings_under_tp_follow_one_process(tmp_path):
+@BATCH.needs("lm_tied_one", "lm_tied_tp")
+def test_lm_tied_embeddings_under_tp_follow_one_process(runs):
     """Tied readout: the logits multiply the final norm's output by the vocabulary-split
     embedding matrix, whose gradient gathers both uses; within 1e-4 of one process over 10
     steps (as untied, above), validation loss and accuracy included."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              "model.lm.tie_embeddings=true", *EVAL_AT_10, *LINEAR_ADAM]
-    run(0, "lm", [*common, f"run.dir={tmp_path / 'one'}"])
-    run(4, "lm", [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
-    assert_follows(train_losses(tmp_path / "tp"), train_losses(tmp_path / "one"), 1e-4, "tied")
-    assert_follows(val_metrics(tmp_path / "tp"), val_metrics(tmp_path / "one"), 1e-4, "val")
-    assert_vocab_split(tmp_path / "tp")
-
-
-MUP = ["model.mup.enabled=true", "model.mup.base_width=16", "model.mup.zero_query=true",
-       "model.mup.output_mult=2.0"]  # width 32 = 2x the base: every multiplier is not 1
+    one, tp = runs / "lm_tied_one", runs / "lm_tied_tp"
+    assert sorted(train_losses(one)) == list(range(1, 11))
+    assert_follows(train_losses(tp), train_losses(one), 1e-4, "tied")
+    assert_follows(val_metrics(tp), val_metrics(one), 1e-4, "val")
+    assert_vocab_split(tp)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, extra, rel", [
-    ("vit", [], 1e-5), ("dit", [], 1e-5), ("vit", MUP, 1e-5),
-    # bf16 parameters (FSDP2's policy), fp32 reductions: TP's row-parallel partial sums are
-    # rounded to bf16 before they are added; measured 3e-4 over 6 steps
-    ("vit", ["parallel.mixed_precision=bf16"], 3e-3),
-], ids=["vit", "dit", "vit-mup", "vit-bf16"])
-def test_vision_tp_follows_data_parallel_for_10_steps(tmp_path, family, extra, rel):
+@pytest.mark.parametrize("name", list(VISION_TP))
+@BATCH.needs(*(f"{name}_{mesh}" for name in VISION_TP for mesh in ("dp", "tp")))
+def test_vision_tp_follows_data_parallel_for_10_steps(runs, name):
     """ViT and DiT (adaLN) at (dp_shard=2, tp=2) against dp_shard=2 on 2 ranks (DiT draws its
     noise per data-parallel rank, so that is its reference), within 1e-5 at every step.
     (Without LINEAR_ADAM they drift ~3e-3 apart by step 10; a clipping bug, gradients of one
     mesh left unclipped, showed here as 1e-3 at step 2.) Under muP the per-group lr/wd
     multipliers, the attention scale, the readout multiplier and the zero query init hold on
     the TP-sharded parameters: the same trajectory."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM, *extra]
-    run(2, family, [*common, f"run.dir={tmp_path / 'dp'}"])
-    run(4, family, [*common, *TP, f"run.dir={tmp_path / 'tp'}"])
-    dp, tp = train_losses(tmp_path / "dp"), train_losses(tmp_path / "tp")
-    assert_follows(tp, dp, rel, family)
+    dp, tp = train_losses(runs / f"{name}_dp"), train_losses(runs / f"{name}_tp")
+    assert sorted(dp) == list(range(1, 11))
+    assert_follows(tp, dp, VISION_TP[name][2], name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vit", "dit"])
-def test_vision_hsdp_follows_data_parallel_for_10_steps(tmp_path, family):
+@BATCH.needs("vit_dp4", "vit_hsdp", "dit_dp4", "dit_hsdp")
+def test_vision_hsdp_follows_data_parallel_for_10_steps(runs, family):
     """ViT and DiT at (dp_replicate=2, dp_shard=2) against dp_shard=4 on 4 ranks: the same four
     data-parallel ranks (so the DiT draws the same noise), parameters sharded in groups of two
     and replicated across the groups instead of sharded over all four; within 1e-5 at every
     step (the LM's HSDP is checked against one process above)."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM]
-    run(4, family, [*common, f"run.dir={tmp_path / 'dp4'}"])
-    run(4, family, [*common, *HSDP, f"run.dir={tmp_path / 'hsdp'}"])
-    dp4, hsdp = train_losses(tmp_path / "dp4"), train_losses(tmp_path / "hsdp")
+    dp4, hsdp = train_losses(runs / f"{family}_dp4"), train_losses(runs / f"{family}_hsdp")
     assert sorted(dp4) == list(range(1, 11))
     assert_follows(hsdp, dp4, 1e-5, family)
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_on_a_tp_mesh_is_bitwise(tmp_path):
-    common = ["schedule.steps=14", "checkpoint.every_steps=3", "checkpoint.keep_last=2", *TP]
-    run(4, "lm", [*common, f"run.dir={tmp_path / 'ref'}"])
+@BATCH.needs("sigkill_ref")
+def test_sigkill_and_resume_on_a_tp_mesh_is_bitwise(runs, tmp_path):
+    """The victim is killed and resumed through the CLI, each time a launch of its own; the
+    reference ran in the batch (tests/train_runs_worker.py), so this also shows that a batched
+    run ends bitwise where a run launched alone does."""
     victim = tmp_path / "victim"
     seed = random.randrange(1 << 30)
     kill_step = random.Random(seed).randint(4, 10)
     killed_at = kill_run_at_step(
-        train_cmd(4, [*FAMILY_DATA["lm"], *TINY_MESH, "parallel.backend=fsdp2", *common,
-                      f"run.dir={victim}"], RECIPES["lm"]), victim, kill_step)
-    resumed_step = resumed_from(run(4, "lm", [*common, f"run.dir={victim}"]))
+        train_cmd(4, [*mesh_args(4, "lm", SIGKILL), f"run.dir={victim}"], RECIPES["lm"]),
+        victim, kill_step)
+    resumed_step = resumed_from(run(4, "lm", [*SIGKILL, f"run.dir={victim}"]))
     assert 3 <= resumed_step <= killed_at, (resumed_step, killed_at)
     assert read_status(victim)["state"] == "completed"
-    ref, resumed = final_weights(tmp_path / "ref"), final_weights(victim)
+    ref, resumed = final_weights(runs / "sigkill_ref"), final_weights(victim)
+    assert ref.keys() == resumed.keys()
     mismatched = [k for k in ref if not torch.equal(ref[k], resumed[k])]
     assert not mismatched, f"killed at {killed_at} (seed {seed}): {mismatched[:5]} differ"
 
 
 @pytest.mark.slow
-def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
+@BATCH.needs("resume_dp4", *(f"resume_{name}" for name in RESUME_MESHES))
+def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(runs):
     """A DCP checkpoint written at dp_shard=4 continues at (dp_shard=2, tp=2), at
     (dp_replicate=2, dp_shard=2), at tp=4 and on one process, the loss following the original
     run."""
-    common = ["schedule.steps=10", "checkpoint.every_steps=5", "checkpoint.keep_last=3",
-              "checkpoint.save_at_end=false", *LINEAR_ADAM]
-    ref = tmp_path / "ref"
-    run(4, "lm", [*common, f"run.dir={ref}"])
-    ref_losses = train_losses(ref)
-    for name, nproc, mesh in (("tp", 4, TP), ("hsdp", 4, HSDP), ("tp4", 4, ["parallel.mesh.tp=4"]),
-                              ("one", 0, [])):
-        run_dir = tmp_path / name
-        shutil.copytree(ref / "checkpoints" / "step_00000005",
-                        run_dir / "checkpoints" / "step_00000005")
-        run(nproc, "lm", [*common, *mesh, f"run.dir={run_dir}"])
-        losses = train_losses(run_dir)
+    ref_losses = train_losses(runs / "resume_dp4")
+    assert sorted(ref_losses) == list(range(1, 11))
+    for name in RESUME_MESHES:
+        losses = train_losses(runs / f"resume_{name}")
         assert sorted(losses) == list(range(6, 11)), f"{name}: must continue from step 6"
         for step in losses:
             # 1e-4: a mesh with another dp size averages other per-rank means (see above)
@@ -268,19 +319,14 @@ def test_dp_shard_4_checkpoint_resumes_on_tp_mesh_and_one_process(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tp_then_dp4(tmp_path_factory) -> tuple[Path, Path]:
+def tp_then_dp4(runs) -> tuple[Path, Path]:
     """A (dp_shard=2, tp=2) run of 10 steps, and a dp_shard=4 run continuing its step-5
     checkpoint to step 10: one run's trajectory, both ending in a checkpoint at step 10."""
-    root = tmp_path_factory.mktemp("tp_then_dp4")
-    common = ["schedule.steps=10", "checkpoint.every_steps=5", *LINEAR_ADAM]
-    tp, dp4 = root / "tp", root / "dp4"
-    run(4, "lm", [*common, *TP, f"run.dir={tp}"])
-    shutil.copytree(tp / "checkpoints" / "step_00000005", dp4 / "checkpoints" / "step_00000005")
-    run(4, "lm", [*common, f"run.dir={dp4}"])
-    return tp, dp4
+    return runs / "tp_then", runs / "dp4_after_tp"
 
 
 @pytest.mark.slow
+@BATCH.needs("tp_then", "dp4_after_tp")
 def test_tp_checkpoint_resumes_at_dp_shard_4(tp_then_dp4):
     """The other way: a (dp_shard=2, tp=2) checkpoint, its embedding and readout split by
     vocabulary, continues at dp_shard=4 following the TP run's own losses."""
@@ -299,6 +345,7 @@ def ckpt_cli(*argv: str) -> None:
 
 
 @pytest.mark.slow
+@BATCH.needs("tp_then", "dp4_after_tp")
 def test_convert_and_export_from_a_tp_checkpoint_match_data_parallel(tp_then_dp4, tmp_path):
     """`ckpt convert --to deepspeed` and `ckpt export --format hf` of the TP run's step-10
     checkpoint: exactly the tensors (and AdamW moments) its DCP checkpoint holds in the
@@ -335,28 +382,28 @@ def test_convert_and_export_from_a_tp_checkpoint_match_data_parallel(tp_then_dp4
 
 
 @pytest.mark.slow
-def test_activation_checkpointing_on_a_tp_mesh_is_exact(tmp_path):
+@BATCH.needs("ac_plain", "ac")
+def test_activation_checkpointing_on_a_tp_mesh_is_exact(runs):
     """TP is applied before activation checkpointing wraps the blocks: the recompute of a
     TP-split block gives bitwise the same losses."""
-    common = ["schedule.steps=4", "checkpoint.every_steps=0", "checkpoint.save_at_end=false", *TP]
-    run(4, "vit", [*common, f"run.dir={tmp_path / 'plain'}"])
-    run(4, "vit", [*common, "parallel.activation_checkpointing=true", f"run.dir={tmp_path / 'ac'}"])
-    assert train_losses(tmp_path / "ac") == train_losses(tmp_path / "plain")
+    plain = train_losses(runs / "ac_plain")
+    assert sorted(plain) == list(range(1, 5))
+    assert train_losses(runs / "ac") == plain
 
 
 @pytest.mark.slow
-def test_compiled_blocks_on_a_tp_mesh_follow_eager(tmp_path):
+@BATCH.needs("eager_tp")
+def test_compiled_blocks_on_a_tp_mesh_follow_eager(runs, tmp_path):
     """TP before compile: each TP-split block compiled (torch.compile on CPU, inductor) gives
     eager's losses within 1e-5 over 3 steps. Dynamo breaks the graph at SwiGLU's fc2 (the
     strided fused-output layout entering the row-wise projection ends in a host scalar
-    read), so that part runs eagerly; the rest of each block is compiled."""
-    common = ["schedule.steps=3", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM, *TP]
-    run(4, "lm", [*common, f"run.dir={tmp_path / 'eager'}"])
-    run(4, "lm", [*common, "parallel.compile=true", f"run.dir={tmp_path / 'compiled'}"],
+    read), so that part runs eagerly; the rest of each block is compiled. The compiled run is
+    a CLI launch of its own."""
+    run(4, "lm", [*EAGER_TP, "parallel.compile=true", f"run.dir={tmp_path / 'compiled'}"],
         timeout=900)
-    assert_follows(train_losses(tmp_path / "compiled"), train_losses(tmp_path / "eager"), 1e-5,
-                   "compiled")
+    eager = train_losses(runs / "eager_tp")
+    assert sorted(eager) == [1, 2, 3]
+    assert_follows(train_losses(tmp_path / "compiled"), eager, 1e-5, "compiled")
 
 
 def test_sequence_parallel_refuses_what_it_cannot_split():
@@ -374,15 +421,11 @@ def test_sequence_parallel_refuses_what_it_cannot_split():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, extra", [
-    ("lm", []), ("lm", ["model.lm.tie_embeddings=true"]),
-    ("vit", ["model.vit.pooling=mean", "model.norm_placement=peri"]),
-], ids=["lm", "lm-tied", "vit-peri"])
-def test_sequence_parallel_follows_tensor_parallel(tmp_path, family, extra):
+@pytest.mark.parametrize("name", list(SEQUENCE_PARALLEL))
+@BATCH.needs(*(f"sp_{name}_{mode}" for name in SEQUENCE_PARALLEL for mode in ("tp", "sp")))
+def test_sequence_parallel_follows_tensor_parallel(runs, name):
     """Tokens split between the projections (norms, Peri-LN output norms, residual stream):
     the same losses as TP alone, which follows one process (above)."""
-    common = ["schedule.steps=6", "checkpoint.every_steps=0", "checkpoint.save_at_end=false",
-              *LINEAR_ADAM, *TP, *extra]
-    run(4, family, [*common, f"run.dir={tmp_path / 'tp'}"])
-    run(4, family, [*common, "parallel.mesh.sequence_parallel=true", f"run.dir={tmp_path / 'sp'}"])
-    assert_follows(train_losses(tmp_path / "sp"), train_losses(tmp_path / "tp"), 1e-5, family)
+    tp = train_losses(runs / f"sp_{name}_tp")
+    assert sorted(tp) == list(range(1, 7))
+    assert_follows(train_losses(runs / f"sp_{name}_sp"), tp, 1e-5, name)

@@ -15,7 +15,8 @@ import torch
 from pretrain.checkpoint import latest_complete, read_model_tensors
 from pretrain.cli.generate import generate_text, register
 from pretrain.run_dir import read_metrics
-from tests.conftest import TINY, run_train
+from tests.conftest import REPO, TINY, run_train, subprocess_env
+from tests.train_runs_worker import Run, RunBatch
 
 pytestmark = pytest.mark.slow
 
@@ -73,16 +74,21 @@ def common(family: str) -> list[str]:
     ]
 
 
+# One uninterrupted 2-rank FSDP2 run per family, in one launch (tests/train_runs_worker.py);
+# the resumes are CLI launches of their own.
+BATCH = RunBatch({family: Run(2, "configs/vit_digits.yaml", tuple(common(family)))
+                  for family in FAMILY})
+
+
 @pytest.fixture(scope="module")
-def reference_runs(tmp_path_factory) -> dict:
+def reference_runs(request, tmp_path_factory) -> dict:
     """One uninterrupted 2-rank FSDP2 run per family, shared by the tests below."""
-    root = tmp_path_factory.mktemp("families")
-    for family in FAMILY:
-        run_train(2, [*common(family), f"run.dir={root / family}"])
+    root = BATCH.start(request, tmp_path_factory.mktemp("families"), REPO, subprocess_env())
     return {family: root / family for family in FAMILY}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY))
+@BATCH.needs(*FAMILY)
 def test_trains_under_fsdp2_and_resumes_bitwise(tmp_path, reference_runs, family):
     ref = reference_runs[family]
     records = read_metrics(ref)
@@ -113,6 +119,7 @@ def test_trains_under_fsdp2_and_resumes_bitwise(tmp_path, reference_runs, family
     assert not mismatched, mismatched[:5]
 
 
+@BATCH.needs("lm", "dit")
 def test_generate_from_the_fsdp2_lm_checkpoint(reference_runs, capsys):
     ref = reference_runs["lm"]
     greedy = generate_text(ref, "ab", 6)

@@ -3,7 +3,6 @@ unchanged by resharding."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,9 @@ from pretrain.models.parametrization import (
     group_multipliers,
     in_residual_block,
 )
-from tests.conftest import REPO, TINY, run_train
+from pretrain.run_dir import read_metrics
+from tests.conftest import REPO, TINY, subprocess_env
+from tests.train_runs_worker import Run, RunBatch
 
 pytestmark = pytest.mark.slow
 
@@ -67,43 +68,44 @@ def expected_groups(rules: list[str]) -> dict[str, tuple[float, float, float, fl
     return out
 
 
-@pytest.mark.parametrize("rules", [MUP, [*MUP, *DEPTH]], ids=["width", "width_and_depth"])
-def test_group_multipliers_survive_save_reshard_and_load(tmp_path, rules):
+RULES = {"width": MUP, "width_and_depth": [*MUP, *DEPTH]}
+RESHARD_ON = {"single": 0, "fsdp2": 3}  # backend -> ranks the 2-rank checkpoint resumes on
+RECIPE = "configs/vit_digits.yaml"
+# The saving runs, then the resumes, one launch per world size (tests/train_runs_worker.py).
+BATCH = RunBatch({
+    **{f"{name}_ref": Run(2, RECIPE, (*TINY, *rules, "checkpoint.keep_last=5",
+                                      "parallel.backend=fsdp2", "schedule.steps=3",
+                                      "checkpoint.every_steps=3"))
+       for name, rules in RULES.items()},
+    **{f"{name}_{backend}": Run(nproc, RECIPE, (*TINY, *rules, "checkpoint.keep_last=5",
+                                                f"parallel.backend={backend}",
+                                                "schedule.steps=5", "checkpoint.every_steps=5"),
+                                copy=(f"{name}_ref", "checkpoints/step_00000003"))
+       for name, rules in RULES.items() for backend, nproc in RESHARD_ON.items()},
+})
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory) -> Path:
+    return BATCH.start(request, tmp_path_factory.mktemp("mup_ckpt"), REPO, subprocess_env())
+
+
+@pytest.mark.parametrize("name", list(RULES))
+@BATCH.needs(*(f"{name}_{run}" for name in RULES for run in ("ref", *RESHARD_ON)))
+def test_group_multipliers_survive_save_reshard_and_load(runs, name):
     """FSDP2 at 2 ranks saves; 1 process and 3 FSDP2 ranks resume, train and save again: every
     parameter's group keeps the muP lr/wd multipliers (and the depth rule's eps) derived from
     its role and place."""
-    common = [*TINY, *rules, "checkpoint.keep_last=5"]
-    ref = tmp_path / "ref"
-    run_train(
-        2,
-        [
-            *common,
-            "parallel.backend=fsdp2",
-            "schedule.steps=3",
-            "checkpoint.every_steps=3",
-            f"run.dir={ref}",
-        ],
-    )
+    rules, ref = RULES[name], runs / f"{name}_ref"
     expected = expected_groups(rules)
     lr_mults = {0.5, 1.0} if rules == MUP else {0.5 * 2**-0.5, 2**-0.5, 1.0}  # × m_L^(α-1)
     assert sorted({m for m, *_ in expected.values()}) == pytest.approx(sorted(lr_mults))
     first = saved_groups(latest_complete(ref / "checkpoints"))
     assert first == expected
-    for nproc, backend in ((0, "single"), (3, "fsdp2")):
-        run_dir = tmp_path / f"resume_{nproc}"
-        shutil.copytree(
-            ref / "checkpoints" / "step_00000003", run_dir / "checkpoints" / "step_00000003"
-        )
-        run_train(
-            nproc,
-            [
-                *common,
-                f"parallel.backend={backend}",
-                "schedule.steps=5",
-                "checkpoint.every_steps=5",
-                f"run.dir={run_dir}",
-            ],
-        )
+    for backend, nproc in RESHARD_ON.items():
+        run_dir = runs / f"{name}_{backend}"
+        steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
+        assert steps == [4, 5], (backend, steps)  # resumed from the step-3 checkpoint
         resaved = latest_complete(run_dir / "checkpoints")
         assert resaved.name == "step_00000005", (backend, nproc)
         assert saved_groups(resaved) == first, (backend, nproc)
