@@ -36,7 +36,7 @@ from data_pipeline.decode import decode_field, is_image_encoding, open_image
 from data_pipeline.errors import BadSampleError, DataError, where
 from data_pipeline.mixup import MixConfig, mix_draws
 from data_pipeline.pixel_ops import color_jitter, resize_box, to_luma
-from data_pipeline.transforms import LABEL_KEYS, ImageRows, image_field, pick
+from data_pipeline.transforms import ImageRows, image_and_label_fields
 
 DEFERRED_KEY = "jpeg"  # a batch holding this key still has to go through finish_batch
 
@@ -58,10 +58,7 @@ class DeferredImageRows(ImageRows):
 
     def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
                  epoch: int) -> dict[str, Any]:
-        img_key = image_field(raw, self.cfg)
-        lbl_key = pick(raw, self.cfg.label_key, LABEL_KEYS)
-        if img_key is None or lbl_key is None:
-            raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
+        img_key, lbl_key = image_and_label_fields(raw, self.cfg, shard, key)
         encoding, data = raw[img_key]
         try:
             image = open_image(data) if is_image_encoding(encoding) else None

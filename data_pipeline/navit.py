@@ -26,7 +26,7 @@ from PIL import Image
 from data_pipeline.config import IGNORE_INDEX, DataConfig
 from data_pipeline.decode import decode_field
 from data_pipeline.errors import BadSampleError, where
-from data_pipeline.transforms import LABEL_KEYS, image_field, pick
+from data_pipeline.transforms import image_and_label_fields
 
 
 def patch_grid(height: int, width: int, patch: int, scale: float = 1.0) -> tuple[int, int]:
@@ -64,10 +64,7 @@ class PatchPackRows:
 
     def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
                  epoch: int) -> dict[str, Any]:
-        img_key = image_field(raw, self.cfg)
-        lbl_key = pick(raw, self.cfg.label_key, LABEL_KEYS)
-        if img_key is None or lbl_key is None:
-            raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
+        img_key, lbl_key = image_and_label_fields(raw, self.cfg, shard, key)
         try:
             image = decode_field(*raw[img_key])
             if isinstance(image, np.ndarray):

@@ -58,6 +58,15 @@ def image_field(fields: dict, cfg: DataConfig) -> str | None:
         (f for f in fields if f.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
 
 
+def image_and_label_fields(raw: dict, cfg: DataConfig, shard: str, key: str) -> tuple[str, str]:
+    """The sample's image and label field names; a sample lacking either is bad (named)."""
+    img_key = image_field(raw, cfg)
+    lbl_key = pick(raw, cfg.label_key, LABEL_KEYS)
+    if img_key is None or lbl_key is None:
+        raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
+    return img_key, lbl_key
+
+
 def image_array(image: Any, cfg: DataConfig) -> np.ndarray:
     """A decoded image as uint8 [C, H, W], in data.image_mode and resized to data.image_size."""
     if isinstance(image, np.ndarray):
@@ -133,10 +142,7 @@ class ImageRows(LabelledArrays):
 
     def __call__(self, raw: dict[str, tuple[str, bytes]], shard: str, key: str, sample_id: int,
                  epoch: int) -> dict[str, Any]:
-        img_key = image_field(raw, self.cfg)
-        lbl_key = pick(raw, self.cfg.label_key, LABEL_KEYS)
-        if img_key is None or lbl_key is None:
-            raise BadSampleError(f"{where(shard, key)}: no image/label field among {sorted(raw)}")
+        img_key, lbl_key = image_and_label_fields(raw, self.cfg, shard, key)
         try:
             encoding, data = raw[img_key]
             image = open_image(data) if is_image_encoding(encoding) else decode_field(
