@@ -108,6 +108,8 @@ def plot(out: Path, sweep: dict[float, float], sv_rows: list[dict], rows: list[d
                      color=f"C{i}")  # fmt: skip
     axes[2].set(xscale="log", xlabel="width", ylabel="final val loss (mean of seeds)",
                 title="at the transferred (η, λ*)")  # fmt: skip
+    axes[2].set_xticks([base, *wider], [str(w) for w in (base, *wider)])
+    axes[2].minorticks_off()
     axes[2].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
