@@ -105,6 +105,10 @@ def test_each_seed_has_its_own_shift_and_the_transferred_loss_is_read_at_the_bas
     at_base = loss_at_base_optimum(rows)  # the base (width 32) optimum is 2e-3 in every seed
     assert at_base[("mup", 32)] == 1.0
     assert at_base[("mup", 256)] == pytest.approx((0.9 + 0.9 + 1.0) / 3)
+    nan = float("nan")  # every base-width run diverged: nothing to transfer, not the next size's
+    diverged = rows_from({("sp", 32): [nan, nan, nan], ("sp", 256): [1.0, 0.5, 2.0]}, lrs)
+    at_base = loss_at_base_optimum(rows + diverged)
+    assert math.isnan(at_base[("sp", 32)]) and math.isnan(at_base[("sp", 256)])
 
 
 def test_report_only_rereads_merged_shards_without_training(tmp_path, capsys):

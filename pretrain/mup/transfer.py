@@ -200,12 +200,14 @@ def loss_at_base_optimum(
     """(parametrization, size) -> the seed-mean loss at the smallest size's optimum LR.
 
     That is the LR a user would transfer from the proxy; under muP the loss there should fall
-    with width ("wider is better at the transferred LR"). nan where that LR was not run."""
-    best, out = optima(rows, metric), {}
-    for (param, size), pts in curves(rows, metric).items():
-        base = min(s for p, s in best if p == param)
-        lr = best[(param, base)]
-        out[(param, size)] = next((loss for x, loss in pts if math.isclose(x, lr)), math.nan)
+    with width ("wider is better at the transferred LR"). nan where that LR was not run, or
+    where every run at the smallest size diverged (no optimum to transfer)."""
+    best, per_size, out = optima(rows, metric), curves(rows, metric), {}
+    for (param, size), pts in per_size.items():
+        lr = best.get((param, min(s for p, s in per_size if p == param)))
+        out[(param, size)] = next(
+            (loss for x, loss in pts if lr is not None and math.isclose(x, lr)), math.nan
+        )
     return out
 
 
