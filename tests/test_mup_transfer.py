@@ -139,3 +139,10 @@ def test_report_only_rereads_merged_shards_without_training(tmp_path, capsys):
         main([*argv[:-3], "--steps", "8", "--report-only", "--out", str(tmp_path)])
     assert refused.value.code == 2
     assert "no rows for these widths and steps" in capsys.readouterr().err
+    with open(tmp_path / "transfer.csv", "a") as f:
+        f.write("mup,64,2,fast,0,7,1.0,1.0\n")  # a hand-edited row: named, one line, exit 2
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "transfer.csv: line 14: not a transfer row" in err and "Traceback" not in err

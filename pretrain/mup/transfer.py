@@ -36,23 +36,27 @@ def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
 
 
 def read_rows(path: Path, default_depth: int = 0) -> list[dict]:
-    """The rows of a sweep CSV; files written before depth sweeps get `default_depth`."""
+    """The rows of a sweep CSV; files written before depth sweeps get `default_depth`.
+    A row that does not parse is refused naming the file and its line."""
     if not path.exists():
         return []
+    rows = []
     with open(path, newline="") as f:
-        return [
-            {
-                "parametrization": r["parametrization"],
-                "width": int(r["width"]),
-                "depth": int(r.get("depth") or default_depth),
-                "lr": float(r["lr"]),
-                "seed": int(r["seed"]),
-                "steps": int(r["steps"]),
-                "train_loss": float(r["train_loss"]),
-                "val_loss": float(r["val_loss"]),
-            }
-            for r in csv.DictReader(f)
-        ]
+        for line, r in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+            try:
+                rows.append({
+                    "parametrization": r["parametrization"],
+                    "width": int(r["width"]),
+                    "depth": int(r.get("depth") or default_depth),
+                    "lr": float(r["lr"]),
+                    "seed": int(r["seed"]),
+                    "steps": int(r["steps"]),
+                    "train_loss": float(r["train_loss"]),
+                    "val_loss": float(r["val_loss"]),
+                })  # fmt: skip
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: line {line}: not a transfer row ({e!r})") from None
+    return rows
 
 
 def _key(r: dict) -> tuple:
