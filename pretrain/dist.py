@@ -54,8 +54,9 @@ class CollectiveTimeout(RuntimeError):
 _progress: dict[str, int | None] = {"step": None}  # the loop's step, for error messages only
 
 
-def note_step(step: int) -> None:
-    """Record the training step the loop is at (named by a CollectiveTimeout)."""
+def note_step(step: int | None) -> None:
+    """Record the training step the loop is at (named by a CollectiveTimeout); None outside
+    a run's loop, so one run's step is never named by the next (in-process) run's setup."""
     _progress["step"] = step
 
 

@@ -90,6 +90,8 @@ def train(cfg: TrainConfig) -> dict:
     """
     try:
         with contextlib.ExitStack() as closing:
+            note_step(None)  # setup is at no step: no stale one from an earlier run
+            closing.callback(note_step, None)
             return _train(cfg, closing)
     except (KeyboardInterrupt, SystemExit):
         raise

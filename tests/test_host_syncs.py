@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import traceback
 from collections import Counter
+from pathlib import Path
 
+import pytest
 import torch
 
 import pretrain.dist
@@ -28,10 +31,10 @@ PROJECT = str(REPO / "pretrain")
 def count_host_reads():
     """Counter: loop step (None before the loop) -> reads made by project code during it.
 
-    Only reads on the thread that runs the loop count: the loop is what a host sync stalls. In
-    one full-suite run a read from project code was attributed to step 1, never in isolation;
-    the likeliest source (not shown) is a thread an earlier test left behind."""
+    Only reads on the thread that runs the loop count: the loop is what a host sync stalls.
+    `counts.sites` names where each read was made, so a failure shows its culprit."""
     counts: Counter = Counter()
+    counts.sites = {}  # step -> "file:line in function" of each read, to name a stray one
     loop_thread = threading.get_ident()
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
@@ -41,7 +44,12 @@ def count_host_reads():
         def read(self, *args, **kwargs):
             if (threading.get_ident() == loop_thread
                     and sys._getframe(1).f_code.co_filename.startswith(PROJECT)):
-                counts[pretrain.dist._progress["step"]] += 1
+                step = pretrain.dist._progress["step"]
+                counts[step] += 1
+                stack = traceback.extract_stack(sys._getframe(1), limit=6)
+                counts.sites.setdefault(step, []).append(
+                    " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                                for f in reversed(stack)))
             return original(self, *args, **kwargs)
 
         return read
@@ -62,7 +70,8 @@ def test_no_host_sync_between_log_steps(tmp_path):
                       "checkpoint.agree_every_steps=6", "checkpoint.every_steps=0",
                       "checkpoint.save_at_end=false")
     steps_with_reads = sorted(s for s in counts if s is not None)
-    assert steps_with_reads == [4, 6, 8, 12], counts  # log steps and agreement points only
+    # log steps and agreement points only
+    assert steps_with_reads == [4, 6, 8, 12], (counts, counts.sites)
     assert counts[4] > 0 and counts[6] > 0
 
 
@@ -72,3 +81,15 @@ def test_the_counter_sees_a_per_step_read(tmp_path):
         run_inprocess(tmp_path / "run", "schedule.steps=3", "logging.every_steps=1",
                       "checkpoint.every_steps=0", "checkpoint.save_at_end=false")
     assert all(counts[s] > 0 for s in (1, 2, 3)), counts
+
+
+def test_a_run_leaves_no_step_for_the_next_runs_setup(tmp_path):
+    """The loop's step names a collective that times out; once a run is over it is cleared, so
+    an in-process run that follows does not blame its setup on the last run's step (in the full
+    suite the model build's seed read was counted at a stale step 1)."""
+    run_inprocess(tmp_path / "run", "schedule.steps=2", "checkpoint.every_steps=0",
+                  "checkpoint.save_at_end=false")
+    with pytest.raises(pretrain.dist.CollectiveTimeout) as timeout:
+        with pretrain.dist.named_collective("barrier"):
+            raise RuntimeError("Connection timed out")
+    assert str(timeout.value) == "rank 0 timed out in barrier: Connection timed out"
