@@ -10,6 +10,8 @@ from pretrain.cli import build_parser
 from pretrain.config import load_config
 from pretrain.mup.transfer import (
     FIELDS,
+    at_grid_edge,
+    format_report,
     loss_at_base_optimum,
     lr_grid,
     optima,
@@ -60,6 +62,10 @@ def test_optimum_per_width_and_shift_in_grid_steps():
     assert best[("mup", 32)] == best[("mup", 256)] == 4e-3
     assert best[("sp", 256)] == 1e-3  # diverged (nan) runs never win
     assert optimum_shift(rows) == {"mup": 0.0, "sp": 2.0}
+    # sp at 256 is best at the smallest LR swept: its shift is only a lower bound, and said so
+    assert at_grid_edge(rows) == {("sp", 256)}
+    report = format_report(rows)
+    assert "256: 0.001 (edge)" in report and report.count("(edge)") == 2  # the flag + its note
 
 
 def test_transfer_appends_rows_and_resumes(tmp_path, caplog):

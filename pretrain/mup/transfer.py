@@ -167,6 +167,14 @@ def optima(rows: list[dict], metric: str = "train_loss") -> dict[tuple[str, int]
     return best
 
 
+def at_grid_edge(rows: list[dict], metric: str = "train_loss") -> set[tuple[str, int]]:
+    """(parametrization, size) whose optimum is the smallest or largest LR swept there: its
+    true optimum may lie beyond the grid, so the shift read from it is only a bound."""
+    best, per_size = optima(rows, metric), curves(rows, metric)
+    return {key for key, lr in best.items()
+            if len(per_size[key]) > 1 and lr in (per_size[key][0][0], per_size[key][-1][0])}
+
+
 def optimum_shift(
     rows: list[dict], factor: float = 2.0, metric: str = "train_loss"
 ) -> dict[str, float]:
@@ -220,11 +228,16 @@ def format_report(rows: list[dict], factor: float = 2.0, metric: str = "train_lo
     shift = optimum_shift(rows, factor, metric)
     per_seed = seed_shifts(rows, factor, metric)
     at_base = loss_at_base_optimum(rows, metric)
+    edge = at_grid_edge(rows, metric)
     lines = [f"LR minimising {metric} (mean over seeds) per {sweep_axis(rows)} "
              f"(grid factor {factor:g}):"]  # fmt: skip
     for param in dict.fromkeys(p for p, _ in best):
-        per_width = ", ".join(f"{w}: {lr:.3g}" for (p, w), lr in sorted(best.items()) if p == param)
+        per_width = ", ".join(f"{w}: {lr:.3g}" + (" (edge)" if (p, w) in edge else "")
+                              for (p, w), lr in sorted(best.items()) if p == param)
         lines.append(f"  {param:4s} {per_width}  -> optimum moves {shift[param]:.0f} grid step(s)")
+        if any(p == param for p, _ in edge):
+            lines.append("       (edge): the best LR swept at that size; the optimum may lie "
+                         "beyond it, widen the grid there")
         seeds = per_seed.get(param, [])
         if len(seeds) > 1:
             each = ", ".join(f"{s:.0f}" for s in seeds)
