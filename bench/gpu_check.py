@@ -217,7 +217,8 @@ def _tensors(tree):
             yield from _tensors(value)
 
 
-def trainer_run(backend: str, device: str, run_dir: Path, tiny: bool) -> dict:
+def trainer_run(backend: str, device: str, run_dir: Path, tiny: bool,
+                timeout: float = 600.0) -> dict:
     """`pretrain train` under torchrun at world size 1: train, evaluate, async checkpoint."""
     width, depth, heads, seq = (32, 2, 2, 32) if tiny else (768, 12, 12, 1024)
     overrides = [
@@ -232,15 +233,23 @@ def trainer_run(backend: str, device: str, run_dir: Path, tiny: bool) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
            "-m", "pretrain", "train", "configs/lm_bytes.yaml", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        returncode, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode = None
+        log = f"timed out after {timeout:.0f} s\n" + "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
+            for part in (exc.stdout, exc.stderr))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] \
         if (run_dir / "metrics.jsonl").exists() else []
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
-    ok = proc.returncode == 0 and any(r.get("split") == "val" for r in metrics) and checkpoints
+    ok = returncode == 0 and any(r.get("split") == "val" for r in metrics) and checkpoints
+    train = [r for r in metrics if r.get("split") == "train"]
     return {"backend": backend, "ok": bool(ok), "seconds": time.perf_counter() - start,
-            "checkpoints": checkpoints, "val_steps": [r["step"] for r in metrics
-                                                      if r.get("split") == "val"],
-            "log_tail": "" if ok else (proc.stdout + proc.stderr)[-3000:]}
+            "last_train_row": train[-1] if train else None, "checkpoints": checkpoints,
+            "val_steps": [r["step"] for r in metrics if r.get("split") == "val"],
+            "log_tail": "" if ok else log[-3000:]}
 
 
 def flex_check(device: torch.device, tiny: bool) -> dict:
@@ -286,6 +295,43 @@ def blocked_imports() -> list[str]:
     return [name for name in ("deepspeed", "webdataset", "streaming") if name in sys.modules]
 
 
+class Sections:
+    """Runs the check's sections one by one: a section that raises is recorded (its error line
+    and traceback tail) and the rest still run, the JSON is rewritten after each section (a
+    device call cut short still returns what was measured), and no section starts after the
+    deadline. On a loaned GPU one failure must not cost the other figures."""
+
+    def __init__(self, results: dict, out: str, deadline_s: float, only: str = "") -> None:
+        self.results, self.out = results, out
+        self.deadline = time.monotonic() + deadline_s if deadline_s > 0 else float("inf")
+        self.only = set(only.split(",")) if only else None
+
+    def run(self, name: str, fn) -> object:
+        if self.only is not None and name not in self.only:
+            return None
+        if time.monotonic() > self.deadline:
+            self.results.setdefault("skipped", []).append(name)
+            print(f"{name}: skipped (past --deadline)", flush=True)
+            return None
+        start = time.perf_counter()
+        try:
+            return fn()
+        except Exception as exc:  # recorded, reported, and the next section runs
+            import traceback
+
+            self.results.setdefault("errors", {})[name] = {
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+                "traceback": traceback.format_exc()[-4000:]}
+            print(f"{name}: FAILED after {time.perf_counter() - start:.0f} s: "
+                  f"{type(exc).__name__}: {exc}", flush=True)
+            print(traceback.format_exc()[-4000:], flush=True)
+            return None
+        finally:
+            self.results.setdefault("section_seconds", {})[name] = round(
+                time.perf_counter() - start, 1)
+            write_results(self.results, self.out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="GPU check (see bench/gpu_check.py)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, runs on a CPU")
@@ -295,6 +341,13 @@ def main() -> int:
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--skip-decode", action="store_true", help="no JPEG decode case")
     parser.add_argument("--decode-only", action="store_true", help="only the JPEG decode case")
+    parser.add_argument("--only", default="",
+                        help="comma-separated sections to run (model names, trainer_fsdp2, "
+                             "trainer_ddp, flex_attention, jpeg_decode); default all")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="seconds after which no further section starts (0: none)")
+    parser.add_argument("--trainer-timeout", type=float, default=600.0,
+                        help="seconds each `pretrain train` run may take")
     parser.add_argument("--out", default="", help="write the results here as JSON")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -311,61 +364,91 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak = device_peak_flops(device, 0.0)
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
-    results: dict = {"device": device.type, "models": []}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, "
+          f"peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s", flush=True)
+    results: dict = {"device": device.type, "device_name": name, "torch": torch.__version__,
+                     "steps": steps, "warmup": warmup, "models": []}
+    sections = Sections(results, args.out, args.deadline, args.only)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    try:
-        for case in cases:
-            row, engine = bench_case(case, parallel, device, steps, warmup, peak)
-            results["models"].append(row)
-            mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-            print(f"{row['model']:16s} {row['params_m']:8.1f}M  {row['steps_per_s']:7.2f} steps/s  "
-                  f"{row['tokens_per_s']:10.0f} tokens/s  MFU {mfu:>6s}  "
-                  f"peak {row['peak_memory_gb']:6.2f} GB  plain {row['plain_steps_per_s']:7.2f} "
-                  f"steps/s  ratio {row['ratio_to_plain']:.3f}", flush=True)
-            if case is cases[-1]:
-                results["checkpoint"] = checkpoint_rate(engine, device, work / "ckpt")
-                c = results["checkpoint"]
-                print(f"checkpoint save: {c['checkpoint_gb']:.2f} GB in {c['checkpoint_s']:.2f} s "
-                      f"= {c['checkpoint_gb_per_s']:.2f} GB/s", flush=True)
-            del engine
+    try:  # most telling first: the real trainer under NCCL, then the LM's MFU, then the rest
+        if not args.decode_only and not args.skip_trainer:
+            results["trainer"] = []
+            for backend in ("fsdp2", "ddp"):
+                sections.run(f"trainer_{backend}", lambda b=backend: trainer_section(
+                    b, device.type, work / f"run_{b}", args.tiny, args.trainer_timeout, results))
+        for case in sorted(cases, key=lambda c: model_config(c).family != "lm"):
+            sections.run(case.name, lambda case=case: model_section(
+                case, parallel, device, steps, warmup, peak, results, work))
+            reset_peak(device)
+        if not args.decode_only:
+            sections.run("flex_attention", lambda: flex_section(device, args.tiny, results))
         if not args.skip_decode:
-            from bench.gpu_decode_check import decode_check
-
-            results["jpeg_decode"] = d = decode_check(device, args.tiny, work)
-            print(f"JPEG {d['size']} px, batch {d['batch']}, {d['workers']} workers: decode on "
-                  f"{device.type} {d['device_decode_samples_per_s']:.0f} samples/s, in CPU "
-                  f"workers {d['cpu_workers_samples_per_s']:.0f} samples/s, ratio "
-                  f"{d['ratio']:.2f}; pixels vs PIL: max {d['max_levels']:.0f} levels, mean "
-                  f"{d['mean_levels']:.3f}, {d['equal_share']:.1%} equal, labels equal "
-                  f"{d['labels_equal']}", flush=True)
-        if args.decode_only:
-            return finish(results, args.out)
-        results["flex_attention"] = f = flex_check(device, args.tiny)
-        print(f"flex vs dense document mask: max |diff| {f['max_abs_diff']:.2e} "
-              f"(grad {f.get('grad_max_abs_diff', float('nan')):.2e}), peak memory "
-              f"{f['dense_peak_gb']:.2f} GB dense, {f['flex_peak_gb']:.2f} GB flex", flush=True)
-        if not args.skip_trainer:
-            results["trainer"] = [trainer_run(b, device.type, work / f"run_{b}", args.tiny)
-                                  for b in ("fsdp2", "ddp")]
-            for r in results["trainer"]:
-                tail = "\n" + r["log_tail"] if r["log_tail"] else ""
-                print(f"trainer {r['backend']:5s}: {'ok' if r['ok'] else 'FAILED'} in "
-                      f"{r['seconds']:.0f} s, val at steps {r['val_steps']}, "
-                      f"checkpoints {r['checkpoints']}{tail}", flush=True)
+            sections.run("jpeg_decode", lambda: decode_section(device, args.tiny, work, results))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return finish(results, args.out)
 
 
-def finish(results: dict, out: str) -> int:
-    """Write the JSON; 1 when something failed (a blocked import, a trainer run, labels of
-    the device decode differing from the CPU path's)."""
+def model_section(case: Case, parallel: ParallelConfig, device: torch.device, steps: int,
+                  warmup: int, peak: float | None, results: dict, work: Path) -> None:
+    """One model against its plain loop; for the LM (the largest state), the checkpoint save
+    rate."""
+    row, engine = bench_case(case, parallel, device, steps, warmup, peak)
+    results["models"].append(row)
+    mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
+    print(f"{row['model']:16s} {row['params_m']:8.1f}M  {row['steps_per_s']:7.2f} steps/s  "
+          f"{row['tokens_per_s']:10.0f} tokens/s  MFU {mfu:>6s}  "
+          f"peak {row['peak_memory_gb']:6.2f} GB  plain {row['plain_steps_per_s']:7.2f} "
+          f"steps/s  ratio {row['ratio_to_plain']:.3f}", flush=True)
+    if model_config(case).family == "lm":
+        results["checkpoint"] = c = checkpoint_rate(engine, device, work / "ckpt")
+        print(f"checkpoint save: {c['checkpoint_gb']:.2f} GB in {c['checkpoint_s']:.2f} s "
+              f"= {c['checkpoint_gb_per_s']:.2f} GB/s", flush=True)
+
+
+def trainer_section(backend: str, device: str, run_dir: Path, tiny: bool, timeout: float,
+                    results: dict) -> None:
+    r = trainer_run(backend, device, run_dir, tiny, timeout)
+    results["trainer"].append(r)
+    tail = "\n" + r["log_tail"] if r["log_tail"] else ""
+    print(f"trainer {r['backend']:5s}: {'ok' if r['ok'] else 'FAILED'} in "
+          f"{r['seconds']:.0f} s, val at steps {r['val_steps']}, "
+          f"checkpoints {r['checkpoints']}{tail}", flush=True)
+
+
+def flex_section(device: torch.device, tiny: bool, results: dict) -> None:
+    results["flex_attention"] = f = flex_check(device, tiny)
+    print(f"flex vs dense document mask: max |diff| {f['max_abs_diff']:.2e} "
+          f"(grad {f.get('grad_max_abs_diff', float('nan')):.2e}), peak memory "
+          f"{f['dense_peak_gb']:.2f} GB dense, {f['flex_peak_gb']:.2f} GB flex", flush=True)
+
+
+def decode_section(device: torch.device, tiny: bool, work: Path, results: dict) -> None:
+    from bench.gpu_decode_check import decode_check
+
+    results["jpeg_decode"] = d = decode_check(device, tiny, work)
+    print(f"JPEG {d['size']} px, batch {d['batch']}, {d['workers']} workers: decode on "
+          f"{device.type} {d['device_decode_samples_per_s']:.0f} samples/s, in CPU "
+          f"workers {d['cpu_workers_samples_per_s']:.0f} samples/s, ratio "
+          f"{d['ratio']:.2f}; pixels vs PIL: max {d['max_levels']:.0f} levels, mean "
+          f"{d['mean_levels']:.3f}, {d['equal_share']:.1%} equal, labels equal "
+          f"{d['labels_equal']}; per batch: finish_batch {d['finish_batch_s_per_batch']:.3f} s,"
+          f" of which decode {d['decode_images_s_per_batch']:.3f} s", flush=True)
+
+
+def write_results(results: dict, out: str) -> None:
     results["unexpected_imports"] = blocked_imports()
     if out:
         Path(out).write_text(json.dumps(results, indent=2))
-    failed = results["unexpected_imports"] or any(not r["ok"] for r in results.get("trainer", []))
+
+
+def finish(results: dict, out: str) -> int:
+    """Write the JSON; 1 when something failed (a section raised or was skipped, a blocked
+    import, a trainer run, labels of the device decode differing from the CPU path's)."""
+    write_results(results, out)
+    failed = results["unexpected_imports"] or results.get("errors") or results.get("skipped")
+    failed = failed or any(not r["ok"] for r in results.get("trainer", []))
     failed = failed or not results.get("jpeg_decode", {}).get("labels_equal", True)
     return 1 if failed else 0
 

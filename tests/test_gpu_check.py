@@ -47,3 +47,29 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     decode = results["jpeg_decode"]
     assert decode["device_decode_samples_per_s"] > 0 and decode["cpu_workers_samples_per_s"] > 0
     assert decode["labels_equal"] and decode["max_levels"] <= 3
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path):
+    """On a loaned GPU one broken section must not cost the other figures: the error is in
+    the JSON (rewritten after every section), later sections run, none starts past the
+    deadline, and the exit status says something failed."""
+    from bench.gpu_check import Sections, finish
+
+    out = tmp_path / "results.json"
+    results: dict = {"models": []}
+    sections = Sections(results, str(out), deadline_s=0)
+
+    def broken() -> None:
+        raise RuntimeError("no kernel image for this device")
+
+    sections.run("first", broken)
+    assert "no kernel image" in json.loads(out.read_text())["errors"]["first"]["error"]
+    sections.run("second", lambda: results.update(second=1))
+    assert json.loads(out.read_text())["second"] == 1
+    late = Sections(results, str(out), deadline_s=1e-9)
+    assert late.run("third", lambda: results.update(third=1)) is None
+    assert "third" not in results and results["skipped"] == ["third"]
+    only = Sections(results, str(out), deadline_s=0, only="second")
+    only.run("fourth", lambda: results.update(fourth=1))
+    assert "fourth" not in results and "fourth" not in results["skipped"]
+    assert finish(results, str(out)) == 1

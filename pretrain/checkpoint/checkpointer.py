@@ -97,7 +97,7 @@ class Checkpointer:
         self.pending: tuple[object, Path, Path, ChecksumRecorder, str | None] | None = None
         # Async writes run collectives from a background thread: give them their own group.
         self.pg = dist.new_group(backend="gloo") if use_async and dist.is_initialized() else None
-        self.stager = None  # created at the first async save, reused (it caches its buffers)
+        self.stager = None  # made at the first async save, reused while it can (buffer cache)
         self._warned_async = False
 
     def save(self, step: int, engine, train_state: dict) -> None:
@@ -121,6 +121,9 @@ class Checkpointer:
         future = None
         try:
             use_async = self.use_async and self._can_save_async(engine)
+            if use_async and self.stager is not None and not dcp_io.stager_reusable(self.stager):
+                self.stager.close()  # this torch's stager closed itself after the last save
+                self.stager = None
             if use_async and self.stager is None:
                 self.stager = dcp_io.background_stager()
             # The engine's state first: DCP and DeepSpeed agree on their own failures across

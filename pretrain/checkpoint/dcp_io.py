@@ -221,6 +221,14 @@ def background_stager():
     )
 
 
+def stager_reusable(stager) -> bool:
+    """Whether `stager` can stage another save. torch 2.11.0's DefaultStager closes its inner
+    state-dict stager at the end of every stage (pytorch#183413, fixed later): a second save
+    through it raises KeyError: <class 'type'>, so such a stager is replaced, not reused."""
+    inner = getattr(stager, "_state_dict_stager", None)
+    return inner is None or bool(getattr(inner, "_deepcopy_dispatch", True))
+
+
 def async_save(
     state: dict,
     path: str | Path,
