@@ -434,7 +434,9 @@ def decode_section(device: torch.device, tiny: bool, work: Path, results: dict) 
           f"{d['ratio']:.2f}; pixels vs PIL: max {d['max_levels']:.0f} levels, mean "
           f"{d['mean_levels']:.3f}, {d['equal_share']:.1%} equal, labels equal "
           f"{d['labels_equal']}; per batch: finish_batch {d['finish_batch_s_per_batch']:.3f} s,"
-          f" of which decode {d['decode_images_s_per_batch']:.3f} s", flush=True)
+          f" of which decode {d['decode_images_s_per_batch']:.3f} s; batched step "
+          f"{d['batched_s_per_batch']:.3f} s vs per image {d['per_image_s_per_batch']:.3f} s, "
+          f"bitwise equal {d['batched_equals_per_image']}", flush=True)
 
 
 def write_results(results: dict, out: str) -> None:
@@ -449,7 +451,9 @@ def finish(results: dict, out: str) -> int:
     write_results(results, out)
     failed = results["unexpected_imports"] or results.get("errors") or results.get("skipped")
     failed = failed or any(not r["ok"] for r in results.get("trainer", []))
-    failed = failed or not results.get("jpeg_decode", {}).get("labels_equal", True)
+    decode = results.get("jpeg_decode", {})
+    failed = failed or not decode.get("labels_equal", True)
+    failed = failed or not decode.get("batched_equals_per_image", True)
     return 1 if failed else 0
 
 

@@ -13,10 +13,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.bench_vision import make_folder
-from data_pipeline import DataConfig, build_loader
+from data_pipeline import DataConfig, build_loader, device_decode, pixel_ops
 from data_pipeline.image_build import build_image_folder
 from data_pipeline.sharded import ShardedBatches
 from data_pipeline.stream import SourceTrainLoader
@@ -73,6 +74,61 @@ def pixel_gap(cfg: DataConfig, device: torch.device, batches: int) -> dict:
             "labels_equal": labels_equal}
 
 
+def per_image_finish(batch: dict, rows, device: torch.device) -> torch.Tensor:
+    """The device step image by image with the single-image ops (the loop the batched
+    finish_batch replaced): its reference."""
+    cfg, (channels, height, width) = rows.cfg, rows.shape
+    images = torch.zeros((len(batch["label"]), channels, height, width), device=device)
+    scale, shift = torch.from_numpy(rows.scale).to(device), torch.from_numpy(rows.shift).to(device)
+    for j, image in enumerate(device_decode.decode_images(batch, device, cfg.image_mode)):
+        if image is None:
+            continue
+        image = pixel_ops.resize_box(device_decode._convert(image, cfg.image_mode),
+                                     tuple(batch["box"][j].tolist()), height)
+        image = image.flip(-1) if batch["flip"][j] else image
+        order = batch["jitter_order"][j].tolist()
+        if order[0] >= 0:
+            image = pixel_ops.color_jitter(image, batch["jitter"][j].tolist(), order)
+        images[j] = device_decode._normalise(image, scale, shift)
+    device_decode._erase(images, batch["erase_boxes"].tolist(), batch["erase_fill"].to(device))
+    if "mix" in batch:
+        device_decode._mix(images, batch["mix"].tolist())
+    return images
+
+
+def batched_vs_per_image(cfg: DataConfig, device: torch.device, batch: int) -> dict:
+    """The batched device step against the per-image reference on the same deferred batches,
+    on `device`: bitwise equal (float64 products of integers are exact on any BLAS), and each
+    one's seconds per batch (second call of each: the first warms up)."""
+    source = ShardedBatches(replace(cfg, decode_device="cuda"), train=True,
+                            finish_device=None if device.type == "cuda" else device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn, deferred: dict) -> tuple[torch.Tensor, float]:
+        fn(deferred)
+        sync()
+        begin = time.perf_counter()
+        out = fn(deferred)
+        sync()
+        return out, time.perf_counter() - begin
+
+    def batched(d: dict) -> torch.Tensor:
+        return source.finish(d)["image"]
+
+    def per_image(d: dict) -> torch.Tensor:
+        return per_image_finish(d, source.rows, device)
+
+    equal, seconds = True, {"batched_s_per_batch": 0.0, "per_image_s_per_batch": 0.0}
+    for start in (0, batch):
+        deferred = source.batch(np.arange(start, start + batch), None)
+        got, s_batched = timed(batched, deferred)
+        want, s_per_image = timed(per_image, deferred)
+        equal &= torch.equal(got, want)
+        seconds["batched_s_per_batch"] += s_batched / 2
+        seconds["per_image_s_per_batch"] += s_per_image / 2
+    return {"batched_equals_per_image": bool(equal), **seconds}
+
+
 class StageTimer:
     """Seconds the trainer's process spends in `finish_batch` and, inside it, in the decode
     call (device synchronised around each), by patching the two module functions: where the
@@ -124,6 +180,7 @@ def decode_check(device: torch.device, tiny: bool, work: Path) -> dict:
     with StageTimer(device) as stages:
         device_path = rate(device_loader(cfg, device), device, warmup, batches)
     per_batch = {f"{k}_s_per_batch": v / (warmup + batches) for k, v in stages.seconds.items()}
-    return {**per_batch,"images": images, "size": size, "batch": batch, "workers": workers,
+    return {**per_batch, **batched_vs_per_image(cfg, device, batch), "images": images,
+            "size": size, "batch": batch, "workers": workers,
             "cpu_workers_samples_per_s": cpu_path, "device_decode_samples_per_s": device_path,
             "ratio": device_path / cpu_path, **pixel_gap(cfg, device, 2)}

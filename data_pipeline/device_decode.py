@@ -35,7 +35,7 @@ from data_pipeline.config import IGNORE_INDEX
 from data_pipeline.decode import decode_field, is_image_encoding, open_image
 from data_pipeline.errors import BadSampleError, DataError, where
 from data_pipeline.mixup import MixConfig, mix_draws
-from data_pipeline.pixel_ops import color_jitter, resize_box, to_luma
+from data_pipeline.pixel_ops import color_jitter_batch, resize_boxes, to_luma
 from data_pipeline.transforms import ImageRows, image_and_label_fields
 
 DEFERRED_KEY = "jpeg"  # a batch holding this key still has to go through finish_batch
@@ -185,29 +185,34 @@ def _pil_tensor(data: bytes) -> torch.Tensor:
 def finish_batch(batch: dict[str, torch.Tensor], rows: DeferredImageRows,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """Decode and transform a deferred micro-batch on `device`: the CPU path's pixels
-    (float32 [B, C, H, W] "image") from the workers' draws."""
+    (float32 [B, C, H, W] "image") from the workers' draws. After the decode, each op runs
+    once over the batch (`pixel_ops.resize_boxes`, `color_jitter_batch`), not per image."""
     cfg = rows.cfg
     channels, height, width = rows.shape
     decoded = decode_images(batch, device, cfg.image_mode)
-    scale = torch.from_numpy(rows.scale).to(device)
-    shift = torch.from_numpy(rows.shift).to(device)
+    present = [j for j, image in enumerate(decoded) if image is not None]
     images = torch.zeros((len(decoded), channels, height, width), dtype=torch.float32,
                          device=device)
-    boxes, flips = batch["box"].tolist(), batch["flip"].tolist()
-    jitter, orders = batch["jitter"].tolist(), batch["jitter_order"].tolist()
-    for j, image in enumerate(decoded):
-        if image is None:
-            continue
-        image = _convert(image, cfg.image_mode)
-        image = resize_box(image, tuple(boxes[j]), height)
-        if flips[j]:
-            image = image.flip(-1)
-        if orders[j][0] >= 0:
-            image = color_jitter(image, jitter[j], orders[j])
-        if image.shape != images.shape[1:]:
-            raise DataError(f"sample id {int(batch['sample_id'][j])}: image shape"
-                            f" {tuple(image.shape)}, expected {tuple(images.shape[1:])}")
-        images[j] = _normalise(image, scale, shift)
+    if present:
+        converted = [_convert(decoded[j], cfg.image_mode) for j in present]
+        for j, image in zip(present, converted):
+            if image.shape[0] != channels or height != width:
+                raise DataError(f"sample id {int(batch['sample_id'][j])}: image shape"
+                                f" {(image.shape[0], height, height)}, expected"
+                                f" {(channels, height, width)}")
+        boxes = batch["box"].tolist()
+        done = resize_boxes(converted, [tuple(boxes[j]) for j in present], height)
+        flips = [i for i, j in enumerate(present) if bool(batch["flip"][j])]
+        if flips:
+            index = torch.tensor(flips, device=device)
+            done[index] = done[index].flip(-1)
+        orders = batch["jitter_order"].tolist()
+        if any(orders[j][0] >= 0 for j in present):
+            factors = batch["jitter"][present].to(device)
+            done = color_jitter_batch(done, factors, [orders[j] for j in present])
+        scale = torch.from_numpy(rows.scale).to(device)
+        shift = torch.from_numpy(rows.shift).to(device)
+        images[torch.tensor(present, device=device)] = _normalise(done, scale, shift)
     _erase(images, batch["erase_boxes"].tolist(), batch["erase_fill"].to(device))
     if "mix" in batch:
         _mix(images, batch["mix"].tolist())
