@@ -138,6 +138,22 @@ def test_async_saves_survive_a_stager_that_closes_itself_after_staging(tmp_path,
         assert all(torch.equal(a[k], b[k]) for k in a), step
 
 
+def test_export_of_a_run_directory_is_its_latest_checkpoints(three_checkpoints, tmp_path):
+    """`ckpt export RUN OUT` (its help: "checkpoint, or run directory") exports the run's latest
+    complete checkpoint, as --format hf does; it used to refuse a run directory."""
+    from safetensors.torch import load_file
+
+    from pretrain.cli import main
+
+    for src, out in ((three_checkpoints, "run.safetensors"),
+                     (three_checkpoints / "checkpoints/step_00000006", "step.safetensors")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["ckpt", "export", str(src), str(tmp_path / out)])
+        assert exit_info.value.code == 0
+    run, step = load_file(tmp_path / "run.safetensors"), load_file(tmp_path / "step.safetensors")
+    assert sorted(run) == sorted(step) and all(torch.equal(run[k], step[k]) for k in run)
+
+
 def test_save_request_file_checkpoints_at_next_step(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -23,14 +23,54 @@ examples:
   pretrain ckpt reshard SRC DST
       (a DeepSpeed checkpoint, for another world size or ZeRO stage)
   pretrain ckpt export SRC model.safetensors --dtype bf16
-  pretrain ckpt import model.safetensors runs/d/checkpoints \
-      --config configs/vit_digits.yaml [key=value ...]
+  pretrain ckpt import model.safetensors runs/d/checkpoints \\
+      --config configs/vit_digits.yaml model.width=128
       (a step-0 checkpoint with fresh optimizer state; then: pretrain train RECIPE run.dir=runs/d)
   pretrain ckpt export runs/lm_bytes hf_out --format hf
       (a transformers folder: AutoModelForCausalLM.from_pretrained("hf_out"); the tokenizer too)
   pretrain ckpt import hf_out runs/e/checkpoints --config configs/lm_bytes.yaml
       (a transformers / diffusers / timm folder: config fields, names and shapes checked first)
 """
+
+RAW = argparse.RawDescriptionHelpFormatter  # the examples' lines kept as written
+
+EXAMPLES = {
+    "inspect": """\
+examples:
+  pretrain ckpt inspect runs/vit_digits/checkpoints/step_00000600
+  pretrain ckpt inspect vit_digits.safetensors --json   # a .safetensors file too
+""",
+    "verify": """\
+examples:
+  pretrain ckpt verify runs/vit_digits/checkpoints/step_00000600   # exit 2 names the first bad file
+""",
+    "convert": """\
+examples:
+  pretrain ckpt convert runs/lm_zero3/checkpoints/step_00002000 runs/lm_fsdp/checkpoints --to dcp
+      # DeepSpeed ZeRO-1/2/3 -> DCP: resume with FSDP2/DDP on any number of ranks
+  pretrain ckpt convert runs/lm_fsdp/checkpoints/step_00004000 runs/lm_zero2/checkpoints \\
+      --to deepspeed   # -> DeepSpeed universal: resume with ZeRO-1/2/3 on any number of ranks
+""",
+    "reshard": """\
+examples:
+  pretrain ckpt reshard runs/lm_zero3/checkpoints/step_00002000 runs/lm_zero3_64/checkpoints
+      # then resume at the new world size or ZeRO stage with run.dir=runs/lm_zero3_64
+""",
+    "export": """\
+examples:
+  pretrain ckpt export runs/vit_digits vit_digits.safetensors   # the run's latest checkpoint
+  pretrain ckpt export runs/lm_bytes hf_out --format hf --dtype bf16   # a transformers folder
+  pretrain ckpt export runs/dit_xl2_latents/checkpoints/step_00400000 dit_xl2_ema.safetensors \\
+      --ema   # the EMA of the weights (optim.ema_decay > 0)
+""",
+    "import": """\
+examples:
+  pretrain ckpt import hf_out runs/lm_next/checkpoints --config configs/lm_bytes.yaml
+      # a transformers folder; then: pretrain train configs/lm_bytes.yaml run.dir=runs/lm_next
+  pretrain ckpt import vit.safetensors runs/vit_ft/checkpoints --strip-prefix module. \\
+      --config configs/vit_digits.yaml model.depth=6   # a DDP state dict of a 6-layer ViT
+""",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,6 +158,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--add-prefix", default="", metavar="P", help="put P before each name")
     s.set_defaults(func=run_import)
 
+    for name, action in sub.choices.items():  # every action's --help ends with its examples
+        action.epilog, action.formatter_class = EXAMPLES[name], RAW
+
 
 def run_inspect(args: argparse.Namespace) -> int:
     from pretrain.checkpoint.convert import inspect
@@ -185,8 +228,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.format != "safetensors":
         return run_export_folder(args)
+    from pretrain.checkpoint import TRAIN_STATE
+    from pretrain.cli.generate import resolve_checkpoint
+
+    src = args.src  # a checkpoint (ours, plain DCP or DeepSpeed), or a run: its latest
+    if (src / "checkpoints").is_dir() and not (src / TRAIN_STATE).exists():
+        src = resolve_checkpoint(src)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    out = export_safetensors(args.src, args.out, dtype=dtype, ema=args.ema)
+    out = export_safetensors(src, args.out, dtype=dtype, ema=args.ema)
     print(f"wrote {out} ({args.dtype}{', EMA weights' if args.ema else ''})")
     return 0
 

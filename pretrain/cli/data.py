@@ -7,6 +7,70 @@ import json
 import sys
 
 FORMAT_HELP = "shard format: wds (WebDataset tar) or mds (MosaicML streaming)"
+RAW = argparse.RawDescriptionHelpFormatter  # the examples' lines kept as written
+
+EXAMPLES = {
+    "digits": """\
+examples:
+  pretrain data build digits --format wds --out data/digits-wds --shard-samples 200
+  pretrain data build digits --format mds --out data/digits-mds --val-fraction 0.1
+""",
+    "images": """\
+examples:
+  pretrain data build images --src /data/imagenet/train --format wds --out data/in1k \\
+      --val-fraction 0.01 --workers 16   # JPEG bytes kept as they are
+  pretrain data build images --src data/raw/photos/list.txt --size 64 --format mds \\
+      --out data/photos64   # a list file of 'IMAGE_PATH LABEL' lines; resized to 64x64
+""",
+    "latents": """\
+examples:
+  pretrain data build latents --src data/in1k --vae /models/sd-vae-ft-ema --format wds \\
+      --out data/in1k-latents --size 256 --workers 8 --device cuda --batch-size 64
+  pretrain data build latents --src data/in1k --format wds --out data/in1k-latents \\
+      --vae /models/sd-vae-ft-ema/diffusion_pytorch_model.safetensors \\
+      --vae-config /models/sd-vae-ft-ema --dtype float16   # a weights file and its config
+""",
+    "numpy": """\
+examples:
+  pretrain data build numpy --images data/raw/x_train.npy --labels data/raw/y_train.npy \\
+      --format wds --out data/np
+""",
+    "text": """\
+examples:
+  pretrain data build text --src docs.jsonl --seq-len 1024 --format mds --out data/text-bytes
+  pretrain data build text --src corpus.jsonl --tokenizer data/tok --workers 8 \\
+      --seq-len 1024 --format mds --out data/text   # BPE from `pretrain data tokenizer train`
+  pretrain data build text --src data/raw/part-0000.parquet data/raw/part-0001.parquet \\
+      --field content --tokenizer data/tok --seq-len 2048 --format wds --out data/code
+""",
+    "synthetic-images": """\
+examples:
+  pretrain data build synthetic-images --num 50000 --size 224 --format wds \\
+      --out data/synth224 --shard-samples 2000   # input-pipeline benchmarks
+""",
+    "synthetic-text": """\
+examples:
+  pretrain data build synthetic-text --num-docs 20000 --seq-len 512 --format mds \\
+      --out data/synth-text
+""",
+    "tokenizer train": """\
+examples:
+  pretrain data tokenizer train --src corpus.jsonl --vocab-size 50257 --out data/tok
+  pretrain data tokenizer train --src data/raw/part-0000.parquet data/raw/part-0001.parquet \\
+      --field content --vocab-size 32768 --out data/tok32k
+""",
+    "inspect": """\
+examples:
+  pretrain data inspect data/digits-wds/train
+  pretrain data inspect data/in1k/train --verify --samples 0   # check every shard's hash
+  pretrain data inspect s3://bucket/in1k/train --samples 5 \\
+      --option client_kwargs.endpoint_url=http://127.0.0.1:9000   # an S3-compatible store
+""",
+    "index": """\
+examples:
+  pretrain data index data/laion-tars   # tar shards written by another tool (e.g. img2dataset)
+""",
+}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -30,12 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "directories. Point data.train_url / data.val_url at them.")
     kinds = build.add_subparsers(dest="source", metavar="SOURCE")
 
-    p = kinds.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)")
+    p = kinds.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)",
+                         epilog=EXAMPLES["digits"], formatter_class=RAW)
     _common(p)
     p = kinds.add_parser("images", help="an image folder with one subfolder per class",
                          description="JPEGs are stored as their own bytes (no re-encode) unless"
-                         " --size resizes; one shard per task over --workers processes; a"
-                         " rerun after a crash keeps the shards already finished.")
+                         " --size resizes; one shard per task\nover --workers processes; a"
+                         " rerun after a crash keeps the shards already finished.",
+                         epilog=EXAMPLES["images"], formatter_class=RAW)
     _common(p)
     p.add_argument("--src", required=True, help="root folder SRC/<class>/<image files>, or a"
                    " list file of 'IMAGE_PATH LABEL' lines (paths relative to it)")
@@ -45,9 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = kinds.add_parser(
         "latents", help="an image set (from `build images`) encoded by a VAE (latent diffusion)",
         description="Encode SRC/train and SRC/val through diffusers' AutoencoderKL into the"
-        " posterior's mean and logvar per image (labels kept); training draws from them. Needs"
-        " diffusers (pip install 'pretrain[vae]'). Output shard i holds input shard i: the same"
-        " bytes for any --workers; a rerun after a crash keeps the shards already finished.")
+        " posterior's mean and logvar\nper image (labels kept); training draws from them. Needs"
+        " diffusers (pip install 'pretrain[vae]').\nOutput shard i holds input shard i: the same"
+        " bytes for any --workers; a rerun after a crash keeps\nthe shards already finished.",
+        epilog=EXAMPLES["latents"], formatter_class=RAW)
     p.add_argument("--src", required=True, help="OUT of `data build images` (train/, val/)")
     p.add_argument("--vae", required=True, help="AutoencoderKL save_pretrained folder, or a"
                    " .safetensors file in its layout (with --vae-config); nothing is downloaded")
@@ -64,11 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1;"
                    " the same count gives the same bytes)")
     p.add_argument("--device", default="cpu", help="torch device of the VAE (cpu, cuda...)")
-    p = kinds.add_parser("numpy", help="uint8 image array and label array (.npy, no pickle)")
+    p = kinds.add_parser("numpy", help="uint8 image array and label array (.npy, no pickle)",
+                         epilog=EXAMPLES["numpy"], formatter_class=RAW)
     _common(p)
     p.add_argument("--images", required=True, help=".npy uint8 [N,H,W] or [N,H,W,C]")
     p.add_argument("--labels", required=True, help=".npy integer [N]")
-    p = kinds.add_parser("text", help="documents tokenized (bytes, or --tokenizer) and packed")
+    p = kinds.add_parser("text", help="documents tokenized (bytes, or --tokenizer) and packed",
+                         epilog=EXAMPLES["text"], formatter_class=RAW)
     _common(p)
     p.add_argument("--src", required=True, nargs="+",
                    help="JSONL (one document per line), parquet (a text column, needs pyarrow)"
@@ -81,11 +150,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="tokenizing processes (default 1)")
     p.add_argument("--eos-token", default="", help="end-of-document token of --tokenizer"
                    " (default: found by common names such as <|endoftext|>, </s>)")
-    p = kinds.add_parser("synthetic-images", help="random RGB images (tests, benchmarks)")
+    p = kinds.add_parser("synthetic-images", help="random RGB images (tests, benchmarks)",
+                         epilog=EXAMPLES["synthetic-images"], formatter_class=RAW)
     _common(p)
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--size", type=int, default=32)
-    p = kinds.add_parser("synthetic-text", help="random word documents, packed (tests, benchmarks)")
+    p = kinds.add_parser("synthetic-text", help="random word documents, packed (tests, benchmarks)",
+                         epilog=EXAMPLES["synthetic-text"], formatter_class=RAW)
     _common(p)
     p.add_argument("--num-docs", type=int, default=2000)
     p.add_argument("--seq-len", type=int, default=256)
@@ -95,7 +166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = tok_sub.add_parser(
         "train", help="learn a byte-level BPE from the corpus itself (nothing downloaded)",
         description="Write OUT/tokenizer.json (HF tokenizers format) with the special tokens"
-        " <|endoftext|> (id 0, end of document) and <|pad|> (id 1).")
+        "\n<|endoftext|> (id 0, end of document) and <|pad|> (id 1).",
+        epilog=EXAMPLES["tokenizer train"], formatter_class=RAW)
     train.add_argument("--src", required=True, nargs="+",
                        help="JSONL / parquet / plain text files, as for `data build text`")
     train.add_argument("--field", default="text", help="JSON field / column holding the text")
@@ -104,7 +176,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="directory for tokenizer.json")
 
     inspect = sub.add_parser("inspect", help="summarise a shard directory (local or fsspec URL)",
-                             description="Print the manifest summary and the first samples.")
+                             description="Print the manifest summary and the first samples.",
+                             epilog=EXAMPLES["inspect"], formatter_class=RAW)
     inspect.add_argument("url", help="dataset directory or URL (e.g. s3://bucket/ds/train)")
     inspect.add_argument("--format", choices=("wds", "mds"), default=None,
                          help="default: mds if index.json exists, else wds")
@@ -120,7 +193,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     index = sub.add_parser("index", help="write manifest.json for foreign WebDataset tar shards",
                            description="Count the samples of each *.tar in DIR and record bytes "
-                           "and sha256, so readers need not scan the shards.")
+                           "and sha256,\nso readers need not scan the shards.",
+                           epilog=EXAMPLES["index"], formatter_class=RAW)
     index.add_argument("dir", help="local directory of tar shards")
 
     data.set_defaults(func=lambda args: data.print_help() or 2)

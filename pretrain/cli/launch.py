@@ -7,6 +7,13 @@ import shlex
 
 from launch.local import launch_env, run_supervised, supervised_torchrun_command
 
+LOCAL_EPILOG = """\
+examples:
+  pretrain launch local --nproc 2 configs/vit_digits.yaml
+  pretrain launch local --nproc 2 configs/lm_bytes.yaml parallel.backend=ddp run.name=lm_ddp
+  pretrain launch local --nproc 4 configs/dit_digits.yaml --dry-run   # print the command only
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parallel.backend=fsdp2",
     )
     sub = p.add_subparsers(dest="where", metavar="WHERE", required=True)
-    local = sub.add_parser("local", help="torchrun with N processes on this machine")
+    local = sub.add_parser(
+        "local", help="torchrun with N processes on this machine", epilog=LOCAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     local.add_argument(
         "--nproc", type=int, default=2, help="processes (ranks) to start (default 2)"
     )

@@ -20,15 +20,41 @@ EPILOG = """\
 examples:
   pretrain mup coord-check configs/mup_vit_digits.yaml --widths 32 64 128 256 512 --seeds 3 \\
       --out runs/coord
-  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/mup_dit_digits.yaml \\
-      parallel.backend=fsdp2 --out runs/coord2
   pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
       --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
-  pretrain mup coord-check configs/mup_lm_bytes.yaml --widths 64 --depths 2 4 8 16 \
-      --parametrizations mup completep --out runs/coord_depth
-  pretrain mup transfer configs/mup_lm_bytes.yaml --widths 64 --depths 2 4 8 \
-      --parametrizations mup completep --lr-factor 1.4142135623730951 --out runs/transfer_depth
-  pretrain mup sv-compare runs/w32 runs/w512 --out runs/sv   # model.mup.log_singular_values=true
+  pretrain mup sv-compare runs/w32 runs/w512 --out runs/sv
+`pretrain mup SUBCOMMAND --help` shows more: depth sweeps, several processes, report-only.
+"""
+
+COORD_CHECK_EPILOG = """\
+examples:
+  pretrain mup coord-check configs/mup_vit_digits.yaml --widths 32 64 128 256 512 --seeds 3 \\
+      --out runs/coord
+  pretrain mup coord-check configs/mup_lm_bytes.yaml --widths 64 --depths 2 4 8 16 --steps 6 \\
+      --seeds 2 --parametrizations mup depth-mup completep --out runs/coord_depth
+Under torchrun the ranks share each run (the recipe's parallel.backend, or an override):
+  torchrun --nproc_per_node 2 -m pretrain mup coord-check configs/mup_dit_digits.yaml \\
+      parallel.backend=fsdp2 --out runs/coord2
+"""
+
+TRANSFER_EPILOG = """\
+examples:
+  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
+      --lr-min 2.44140625e-4 --lr-max 0.0625 --seeds 2 --out runs/transfer
+  pretrain mup transfer configs/mup_lm_bytes.yaml --widths 32 --depths 2 4 8 --steps 100 \\
+      --lr-min 0.001953125 --lr-max 0.0625 --metric val_loss \\
+      --parametrizations mup completep --out runs/transfer_depth   # across depth, at width 32
+  pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
+      --out runs/transfer --report-only   # re-read runs/transfer/transfer.csv, train nothing
+"""
+
+SV_COMPARE_EPILOG = """\
+examples:
+  pretrain mup sv-compare runs/w32 runs/w512 --out runs/sv
+  pretrain mup sv-compare runs/w32 runs/w512 --step 50   # at one logged step, table only
+Both runs log singular values, e.g. runs/w512 (and runs/w32 likewise, model.width=32) from:
+  pretrain train configs/mup_vit_digits.yaml model.width=512 \\
+      model.mup.log_singular_values=true run.name=w512
 """
 
 # pretrain.mup.runner.PARAMETRIZATIONS (not imported here: `pretrain --help` stays light)
@@ -63,8 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="mup_command", metavar="SUBCOMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
     cc = sub.add_parser(
-        "coord-check", help="mean |activation| per layer per step across widths, SP vs muP"
+        "coord-check", help="mean |activation| per layer per step across widths, SP vs muP",
+        epilog=COORD_CHECK_EPILOG, formatter_class=raw,
     )
     _common(cc)
     cc.add_argument(
@@ -76,14 +104,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     cc.set_defaults(func=coord_check)
     sv = sub.add_parser(
-        "sv-compare", help="two runs' top singular values per matrix and their ratio (Fan et al.)"
+        "sv-compare", help="two runs' top singular values per matrix and their ratio (Fan et al.)",
+        epilog=SV_COMPARE_EPILOG, formatter_class=raw,
     )
     sv.add_argument("run_a", type=Path, help="run directory (the proxy, e.g. the base width)")
     sv.add_argument("run_b", type=Path, help="run directory compared with it (e.g. wider)")
     sv.add_argument("--step", type=int, help="the logged step to compare (default: each last)")
     sv.add_argument("--out", type=Path, help="write sv_compare.csv and sv_compare.png here")
     sv.set_defaults(func=sv_compare)
-    tr = sub.add_parser("transfer", help="LR sweep over widths, SP vs muP; optimum per width")
+    tr = sub.add_parser(
+        "transfer", help="LR sweep over widths, SP vs muP; optimum per width",
+        epilog=TRANSFER_EPILOG, formatter_class=raw,
+    )
     _common(tr)
     tr.add_argument(
         "--lrs",

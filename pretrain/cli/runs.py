@@ -8,6 +8,12 @@ from pathlib import Path
 
 from launch.runs import find_runs, format_table, last_job, slurm_states, summarize
 
+STATUS_EPILOG = """\
+examples:
+  pretrain runs status runs/sweep   # every run under a sweep root
+  pretrain runs status runs/vit runs/lm_bytes --json
+"""
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     missing = [d for d in args.dirs if not Path(d).is_dir()]
@@ -34,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status",
         help="state, step, last loss and restarts of runs",
         description="Show each run's state (running, completed, preempted, failed; queued when "
-        "submitted but not started), step, last loss, restarts and Slurm job. DIR is a run "
-        "directory or a directory of runs (a sweep root).",
+        "submitted but not\nstarted), step, last loss, restarts and Slurm job. DIR is a run "
+        "directory or a directory of runs\n(a sweep root).",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run directory or sweep root")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")

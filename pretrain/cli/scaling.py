@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from textwrap import fill
 
 from pretrain.scaling_laws.validate import ScalingDataError
 
@@ -31,10 +32,63 @@ Refit with other options: pretrain scaling fit OUT/runs.csv --curves OUT/curves.
 
 CURVES_EPILOG = """\
 Example: fit on two schedules, predict the third and a schedule never trained:
-  pretrain scaling collect RUN_COSINE RUN_CONSTANT RUN_WSD -o runs.csv --curves curves.csv
-  pretrain scaling fit-curves runs.csv --curves curves.csv --holdout wsd-run \\
+  pretrain scaling collect runs/lm_cosine runs/lm_constant runs/lm_wsd -o runs.csv \\
+      --curves curves.csv
+  pretrain scaling fit-curves runs.csv --curves curves.csv --holdout lm_wsd \\
       --predict wsd:steps=4000,warmup_steps=20,decay_fraction=0.1,lr=3e-3 -o curve_fit/
+One law across model sizes, scored on the largest:
+  pretrain scaling fit-curves runs.csv --curves curves.csv --across-sizes \\
+      --holdout-size largest -o sizes/
 """
+
+PLAN_EPILOG = """\
+examples:
+  pretrain scaling plan --base configs/vit_digits.yaml --budgets 5e9 1.5e10 5e10 --points 4 \\
+      --widths 16 32 48 64 --depths 1 2 -o sweeps/digits.yaml   # a toy grid, CPU-sized
+  pretrain scaling plan --base configs/lm_gpt2_small.yaml --budgets 3e16 1e17 3e17 1e18 \\
+      --depths 6 12 --set data.global_batch_size=256 -o sweeps/iso.yaml
+Then: pretrain slurm sweep sweeps/iso.yaml (runs in runs/iso/NAME), or pretrain scaling run.
+"""
+
+BRANCHES_EPILOG = """\
+examples:
+  pretrain scaling plan-branches --base configs/lm_bytes.yaml --decay-starts 1000 2000 3000 \\
+      --widths 64 128 -o sweeps/wsd.yaml
+  pretrain scaling plan-branches --base configs/lm_gpt2_small.yaml \\
+      --decay-starts 4000 8000 16000 --decay-ratio 0.2 --root runs/wsd_gpt2 -o sweeps/wsd_gpt2.yaml
+Then: pretrain slurm sweep sweeps/wsd_gpt2.yaml --root runs/wsd_gpt2 (the same --root).
+"""
+
+RUN_EPILOG = """\
+examples:
+  pretrain scaling run sweeps/digits.yaml   # into runs/digits/NAME; completed runs are skipped
+  pretrain scaling run sweeps/digits.yaml --threads 2 --set data.num_workers=0
+  pretrain scaling run sweeps/wsd.yaml   # each stable run, then its decay branches
+"""
+
+COLLECT_EPILOG = """\
+examples:
+  pretrain scaling collect --sweep sweeps/iso.yaml -o runs.csv --curves curves.csv
+  pretrain scaling collect runs/lm_cosine runs/lm_constant runs/lm_wsd -o runs.csv \\
+      --curves curves.csv --smooth 3   # final loss: the mean of the last 3 evaluations
+"""
+
+FIT_EPILOG = """\
+examples:
+  pretrain scaling fit runs.csv --curves curves.csv -o fit/ --target 1e21
+  pretrain scaling fit runs.csv -o fit_holdout/ --holdout-largest 1 --predict 1e9,2e10 \\
+      --params-column params_non_embedding   # score a fit on the largest budget's runs
+"""
+
+COMPARE_EPILOG = """\
+examples:
+  pretrain scaling compare study_a/runs.csv study_b/runs.csv -o compare/
+  pretrain scaling compare runs/scaling_sp runs/scaling_mup --names SP muP \\
+      --target 1e12 1e13 -o compare_mup/   # `scaling study --out` directories
+"""
+
+
+WIDTH = 92  # descriptions are wrapped here: the raw formatter keeps the examples' lines as written
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -151,24 +205,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND", required=True)
 
     pp = sub.add_parser("plan", help="write an IsoFLOP sweep file from a base recipe",
-                        description="Plan an IsoFLOP grid: per budget, K model shapes (muP "
+                        description=fill("Plan an IsoFLOP grid: per budget, K model shapes (muP "
                         "widths x depths of the base recipe) with steps from the models' own "
                         "FLOPs accounting; writes a sweep YAML for `pretrain slurm sweep` or "
-                        "`pretrain scaling run`, and a .plan.csv table.")  # fmt: skip
+                        "`pretrain scaling run`, and a .plan.csv table.", WIDTH),
+                        epilog=PLAN_EPILOG, formatter_class=raw)  # fmt: skip
     _add_plan_args(pp)
     pp.add_argument("-o", "--output", default="sweep.yaml", help="sweep file to write")
     pp.set_defaults(func=cmd_plan)
 
     pb = sub.add_parser("plan-branches", help="plan WSD runs branched from shared stable runs",
-                        description="Per model shape: one stable run (constant LR, a checkpoint "
-                        "at every decay start) and, for each decay start S, a short WSD decay "
-                        "branch resumed from the stable run's checkpoint at S (the WSD run of "
-                        "S + round(ratio*S) steps, at a fraction of its cost). Writes a sweep "
-                        "whose branches resume from ROOT/NAME-stable/checkpoints and wait "
-                        "for their stable run (`after`): `pretrain scaling run SWEEP` runs them "
-                        "in order, `pretrain slurm sweep SWEEP` submits each branch with "
-                        "--dependency=afterok on its stable run's job (use the same --root); "
-                        "a requeued branch resumes from its own newest checkpoint.")  # fmt: skip
+                        description=fill("Per model shape: one stable run (constant LR, "
+                        "a checkpoint at every decay start) and, for each decay start S, a "
+                        "short WSD decay branch resumed from the stable run's checkpoint at S "
+                        "(the WSD run of S + round(ratio*S) steps, at a fraction of its cost). "
+                        "Writes a sweep whose branches resume from ROOT/NAME-stable/checkpoints "
+                        "and wait for their stable run (`after`): `pretrain scaling run SWEEP` "
+                        "runs them in order, `pretrain slurm sweep SWEEP` submits each branch "
+                        "with --dependency=afterok on its stable run's job (use the same "
+                        "--root); a requeued branch resumes from its own newest checkpoint.",
+                        WIDTH),
+                        epilog=BRANCHES_EPILOG, formatter_class=raw)  # fmt: skip
     pb.add_argument("--base", required=True, help="base YAML recipe every run starts from")
     pb.add_argument("--decay-starts", type=int, nargs="+", required=True, metavar="STEP",
                     help="steps at which a branch starts decaying (the stable run's length is "
@@ -200,9 +257,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pb.set_defaults(func=cmd_plan_branches)
 
     pr = sub.add_parser("run", help="run a sweep's runs one after another on this machine",
-                        description="Train every run of a sweep file in sequence in this "
+                        description=fill("Train every run of a sweep file in sequence in this "
                         "process (single backend, no checkpoints); "
-                        "completed runs are skipped.")  # fmt: skip
+                        "completed runs are skipped.", WIDTH),
+                        epilog=RUN_EPILOG, formatter_class=raw)  # fmt: skip
     pr.add_argument("sweep", help="sweep YAML from `pretrain scaling plan`")
     pr.add_argument("--root", help="parent of the run directories (default runs/<sweep stem>)")
     pr.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -210,9 +268,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=cmd_run)
 
     pc = sub.add_parser("collect", help="read run directories into runs.csv (and curves.csv)",
-                        description="Read each run's config.yaml, model_stats.json, "
+                        description=fill("Read each run's config.yaml, model_stats.json, "
                         "metrics.jsonl and status.json; write one row per completed run "
-                        "(params, tokens, FLOPs, final loss) and the eval curves.")  # fmt: skip
+                        "(params, tokens, FLOPs, final loss) and the eval curves.", WIDTH),
+                        epilog=COLLECT_EPILOG, formatter_class=raw)  # fmt: skip
     pc.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
     pc.add_argument("--sweep", help="take the run directories from this sweep file")
     pc.add_argument("--root", help="with --sweep: parent of the runs (default runs/<sweep stem>)")
@@ -229,9 +288,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pc.set_defaults(func=cmd_collect)
 
     pf = sub.add_parser("fit", help="fit the laws, predict, plot and write a report",
-                        description="Fit approaches 1-3 and the compute frontier to a runs "
+                        description=fill("Fit approaches 1-3 and the compute frontier to a runs "
                         "table, with bootstrap intervals; "
-                        "writes fits.json, report.md and PNGs.")  # fmt: skip
+                        "writes fits.json, report.md and PNGs.", WIDTH),
+                        epilog=FIT_EPILOG, formatter_class=raw)  # fmt: skip
     pf.add_argument("runs", help="runs.csv from `collect` (columns name,params,tokens,flops,loss)")
     pf.add_argument("--curves", help="curves.csv from `collect` (enables approach 1)")
     pf.add_argument("-o", "--out", default="scaling_fit", help="output directory")
@@ -239,12 +299,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pf.set_defaults(func=cmd_fit)
 
     pk = sub.add_parser("fit-curves", help="fit loss-curve laws across LR schedules, predict",
-                        description="Fit the LR-annealing law (Tissue et al. 2024) and the "
+                        description=fill("Fit the LR-annealing law (Tissue et al. 2024) and the "
                         "multi-power law (Luo et al. 2025) to the training curves of runs "
                         "under different LR schedules (one law per model size), with "
                         "bootstrap intervals over runs; score held-out runs and predict the "
                         "final loss of schedules never trained. Writes curve_fits.json, "
-                        "curve_fits.png and curve_report.md.",
+                        "curve_fits.png and curve_report.md.", WIDTH),
                         epilog=CURVES_EPILOG, formatter_class=raw)  # fmt: skip
     pk.add_argument("runs", help="runs.csv from `collect` (with the schedule columns)")
     pk.add_argument("--curves", required=True, help="curves.csv from `collect` (step, loss)")
@@ -298,10 +358,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pk.set_defaults(func=cmd_fit_curves)
 
     pv = sub.add_parser("compare", help="compare two studies by their compute frontiers",
-                        description="Fit L(C) = E + A*C^-alpha to the Pareto frontier of each "
-                        "study's final losses (bootstrap included); report where the frontiers "
-                        "cross and, at each --target compute, the probability that A beats B. "
-                        "Writes compare.json and compare.png.")  # fmt: skip
+                        description=fill("Fit L(C) = E + A*C^-alpha to the Pareto frontier of "
+                        "each study's final losses (bootstrap included); report where the "
+                        "frontiers cross and, at each --target compute, the probability that A "
+                        "beats B. Writes compare.json and compare.png.", WIDTH),
+                        epilog=COMPARE_EPILOG, formatter_class=raw)  # fmt: skip
     pv.add_argument("study_a", metavar="STUDY_A", help="runs.csv, or a directory holding one")
     pv.add_argument("study_b", metavar="STUDY_B", help="runs.csv, or a directory holding one")
     pv.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the paths)")
@@ -318,8 +379,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pv.set_defaults(func=cmd_compare)
 
     ps = sub.add_parser("study", help="plan, run locally, collect, fit and plot in one command",
-                        description="End-to-end toy study: plan an IsoFLOP grid, train every "
-                        "run on this machine, collect, fit all approaches, plot and report.",
+                        description=fill("End-to-end toy study: plan an IsoFLOP grid, train "
+                        "every run on this machine, collect, fit all approaches, plot and "
+                        "report.", WIDTH),
                         epilog=STUDY_EPILOG, formatter_class=raw)  # fmt: skip
     _add_plan_args(ps)
     ps.add_argument("--out", required=True, help="study directory (runs go to OUT/runs)")

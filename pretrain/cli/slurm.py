@@ -44,6 +44,25 @@ _FLAGS: list[tuple[str, type, str, str]] = [
 ]
 
 
+SUBMIT_EPILOG = """\
+examples:
+  pretrain slurm submit configs/lm_gpt2_small.yaml run.dir=runs/gpt2 --nodes 4 \\
+      --gpus-per-node 8 --time 24:00:00 --partition gpu
+  pretrain slurm submit configs/vit_digits.yaml run.dir=runs/vit --nodes 2 --dry-run   # print it
+  pretrain slurm submit configs/vit_b16_224.yaml optim.lr=3e-3 run.dir=runs/vit_b16 --nodes 2 \\
+      --gpus-per-node 8 --sbatch constraint=a100 --env NCCL_DEBUG=WARN --max-restarts 10
+"""
+
+SWEEP_EPILOG = """\
+examples:
+  pretrain slurm sweep configs/sweep_example.yaml --root runs/sweep --dry-run   # print the jobs
+  pretrain slurm sweep configs/sweep_example.yaml --root runs/sweep --partition gpu \\
+      --gpus-per-node 1 --time 02:00:00
+  pretrain slurm sweep configs/sweep_example.yaml --root runs/sweep --only w64-lr0.002 \\
+      --only w64-lr0.004 --time 04:00:00   # just these runs (names: see --dry-run)
+"""
+
+
 def _add_slurm_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Slurm resources (override the recipe's slurm section)")
     for flag, kind, metavar, help_text in _FLAGS:
@@ -183,10 +202,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "submit",
         help="submit one recipe as a (multi-node) job",
         description="Render an sbatch script for RECIPE into RUN/slurm/job.sbatch and submit "
-        "it. One srun task per node starts torchrun with a c10d rendezvous on the first node. "
-        "The job requeues itself after preemption or its time limit until --max-restarts.",
-        epilog="example: pretrain slurm submit configs/lm.yaml optim.lr=3e-4 run.dir=runs/lm "
-        "--nodes 4 --gpus-per-node 8 --time 24:00:00 --partition gpu",
+        "it. One srun task per node\nstarts torchrun with a c10d rendezvous on the first node. "
+        "The job requeues itself after preemption\nor its time limit until --max-restarts.",
+        epilog=SUBMIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -199,7 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         help="submit every run of a sweep file, one job each",
         description="Expand SWEEP (base recipe, named runs, optional grid) and submit one job "
-        "per run into ROOT/NAME, each with its own merged recipe. Flags apply to every run.",
+        "per run into ROOT/NAME,\neach with its own merged recipe. Flags apply to every run.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep", help="sweep YAML: {base: RECIPE, runs: [...], grid: {...}}")
     p.add_argument("--root", help="directory holding the runs (default: runs/<sweep name>)")
