@@ -75,8 +75,8 @@ def pixel_gap(cfg: DataConfig, device: torch.device, batches: int) -> dict:
 
 
 def per_image_finish(batch: dict, rows, device: torch.device) -> torch.Tensor:
-    """The device step image by image with the single-image ops (the loop the batched
-    finish_batch replaced): its reference."""
+    """The device step image by image (each op on one image, no padding, no chunks, no
+    scatter): the reference that finish_batch's batching must equal bit for bit."""
     cfg, (channels, height, width) = rows.cfg, rows.shape
     images = torch.zeros((len(batch["label"]), channels, height, width), device=device)
     scale, shift = torch.from_numpy(rows.scale).to(device), torch.from_numpy(rows.shift).to(device)

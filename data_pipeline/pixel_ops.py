@@ -58,15 +58,6 @@ def pil_taps(in_size: int, low: float, high: float, out_size: int
     return first, last - first, out_index, taps[keep] - first, fixed[keep]
 
 
-def pil_weights(in_size: int, low: float, high: float, out_size: int
-                ) -> tuple[int, torch.Tensor]:
-    """`pil_taps` as (first source pixel used, float64 [out_size, span] coefficients)."""
-    first, span, out_index, tap, coefficient = pil_taps(in_size, low, high, out_size)
-    dense = np.zeros((out_size, span))
-    dense[out_index, tap] = coefficient
-    return first, torch.from_numpy(dense)
-
-
 def _pass(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """One PIL pass over the last dim: sum(pixel * coefficient) + half, >> 22, clip to uint8.
     `weights` [..., out, span] (batched: one matrix per image)."""
@@ -77,23 +68,8 @@ def _pass(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def resize_box(image: torch.Tensor, box: tuple[float, float, float, float], size: int
                ) -> torch.Tensor:
     """`Image.resize((size, size), BILINEAR, box=box)` of a [C, H, W] image (uint8 values, any
-    dtype) -> float32 [C, size, size] integer values, bitwise PIL's."""
-    channels, height, width = image.shape
-    left, top, right, bottom = box
-    if (height, width) == (size, size) and tuple(box) == (0, 0, width, height):
-        return image.to(torch.float32)
-    row0, rows = pil_weights(height, top, bottom, size)
-    need_h = size != width or left != 0 or right != width
-    need_v = size != height or top != 0 or bottom != height
-    x = image[:, row0:row0 + rows.shape[1]]  # only the span the taps reach, then float64
-    if need_h:
-        col0, cols = pil_weights(width, left, right, size)
-        x = _pass(x[:, :, col0:col0 + cols.shape[1]].to(torch.float64), cols.to(x.device))
-    else:
-        x = x.to(torch.float64)
-    if need_v:
-        x = _pass(x.transpose(1, 2), rows.to(x.device)).transpose(1, 2)
-    return x.to(torch.float32).contiguous()
+    dtype) -> float32 [C, size, size] integer values, bitwise PIL's (`resize_boxes` of one)."""
+    return resize_boxes([image], [box], size)[0]
 
 
 def resize_boxes(images: list[torch.Tensor], boxes: list[tuple[float, float, float, float]],
@@ -182,13 +158,10 @@ def enhance(image: torch.Tensor, op: int, factor: float | torch.Tensor) -> torch
 
 
 def color_jitter(image: torch.Tensor, factors: list[float], order: list[int]) -> torch.Tensor:
-    """`augment.color_jitter` with its draws given (factors of brightness, contrast,
-    saturation; the order of the ops); saturation is skipped on a one-channel image."""
-    for index in order:
-        if index == 2 and image.shape[0] == 1:
-            continue
-        image = enhance(image, index, factors[index])
-    return image
+    """`augment.color_jitter` of one [C, H, W] image with its draws given (factors of
+    brightness, contrast, saturation; the order of the ops): `color_jitter_batch` of one."""
+    factors_t = torch.tensor([factors], device=image.device)
+    return color_jitter_batch(image[None], factors_t, [order])[0]
 
 
 def color_jitter_batch(images: torch.Tensor, factors: torch.Tensor, orders: list[list[int]]

@@ -139,8 +139,9 @@ def test_the_draws_are_the_cpu_paths(shards):
 # one level from the resize (see pixel_ops); colour jitter (0.3) scales it by up to 1.3 per
 # enhance op, three ops, each truncating: three levels
 def test_batched_resize_is_each_images_resize_bitwise():
-    """resize_boxes (one padded product per chunk) against resize_box image by image: crops
-    of different spans, an identity box, one-pass boxes, and chunks forced small."""
+    """resize_boxes over a batch (taps zero-padded to each chunk's widest crop) against each
+    image resized alone: crops of different spans, an identity box, a one-pass box, and
+    chunks forced small."""
     rng = np.random.default_rng(1)
     size, images, boxes = 16, [], []
     for _ in range(9):
