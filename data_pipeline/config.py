@@ -19,7 +19,7 @@ class DataConfig:
     """
 
     format: str = "memory"  # memory | wds | mds
-    name: str = "digits"  # memory datasets: digits | synthetic_images | synthetic_tokens
+    name: str = "digits"  # memory: digits | digits_translated | synthetic_images | synthetic_tokens
     train_url: str = ""  # shard dataset directory or fsspec URL (wds / mds)
     val_url: str = ""
     global_batch_size: int = 64
