@@ -71,6 +71,12 @@ CASES = [
       "data.train_url={b}/text/train", "data.val_url={b}/text/val", "data.seq_len=16",
       "run.dir={b}/lm"], "model.lm.vocab_size=256"),
     (["launch", "local", "--dry-run", RECIPE, "data.train_url={b}/nodata"], "nodata"),
+    # 12x12 images into an 8x8 model: one line naming both shapes, not a reshape error
+    (["train", RECIPE, "data.format=memory", "data.name=digits_translated", "run.dir={b}/v12",
+      "logging.progress_bar=false", "logging.tensorboard=false"], "model.vit.image_size"),
+    (["train", str(REPO / "configs" / "dit_digits.yaml"), "data.format=memory",
+      "data.name=digits_translated", "run.dir={b}/d12", "logging.progress_bar=false",
+      "logging.tensorboard=false"], "model.dit.image_size"),
     (["data", "inspect", "{b}/badtar"], "shard-000000.tar"),
     (["data", "inspect", "{b}/missing"], "missing"),
     (["data", "index", "{b}/badtar"], "shard-000000.tar"),

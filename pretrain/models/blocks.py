@@ -31,6 +31,24 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def patchify(images: torch.Tensor, patch_size: int, channels: int, image_size: int,
+             where: str) -> torch.Tensor:
+    """[B, C, H, W] -> [B, num_patches, C*p*p], row-major patches.
+
+    Images of another shape than the model's (`where`.in_channels x image_size²) are a recipe
+    that does not match its data: one line naming both, not a reshape error deep in the step."""
+    b, c, h, w = images.shape
+    if (c, h, w) != (channels, image_size, image_size):
+        raise ValueError(
+            f"the data's images are {c}x{h}x{w} (channels x height x width) but the model takes "
+            f"{channels}x{image_size}x{image_size}: set {where}.in_channels and "
+            f"{where}.image_size to match the data"
+        )
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
 def make_norm(kind: str, dim: int, affine: bool = True, eps: float = 1e-5) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)

@@ -32,6 +32,7 @@ from pretrain.models.blocks import (
     block_matmul_flops,
     make_norm,
     model_norm,
+    patchify,
     resolve_mlp,
     scale_branch,
     unwrap,
@@ -167,9 +168,8 @@ class DiT(nn.Module):
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, N, C*p*p]."""
-        p, (b, c, h, w) = self.patch_size, images.shape
-        x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c * p * p)
+        return patchify(images, self.patch_size, self.in_channels, self.cfg.dit.image_size,
+                        "model.dit")
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, C*p*p] -> [B, C, H, W] (inverse of patchify; C = out_channels)."""

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.blocks import TransformerBlock, block_matmul_flops, model_norm, resolve_mlp
+from pretrain.models.blocks import (
+    TransformerBlock,
+    block_matmul_flops,
+    model_norm,
+    patchify,
+    resolve_mlp,
+)
 from pretrain.models.config import ModelConfig
 from pretrain.models.parametrization import param_roles
 
@@ -40,10 +46,8 @@ class ViT(nn.Module):
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, num_patches, C*p*p]."""
-        p = self.patch_size
-        b, c, h, w = images.shape
-        x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c * p * p)
+        v = self.cfg.vit
+        return patchify(images, self.patch_size, v.in_channels, v.image_size, "model.vit")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.patchify(images))
