@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 GLOBAL_BATCH = 8
 MEMORY_SOURCES = {
     "digits": dict(name="digits"),
+    "digits_translated": dict(name="digits_translated"),
     "synthetic_tokens": dict(name="synthetic_tokens", seq_len=16),
     "text": dict(name="text", seq_len=32),
 }
