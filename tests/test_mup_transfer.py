@@ -152,3 +152,46 @@ def test_report_only_rereads_merged_shards_without_training(tmp_path, capsys):
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert "transfer.csv: line 14: not a transfer row" in err and "Traceback" not in err
+
+
+def attention_of(cfg) -> tuple[int, float]:
+    """(head count, attention logit scale) of the model `cfg` builds."""
+    from pretrain.models import build_model
+
+    attn = [m for m in build_model(cfg.model).modules() if hasattr(m, "head_dim")]
+    return attn[0].num_heads, attn[0].scale
+
+
+def test_heads_scale_keeps_the_base_head_dim_and_the_base_attention_scale():
+    """--heads scale: heads grow with width, the head dim and muP's attention scale stay the base
+    model's (as `pretrain scaling plan` plans); --heads fixed: the head dim grows instead."""
+    from pretrain.mup.runner import variant
+
+    cfg = load_config(REPO / "configs/mup_vit_translated.yaml", [])  # base 32, 4 heads of 8
+    base_heads, base_scale = attention_of(variant(cfg, 32, "mup", heads="scale"))
+    assert (base_heads, base_scale) == (4, pytest.approx(8**-0.5))
+    assert attention_of(variant(cfg, 32, "mup")) == (base_heads, base_scale)
+    for width in (64, 512):
+        heads, scale = attention_of(variant(cfg, width, "mup", heads="scale"))
+        assert heads == width // 8 and scale == pytest.approx(base_scale)
+        heads, scale = attention_of(variant(cfg, width, "mup", heads="fixed"))
+        head_dim = width // 4
+        assert heads == 4 and scale == pytest.approx(8**0.5 / head_dim)  # muP's 1/d rule
+    assert attention_of(variant(cfg, 512, "sp", heads="scale")) == (64, pytest.approx(8**-0.5))
+    with pytest.raises(ValueError, match="not a multiple of the base head dim 8"):
+        variant(cfg, 36, "mup", heads="scale")
+
+
+def test_a_sweep_of_one_head_rule_neither_reuses_nor_reports_the_other_rules_rows(tmp_path):
+    cfg = load_config(
+        REPO / "configs/vit_digits.yaml",
+        [*TINY, "parallel.backend=single", "model.mup.base_width=16"],
+    )  # 2 heads of 16 at width 32: heads=scale puts 4 heads of 8 at width 32 (base width 16)
+    csv_path = tmp_path / "transfer.csv"
+    kw = dict(steps=2, csv_path=csv_path, parametrizations=("mup",))
+    fixed = run_transfer(cfg, [16, 32], [1e-3], **kw)
+    scaled = run_transfer(cfg, [16, 32], [1e-3], heads="scale", **kw)
+    assert [r["num_heads"] for r in fixed] == [2, 2]
+    assert [r["num_heads"] for r in scaled] == [2, 4]  # width 16 is the same run under both
+    assert scaled[0] == fixed[0] and scaled[1]["train_loss"] != fixed[1]["train_loss"]
+    assert len(read_rows(csv_path)) == 3  # the shared base run was not trained twice

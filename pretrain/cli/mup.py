@@ -4,7 +4,8 @@ coord-check and transfer train width variants of the recipe through the real eng
 recipe's parallel.backend; under torchrun the ranks share each run), in SP and in muP
 (model.mup.base_width from the recipe). With --depths they sweep depth at one width instead, muP
 with and without the depth rule (depth-mup: α = 1/2, completep: α = 1; base depth: the recipe's
-model.mup.base_depth, else its depth).
+model.mup.base_depth, else its depth). --heads scale grows the head count with width and keeps
+the base model's head dim, as `pretrain scaling plan` does.
 Files are written by rank 0. sv-compare reads two finished runs' logged singular values.
 """
 
@@ -44,6 +45,9 @@ examples:
   pretrain mup transfer configs/mup_lm_bytes.yaml --widths 32 --depths 2 4 8 --steps 100 \\
       --lr-min 0.001953125 --lr-max 0.0625 --metric val_loss \\
       --parametrizations mup completep --out runs/transfer_depth   # across depth, at width 32
+  pretrain mup transfer configs/mup_vit_translated.yaml --widths 32 64 128 256 512 \\
+      --heads scale --steps 300 --seeds 3 --lr-factor 1.4142135623730951 \\
+      --lr-min 9.765625e-4 --lr-max 0.011048543456039806 --out runs/transfer_heads
   pretrain mup transfer configs/mup_vit_digits.yaml --widths 32 64 128 256 --steps 100 \\
       --out runs/transfer --report-only   # re-read runs/transfer/transfer.csv, train nothing
 """
@@ -59,6 +63,7 @@ Both runs log singular values, e.g. runs/w512 (and runs/w32 likewise, model.widt
 
 # pretrain.mup.runner.PARAMETRIZATIONS (not imported here: `pretrain --help` stays light)
 PARAMETRIZATIONS = ["sp", "mup", "depth-mup", "completep"]
+HEAD_RULES = ["fixed", "scale"]  # pretrain.mup.runner.HEAD_RULES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,6 +73,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--depths", type=int, nargs="+",
         help="sweep depth (at the one width given by --widths) instead of width",
+    )  # fmt: skip
+    p.add_argument(
+        "--heads", choices=HEAD_RULES, default="fixed",
+        help="fixed: the recipe's num_heads at every width (head dim grows); scale: the base "
+        "model's head dim at every width (heads grow, as `pretrain scaling plan` does)",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=5)
     p.add_argument(
@@ -147,11 +157,15 @@ def _load(args: argparse.Namespace):
 
 
 def _bases(cfg, args: argparse.Namespace) -> str:
-    """The base shape a plot's title names: base width, and base depth in a depth sweep."""
+    """The base shape a plot's title names: base width (and the head dim kept when heads grow),
+    and base depth in a depth sweep."""
+    from pretrain.models.parametrization import base_head_dim
+
+    heads = f", head dim {base_head_dim(cfg.model)}" if args.heads == "scale" else ""
     if not args.depths:
-        return f"base width {cfg.model.mup.base_width}"
+        return f"base width {cfg.model.mup.base_width}{heads}"
     base_depth = cfg.model.mup.base_depth or cfg.model.depth
-    return f"width {args.widths[0]}, base depth {base_depth}"
+    return f"width {args.widths[0]}, base depth {base_depth}{heads}"
 
 
 def _is_main() -> bool:
@@ -170,7 +184,7 @@ def coord_check(args: argparse.Namespace) -> int:
         progress = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_main() else None
         records = run_coord_check(
             cfg, args.widths, args.steps, args.seeds, tuple(args.parametrizations), progress,
-            args.depths,
+            args.depths, args.heads,
         )  # fmt: skip
         if _is_main():
             args.out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +233,7 @@ def transfer(args: argparse.Namespace) -> int:
     from pretrain.dist import barrier, shutdown
     from pretrain.mup.plots import plot_transfer
     from pretrain.mup.transfer import (
+        for_heads,
         format_report,
         loss_at_base_optimum,
         lr_grid,
@@ -233,8 +248,9 @@ def transfer(args: argparse.Namespace) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         if args.report_only:
-            rows = read_rows(args.out / "transfer.csv", cfg.model.depth)
-            rows = [r for r in rows if r["parametrization"] in args.parametrizations]
+            rows = read_rows(args.out / "transfer.csv", cfg.model.depth, cfg.model.num_heads)
+            rows = [r for r in for_heads(rows, cfg, args.heads)
+                    if r["parametrization"] in args.parametrizations]
         else:
             rows = run_transfer(
                 cfg,
@@ -245,6 +261,7 @@ def transfer(args: argparse.Namespace) -> int:
                 args.seeds,
                 tuple(args.parametrizations),
                 depths=args.depths,
+                heads=args.heads,
             )
         rows = [r for r in rows if r["width"] in args.widths and r["steps"] == args.steps
                 and (not args.depths or r["depth"] in args.depths)]  # fmt: skip

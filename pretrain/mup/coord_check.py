@@ -156,9 +156,11 @@ def run_coord_check(
     parametrizations: tuple[str, ...] = ("sp", "mup"),
     progress: Callable[[str], None] | None = None,
     depths: list[int] | None = None,
+    heads: str = "fixed",
 ) -> list[dict]:
     """Records {parametrization, width, depth, seed, step, layer, mean_abs}; step 1: the initial
-    model. `depths`: sweep depth at the one width in `widths` instead of width.
+    model. `depths`: sweep depth at the one width in `widths` instead of width; `heads`: the
+    head rule (`runner.HEAD_RULES`).
 
     `progress` gets one line per trained variant (its final loss), e.g. print on rank 0."""
     cfg = coord_config(cfg)
@@ -173,7 +175,7 @@ def run_coord_check(
     for param in parametrizations:
         for width, depth in points:
             for seed in range(seeds):
-                vcfg = variant(cfg, width, param, depth=depth)
+                vcfg = variant(cfg, width, param, depth=depth, heads=heads)
                 vcfg.model.mup.sp_fan_in_init = param == "sp"  # TP5's SP: fan-in init
                 vcfg.data.seed = cfg.data.seed + seed
                 engine = build(vcfg, env, cfg.run.seed + seed)

@@ -19,11 +19,28 @@ from pretrain.dist import DistEnv, init_distributed
 from pretrain.engines import build_engine
 from pretrain.engines.base import Engine
 from pretrain.models import build_model, get_family
+from pretrain.models.parametrization import base_head_dim
 from pretrain.step import train_step
 
 PARAMETRIZATIONS = ("sp", "mup", "depth-mup", "completep")
 # the depth rule's exponent α of each muP variant: "mup" is the width rules alone
 DEPTH_ALPHA = {"mup": 0.0, "depth-mup": 0.5, "completep": 1.0}
+# how the heads follow width: "fixed" keeps the recipe's head count (head dim grows), "scale"
+# keeps the base model's head dim (heads grow), as `pretrain scaling plan` and most LM families do
+HEAD_RULES = ("fixed", "scale")
+
+
+def num_heads_at(cfg: TrainConfig, width: int, heads: str = "fixed") -> int:
+    """The head count of `cfg` at `width` under the head rule `heads` (see HEAD_RULES)."""
+    if heads not in HEAD_RULES:
+        raise ValueError(f"heads {heads!r} is not one of {', '.join(HEAD_RULES)}")
+    if heads == "fixed":
+        return cfg.model.num_heads
+    head_dim = base_head_dim(cfg.model)
+    if width % head_dim:
+        raise ValueError(f"width {width} is not a multiple of the base head dim {head_dim} "
+                         "(heads=scale keeps it at every width)")
+    return width // head_dim
 
 
 def variant(
@@ -32,18 +49,23 @@ def variant(
     parametrization: str,
     lr: float | None = None,
     depth: int | None = None,
+    heads: str = "fixed",
 ) -> TrainConfig:
     """`cfg` at another width (and depth), in SP, muP, depth-muP or CompleteP, optionally with
-    another lr.
+    another lr, its head count set by the rule `heads` (`num_heads_at`).
 
-    The muP variants keep the recipe's base_width; the depth rule's base depth is the recipe's
-    model.mup.base_depth, else its depth (so the recipe itself is the base model)."""
+    The muP variants keep the recipe's base_width and base head dim (pinned when heads grow, so
+    the attention scale is the base model's at every width); the depth rule's base depth is the
+    recipe's model.mup.base_depth, else its depth (so the recipe itself is the base model)."""
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
             f"parametrization {parametrization!r} is not one of {', '.join(PARAMETRIZATIONS)}"
         )
     out = copy.deepcopy(cfg)
     out.model.width = width
+    out.model.num_heads = num_heads_at(cfg, width, heads)
+    if heads == "scale":
+        out.model.mup.base_head_dim = base_head_dim(cfg.model)
     out.model.depth = cfg.model.depth if depth is None else depth
     out.model.mup.enabled = parametrization != "sp"
     if parametrization in DEPTH_ALPHA:

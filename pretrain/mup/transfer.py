@@ -21,12 +21,21 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.config import TrainConfig
-from pretrain.mup.runner import build, setup, sizes, sweep_axis, train_steps, variant
+from pretrain.mup.runner import (
+    build,
+    num_heads_at,
+    setup,
+    sizes,
+    sweep_axis,
+    train_steps,
+    variant,
+)
 from pretrain.step import evaluate
 
 log = logging.getLogger(__name__)
 
-FIELDS = ["parametrization", "width", "depth", "lr", "seed", "steps", "train_loss", "val_loss"]
+FIELDS = ["parametrization", "width", "depth", "num_heads", "lr", "seed", "steps", "train_loss",
+          "val_loss"]
 
 
 def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
@@ -35,8 +44,9 @@ def lr_grid(lr_min: float, lr_max: float, factor: float = 2.0) -> list[float]:
     return [lr_min * factor**i for i in range(n)]
 
 
-def read_rows(path: Path, default_depth: int = 0) -> list[dict]:
-    """The rows of a sweep CSV; files written before depth sweeps get `default_depth`.
+def read_rows(path: Path, default_depth: int = 0, default_heads: int = 0) -> list[dict]:
+    """The rows of a sweep CSV; files written before depth sweeps (head rules) get
+    `default_depth` (`default_heads`: the recipe's count, the one rule there was).
     A row that does not parse is refused naming the file and its line."""
     if not path.exists():
         return []
@@ -48,6 +58,7 @@ def read_rows(path: Path, default_depth: int = 0) -> list[dict]:
                     "parametrization": r["parametrization"],
                     "width": int(r["width"]),
                     "depth": int(r.get("depth") or default_depth),
+                    "num_heads": int(r.get("num_heads") or default_heads),
                     "lr": float(r["lr"]),
                     "seed": int(r["seed"]),
                     "steps": int(r["steps"]),
@@ -64,6 +75,7 @@ def _key(r: dict) -> tuple:
         r["parametrization"],
         int(r["width"]),
         int(r["depth"]),
+        int(r["num_heads"]),
         f"{float(r['lr']):.6g}",
         int(r["seed"]),
         int(r["steps"]),
@@ -80,13 +92,14 @@ def run_transfer(
     parametrizations: tuple[str, ...] = ("sp", "mup"),
     tail: int = 0,
     depths: list[int] | None = None,
+    heads: str = "fixed",
 ) -> list[dict]:
-    """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows.
-    `depths`: sweep depth at the one width in `widths` instead of width."""
+    """Train every (parametrization, width, lr, seed) for `steps` steps; returns the rows of
+    this head rule. `depths`: sweep depth at the one width in `widths` instead of width."""
     points = sizes(cfg, widths, depths)
     env = setup(cfg)
     tail = tail or max(steps // 10, 1)
-    rows = read_rows(csv_path, cfg.model.depth) if csv_path is not None else []
+    rows = read_rows(csv_path, cfg.model.depth, cfg.model.num_heads) if csv_path else []
     done = {_key(r) for r in rows}
     if csv_path is not None and env.is_main and (not csv_path.exists() or _old_header(csv_path)):
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +117,7 @@ def run_transfer(
                         "parametrization": param,
                         "width": width,
                         "depth": depth,
+                        "num_heads": num_heads_at(cfg, width, heads),
                         "lr": lr,
                         "seed": seed,
                         "steps": steps,
@@ -114,7 +128,7 @@ def run_transfer(
                         size = f"width={width}" + (f" depth={depth}" if depths else "")
                         log.info("transfer %d/%d: %s %s lr=%.3g seed=%d (%d steps)",
                                  started, total, param, size, lr, seed, steps)
-                    vcfg = variant(cfg, width, param, lr=lr, depth=depth)
+                    vcfg = variant(cfg, width, param, lr=lr, depth=depth, heads=heads)
                     vcfg.data.seed = cfg.data.seed + seed
                     vcfg.schedule.steps = steps
                     engine = build(vcfg, env, cfg.run.seed + seed)
@@ -127,7 +141,12 @@ def run_transfer(
                     if csv_path is not None and env.is_main:
                         with open(csv_path, "a", newline="") as f:
                             csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
-    return rows
+    return for_heads(rows, cfg, heads)
+
+
+def for_heads(rows: list[dict], cfg: TrainConfig, heads: str) -> list[dict]:
+    """The rows run under the head rule `heads` (one CSV may hold sweeps of both rules)."""
+    return [r for r in rows if r["num_heads"] == num_heads_at(cfg, r["width"], heads)]
 
 
 def _old_header(path: Path) -> bool:
