@@ -2,7 +2,7 @@
 
 Used by the default demo (the scikit-learn handwritten digits, bundled with the package, so no
 download), by tests (synthetic images and tokens), and by the muP studies (`digits_translated`:
-the same digits placed at a random spot of a noisy 16x16 canvas, a fresh draw at every stream
+the same digits placed at a random spot of a noisy 12x12 canvas, a fresh draw at every stream
 position, so a small ViT does not memorise it in a few hundred steps).
 """
 
@@ -94,7 +94,7 @@ class MemorySource:
 
 def translate_digits(images: np.ndarray, keys: np.ndarray, stream: tuple[int, int]
                      ) -> np.ndarray:
-    """Each [1, 8, 8] image at a random offset of a [1, 16, 16] canvas of background plus
+    """Each [C, h, w] image at a random offset of a [C, CANVAS, CANVAS] canvas of background plus
     Gaussian noise (std CANVAS_NOISE), drawn from a generator keyed by (stream, key).
 
     Keying every sample by its own id (a stream position when training) makes a draw independent

@@ -180,6 +180,12 @@ def test_heads_scale_keeps_the_base_head_dim_and_the_base_attention_scale():
     assert attention_of(variant(cfg, 512, "sp", heads="scale")) == (64, pytest.approx(8**-0.5))
     with pytest.raises(ValueError, match="not a multiple of the base head dim 8"):
         variant(cfg, 36, "mup", heads="scale")
+    from pretrain.mup.transfer import for_heads
+
+    rows = [{**r, "num_heads": 4} for r in rows_from({("mup", 36): [1.0], ("mup", 32): [1.0]},
+                                                       [1e-3])]  # 4 heads at 36: rule "fixed"
+    assert [r["width"] for r in for_heads(rows, cfg, "fixed")] == [36, 32]
+    assert [r["width"] for r in for_heads(rows, cfg, "scale")] == [32]
 
 
 def test_a_sweep_of_one_head_rule_neither_reuses_nor_reports_the_other_rules_rows(tmp_path):

@@ -99,7 +99,7 @@ def run_transfer(
     points = sizes(cfg, widths, depths)
     env = setup(cfg)
     tail = tail or max(steps // 10, 1)
-    rows = read_rows(csv_path, cfg.model.depth, cfg.model.num_heads) if csv_path else []
+    rows = [] if csv_path is None else read_rows(csv_path, cfg.model.depth, cfg.model.num_heads)
     done = {_key(r) for r in rows}
     if csv_path is not None and env.is_main and (not csv_path.exists() or _old_header(csv_path)):
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +145,16 @@ def run_transfer(
 
 
 def for_heads(rows: list[dict], cfg: TrainConfig, heads: str) -> list[dict]:
-    """The rows run under the head rule `heads` (one CSV may hold sweeps of both rules)."""
-    return [r for r in rows if r["num_heads"] == num_heads_at(cfg, r["width"], heads)]
+    """The rows run under the head rule `heads` (one CSV may hold sweeps of both rules; a width
+    the rule cannot make, e.g. not a multiple of the head dim, is another rule's)."""
+
+    def under_rule(r: dict) -> bool:
+        try:
+            return r["num_heads"] == num_heads_at(cfg, r["width"], heads)
+        except ValueError:
+            return False
+
+    return [r for r in rows if under_rule(r)]
 
 
 def _old_header(path: Path) -> bool:
