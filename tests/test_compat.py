@@ -157,6 +157,7 @@ def test_release_dtensor_caches_lets_the_mesh_and_its_threads_go(monkeypatch) ->
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     assert not dist.is_initialized()
+    gc.collect()  # an earlier test's group still in a reference cycle would die mid-test
     before = len(_gloo_threads())  # another test's groups, if any: not ours to judge
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(key, value)
