@@ -163,8 +163,8 @@ def attention_of(cfg) -> tuple[int, float]:
 
 
 def test_heads_scale_keeps_the_base_head_dim_and_the_base_attention_scale():
-    """--heads scale: heads grow with width, the head dim and muP's attention scale stay the base
-    model's (as `pretrain scaling plan` plans); --heads fixed: the head dim grows instead."""
+    """--heads scale: heads grow with width, the head dim and muP's attention scale stay the
+    recipe's (as `pretrain scaling plan` plans); --heads fixed: the head dim grows instead."""
     from pretrain.mup.runner import variant
 
     cfg = load_config(REPO / "configs/mup_vit_translated.yaml", [])  # base 32, 4 heads of 8
@@ -178,7 +178,7 @@ def test_heads_scale_keeps_the_base_head_dim_and_the_base_attention_scale():
         head_dim = width // 4
         assert heads == 4 and scale == pytest.approx(8**0.5 / head_dim)  # muP's 1/d rule
     assert attention_of(variant(cfg, 512, "sp", heads="scale")) == (64, pytest.approx(8**-0.5))
-    with pytest.raises(ValueError, match="not a multiple of the base head dim 8"):
+    with pytest.raises(ValueError, match="not a multiple of the recipe's head dim 8"):
         variant(cfg, 36, "mup", heads="scale")
     from pretrain.mup.transfer import for_heads
 
@@ -192,12 +192,12 @@ def test_a_sweep_of_one_head_rule_neither_reuses_nor_reports_the_other_rules_row
     cfg = load_config(
         REPO / "configs/vit_digits.yaml",
         [*TINY, "parallel.backend=single", "model.mup.base_width=16"],
-    )  # 2 heads of 16 at width 32: heads=scale puts 4 heads of 8 at width 32 (base width 16)
+    )  # 2 heads of 16 at width 32 (muP base width 16): heads=scale puts 4 heads of 16 at 64
     csv_path = tmp_path / "transfer.csv"
     kw = dict(steps=2, csv_path=csv_path, parametrizations=("mup",))
-    fixed = run_transfer(cfg, [16, 32], [1e-3], **kw)
-    scaled = run_transfer(cfg, [16, 32], [1e-3], heads="scale", **kw)
+    fixed = run_transfer(cfg, [32, 64], [1e-3], **kw)
+    scaled = run_transfer(cfg, [32, 64], [1e-3], heads="scale", **kw)
     assert [r["num_heads"] for r in fixed] == [2, 2]
-    assert [r["num_heads"] for r in scaled] == [2, 4]  # width 16 is the same run under both
+    assert [r["num_heads"] for r in scaled] == [2, 4]  # the recipe's width: the recipe itself
     assert scaled[0] == fixed[0] and scaled[1]["train_loss"] != fixed[1]["train_loss"]
-    assert len(read_rows(csv_path)) == 3  # the shared base run was not trained twice
+    assert len(read_rows(csv_path)) == 3  # the shared run at the recipe's width ran once

@@ -5,7 +5,7 @@ recipe's parallel.backend; under torchrun the ranks share each run), in SP and i
 (model.mup.base_width from the recipe). With --depths they sweep depth at one width instead, muP
 with and without the depth rule (depth-mup: α = 1/2, completep: α = 1; base depth: the recipe's
 model.mup.base_depth, else its depth). --heads scale grows the head count with width and keeps
-the base model's head dim, as `pretrain scaling plan` does.
+the recipe's head dim, as `pretrain scaling plan` does.
 Files are written by rank 0. sv-compare reads two finished runs' logged singular values.
 """
 
@@ -76,8 +76,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--heads", choices=HEAD_RULES, default="fixed",
-        help="fixed: the recipe's num_heads at every width (head dim grows); scale: the base "
-        "model's head dim at every width (heads grow, as `pretrain scaling plan` does)",
+        help="fixed: the recipe's num_heads at every width (head dim grows); scale: the "
+        "recipe's head dim at every width (heads grow, as `pretrain scaling plan` does)",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=5)
     p.add_argument(
@@ -159,9 +159,8 @@ def _load(args: argparse.Namespace):
 def _bases(cfg, args: argparse.Namespace) -> str:
     """The base shape a plot's title names: base width (and the head dim kept when heads grow),
     and base depth in a depth sweep."""
-    from pretrain.models.parametrization import base_head_dim
-
-    heads = f", head dim {base_head_dim(cfg.model)}" if args.heads == "scale" else ""
+    head_dim = cfg.model.width // cfg.model.num_heads
+    heads = f", head dim {head_dim}" if args.heads == "scale" else ""
     if not args.depths:
         return f"base width {cfg.model.mup.base_width}{heads}"
     base_depth = cfg.model.mup.base_depth or cfg.model.depth

@@ -26,19 +26,20 @@ PARAMETRIZATIONS = ("sp", "mup", "depth-mup", "completep")
 # the depth rule's exponent α of each muP variant: "mup" is the width rules alone
 DEPTH_ALPHA = {"mup": 0.0, "depth-mup": 0.5, "completep": 1.0}
 # how the heads follow width: "fixed" keeps the recipe's head count (head dim grows), "scale"
-# keeps the base model's head dim (heads grow), as `pretrain scaling plan` and most LM families do
+# keeps the recipe's head dim (heads grow), as `pretrain scaling plan` and most LM families do
 HEAD_RULES = ("fixed", "scale")
 
 
 def num_heads_at(cfg: TrainConfig, width: int, heads: str = "fixed") -> int:
-    """The head count of `cfg` at `width` under the head rule `heads` (see HEAD_RULES)."""
+    """The head count of `cfg` at `width` under the head rule `heads` (see HEAD_RULES); at the
+    recipe's own width, under either rule, the recipe's count."""
     if heads not in HEAD_RULES:
         raise ValueError(f"heads {heads!r} is not one of {', '.join(HEAD_RULES)}")
     if heads == "fixed":
         return cfg.model.num_heads
-    head_dim = base_head_dim(cfg.model)
+    head_dim = cfg.model.width // cfg.model.num_heads  # the rule `scaling_laws.plan` plans by
     if width % head_dim:
-        raise ValueError(f"width {width} is not a multiple of the base head dim {head_dim} "
+        raise ValueError(f"width {width} is not a multiple of the recipe's head dim {head_dim} "
                          "(heads=scale keeps it at every width)")
     return width // head_dim
 
@@ -54,8 +55,9 @@ def variant(
     """`cfg` at another width (and depth), in SP, muP, depth-muP or CompleteP, optionally with
     another lr, its head count set by the rule `heads` (`num_heads_at`).
 
-    The muP variants keep the recipe's base_width and base head dim (pinned when heads grow, so
-    the attention scale is the base model's at every width); the depth rule's base depth is the
+    The muP variants keep the recipe's base_width and base head dim (pinned when heads grow, as
+    `scaling_laws.plan.mup_pins` pins it, so the attention scale follows the head dim alone);
+    the depth rule's base depth is the
     recipe's model.mup.base_depth, else its depth (so the recipe itself is the base model)."""
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
